@@ -1,0 +1,179 @@
+"""tf.data pipelines over TFDS, in one place for every recipe.
+
+`load_data(recipe, config)` returns a `Data`: the train/val/test pipelines
+(parallel map -> cache -> seeded shuffle -> batch -> prefetch), a fingerprint
+of the data for the run manifest, and helpers that recipes use while building
+their model (`data.features("train", "features")` to adapt a Normalization).
+
+Bundled datasets (`kerakit.datasets`) are prepared from scikit-learn on first
+use; catalogue datasets (mnist, imdb_reviews, ...) come from TFDS's download or
+from a `data_dir` that already holds them.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import tensorflow as tf
+import tensorflow_datasets as tfds
+
+from kerakit import datasets as bundled
+from kerakit.errors import KerakitError
+from kerakit.recipe import Recipe
+
+AUTOTUNE = tf.data.AUTOTUNE
+FINGERPRINT_RECORDS = 256
+
+
+def default_data_dir() -> str:
+    return os.environ.get("TFDS_DATA_DIR") or os.path.expanduser("~/tensorflow_datasets")
+
+
+def pipeline(ds: tf.data.Dataset, fn, batch_size: int, *, shuffle_seed: int | None = None,
+             shuffle_buffer: int = 10_000) -> tf.data.Dataset:
+    """The shared input pipeline: parallel map, cache, seeded shuffle, batch, prefetch.
+
+    Preprocessing runs once (before `cache`); only shuffling repeats per epoch.
+    `shuffle_seed=None` means no shuffle (validation, test, calibration).
+    """
+    ds = ds.map(fn, num_parallel_calls=AUTOTUNE, deterministic=True).cache()
+    if shuffle_seed is not None:
+        ds = ds.shuffle(shuffle_buffer, seed=shuffle_seed, reshuffle_each_iteration=True)
+    options = tf.data.Options()
+    options.deterministic = True
+    # TFDS splits are few files; sharding by data works for any file count.
+    options.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.DATA
+    return ds.batch(batch_size).prefetch(AUTOTUNE).with_options(options)
+
+
+@dataclass
+class Data:
+    """A recipe's data, ready for Keras: `data.train`, `data.val`, `data.test`."""
+
+    recipe: Recipe
+    config: dict
+    info: Any  # tfds.core.DatasetInfo
+    raw: dict[str, tf.data.Dataset]
+    fingerprint: dict
+    pipelines: dict[str, tf.data.Dataset] = field(default_factory=dict)
+
+    @property
+    def train(self) -> tf.data.Dataset:
+        return self.pipelines["train"]
+
+    @property
+    def val(self) -> tf.data.Dataset:
+        return self.pipelines["val"]
+
+    @property
+    def test(self) -> tf.data.Dataset:
+        return self.pipelines["test"]
+
+    @property
+    def class_names(self) -> list[str] | None:
+        if self.recipe.class_names is not None:
+            return list(self.recipe.class_names)
+        label = self.info.features[self.recipe.label_key] if self.recipe.label_key in self.info.features else None
+        return list(label.names) if isinstance(label, tfds.features.ClassLabel) else None
+
+    @property
+    def num_classes(self) -> int | None:
+        names = self.class_names
+        return len(names) if names else None
+
+    def features(self, split: str = "train", name: str | None = None) -> tf.data.Dataset:
+        """Batched model inputs of a split without labels, unshuffled.
+
+        `name` picks one input (what `Normalization.adapt` wants).
+        """
+        ds = self.pipelines[split].map(lambda x, y: x)
+        return ds.map(lambda x: x[name]) if name else ds
+
+    def arrays(self, split: str = "test") -> tuple[dict[str, np.ndarray], np.ndarray]:
+        """A whole split as numpy: ({input_name: array}, labels)."""
+        xs, ys = [], []
+        for x, y in self.pipelines[split].as_numpy_iterator():
+            xs.append(x)
+            ys.append(y)
+        if not xs:
+            raise KerakitError(f"Split {split!r} ({self.recipe.splits[split]}) of {self.recipe.dataset} is empty.")
+        return {k: np.concatenate([x[k] for x in xs]) for k in xs[0]}, np.concatenate(ys)
+
+    def representative_sample(self, n: int = 300) -> dict[str, np.ndarray]:
+        """Up to `n` training inputs, unshuffled: the int8 calibration set.
+
+        A recipe may define `representative_sample(data, n)` to choose otherwise.
+        """
+        if self.recipe.representative_sample is not None:
+            return self.recipe.representative_sample(self, n)
+        batches = list(self.features("train").unbatch().take(n).batch(n).as_numpy_iterator())
+        return batches[0]
+
+
+def load_data(recipe: Recipe, config: dict, data_dir: str | None = None) -> Data:
+    """Prepare (if needed) and load the recipe's dataset as train/val/test pipelines."""
+    data_dir = data_dir or default_data_dir()
+    name = recipe.dataset
+    try:
+        builder = tfds.builder(name, data_dir=data_dir)
+    except tfds.core.registered.DatasetNotFoundError as e:
+        raise KerakitError(
+            f"Recipe {recipe.name!r}: unknown TFDS dataset {name!r}. "
+            f"Bundled offline datasets: {', '.join(bundled.BUNDLED)}; others: see the TFDS catalogue."
+        ) from e
+    _prepare(builder, name, data_dir)
+    raw = {
+        split: builder.as_dataset(split=spec, shuffle_files=False)
+        for split, spec in recipe.splits.items()
+    }
+    data = Data(recipe=recipe, config=config, info=builder.info, raw=raw, fingerprint={})
+    data.fingerprint = fingerprint(name, str(builder.info.version), recipe.splits, raw)
+
+    def fn(example):
+        return recipe.preprocess(example, config)
+
+    for split, ds in raw.items():
+        seed = config["seed"] if split == "train" else None
+        data.pipelines[split] = pipeline(ds, fn, config["batch_size"], shuffle_seed=seed,
+                                         shuffle_buffer=config["shuffle_buffer"])
+    return data
+
+
+def _prepare(builder, name: str, data_dir: str) -> None:
+    if name in bundled.BUNDLED:
+        builder.download_and_prepare()
+        return
+    try:
+        builder.download_and_prepare(download_config=tfds.download.DownloadConfig(try_download_gcs=False))
+    except Exception as e:  # network errors come in many types (requests, OSError, gcs)
+        reason = str(e).strip().splitlines()[0][:200] if str(e).strip() else type(e).__name__
+        raise KerakitError(
+            f"Dataset {name!r} is not available in data_dir={data_dir} and could not be downloaded "
+            f"({reason}). On a machine with internet run `tfds build {name} --data_dir DIR` "
+            f"(or `python -c \"import tensorflow_datasets as tfds; tfds.load('{name}')\"`), copy DIR here "
+            f"and pass --data-dir DIR; or use a bundled recipe (digits_cnn, breast_cancer_mlp, diabetes_mlp)."
+        ) from e
+
+
+def fingerprint(name: str, version: str, splits: dict[str, str], raw: dict[str, tf.data.Dataset],
+                n: int = FINGERPRINT_RECORDS) -> dict:
+    """Dataset name and version, split specs and sizes, and a SHA-256 over the first `n` records of each split."""
+    sizes, digests = {}, {}
+    for split, ds in raw.items():
+        count = int(ds.cardinality())
+        if count < 0:  # unknown (e.g. mocked data): count it
+            count = int(ds.reduce(0, lambda c, _: c + 1))
+        sizes[split] = count
+        h = hashlib.sha256()
+        for example in ds.take(n).as_numpy_iterator():
+            for key in sorted(example):
+                value = np.asarray(example[key])
+                h.update(key.encode())
+                h.update(value.tobytes() if value.dtype != object else b"\0".join(map(bytes, value.ravel())))
+        digests[split] = h.hexdigest()
+    return {"dataset": name, "version": version, "splits": dict(splits), "sizes": sizes,
+            "records_hashed": n, "sha256": digests}

@@ -1,0 +1,61 @@
+"""`--strategy`: which `tf.distribute` strategy a training run uses.
+
+    default       the default (single-device) strategy
+    mirrored      MirroredStrategy over the local GPUs (one CPU replica without GPUs)
+    multi-worker  MultiWorkerMirroredStrategy; the cluster comes from $TF_CONFIG
+
+Under multi-worker only the chief (task 0 of "chief", or worker 0 when there
+is no chief) writes the run directory; the other workers write scratch copies
+that are deleted when training ends.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+
+from kerakit.errors import KerakitError
+
+STRATEGIES = ("default", "mirrored", "multi-worker")
+
+
+def check_name(name: str | None) -> str:
+    name = name or "default"
+    if name not in STRATEGIES:
+        raise KerakitError(f"Invalid strategy={name!r}. Expected one of {', '.join(STRATEGIES)}.")
+    if name == "multi-worker":
+        cluster_task()  # validates TF_CONFIG before TensorFlow starts
+    return name
+
+
+def cluster_task() -> tuple[str, int, bool]:
+    """(task type, task index, is chief) from $TF_CONFIG."""
+    raw = os.environ.get("TF_CONFIG")
+    if not raw:
+        raise KerakitError(
+            "strategy=multi-worker needs TF_CONFIG, e.g. "
+            '{"cluster": {"worker": ["127.0.0.1:12345", "127.0.0.1:12346"]}, "task": {"type": "worker", "index": 0}}.'
+        )
+    try:
+        tf_config = json.loads(raw)
+        task_type, index = tf_config["task"]["type"], int(tf_config["task"]["index"])
+        cluster = tf_config["cluster"]
+    except (ValueError, KeyError, TypeError) as e:
+        raise KerakitError(f"Invalid TF_CONFIG={raw!r}: {e}. Expected cluster and task (type, index).") from None
+    chief = task_type == "chief" or (task_type == "worker" and index == 0 and "chief" not in cluster)
+    return task_type, index, chief
+
+
+def make_strategy(name: str | None):
+    import tensorflow as tf
+
+    name = check_name(name)
+    if name == "mirrored":
+        return tf.distribute.MirroredStrategy()
+    if name == "multi-worker":
+        return tf.distribute.MultiWorkerMirroredStrategy()
+    return tf.distribute.get_strategy()
+
+
+def is_chief(name: str | None) -> bool:
+    return check_name(name) != "multi-worker" or cluster_task()[2]

@@ -1,0 +1,334 @@
+"""The recipe contract, the registry, and loading recipes by name or path.
+
+A recipe is a plain Python file that reads top to bottom:
+
+    DESCRIPTION = "Small CNN on scikit-learn's 8x8 digits (bundled, offline)."
+    TASK = "classification"              # or "regression"
+    DATASET = "kerakit_digits"           # any TFDS name
+    INPUTS = [Input("image", shape=(8, 8, 1), dtype="float32")]
+    DEFAULTS = dict(epochs=40, batch_size=64)
+
+    def preprocess(example, config):     # one TFDS example -> (features, label)
+        return {"image": tf.cast(example["image"], "float32") / 16.0}, example["label"]
+
+    def build_model(hp, data):           # keras_tuner.HyperParameters, kerakit.data.Data
+        filters = hp.Int("filters", 16, 64, step=16, default=32)
+        ...
+        return model                      # compiled
+
+Optional names: NAME (default: the file name), SPLITS, CLASS_NAMES, METRIC,
+and `representative_sample(data, n)` for int8 calibration.
+
+With no search, `hp`'s `default=` values build the model; under `kerakit tune`
+the same calls define the search space.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import math
+import os
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import ModuleType
+from typing import Any, Callable
+
+from kerakit.errors import KerakitError
+
+TASKS = ("classification", "regression")
+
+# Every recipe gets these; a recipe's DEFAULTS add keys or change values.
+BASE_DEFAULTS: dict[str, Any] = {
+    "epochs": 20,
+    "batch_size": 32,
+    "seed": 42,
+    "patience": 8,  # early stopping, in epochs without improvement of the validation metric
+    "shuffle_buffer": 10_000,
+}
+
+DEFAULT_SPLITS = {"train": "train[:85%]", "val": "train[85%:]", "test": "test"}
+
+# The task's default metric and whether higher is better (the tuner's objective).
+TASK_METRICS = {"classification": ("accuracy", "max"), "regression": ("mae", "min")}
+
+REQUIRED = ("TASK", "DATASET", "INPUTS", "preprocess", "build_model")
+
+
+@dataclass(frozen=True)
+class Input:
+    """One named model input: `shape` excludes the batch dimension.
+
+    >>> Input("image", shape=(8, 8, 1), dtype="float32")
+    """
+
+    name: str
+    shape: tuple
+    dtype: str = "float32"
+
+    def to_dict(self) -> dict:
+        return {"name": self.name, "shape": list(self.shape), "dtype": self.dtype}
+
+    def keras(self):
+        """The matching `keras.Input`, so the model's input carries the recipe's name."""
+        import keras
+
+        return keras.Input(shape=tuple(self.shape), dtype=self.dtype, name=self.name)
+
+
+@dataclass
+class Recipe:
+    """A loaded recipe. Build one with `load_recipe(name_or_path)`."""
+
+    name: str
+    path: Path
+    description: str
+    task: str
+    dataset: str
+    inputs: list[Input]
+    preprocess: Callable
+    build_model: Callable
+    defaults: dict[str, Any] = field(default_factory=dict)
+    splits: dict[str, str] = field(default_factory=lambda: dict(DEFAULT_SPLITS))
+    class_names: list[str] | None = None
+    metric: str = ""
+    metric_direction: str = "max"
+    label_key: str = "label"
+    representative_sample: Callable | None = None
+    module: ModuleType | None = None
+
+    @property
+    def monitor(self) -> str:
+        """The validation quantity that picks the best epoch and the best trial."""
+        return f"val_{self.metric}"
+
+    def resolve_config(self, overrides: dict[str, Any] | None = None) -> tuple[dict, dict]:
+        """Split `key=value` overrides into (config, hyperparameter overrides).
+
+        Keys in the recipe's defaults are config: their value is converted to
+        the default's type or rejected. Any other key is returned as a
+        candidate hyperparameter, checked later against the search space
+        (`check_hparams`), since only building the model reveals it.
+        """
+        config = dict(self.defaults)
+        hparams: dict[str, Any] = {}
+        for key, value in (overrides or {}).items():
+            if key in config:
+                config[key] = coerce(key, value, config[key])
+            else:
+                hparams[key] = value
+        for key in ("epochs", "batch_size"):
+            if config[key] < 1:
+                raise KerakitError(f"Invalid {key}={config[key]}. Expected an integer >= 1.")
+        return config, hparams
+
+    def check_hparams(self, hparams: dict[str, Any], space: list) -> dict[str, Any]:
+        """Validate hyperparameter overrides against the search space; return typed values."""
+        by_name = {hp.name: hp for hp in space}
+        typed = {}
+        for key, value in hparams.items():
+            if key not in by_name:
+                raise KerakitError(
+                    f"Unknown override {key!r} for recipe {self.name!r}. "
+                    f"Valid config keys: {', '.join(sorted(self.defaults))}. "
+                    f"Valid hyperparameters: {', '.join(sorted(by_name)) or '(none)'}."
+                )
+            typed[key] = _coerce_hparam(key, value, by_name[key])
+        return typed
+
+    def summary(self) -> dict:
+        return {
+            "name": self.name,
+            "task": self.task,
+            "dataset": self.dataset,
+            "description": self.description,
+            "path": str(self.path),
+        }
+
+
+def coerce(key: str, value: Any, default: Any) -> Any:
+    """Convert an override (often a CLI string) to the type of its default."""
+    kind = type(default)
+    if default is None or isinstance(value, kind) and not (kind is int and isinstance(value, bool)):
+        return value
+    try:
+        if kind is bool:
+            return _parse_bool(value)
+        if kind is int:
+            if isinstance(value, float) and value.is_integer():
+                return int(value)
+            if isinstance(value, str):
+                return int(value)
+        if kind is float:
+            if isinstance(value, (int, str)) and not isinstance(value, bool):
+                number = float(value)
+                if not math.isfinite(number):
+                    raise ValueError
+                return number
+        if kind is str and isinstance(value, (int, float)):
+            return str(value)
+    except ValueError:
+        pass
+    raise KerakitError(
+        f"Invalid value {key}={value!r}: expected {kind.__name__} (default {key}={default!r})."
+    )
+
+
+def _parse_bool(value: Any) -> bool:
+    if isinstance(value, bool):
+        return value
+    text = str(value).strip().lower()
+    if text in ("1", "true", "yes", "on"):
+        return True
+    if text in ("0", "false", "no", "off"):
+        return False
+    raise ValueError(value)
+
+
+def _coerce_hparam(key: str, value: Any, hp) -> Any:
+    kind = type(hp).__name__
+    if kind == "Int":
+        typed = coerce(key, value, 0)
+    elif kind == "Float":
+        typed = coerce(key, value, 0.0)
+    elif kind == "Boolean":
+        typed = coerce(key, value, False)
+    elif kind == "Choice":
+        typed = coerce(key, value, hp.values[0])
+        if typed not in hp.values:
+            raise KerakitError(
+                f"Invalid value {key}={value!r}: expected one of {', '.join(map(repr, hp.values))}."
+            )
+    else:  # Fixed
+        typed = coerce(key, value, hp.value)
+    return typed
+
+
+# ---------------------------------------------------------------- registry
+
+
+def recipe_dirs() -> list[Path]:
+    """Where recipes are found by name, first match wins.
+
+    $KERAKIT_RECIPE_PATH (os.pathsep-separated), ./recipes, and the
+    recipes/ folder that ships beside the kerakit package.
+    """
+    dirs = [Path(p) for p in os.environ.get("KERAKIT_RECIPE_PATH", "").split(os.pathsep) if p]
+    dirs += [Path.cwd() / "recipes", Path(__file__).resolve().parent.parent / "recipes"]
+    seen, unique = set(), []
+    for d in dirs:
+        key = d.resolve()
+        if key not in seen and d.is_dir():
+            seen.add(key)
+            unique.append(d)
+    return unique
+
+
+def recipe_files() -> dict[str, Path]:
+    found: dict[str, Path] = {}
+    for d in recipe_dirs():
+        for path in sorted(d.glob("*.py")):
+            if not path.name.startswith("_"):
+                found.setdefault(path.stem, path)
+    return found
+
+
+def find_recipe(name_or_path: str | os.PathLike) -> Path:
+    text = str(name_or_path)
+    if text.endswith(".py") or os.sep in text or "/" in text:
+        path = Path(text)
+        if not path.is_file():
+            raise KerakitError(f"Recipe file {text!r} does not exist.")
+        return path
+    files = recipe_files()
+    if text not in files:
+        raise KerakitError(
+            f"Unknown recipe {text!r}. Available: {', '.join(sorted(files)) or '(none found)'}; "
+            "or pass a path to a recipe file."
+        )
+    return files[text]
+
+
+def load_recipe(name_or_path: "str | os.PathLike | Recipe") -> Recipe:
+    """Load a recipe by registry name (`digits_cnn`) or by file path.
+
+    >>> recipe = load_recipe("digits_cnn")
+    >>> recipe.task, [i.name for i in recipe.inputs]
+    ('classification', ['image'])
+    """
+    if isinstance(name_or_path, Recipe):
+        return name_or_path
+    path = find_recipe(name_or_path).resolve()
+    module = _import_file(path)
+    return _from_module(module, path)
+
+
+def list_recipes() -> list[dict]:
+    """Every recipe found by name, loaded; a broken one is listed with its error."""
+    rows = []
+    for name, path in recipe_files().items():
+        try:
+            rows.append(load_recipe(path).summary())
+        except KerakitError as e:
+            rows.append({"name": name, "task": "?", "dataset": "?", "description": f"BROKEN: {e}", "path": str(path)})
+    return rows
+
+
+def _import_file(path: Path) -> ModuleType:
+    module_name = f"kerakit_recipes.{path.stem}"
+    spec = importlib.util.spec_from_file_location(module_name, path)
+    module = importlib.util.module_from_spec(spec)
+    try:
+        spec.loader.exec_module(module)
+    except SyntaxError as e:
+        raise KerakitError(f"Recipe {path}:{e.lineno}: syntax error: {e.msg}.") from e
+    except KerakitError:
+        raise
+    except Exception as e:
+        raise KerakitError(
+            f"Recipe {path} failed to import: {type(e).__name__}: {e} (rerun with --debug for the traceback)."
+        ) from e
+    sys.modules[module_name] = module
+    return module
+
+
+def _from_module(module: ModuleType, path: Path) -> Recipe:
+    missing = [name for name in REQUIRED if not hasattr(module, name)]
+    if missing:
+        raise KerakitError(
+            f"Recipe {path} does not define {', '.join(missing)}. "
+            f"A recipe must define: {', '.join(REQUIRED)} (see kerakit/recipe.py)."
+        )
+    for fn in ("preprocess", "build_model"):
+        if not callable(getattr(module, fn)):
+            raise KerakitError(f"Recipe {path}: {fn} must be a function.")
+    task = module.TASK
+    if task not in TASKS:
+        raise KerakitError(f"Recipe {path}: invalid TASK={task!r}. Expected one of {', '.join(TASKS)}.")
+    inputs = list(module.INPUTS)
+    if not inputs or not all(isinstance(i, Input) for i in inputs):
+        raise KerakitError(f"Recipe {path}: INPUTS must be a non-empty list of kerakit.recipe.Input.")
+    defaults = {**BASE_DEFAULTS, **getattr(module, "DEFAULTS", {})}
+    splits = {**DEFAULT_SPLITS, **getattr(module, "SPLITS", {})}
+    metric, direction = TASK_METRICS[task]
+    metric = getattr(module, "METRIC", metric)
+    direction = getattr(module, "METRIC_DIRECTION", direction if metric == TASK_METRICS[task][0] else "max")
+    doc = (module.__doc__ or "").strip().splitlines()
+    return Recipe(
+        name=getattr(module, "NAME", path.stem),
+        path=path,
+        description=getattr(module, "DESCRIPTION", doc[0] if doc else ""),
+        task=task,
+        dataset=module.DATASET,
+        inputs=inputs,
+        preprocess=module.preprocess,
+        build_model=module.build_model,
+        defaults=defaults,
+        splits=splits,
+        class_names=getattr(module, "CLASS_NAMES", None),
+        metric=metric,
+        metric_direction=direction,
+        label_key=getattr(module, "LABEL", "label"),
+        representative_sample=getattr(module, "representative_sample", None),
+        module=module,
+    )
