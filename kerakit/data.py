@@ -63,15 +63,27 @@ class Data:
 
     @property
     def train(self) -> tf.data.Dataset:
-        return self.pipelines["train"]
+        return self.for_model("train")
 
     @property
     def val(self) -> tf.data.Dataset:
-        return self.pipelines["val"]
+        return self.for_model("val")
 
     @property
     def test(self) -> tf.data.Dataset:
-        return self.pipelines["test"]
+        return self.for_model("test")
+
+    def for_model(self, split: str) -> tf.data.Dataset:
+        """A split as (inputs, labels) in the structure the model was built with."""
+        return self.pipelines[split].map(lambda x, y: (self.model_input(x), y))
+
+    def model_input(self, x: dict):
+        """A one-input model is built on a tensor, not a dict: hand it the tensor.
+
+        Recipes always return a dict of named inputs from `preprocess`; this
+        keeps the names in the data and the model's call signature plain.
+        """
+        return x[self.recipe.inputs[0].name] if len(self.recipe.inputs) == 1 else x
 
     @property
     def class_names(self) -> list[str] | None:
@@ -148,6 +160,9 @@ def _prepare(builder, name: str, data_dir: str) -> None:
         builder.download_and_prepare()
         return
     try:
+        if _needs_download(builder) and not _reachable(DOWNLOAD_PROBE):
+            # Offline, TFDS would retry each URL with backoff for minutes before failing.
+            raise OSError(f"no network: cannot reach {DOWNLOAD_PROBE[0]}")
         builder.download_and_prepare(download_config=tfds.download.DownloadConfig(try_download_gcs=False))
     except Exception as e:  # network errors come in many types (requests, OSError, gcs)
         reason = str(e).strip().splitlines()[0][:200] if str(e).strip() else type(e).__name__
@@ -157,6 +172,36 @@ def _prepare(builder, name: str, data_dir: str) -> None:
             f"(or `python -c \"import tensorflow_datasets as tfds; tfds.load('{name}')\"`), copy DIR here "
             f"and pass --data-dir DIR; or use a bundled recipe (digits_cnn, breast_cancer_mlp, diabetes_mlp)."
         ) from e
+
+
+DOWNLOAD_PROBE = ("storage.googleapis.com", 443)  # where TFDS hosts most catalogue data
+
+
+def _needs_download(builder) -> bool:
+    """True unless the data is prepared already or TFDS is mocked (tfds.testing.mock_data)."""
+    mocked = tfds.core.DatasetBuilder.download_and_prepare.__module__.startswith("tensorflow_datasets.testing")
+    prepared = tf.io.gfile.exists(os.path.join(builder.data_dir, "dataset_info.json"))
+    return not (mocked or prepared)
+
+
+def _reachable(address: tuple[str, int], timeout: float = 5.0) -> bool:
+    import socket
+    import threading
+
+    result = []
+
+    def probe():
+        try:
+            socket.create_connection(address, timeout=timeout).close()
+            result.append(True)
+        except OSError:
+            result.append(False)
+
+    # getaddrinfo has no timeout of its own; a daemon thread bounds it.
+    thread = threading.Thread(target=probe, daemon=True)
+    thread.start()
+    thread.join(timeout * 2)
+    return bool(result and result[0])
 
 
 def fingerprint(name: str, version: str, splits: dict[str, str], raw: dict[str, tf.data.Dataset],

@@ -89,6 +89,7 @@ def load_keras_model(path: "str | os.PathLike"):
 def evaluate_model(model, data, split: str = "test") -> dict:
     """Task metrics of `model` on one split of `data` (a `kerakit.data.Data`)."""
     x, y = data.arrays(split)
+    x = data.model_input(x)
     predictions = np.asarray(model.predict(x, batch_size=256, verbose=0))
     if data.recipe.task == "classification":
         metrics = classification_metrics(y, predictions, data.class_names)

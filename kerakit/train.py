@@ -104,7 +104,7 @@ def train(
     if verbose == "auto":
         verbose = 1 if sys.stdout.isatty() else 2
     history = model.fit(data.train, validation_data=data.val, epochs=config["epochs"],
-                        callbacks=callbacks, verbose=verbose)
+                        callbacks=callbacks, verbose=verbose, shuffle=False)
     losses = history.history.get("loss", [])
     if losses and not math.isfinite(losses[-1]):
         shutil.rmtree(backup, ignore_errors=True)  # the backup holds NaN weights: never resume from it
