@@ -59,3 +59,41 @@ def make_strategy(name: str | None):
 
 def is_chief(name: str | None) -> bool:
     return check_name(name) != "multi-worker" or cluster_task()[2]
+
+
+def prepare_fit(strategy, model, local_batch) -> None:
+    """Let `model.fit` run under MultiWorkerMirroredStrategy with Keras 3.
+
+    Keras 3.15's TF trainer breaks with more than one worker
+    (keras-team/keras#20585): `fit` first reduces a distributed input batch
+    with MEAN in eager mode (which collective ops cannot do) only to learn
+    its shapes, and its step function reduces scalar metrics along axis 0.
+    We build the model's compiled state from a local batch instead, and
+    reduce scalars with axis=None. Nothing changes for other strategies.
+    """
+    import tensorflow as tf
+
+    if not isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy):
+        return
+    from keras.src.backend.tensorflow import trainer as tf_trainer
+
+    def symbolic_build(iterator=None, data_batch=None):
+        with strategy.scope():
+            model._symbolic_build(data_batch=local_batch)
+
+    model._maybe_symbolic_build = symbolic_build
+    if getattr(tf_trainer.reduce_per_replica, "_kerakit", False):
+        return
+    original = tf_trainer.reduce_per_replica
+
+    def reduce_per_replica(values, strategy, reduction):
+        if reduction in ("auto", "mean") and tf_trainer._collective_all_reduce_multi_worker(strategy):
+            return tf.nest.map_structure(
+                lambda v: strategy.reduce("MEAN", v, axis=None)
+                if isinstance(v, tf.distribute.DistributedValues) else v,
+                values,
+            )
+        return original(values, strategy, reduction)
+
+    reduce_per_replica._kerakit = True
+    tf_trainer.reduce_per_replica = reduce_per_replica

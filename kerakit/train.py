@@ -86,6 +86,7 @@ def train(
     with dist.scope():
         model = recipe.build_model(hp, data)
     _check_model(recipe, model)
+    distribute.prepare_fit(dist, model, next(iter(data.train)))
 
     backup = workdir / BACKUP_DIR
     resumed_from = _resume_epoch(backup)
@@ -103,8 +104,12 @@ def train(
     ]
     if verbose == "auto":
         verbose = 1 if sys.stdout.isatty() else 2
-    history = model.fit(data.train, validation_data=data.val, epochs=config["epochs"],
-                        callbacks=callbacks, verbose=verbose, shuffle=False)
+    try:
+        history = model.fit(data.train, validation_data=data.val, epochs=config["epochs"],
+                            callbacks=callbacks, verbose=verbose, shuffle=False)
+    finally:
+        if not chief:
+            shutil.rmtree(workdir, ignore_errors=True)
     losses = history.history.get("loss", [])
     if losses and not math.isfinite(losses[-1]):
         shutil.rmtree(backup, ignore_errors=True)  # the backup holds NaN weights: never resume from it
@@ -115,13 +120,14 @@ def train(
             + ". Lower the learning rate or check the data for NaN/inf values."
         )
     if not chief:
-        shutil.rmtree(workdir, ignore_errors=True)
         return runs.Run(out)
 
-    if (best.path).exists():
-        model = keras.saving.load_model(best.path)
     with runs.atomic_path(out / runs.MODEL_FILE) as tmp:
         model.save(tmp)
+        if best.path.exists():
+            shutil.copyfile(best.path, tmp)
+    # Reloaded outside the strategy scope: evaluation must not wait on other workers.
+    model = keras.saving.load_model(out / runs.MODEL_FILE)
     _dedupe_history(out / runs.HISTORY_FILE)
     metrics = evaluate_model(model, data, "test")
     runs.write_json(out / runs.METRICS_FILE, metrics)
