@@ -4,28 +4,16 @@
 >>> run = kerakit.train("digits_cnn", epochs=3)
 >>> kerakit.evaluate(run.path)["accuracy"]
 
-Names load lazily, so `import kerakit` (and `kerakit --help`) does not import TensorFlow.
+Importing kerakit (and `kerakit --help`) does not import TensorFlow: each
+command imports it when it needs it.
 """
 
-from importlib import import_module
+from kerakit.errors import KerakitError
+from kerakit.evaluate import evaluate  # the functions shadow their modules' names on purpose
+from kerakit.recipe import Input, Recipe, list_recipes, load_recipe
+from kerakit.runs import Run
+from kerakit.train import train
 
 __version__ = "0.1.0"
 
-_LAZY = {
-    "train": "kerakit.train",
-    "evaluate": "kerakit.evaluate",
-    "load_recipe": "kerakit.recipe",
-    "list_recipes": "kerakit.recipe",
-    "Recipe": "kerakit.recipe",
-    "Input": "kerakit.recipe",
-    "Run": "kerakit.runs",
-    "KerakitError": "kerakit.errors",
-}
-
-__all__ = sorted(_LAZY)
-
-
-def __getattr__(name):
-    if name in _LAZY:
-        return getattr(import_module(_LAZY[name]), name)
-    raise AttributeError(f"module 'kerakit' has no attribute {name!r}")
+__all__ = ["Input", "KerakitError", "Recipe", "Run", "evaluate", "list_recipes", "load_recipe", "train"]

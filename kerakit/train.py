@@ -95,12 +95,14 @@ def train(
     direction = recipe.metric_direction
     best = BestCheckpoint(workdir / CHECKPOINT_DIR, recipe.monitor, direction)
     callbacks = [
-        keras.callbacks.BackupAndRestore(str(backup), double_checkpoint=True),
         best,
         keras.callbacks.EarlyStopping(recipe.monitor, mode=direction, patience=config["patience"]),
         keras.callbacks.TensorBoard(str(workdir / "logs")),
         keras.callbacks.CSVLogger(str(workdir / runs.HISTORY_FILE), append=True),
         keras.callbacks.TerminateOnNaN(),
+        # Last: an epoch counts as done for resuming only once its history row
+        # and best checkpoint are on disk (a kill in between repeats the epoch).
+        keras.callbacks.BackupAndRestore(str(backup), double_checkpoint=True),
     ]
     if verbose == "auto":
         verbose = 1 if sys.stdout.isatty() else 2

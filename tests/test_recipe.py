@@ -1,0 +1,103 @@
+"""The recipe contract: finding, loading, and validating recipes and overrides."""
+
+import pytest
+
+from conftest import FIXTURES, ROOT, copy_recipe
+from kerakit.errors import KerakitError
+from kerakit.recipe import load_recipe, list_recipes
+
+SHIPPED = {
+    "digits_cnn": ("classification", "kerakit_digits"),
+    "breast_cancer_mlp": ("classification", "kerakit_breast_cancer"),
+    "diabetes_mlp": ("regression", "kerakit_diabetes"),
+    "mnist_cnn": ("classification", "mnist"),
+    "imdb_text": ("classification", "imdb_reviews"),
+}
+
+
+def test_shipped_recipes_are_listed_with_task_and_dataset():
+    rows = {r["name"]: r for r in list_recipes()}
+    for name, (task, dataset) in SHIPPED.items():
+        assert rows[name]["task"] == task
+        assert rows[name]["dataset"] == dataset
+        assert rows[name]["description"] and not rows[name]["description"].startswith("BROKEN")
+
+
+def test_recipe_declares_inputs_classes_metric_and_defaults():
+    recipe = load_recipe("digits_cnn")
+    assert [(i.name, tuple(i.shape), i.dtype) for i in recipe.inputs] == [("image", (8, 8, 1), "float32")]
+    assert recipe.class_names == [str(d) for d in range(10)]
+    assert recipe.metric == "accuracy" and recipe.monitor == "val_accuracy"
+    assert recipe.defaults["epochs"] == 40 and recipe.defaults["seed"] == 42
+
+
+def test_recipe_loads_by_path(tmp_path):
+    path = copy_recipe("digits_cnn", tmp_path)
+    recipe = load_recipe(str(path))
+    assert recipe.name == "digits_cnn" and recipe.path == path.resolve()
+
+
+def test_recipe_path_env_adds_search_dirs(tmp_path, monkeypatch):
+    copy_recipe("breast_cancer_mlp", tmp_path).rename(tmp_path / "my_tabular.py")
+    monkeypatch.setenv("KERAKIT_RECIPE_PATH", str(tmp_path))
+    assert load_recipe("my_tabular").task == "classification"
+
+
+def test_unknown_recipe_names_the_available_ones():
+    with pytest.raises(KerakitError, match=r"Unknown recipe 'digitz'. Available: .*digits_cnn"):
+        load_recipe("digitz")
+
+
+def test_syntax_error_names_file_and_line():
+    with pytest.raises(KerakitError, match=r"broken_syntax.py:5: syntax error"):
+        load_recipe(FIXTURES / "broken_syntax.py")
+
+
+def test_missing_build_model_is_named():
+    with pytest.raises(KerakitError, match=r"does not define build_model"):
+        load_recipe(FIXTURES / "no_build_model.py")
+
+
+def test_invalid_task_lists_allowed_tasks():
+    with pytest.raises(KerakitError, match=r"invalid TASK='segmentation'. Expected one of classification, regression"):
+        load_recipe(FIXTURES / "bad_task.py")
+
+
+def test_missing_recipe_file():
+    with pytest.raises(KerakitError, match="does not exist"):
+        load_recipe(ROOT / "recipes" / "nope.py")
+
+
+@pytest.mark.parametrize(
+    "overrides, expected",
+    [
+        ({"epochs": "5"}, {"epochs": 5}),
+        ({"epochs": 5.0}, {"epochs": 5}),
+        ({"seed": "7", "batch_size": "16"}, {"seed": 7, "batch_size": 16}),
+    ],
+)
+def test_config_overrides_take_the_type_of_the_default(overrides, expected):
+    config, hparams = load_recipe("digits_cnn").resolve_config(overrides)
+    assert {k: config[k] for k in expected} == expected
+    assert all(type(config[k]) is int for k in expected)
+    assert hparams == {}
+
+
+@pytest.mark.parametrize("key, value", [("epochs", "many"), ("epochs", "2.5"), ("batch_size", "0")])
+def test_config_override_of_wrong_type_or_range_is_rejected(key, value):
+    with pytest.raises(KerakitError, match=rf"{key}"):
+        load_recipe("digits_cnn").resolve_config({key: value})
+
+
+def test_unknown_keys_are_candidate_hyperparameters_checked_against_the_space():
+    import keras_tuner
+
+    recipe = load_recipe("digits_cnn")
+    _, hparams = recipe.resolve_config({"filters": "16", "colour": "red"})
+    hp = keras_tuner.HyperParameters()
+    recipe.build_model(hp, None)
+    assert recipe.check_hparams({"filters": "16"}, hp.space) == {"filters": 16}
+    with pytest.raises(KerakitError, match=r"Unknown override 'colour'.*Valid config keys: .*epochs.*Valid hyperparameters: .*filters"):
+        recipe.check_hparams(hparams, hp.space)
+    with pytest.raises(KerakitError, match=r"filters='wide': expected int"):
+        recipe.check_hparams({"filters": "wide"}, hp.space)
