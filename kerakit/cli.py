@@ -40,15 +40,33 @@ def _parse_overrides(pairs: tuple[str, ...]) -> dict[str, str]:
     return overrides
 
 
-def _quiet_tensorflow() -> None:
+def _load_tensorflow_quietly() -> None:
+    """Import TensorFlow and start its devices with stderr muted.
+
+    TF 2.21 logs through C++ absl before Python can configure it (oneDNN
+    notices, "could not find cuda drivers", cuInit failures), ignoring
+    TF_CPP_MIN_LOG_LEVEL. A Python exception still surfaces after stderr is
+    restored; `--debug` skips the muting.
+    """
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    os.environ.setdefault("ABSL_MIN_LOG_LEVEL", "2")
+    saved, devnull = os.dup(2), os.open(os.devnull, os.O_WRONLY)
+    try:
+        sys.stderr.flush()
+        os.dup2(devnull, 2)
+        import tensorflow as tf
+
+        tf.config.list_logical_devices()
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+        os.close(devnull)
 
 
 @click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})
 @click.option("--debug", is_flag=True, help="Show full tracebacks for errors.")
 @click.version_option(package_name="kerakit")
-def cli(debug: bool) -> None:
+@click.pass_context
+def cli(ctx, debug: bool) -> None:
     """kerakit: recipes -> trained, exported, verified Keras models.
 
     \b
@@ -56,13 +74,18 @@ def cli(debug: bool) -> None:
     kerakit train digits_cnn epochs=5       train a recipe (key=value overrides)
     kerakit evaluate runs/demo              test-split metrics of a run
     """
-    if not debug:
-        _quiet_tensorflow()
+
+
+def _needs_tensorflow(ctx) -> None:
+    if not ctx.find_root().params.get("debug"):
+        _load_tensorflow_quietly()
 
 
 @cli.command("recipes")
-def recipes_cmd() -> None:
+@click.pass_context
+def recipes_cmd(ctx) -> None:
     """List the recipes found by name (./recipes, $KERAKIT_RECIPE_PATH, bundled)."""
+    _needs_tensorflow(ctx)
     from rich.console import Console
     from rich.table import Table
 
@@ -82,12 +105,16 @@ def recipes_cmd() -> None:
 @click.option("--data-dir", help="TFDS data directory (default $TFDS_DATA_DIR or ~/tensorflow_datasets).")
 @click.option("--hparams", type=click.Path(dir_okay=False), help="JSON of hyperparameter values, e.g. a search's best_hparams.json.")
 @click.option("--overwrite", is_flag=True, help="Replace a run already in --out.")
-def train_cmd(recipe, overrides, out, strategy, data_dir, hparams, overwrite) -> None:
+@click.pass_context
+def train_cmd(ctx, recipe, overrides, out, strategy, data_dir, hparams, overwrite) -> None:
     """Train RECIPE (a name or a .py path) with key=value overrides."""
     from kerakit.train import train
 
+    overrides = _parse_overrides(overrides)
+    _needs_tensorflow(ctx)
+
     run = train(recipe, out, strategy=strategy, data_dir=data_dir, hparams=hparams,
-                overwrite=overwrite, **_parse_overrides(overrides))
+                overwrite=overwrite, **overrides)
     if run.is_finished:
         _print_metrics(run.metrics)
 
@@ -99,11 +126,14 @@ def train_cmd(recipe, overrides, out, strategy, data_dir, hparams, overwrite) ->
 @click.option("--data-dir", help="TFDS data directory.")
 @click.option("--split", default="test", show_default=True, help="Which split to evaluate.")
 @click.option("--json", "as_json", is_flag=True, help="Print the metrics as JSON.")
-def evaluate_cmd(target, overrides, recipe, data_dir, split, as_json) -> None:
+@click.pass_context
+def evaluate_cmd(ctx, target, overrides, recipe, data_dir, split, as_json) -> None:
     """Test-split metrics of a run directory or a .keras file."""
     from kerakit.evaluate import evaluate
 
-    metrics = evaluate(target, recipe=recipe, data_dir=data_dir, split=split, **_parse_overrides(overrides))
+    overrides = _parse_overrides(overrides)
+    _needs_tensorflow(ctx)
+    metrics = evaluate(target, recipe=recipe, data_dir=data_dir, split=split, **overrides)
     if as_json:
         click.echo(json.dumps(metrics, indent=2))
     else:
