@@ -40,13 +40,14 @@ def _parse_overrides(pairs: tuple[str, ...]) -> dict[str, str]:
     return overrides
 
 
-def _load_tensorflow_quietly() -> None:
+def _load_tensorflow_quietly(start_devices: bool = True) -> None:
     """Import TensorFlow and start its devices with stderr muted.
 
     TF 2.21 logs through C++ absl before Python can configure it (oneDNN
     notices, "could not find cuda drivers", cuInit failures), ignoring
     TF_CPP_MIN_LOG_LEVEL. A Python exception still surfaces after stderr is
-    restored; `--debug` skips the muting.
+    restored; `--debug` skips the muting. Multi-worker training must create
+    its strategy before TensorFlow starts its devices: `start_devices=False`.
     """
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     saved, devnull = os.dup(2), os.open(os.devnull, os.O_WRONLY)
@@ -55,7 +56,8 @@ def _load_tensorflow_quietly() -> None:
         os.dup2(devnull, 2)
         import tensorflow as tf
 
-        tf.config.list_logical_devices()
+        if start_devices:
+            tf.config.list_logical_devices()
     finally:
         os.dup2(saved, 2)
         os.close(saved)
@@ -76,9 +78,9 @@ def cli(ctx, debug: bool) -> None:
     """
 
 
-def _needs_tensorflow(ctx) -> None:
+def _needs_tensorflow(ctx, start_devices: bool = True) -> None:
     if not ctx.find_root().params.get("debug"):
-        _load_tensorflow_quietly()
+        _load_tensorflow_quietly(start_devices)
 
 
 @cli.command("recipes")
@@ -111,8 +113,7 @@ def train_cmd(ctx, recipe, overrides, out, strategy, data_dir, hparams, overwrit
     from kerakit.train import train
 
     overrides = _parse_overrides(overrides)
-    _needs_tensorflow(ctx)
-
+    _needs_tensorflow(ctx, start_devices=strategy != "multi-worker")
     run = train(recipe, out, strategy=strategy, data_dir=data_dir, hparams=hparams,
                 overwrite=overwrite, **overrides)
     if run.is_finished:

@@ -53,7 +53,13 @@ def make_strategy(name: str | None):
     if name == "mirrored":
         return tf.distribute.MirroredStrategy()
     if name == "multi-worker":
-        return tf.distribute.MultiWorkerMirroredStrategy()
+        try:
+            return tf.distribute.MultiWorkerMirroredStrategy()
+        except RuntimeError as e:
+            raise KerakitError(
+                f"strategy=multi-worker must be the first TensorFlow work in its process ({e}). "
+                "Start training in a fresh process (e.g. the `kerakit train` command)."
+            ) from e
     return tf.distribute.get_strategy()
 
 
