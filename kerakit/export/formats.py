@@ -1,0 +1,163 @@
+"""Export mechanics, one function per format: Keras model in, artifact on disk out.
+
+All formats are traced from one serving function, `{input_name: tensor} ->
+{output_name: tensor}`, so SavedModel, TFLite and ONNX expose the same names:
+the recipe's input names and the Keras output layers' names, with a dynamic
+batch dimension.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+
+from kerakit import runs
+from kerakit.export.targets import ArtifactSpec
+from kerakit.runtime import Spec
+
+SIGNATURE = "serving_default"
+
+
+def serving_function(model, inputs: list[Spec], outputs: list[str]):
+    """(tf.function, input_signature) taking and returning dicts of named tensors."""
+    import tensorflow as tf
+
+    signature = [{s.name: tf.TensorSpec((None, *s.shape[1:]), s.dtype, name=s.name) for s in inputs}]
+    single = len(inputs) == 1
+
+    def serve(features):
+        x = features[inputs[0].name] if single else features
+        result = model(x, training=False)
+        result = result if isinstance(result, (list, tuple)) else [result]
+        return {name: tf.identity(t, name=name) for name, t in zip(outputs, result)}
+
+    return tf.function(serve, input_signature=signature), signature
+
+
+def write_savedmodel(model, inputs: list[Spec], outputs: list[str], path: Path) -> None:
+    import keras
+
+    fn, signature = serving_function(model, inputs, outputs)
+    archive = keras.export.ExportArchive()
+    archive.track(model)
+    archive.add_endpoint(SIGNATURE, fn.python_function, input_signature=signature)
+    with runs.atomic_dir(path) as tmp:
+        archive.write_out(str(tmp), verbose=False)
+
+
+def tflite_bytes(savedmodel: Path, spec: ArtifactSpec, inputs: list[Spec], sample: dict[str, np.ndarray] | None) -> bytes:
+    """Convert the SavedModel with the spec's quantization (full-integer needs `sample`)."""
+    import tensorflow as tf
+
+    converter = tf.lite.TFLiteConverter.from_saved_model(str(savedmodel), signature_keys=[SIGNATURE])
+    if spec.quantization == "float16":
+        converter.optimizations = [tf.lite.Optimize.DEFAULT]
+        converter.target_spec.supported_types = [tf.float16]
+    elif spec.quantization == "dynamic":
+        converter.optimizations = [tf.lite.Optimize.DEFAULT]
+    elif spec.quantization == "int8":
+        if sample is None:
+            raise ValueError("full-integer int8 needs a representative sample (a recipe, or --sample FILE.npz)")
+        converter.optimizations = [tf.lite.Optimize.DEFAULT]
+        converter.representative_dataset = _representative(sample)
+        converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
+        # Integer inputs (token ids) stay as they are; float I/O becomes int8/uint8 unless io=float32.
+        if spec.io != "float32" and all(np.dtype(s.dtype).kind == "f" for s in inputs):
+            io_type = tf.int8 if spec.io == "int8" else tf.uint8
+            converter.inference_input_type = io_type
+            converter.inference_output_type = io_type
+    return converter.convert()
+
+
+def _representative(sample: dict[str, np.ndarray]):
+    n = len(next(iter(sample.values())))
+
+    def generate():
+        for i in range(n):
+            yield {name: values[i : i + 1] for name, values in sample.items()}
+
+    return generate
+
+
+def add_tflite_metadata(model_bytes: bytes, metadata: dict) -> bytes:
+    """Embed `metadata` (JSON: name, description, normalization, labels) in the flatbuffer's metadata list.
+
+    Stored under the name "kerakit"; LiteRT ignores unknown metadata entries,
+    and any flatbuffer reader can get it back (`read_tflite_metadata`).
+    """
+    from tensorflow.lite.python import schema_py_generated as schema
+    from tensorflow.lite.tools import flatbuffer_utils
+
+    model = flatbuffer_utils.convert_bytearray_to_object(bytearray(model_bytes))
+    buffer = schema.BufferT()
+    buffer.data = np.frombuffer(json.dumps(metadata, sort_keys=True).encode(), dtype=np.uint8)
+    model.buffers.append(buffer)
+    entry = schema.MetadataT()
+    entry.name = "kerakit"
+    entry.buffer = len(model.buffers) - 1
+    model.metadata = [m for m in (model.metadata or []) if m.name != b"kerakit" and m.name != "kerakit"] + [entry]
+    return bytes(flatbuffer_utils.convert_object_to_bytearray(model))
+
+
+def read_tflite_metadata(path: Path) -> dict | None:
+    from tensorflow.lite.tools import flatbuffer_utils
+
+    model = flatbuffer_utils.read_model(str(path))
+    for entry in model.metadata or []:
+        name = entry.name.decode() if isinstance(entry.name, bytes) else entry.name
+        if name == "kerakit":
+            return json.loads(bytes(model.buffers[entry.buffer].data).decode())
+    return None
+
+
+def write_onnx(model, inputs: list[Spec], outputs: list[str], opset: int, path: Path) -> None:
+    """tf2onnx from the serving function (Keras 3 models need from_function, not from_keras)."""
+    import tf2onnx
+
+    fn, signature = serving_function(model, inputs, outputs)
+    proto, _ = tf2onnx.convert.from_function(fn, input_signature=signature, opset=opset)
+    for value in [*proto.graph.input, *proto.graph.output]:
+        dims = value.type.tensor_type.shape.dim
+        if dims and not dims[0].HasField("dim_value"):
+            dims[0].dim_param = "batch"  # tf2onnx names it unk__NN
+    _save_onnx(proto, path)
+
+
+def quantize_onnx(fp32: Path, spec: ArtifactSpec, sample: dict[str, np.ndarray] | None, path: Path) -> None:
+    """ONNX Runtime quantization: static QDQ (calibrated on `sample`) or dynamic."""
+    import tempfile
+
+    from onnxruntime.quantization import (CalibrationDataReader, QuantFormat, QuantType, quantize_dynamic,
+                                          quantize_static)
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+
+    with tempfile.TemporaryDirectory() as tmp:
+        prepared = Path(tmp) / "prepared.onnx"
+        quant_pre_process(str(fp32), str(prepared), skip_symbolic_shape=True)
+        out = Path(tmp) / "quantized.onnx"
+        if spec.quantization == "dynamic":
+            quantize_dynamic(str(prepared), str(out), weight_type=QuantType.QInt8, per_channel=True)
+        else:
+            if sample is None:
+                raise ValueError("static int8 needs a representative sample (a recipe, or --sample FILE.npz)")
+
+            class Reader(CalibrationDataReader):
+                def __init__(self):
+                    n = len(next(iter(sample.values())))
+                    self._batches = iter([{k: v[i : i + 1] for k, v in sample.items()} for i in range(n)])
+
+                def get_next(self):
+                    return next(self._batches, None)
+
+            quantize_static(str(prepared), str(out), Reader(), quant_format=QuantFormat.QDQ,
+                            activation_type=QuantType.QInt8, weight_type=QuantType.QInt8, per_channel=True)
+        runs.copy_file(out, path)
+
+
+def _save_onnx(proto, path: Path) -> None:
+    import onnx
+
+    with runs.atomic_path(path) as tmp:
+        onnx.save(proto, str(tmp))
