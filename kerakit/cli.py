@@ -41,27 +41,19 @@ def _parse_overrides(pairs: tuple[str, ...]) -> dict[str, str]:
 
 
 def _load_tensorflow_quietly(start_devices: bool = True) -> None:
-    """Import TensorFlow and start its devices with stderr muted.
+    """Import TensorFlow (and start its devices) without its C++ start-up log lines.
 
-    TF 2.21 logs through C++ absl before Python can configure it (oneDNN
-    notices, "could not find cuda drivers", cuInit failures), ignoring
-    TF_CPP_MIN_LOG_LEVEL. A Python exception still surfaces after stderr is
-    restored; `--debug` skips the muting. Multi-worker training must create
-    its strategy before TensorFlow starts its devices: `start_devices=False`.
+    Multi-worker training must create its strategy before TensorFlow starts
+    its devices: `start_devices=False`.
     """
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    saved, devnull = os.dup(2), os.open(os.devnull, os.O_WRONLY)
-    try:
-        sys.stderr.flush()
-        os.dup2(devnull, 2)
+    from kerakit.quiet import muted_stderr
+
+    with muted_stderr():
         import tensorflow as tf
 
         if start_devices:
             tf.config.list_logical_devices()
-    finally:
-        os.dup2(saved, 2)
-        os.close(saved)
-        os.close(devnull)
 
 
 @click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})
@@ -75,12 +67,14 @@ def cli(ctx, debug: bool) -> None:
     kerakit recipes                         list recipes
     kerakit train digits_cnn epochs=5       train a recipe (key=value overrides)
     kerakit evaluate runs/demo              test-split metrics of a run
+    kerakit export runs/demo --target edge  export and verify deployment artifacts
     """
 
 
 def _needs_tensorflow(ctx, start_devices: bool = True) -> None:
-    if not ctx.find_root().params.get("debug"):
-        _load_tensorflow_quietly(start_devices)
+    if ctx.find_root().params.get("debug"):
+        os.environ["KERAKIT_DEBUG"] = "1"
+    _load_tensorflow_quietly(start_devices)
 
 
 @cli.command("recipes")
@@ -139,6 +133,61 @@ def evaluate_cmd(ctx, target, overrides, recipe, data_dir, split, as_json) -> No
         click.echo(json.dumps(metrics, indent=2))
     else:
         _print_metrics(metrics)
+
+
+@cli.command("export")
+@click.argument("source", type=click.Path())
+@click.option("--target", "targets", multiple=True, help="Target name or TOML path (repeat or comma-separate): server, edge, ...")
+@click.option("--format", "formats", multiple=True, help="One artifact: savedmodel, tflite, tflite-fp16, tflite-dynamic, tflite-int8, onnx, onnx-dynamic, onnx-int8.")
+@click.option("--out", type=click.Path(file_okay=False), help="Output directory (default RUN/export).")
+@click.option("--recipe", help="For a .keras file outside a run: the recipe whose data verifies and calibrates.")
+@click.option("--sample", type=click.Path(dir_okay=False), help="For a .keras file outside a run: .npz of inputs by name (+ 'label').")
+@click.option("--data-dir", help="TFDS data directory.")
+@click.option("--opset", type=int, help="ONNX opset for --format onnx* (targets set their own).")
+@click.pass_context
+def export_cmd(ctx, source, targets, formats, out, recipe, sample, data_dir, opset) -> None:
+    """Export a run or a .keras file for deployment targets; verify every artifact."""
+    from kerakit.errors import KerakitError
+    from kerakit.export import export
+
+    split = lambda values: [v.strip() for value in values for v in value.split(",") if v.strip()]  # noqa: E731
+    targets, formats = split(targets), split(formats)
+    if not targets and not formats:
+        targets = ["server"]
+    _needs_tensorflow(ctx)
+    report = export(source, targets, formats, out=out, recipe=recipe, sample=sample, data_dir=data_dir, opset=opset)
+    _print_export(report)
+    failed = [r["artifact"] for r in report["artifacts"] if r["verdict"] != "verified"]
+    if failed:
+        raise KerakitError(
+            f"{len(failed)} of {len(report['artifacts'])} artifacts failed verification ({', '.join(failed)}); "
+            f"figures in {report['out']}/export_report.json."
+        )
+
+
+def _print_export(report: dict) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    metric = (report.get("keras_metric") or {}).get("name") or "metric"
+    rows = report["artifacts"]
+    with_ratio = any("size_vs_tflite_fp32" in r for r in rows)
+    columns = ["artifact", "size", *(["vs tflite fp32"] if with_ratio else []), "max abs err", metric, "change", "verdict"]
+    table = Table(*columns, title=f"export -> {report['out']}", box=None)
+    keras_metric = report.get("keras_metric")
+    if keras_metric:
+        table.add_row("keras", "", *([""] if with_ratio else []), "", f"{keras_metric['value']:.4f}", "", "reference")
+    for r in rows:
+        size = f"{r['size_bytes'] / 1024:.0f} KiB" if "size_bytes" in r else "-"
+        ratio = [f"{r['size_vs_tflite_fp32']:.3f}x" if "size_vs_tflite_fp32" in r else "-"] if with_ratio else []
+        err = f"{r['max_abs_error']:.2e}" if r.get("max_abs_error") is not None else "-"
+        value = f"{r['metric']:.4f}" if r.get("metric") is not None else "-"
+        change = f"{r['metric_change']:+.4f}" if r.get("metric_change") is not None else "-"
+        verdict = r["verdict"] if r["verdict"] == "verified" else f"FAILED: {'; '.join(r.get('reasons', []))}"
+        table.add_row(r["artifact"], size, *ratio, err, value, change, verdict)
+    Console(width=max(120, Console().width)).print(table)
+    for layout in report.get("layouts", []):
+        print(f"{layout['layout']}: {layout.get('path') or 'not written: ' + layout['reason']}")
 
 
 def _print_metrics(metrics: dict) -> None:

@@ -193,8 +193,11 @@ class LiteRTPredictor(Predictor):
         super().__init__(path)
         from ai_edge_litert.interpreter import Interpreter
 
+        from kerakit.quiet import muted_stderr
+
         try:
-            self._interpreter = Interpreter(model_path=str(path), num_threads=threads)
+            with muted_stderr():  # "INFO: Created TensorFlow Lite XNNPACK delegate for CPU."
+                self._interpreter = Interpreter(model_path=str(path), num_threads=threads)
         except (ValueError, RuntimeError) as e:
             raise KerakitError(f"Cannot load TFLite model {str(path)!r}: {str(e)[:200]} (truncated or corrupt?).") from e
         signatures = self._interpreter.get_signature_list()

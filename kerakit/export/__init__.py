@@ -78,7 +78,7 @@ def export(
     from kerakit import runtime
     from kerakit.export import formats as fmt
     from kerakit.export import layouts
-    from kerakit.export.verify import make_reference
+    from kerakit.export.verify import Check, make_reference
     from kerakit.export.verify import verify_artifact as _verify
 
     keras_predictor = runtime.KerasPredictor(model_path, model=model)
@@ -120,7 +120,10 @@ def export(
                 log(f"  {key}: conversion failed: {_first_line(e)}")
                 continue
             row["export_seconds"] = round(time.perf_counter() - started, 2)
-            check = _verify(path, reference, spec, tolerances)
+            try:
+                check = _verify(path, reference, spec, tolerances)
+            except Exception as e:  # e.g. the runtime cannot load what the converter wrote
+                check = Check(reasons=[f"{spec.name} could not run: {_first_line(e)}"])
             row.update(size_bytes=_size(path), **check.to_dict(), sha256=_digest(path))
             rows.append(row)
             paths[key] = path
@@ -169,8 +172,8 @@ def export(
 
 
 def _build(spec, model, inputs, output_names, path, staging, sources, calibration, metadata, fmt) -> None:
-    """Write one artifact to `path`, converting from the float SavedModel / ONNX made once in staging."""
-    if spec.format in ("savedmodel", "tflite") and "savedmodel" not in sources:
+    """Write one artifact to `path`; every format converts from the one serving SavedModel made in staging."""
+    if "savedmodel" not in sources:
         sources["savedmodel"] = staging / "savedmodel"
         fmt.write_savedmodel(model, inputs, output_names, sources["savedmodel"])
     if spec.format == "savedmodel":
@@ -182,12 +185,12 @@ def _build(spec, model, inputs, output_names, path, staging, sources, calibratio
         with runs.atomic_path(path) as tmp:
             tmp.write_bytes(data)
     elif spec.quantization == "none":
-        fmt.write_onnx(model, inputs, output_names, spec.opset, path)
+        fmt.write_onnx(sources["savedmodel"], spec.opset, path)
     else:
         key = f"onnx-{spec.opset}"
         if key not in sources:
             sources[key] = staging / f"float-{spec.opset}.onnx"
-            fmt.write_onnx(model, inputs, output_names, spec.opset, sources[key])
+            fmt.write_onnx(sources["savedmodel"], spec.opset, sources[key])
         fmt.quantize_onnx(sources[key], spec, calibration, path)
 
 

@@ -9,6 +9,7 @@ batch dimension.
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import numpy as np
@@ -21,7 +22,7 @@ SIGNATURE = "serving_default"
 
 
 def serving_function(model, inputs: list[Spec], outputs: list[str]):
-    """(tf.function, input_signature) taking and returning dicts of named tensors."""
+    """(function, input_signature): dicts of named tensors in and out."""
     import tensorflow as tf
 
     signature = [{s.name: tf.TensorSpec((None, *s.shape[1:]), s.dtype, name=s.name) for s in inputs}]
@@ -33,7 +34,7 @@ def serving_function(model, inputs: list[Spec], outputs: list[str]):
         result = result if isinstance(result, (list, tuple)) else [result]
         return {name: tf.identity(t, name=name) for name, t in zip(outputs, result)}
 
-    return tf.function(serve, input_signature=signature), signature
+    return serve, signature
 
 
 def write_savedmodel(model, inputs: list[Spec], outputs: list[str], path: Path) -> None:
@@ -42,7 +43,7 @@ def write_savedmodel(model, inputs: list[Spec], outputs: list[str], path: Path) 
     fn, signature = serving_function(model, inputs, outputs)
     archive = keras.export.ExportArchive()
     archive.track(model)
-    archive.add_endpoint(SIGNATURE, fn.python_function, input_signature=signature)
+    archive.add_endpoint(SIGNATURE, fn, input_signature=signature)
     with runs.atomic_dir(path) as tmp:
         archive.write_out(str(tmp), verbose=False)
 
@@ -68,7 +69,16 @@ def tflite_bytes(savedmodel: Path, spec: ArtifactSpec, inputs: list[Spec], sampl
             io_type = tf.int8 if spec.io == "int8" else tf.uint8
             converter.inference_input_type = io_type
             converter.inference_output_type = io_type
-    return converter.convert()
+    from kerakit.quiet import muted_stderr
+
+    try:
+        with muted_stderr():
+            return converter.convert()
+    except Exception as e:
+        ops = sorted(set(re.findall(r"'tf\.(\w+)' op is neither a custom op nor a flex op", str(e))))
+        if ops:
+            raise ValueError(f"TensorFlow op(s) {', '.join(ops)} not supported by TFLite builtin ops") from e
+        raise
 
 
 def _representative(sample: dict[str, np.ndarray]):
@@ -112,17 +122,40 @@ def read_tflite_metadata(path: Path) -> dict | None:
     return None
 
 
-def write_onnx(model, inputs: list[Spec], outputs: list[str], opset: int, path: Path) -> None:
-    """tf2onnx from the serving function (Keras 3 models need from_function, not from_keras)."""
-    import tf2onnx
+def write_onnx(savedmodel: Path, opset: int, path: Path) -> None:
+    """tf2onnx from the serving SavedModel, as `python -m tf2onnx.convert --saved-model` does.
 
-    fn, signature = serving_function(model, inputs, outputs)
-    proto, _ = tf2onnx.convert.from_function(fn, input_signature=signature, opset=opset)
+    Not `from_keras` (broken with Keras 3) and not `from_function`: that one
+    turns tensors a layer captured (an adapted Normalization's mean and
+    variance) into extra graph inputs. The SavedModel path freezes them.
+    """
+    from tf2onnx import convert, tf_loader
+
+    from kerakit.quiet import muted_stderr
+
+    with muted_stderr():
+        graph_def, inputs, outputs, tables, renames = tf_loader.from_saved_model(
+            str(savedmodel), None, None, None, [SIGNATURE], None, False,
+            return_initialized_tables=True, return_tensors_to_rename=True)
+        proto, _ = convert._convert_common(
+            graph_def, name=path.stem, opset=opset, input_names=inputs, output_names=outputs,
+            tensors_to_rename=renames, initialized_tables=tables, continue_on_error=True)
+    _check_onnx_ops(proto, opset)
     for value in [*proto.graph.input, *proto.graph.output]:
         dims = value.type.tensor_type.shape.dim
         if dims and not dims[0].HasField("dim_value"):
             dims[0].dim_param = "batch"  # tf2onnx names it unk__NN
     _save_onnx(proto, path)
+
+
+def _check_onnx_ops(proto, opset: int) -> None:
+    """tf2onnx logs unsupported TensorFlow ops and emits them as they are; make that an error."""
+    import onnx
+
+    unknown = sorted({n.op_type for n in proto.graph.node
+                      if n.domain in ("", "ai.onnx") and not onnx.defs.has(n.op_type, max_inclusive_version=opset)})
+    if unknown:
+        raise ValueError(f"TensorFlow op(s) {', '.join(unknown)} not supported by tf2onnx at opset {opset}")
 
 
 def quantize_onnx(fp32: Path, spec: ArtifactSpec, sample: dict[str, np.ndarray] | None, path: Path) -> None:
