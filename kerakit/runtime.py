@@ -213,8 +213,8 @@ class LiteRTPredictor(Predictor):
             out_details = {d["name"]: d for d in self._interpreter.get_output_details()}
         self._in, self._out = in_details, out_details
         # Callers see float tensors where the file quantized a float model's I/O.
-        self.inputs = [Spec(k, (None, *d["shape"][1:]), _float_view(d)) for k, d in sorted(in_details.items())]
-        self.outputs = [Spec(k, (None, *d["shape"][1:]), _float_view(d)) for k, d in sorted(out_details.items())]
+        self.inputs = [Spec(k, (None, *map(int, d["shape"][1:])), _float_view(d)) for k, d in sorted(in_details.items())]
+        self.outputs = [Spec(k, (None, *map(int, d["shape"][1:])), _float_view(d)) for k, d in sorted(out_details.items())]
 
     @property
     def quantized_io(self) -> bool:
