@@ -19,6 +19,7 @@ venv: $(STAMP)
 demo: $(STAMP)
 	$(BIN)/kerakit train digits_cnn --out runs/demo
 	$(BIN)/kerakit evaluate runs/demo
+	$(BIN)/kerakit export runs/demo --target server,edge
 
 test: $(STAMP)
 	$(BIN)/python -m pytest $(PYTEST_ARGS)

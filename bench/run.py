@@ -1,4 +1,4 @@
-"""`make bench`: foundation benchmarks, written to bench/results/foundation.json.
+"""`make bench`: benchmarks, written as JSON to bench/results/ (foundation.json, export.json).
 
 Figures are ratios measured within one run (this machine is shared and noisy):
 
@@ -8,6 +8,10 @@ Figures are ratios measured within one run (this machine is shared and noisy):
 - cli_help: wall time of `kerakit --help` (no TensorFlow import). Target < 0.5 s.
 - digits_cnn_default: test accuracy and wall time of `kerakit train digits_cnn`
   with defaults. Targets: >= 0.95 in < 120 s.
+- export (export.json): for digits_cnn and the edge-style digits_mobilenet
+  (MobileNetV3-Small, 96x96): file size of every format relative to float32
+  TFLite (target: tflite-int8 <= 0.27x), accuracy change from Keras, export
+  wall time. Every artifact is verified as `kerakit export` does.
 """
 
 from __future__ import annotations
@@ -114,20 +118,64 @@ def digits_default() -> dict:
     }
 
 
+EXPORT_FORMATS = ["tflite", "tflite-dynamic", "onnx-dynamic"]  # beside the server and edge targets
+
+
+def export_sizes(recipe_name: str, **overrides) -> dict:
+    import kerakit
+    from kerakit.export import export
+
+    with tempfile.TemporaryDirectory() as tmp:
+        run = kerakit.train(recipe_name, f"{tmp}/run", verbose=0, log=lambda m: None, **overrides)
+        start = time.perf_counter()
+        report = export(run.path, targets=["server", "edge"], formats=EXPORT_FORMATS, log=lambda m: None)
+        wall = time.perf_counter() - start
+    rows = {
+        r["artifact"]: {
+            "size_bytes": r.get("size_bytes"),
+            "size_vs_tflite_fp32": r.get("size_vs_tflite_fp32"),
+            "accuracy": r.get("metric"),
+            "accuracy_change_points": None if r.get("metric_change") is None else round(100 * r["metric_change"], 2),
+            "max_abs_error": r.get("max_abs_error"),
+            "export_seconds": r["export_seconds"],
+            "verdict": r["verdict"],
+        }
+        for r in report["artifacts"]
+    }
+    int8 = rows["tflite-int8"]["size_vs_tflite_fp32"]
+    return {
+        "recipe": recipe_name,
+        "overrides": overrides,
+        "keras_accuracy": report["keras_metric"]["value"],
+        "artifacts": rows,
+        "export_wall_s": round(wall, 1),
+        "target": "tflite-int8 <= 0.27x float32 TFLite; accuracy change >= -1 point",
+        "meets_target": int8 <= 0.27 and all(r["verdict"] == "verified" for r in rows.values()),
+    }
+
+
+def _write(name: str, results: dict) -> None:
+    path = RESULTS / name
+    path.write_text(json.dumps(results, indent=2) + "\n")
+    print(json.dumps(results, indent=2))
+    print(f"wrote {path}")
+
+
 def main() -> None:
     from kerakit.train import library_versions
 
     RESULTS.mkdir(parents=True, exist_ok=True)
-    results = {
-        "machine": {"cpus": os.cpu_count(), **library_versions()},
+    machine = {"cpus": os.cpu_count(), **library_versions()}
+    _write("foundation.json", {
+        "machine": machine,
         "cli_help": cli_help(),
         "digits_cnn_default": digits_default(),
         "input_pipeline": [input_pipeline("digits_cnn"), input_pipeline("mnist_cnn", mock_examples=6000)],
-    }
-    path = RESULTS / "foundation.json"
-    path.write_text(json.dumps(results, indent=2) + "\n")
-    print(json.dumps(results, indent=2))
-    print(f"wrote {path}")
+    })
+    _write("export.json", {
+        "machine": machine,
+        "models": [export_sizes("digits_cnn"), export_sizes("digits_mobilenet", epochs=8)],
+    })
 
 
 if __name__ == "__main__":

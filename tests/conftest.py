@@ -33,6 +33,16 @@ def digits_run(tmp_path_factory):
     return kerakit.train("digits_cnn", out, epochs=3, verbose=0)
 
 
+@pytest.fixture(scope="session")
+def digits_export(digits_run, tmp_path_factory):
+    """The short digits run exported for server and edge, plus float32 TFLite."""
+    from kerakit.export import export
+
+    out = tmp_path_factory.mktemp("export")
+    report = export(digits_run.path, targets=["server", "edge"], formats=["tflite"], out=out, log=lambda m: None)
+    return out, report
+
+
 def run_cli(*args, env=None, timeout=300, cwd=ROOT):
     """Run the real `kerakit` command line in a fresh interpreter."""
     full_env = {**os.environ, **(env or {})}

@@ -18,13 +18,6 @@ from kerakit.export.formats import read_tflite_metadata
 from kerakit.export.targets import ArtifactSpec, Verify, format_target, parse_target
 
 
-@pytest.fixture(scope="session")
-def digits_export(digits_run, tmp_path_factory):
-    out = tmp_path_factory.mktemp("export")
-    report = export(digits_run.path, targets=["server", "edge"], formats=["tflite"], out=out, log=lambda m: None)
-    return out, report
-
-
 def _row(report, name):
     return next(r for r in report["artifacts"] if r["artifact"] == name)
 
