@@ -234,3 +234,15 @@ def test_every_recipe_exports_for_server_and_edge(name, tmp_path):
     assert [r["verdict"] for r in report["artifacts"]] == ["verified"] * 5, report["artifacts"]
     if name == "breast_cancer_mlp":
         assert abs(_row(report, "tflite-int8")["metric_change"]) <= 0.01
+
+
+def test_a_target_file_by_path_with_uint8_io(digits_run, tmp_path):
+    target = tmp_path / "mcu.toml"
+    target.write_text('description = "uint8 microcontroller"\n[[artifacts]]\nformat = "tflite"\n'
+                      'quantization = "int8"\nio = "uint8"\n')
+    report = export(digits_run.path, targets=[str(target)], out=tmp_path / "out", log=lambda m: None)
+    assert report["passed"] and report["targets"] == ["mcu"]
+    from ai_edge_litert.interpreter import Interpreter
+
+    details = Interpreter(model_path=str(tmp_path / "out" / "model_int8.tflite")).get_input_details()[0]
+    assert details["dtype"] == np.uint8
