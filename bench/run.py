@@ -12,6 +12,12 @@ Figures are ratios measured within one run (this machine is shared and noisy):
   (MobileNetV3-Small, 96x96): file size of every format relative to float32
   TFLite (target: tflite-int8 <= 0.27x), accuracy change from Keras, export
   wall time. Every artifact is verified as `kerakit export` does.
+- inference (inference.json), same two models, p50 latency in interleaved
+  rounds: ONNX Runtime (with the settings `kerakit bench` saved, which serve
+  uses) vs `keras.Model.predict` (target >= 20x at batch 1) and vs the
+  SavedModel signature; those defaults vs the best ONNX setting of the sweep
+  (target <= 1.1x); LiteRT int8 vs float32 (target <= 0.6x); the bench
+  harness (`Predictor.run`) vs a bare `session.run` loop (target <= 1.03).
 """
 
 from __future__ import annotations
@@ -118,15 +124,14 @@ def digits_default() -> dict:
 EXPORT_FORMATS = ["tflite", "tflite-dynamic", "onnx-dynamic"]  # beside the server and edge targets
 
 
-def export_sizes(recipe_name: str, **overrides) -> dict:
-    import kerakit
+def export_sizes(run_path: Path) -> dict:
     from kerakit.export import export
+    from kerakit.runs import Run
 
-    with tempfile.TemporaryDirectory() as tmp:
-        run = kerakit.train(recipe_name, f"{tmp}/run", verbose=0, log=lambda m: None, **overrides)
-        start = time.perf_counter()
-        report = export(run.path, targets=["server", "edge"], formats=EXPORT_FORMATS, log=lambda m: None)
-        wall = time.perf_counter() - start
+    run = Run.open(run_path)
+    start = time.perf_counter()
+    report = export(run.path, targets=["server", "edge"], formats=EXPORT_FORMATS, log=lambda m: None)
+    wall = time.perf_counter() - start
     rows = {
         r["artifact"]: {
             "size_bytes": r.get("size_bytes"),
@@ -141,14 +146,83 @@ def export_sizes(recipe_name: str, **overrides) -> dict:
     }
     int8 = rows["tflite-int8"]["size_vs_tflite_fp32"]
     return {
-        "recipe": recipe_name,
-        "overrides": overrides,
+        "recipe": run.config["recipe"],
+        "config": run.config["config"],
         "keras_accuracy": report["keras_metric"]["value"],
         "artifacts": rows,
         "export_wall_s": round(wall, 1),
         "target": "tflite-int8 <= 0.27x float32 TFLite; accuracy change >= -1 point",
         "meets_target": int8 <= 0.27 and all(r["verdict"] == "verified" for r in rows.values()),
     }
+
+
+def _p50(samples) -> float:
+    return float(statistics.median(samples)) / 1e6
+
+
+def inference(run_path: Path, runs_: int = 200) -> dict:
+    """ONNX Runtime against keras predict and the SavedModel, tuned vs best ONNX settings,
+    LiteRT int8 vs float32, and the bench harness against a bare session.run loop."""
+    import keras
+
+    from kerakit import runtime
+    from kerakit.bench import bench as bench_artifacts
+    from kerakit.bench import time_interleaved
+    from kerakit.data import load_data
+    from kerakit.runs import Run
+
+    run = Run.open(run_path)
+    export_dir = run.path / "export"
+    onnx_path = export_dir / "model.onnx"
+    sweep = bench_artifacts([onnx_path], batches=[1, 32], threads=[1, 2], runs_=runs_, warmup=20,
+                            out=run.path / "bench", log=lambda m: None)["onnx_sweep"]["model.onnx"]
+    x_test, _ = load_data(run.recipe(), run.config["config"]).arrays("test")
+
+    model = keras.saving.load_model(run.model_path)
+    onnx_default = runtime.load(onnx_path)  # the settings the sweep saved: what serve uses
+    onnx_best = runtime.OnnxPredictor(onnx_path, **sweep["best_options"])
+    onnx_untuned = runtime.OnnxPredictor(onnx_path)
+    savedmodel = runtime.load(export_dir / "savedmodel")
+    tflite = {q: runtime.load(export_dir / f"model_{q}.tflite", threads=1) for q in ("fp32", "int8")}
+    out = {"recipe": run.config["recipe"], "onnx_serve_options": runtime.tuned_options(onnx_path),
+           "onnx_sweep_best": sweep["best"], "batches": {}}
+    for batch in (1, 32):
+        x = {k: v[:batch] for k, v in x_test.items()}
+        feed = onnx_default.validate(x)
+        single = next(iter(x.values()))
+        calls = {
+            "keras_predict": lambda: model.predict(single, batch_size=batch, verbose=0),
+            "savedmodel": lambda f=savedmodel.validate(x): savedmodel.run(f),
+            "onnx_serve_default": lambda: onnx_default.run(feed),
+            "onnx_best": lambda: onnx_best.run(feed),
+            "onnx_untuned": lambda: onnx_untuned.run(feed),
+            "onnx_bare_session_run": lambda s=onnx_default.session: s.run(None, feed),
+            "tflite_fp32": lambda f=tflite["fp32"].validate(x): tflite["fp32"].run(f),
+            "tflite_int8": lambda f=tflite["int8"].validate(x): tflite["int8"].run(f),
+        }
+        samples = time_interleaved(calls, runs_ if batch > 1 else runs_, warmup=20)
+        p50 = {k: _p50(v) for k, v in samples.items()}
+        out["batches"][str(batch)] = {
+            "p50_ms": {k: round(v, 4) for k, v in p50.items()},
+            "onnx_speedup_vs_keras_predict": round(p50["keras_predict"] / p50["onnx_serve_default"], 1),
+            "onnx_speedup_vs_savedmodel": round(p50["savedmodel"] / p50["onnx_serve_default"], 2),
+            "serve_default_vs_best_onnx": round(p50["onnx_serve_default"] / p50["onnx_best"], 3),
+            "untuned_vs_best_onnx": round(p50["onnx_untuned"] / p50["onnx_best"], 3),
+            "harness_vs_bare_session_run": round(p50["onnx_serve_default"] / p50["onnx_bare_session_run"], 3),
+            "tflite_int8_vs_fp32": round(p50["tflite_int8"] / p50["tflite_fp32"], 3),
+        }
+    for p in (onnx_default, onnx_best, onnx_untuned, savedmodel, *tflite.values()):
+        p.close()
+    b1 = out["batches"]["1"]
+    out["targets"] = {
+        "onnx >= 20x keras predict at batch 1": b1["onnx_speedup_vs_keras_predict"] >= 20,
+        "serve default within 1.1x of best onnx (batch 1 and 32)":
+            all(b["serve_default_vs_best_onnx"] <= 1.1 for b in out["batches"].values()),
+        "harness overhead <= 1.03 (batch 1 and 32)":
+            all(b["harness_vs_bare_session_run"] <= 1.03 for b in out["batches"].values()),
+        "tflite int8 <= 0.6x fp32 latency (batch 1)": b1["tflite_int8_vs_fp32"] <= 0.6,
+    }
+    return out
 
 
 def _write(name: str, results: dict) -> None:
@@ -169,10 +243,14 @@ def main() -> None:
         "digits_cnn_default": digits_default(),
         "input_pipeline": [input_pipeline("digits_cnn"), input_pipeline("mnist_cnn", mock_examples=6000)],
     })
-    _write("export.json", {
-        "machine": machine,
-        "models": [export_sizes("digits_cnn"), export_sizes("digits_mobilenet", epochs=8)],
-    })
+    with tempfile.TemporaryDirectory() as tmp:
+        import kerakit
+
+        trained = [kerakit.train("digits_cnn", f"{tmp}/digits_cnn", verbose=0, log=lambda m: None).path,
+                   kerakit.train("digits_mobilenet", f"{tmp}/digits_mobilenet", epochs=8, verbose=0,
+                                 log=lambda m: None).path]
+        _write("export.json", {"machine": machine, "models": [export_sizes(p) for p in trained]})
+        _write("inference.json", {"machine": machine, "models": [inference(p) for p in trained]})
 
 
 if __name__ == "__main__":

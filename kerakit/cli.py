@@ -68,6 +68,7 @@ def cli(ctx, debug: bool) -> None:
     kerakit train digits_cnn epochs=5       train a recipe (key=value overrides)
     kerakit evaluate runs/demo              test-split metrics of a run
     kerakit export runs/demo --target edge  export and verify deployment artifacts
+    kerakit bench runs/demo                 latency of every format side by side
     """
 
 
@@ -163,6 +164,53 @@ def export_cmd(ctx, source, targets, formats, out, recipe, sample, data_dir, ops
             f"{len(failed)} of {len(report['artifacts'])} artifacts failed verification ({', '.join(failed)}); "
             f"figures in {report['out']}/export_report.json."
         )
+
+
+def _int_list(text: str, option: str) -> list[int]:
+    try:
+        values = [int(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        values = []
+    if not values or min(values) < 1:
+        raise click.BadParameter(f"{text!r}: expected comma-separated positive integers, e.g. 1,8,32.", param_hint=option)
+    return values
+
+
+@cli.command("bench")
+@click.argument("artifacts", nargs=-1, required=True, type=click.Path())
+@click.option("--batch", "batches", default="1,8,32", show_default=True, help="Batch sizes to sweep.")
+@click.option("--threads", default="1,2", show_default=True, help="Thread counts for ONNX Runtime and LiteRT.")
+@click.option("--runs", "runs_", default=200, show_default=True, type=click.IntRange(min=5), help="Timed calls per artifact and setting.")
+@click.option("--warmup", default=20, show_default=True, type=click.IntRange(min=0), help="Untimed calls first.")
+@click.option("--no-onnx-sweep", is_flag=True, help="Skip comparing ONNX optimization levels and threads.")
+@click.option("--out", type=click.Path(file_okay=False), help="Where bench.json and bench.png go (default RUN/bench).")
+@click.option("--data-dir", help="TFDS data directory.")
+@click.pass_context
+def bench_cmd(ctx, artifacts, batches, threads, runs_, warmup, no_onnx_sweep, out, data_dir) -> None:
+    """Latency/throughput of ARTIFACTS side by side (files, SavedModels, or a run = all its formats)."""
+    from kerakit.bench import bench
+
+    batches, threads = _int_list(batches, "--batch"), _int_list(threads, "--threads")
+    _needs_tensorflow(ctx)
+    result = bench(artifacts, batches=batches, threads=threads, runs_=runs_, warmup=warmup,
+                   onnx_sweep=not no_onnx_sweep, data_dir=data_dir, out=out)
+    _print_bench(result)
+
+
+def _print_bench(result: dict) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table("artifact", "batch", "threads", "p50 ms", "p90 ms", "p99 ms", "mean ms", "samples/s",
+                  title=f"bench -> {result['out']}", box=None)
+    for r in sorted(result["rows"], key=lambda r: (r["batch"], str(r["threads"]), r["p50_ms"])):
+        table.add_row(r["artifact"], str(r["batch"]), str(r["threads"]), f"{r['p50_ms']:.3f}", f"{r['p90_ms']:.3f}",
+                      f"{r['p99_ms']:.3f}", f"{r['mean_ms']:.3f}", f"{r['throughput_per_s']:,.0f}")
+    console = Console(width=max(120, Console().width))
+    console.print(table)
+    console.print(f"inputs: {result['inputs_from']}; peak RSS {result['peak_rss_mb']:.0f} MiB")
+    for name, sweep in result.get("onnx_sweep", {}).items():
+        console.print(f"ONNX {name}: best {sweep['best']} (now its default for serve and runtime.load)")
 
 
 def _print_export(report: dict) -> None:

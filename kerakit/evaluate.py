@@ -29,27 +29,40 @@ def evaluate(
     split: str = "test",
     **overrides: Any,
 ) -> dict:
-    """Metrics of a run directory (or a `.keras` file with `recipe=`) on `split`."""
+    """Metrics of a run, or of any artifact (.keras, .onnx, .tflite, SavedModel), on `split`.
+
+    An artifact inside a run (RUN/export/model_int8.tflite) is evaluated on
+    that run's recipe and config; one from elsewhere needs `recipe=`.
+    """
     model_path, recipe, config = _resolve(Path(target), recipe, overrides)
     if split not in recipe.splits:
         raise KerakitError(f"Invalid split={split!r}. Expected one of {', '.join(recipe.splits)}.")
-    model = load_keras_model(model_path)
+    from kerakit import runtime
+
+    fmt = runtime.detect_format(model_path)
+    model = load_keras_model(model_path) if fmt == "keras" else runtime.load(model_path)
 
     from kerakit.data import load_data
 
     data = load_data(recipe, config, data_dir)
-    return evaluate_model(model, data, split)
+    if fmt == "keras":
+        return {"format": fmt, **evaluate_model(model, data, split)}
+    with model:
+        x, y = data.arrays(split)
+        outputs = runtime.predict_all(model, x)
+        metrics = task_metrics(recipe.task, y, outputs[model.outputs[0].name], data.class_names)
+    return {"format": fmt, **metrics, "split": split, "examples": int(len(y))}
 
 
 def _resolve(target: Path, recipe, overrides) -> tuple[Path, Recipe, dict]:
-    if target.is_dir():
+    if not target.exists():
+        raise KerakitError(f"{str(target)!r} does not exist. Expected a run directory or a model file.")
+    run = runs.find_run(target)
+    if target.is_dir() and run is not None and run.path == target.resolve():
         run = runs.Run.open(target)
         model_path = run.model_path
-    elif target.is_file():
-        run = runs.Run(target.parent) if (target.parent / runs.MANIFEST_FILE).exists() else None
-        model_path = target
     else:
-        raise KerakitError(f"{str(target)!r} does not exist. Expected a run directory or a .keras file.")
+        model_path = target
     if recipe is None and run is None:
         raise KerakitError(
             f"{str(target)!r} is not inside a kerakit run, so its data is unknown: "
@@ -59,7 +72,7 @@ def _resolve(target: Path, recipe, overrides) -> tuple[Path, Recipe, dict]:
         recipe = load_recipe(recipe)
         config, _ = recipe.resolve_config(overrides)
     else:
-        recipe = load_recipe(run.recipe_path)
+        recipe = run.recipe()
         config = {**run.config["config"], **recipe.resolve_config(overrides)[0]} if overrides else run.config["config"]
     return model_path, recipe, config
 
@@ -91,10 +104,7 @@ def evaluate_model(model, data, split: str = "test") -> dict:
     x, y = data.arrays(split)
     x = data.model_input(x)
     predictions = np.asarray(model.predict(x, batch_size=256, verbose=0))
-    if data.recipe.task == "classification":
-        metrics = classification_metrics(y, predictions, data.class_names)
-    else:
-        metrics = regression_metrics(y, predictions)
+    metrics = task_metrics(data.recipe.task, y, predictions, data.class_names)
     metrics["split"] = split
     metrics["examples"] = int(len(y))
     if getattr(model, "compiled", False) and model.loss is not None:
@@ -102,6 +112,12 @@ def evaluate_model(model, data, split: str = "test") -> dict:
         for key, value in evaluated.items():
             metrics.setdefault(key, float(value))
     return metrics
+
+
+def task_metrics(task: str, labels, outputs, class_names=None) -> dict:
+    if task == "classification":
+        return classification_metrics(labels, outputs, class_names)
+    return regression_metrics(labels, outputs)
 
 
 def classification_metrics(y_true, probabilities, class_names: list[str] | None) -> dict:

@@ -197,6 +197,14 @@ class Run:
     def metrics(self) -> dict:
         return read_json(self.path / METRICS_FILE)
 
+    def recipe(self):
+        """The run's own copy of its recipe, under the recipe's name."""
+        from kerakit.recipe import load_recipe
+
+        recipe = load_recipe(self.recipe_path)
+        recipe.name = self.config.get("recipe", recipe.name)
+        return recipe
+
     def load_model(self):
         import keras
 
@@ -211,3 +219,12 @@ class Run:
 
     def __repr__(self) -> str:
         return f"Run({str(self.path)!r})"
+
+
+def find_run(path: str | os.PathLike) -> Run | None:
+    """The run an artifact belongs to (RUN/model.keras, RUN/export/model.onnx, ...), if any."""
+    path = Path(path).resolve()
+    for parent in [path, *path.parents]:
+        if (parent / MANIFEST_FILE).exists() and (parent / CONFIG_FILE).exists():
+            return Run(parent)
+    return None

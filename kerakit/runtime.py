@@ -52,12 +52,54 @@ def detect_format(path: "str | os.PathLike") -> str:
     return suffix
 
 
+TUNED_FILE = "runtime.json"  # per-directory session settings found by `kerakit bench`
+
+
 def load(path: "str | os.PathLike", **options: Any) -> "Predictor":
-    """Open a model for inference; `options` go to the format's predictor (threads, ...)."""
+    """Open a model for inference; `options` go to the format's predictor (threads, ...).
+
+    For ONNX, settings that `kerakit bench` found best for this file (saved in
+    `runtime.json` beside it) are the defaults; explicit options win.
+    """
     fmt = detect_format(path)
     cls = {"keras": KerasPredictor, "savedmodel": SavedModelPredictor,
            "tflite": LiteRTPredictor, "onnx": OnnxPredictor}[fmt]
+    if fmt == "onnx":
+        options = {**tuned_options(path), **options}
     return cls(Path(path), **options)
+
+
+def predict_all(predictor: "Predictor", inputs: dict[str, np.ndarray], batch: int = 256) -> dict[str, np.ndarray]:
+    """Run many inputs in batches of `batch`; outputs concatenated by name."""
+    n = len(next(iter(inputs.values())))
+    parts: dict[str, list] = {}
+    for start in range(0, n, batch):
+        out = predictor.predict({k: v[start : start + batch] for k, v in inputs.items()})
+        for k, v in out.items():
+            parts.setdefault(k, []).append(np.asarray(v))
+    return {k: np.concatenate(v) for k, v in parts.items()}
+
+
+def tuned_options(path: "str | os.PathLike") -> dict:
+    sidecar = Path(path).parent / TUNED_FILE
+    if not sidecar.exists():
+        return {}
+    import json
+
+    try:
+        return dict(json.loads(sidecar.read_text()).get(Path(path).name, {}).get("options", {}))
+    except (ValueError, AttributeError):
+        return {}
+
+
+def save_tuned_options(path: "str | os.PathLike", options: dict, evidence: dict) -> Path:
+    """Record the session options to use by default for the model at `path`."""
+    from kerakit import runs
+
+    sidecar = Path(path).parent / TUNED_FILE
+    current = runs.read_json(sidecar) if sidecar.exists() else {}
+    current[Path(path).name] = {"options": options, "evidence": evidence}
+    return runs.write_json(sidecar, current)
 
 
 class Predictor:
@@ -73,6 +115,10 @@ class Predictor:
     def predict(self, batch: "dict[str, np.ndarray] | np.ndarray") -> dict[str, np.ndarray]:
         """Run one batch. A bare array is accepted for a one-input model."""
         return self._run(self.validate(batch))
+
+    def run(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """The hot path: a batch already returned by `validate`, run with no checks."""
+        return self._run(batch)
 
     def validate(self, batch) -> dict[str, np.ndarray]:
         if not isinstance(batch, dict):
@@ -215,6 +261,8 @@ class LiteRTPredictor(Predictor):
         # Callers see float tensors where the file quantized a float model's I/O.
         self.inputs = [Spec(k, (None, *map(int, d["shape"][1:])), _float_view(d)) for k, d in sorted(in_details.items())]
         self.outputs = [Spec(k, (None, *map(int, d["shape"][1:])), _float_view(d)) for k, d in sorted(out_details.items())]
+        with muted_stderr():  # the first invoke creates the XNNPACK delegate and says so on stderr
+            self._run({s.name: np.zeros((1, *s.shape[1:]), s.dtype) for s in self.inputs})
 
     @property
     def quantized_io(self) -> bool:

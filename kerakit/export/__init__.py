@@ -211,7 +211,7 @@ def _verification_data(run, recipe, sample, data_dir, inputs) -> dict:
         from kerakit.data import load_data
         from kerakit.recipe import load_recipe
 
-        loaded = load_recipe(recipe if recipe is not None else run.recipe_path)
+        loaded = load_recipe(recipe) if recipe is not None else run.recipe()
         config = run.config["config"] if recipe is None else loaded.resolve_config({})[0]
         data = load_data(loaded, config, data_dir)
         val_x, _ = data.arrays("val")

@@ -21,7 +21,8 @@ from pathlib import Path
 import numpy as np
 
 from kerakit import runtime
-from kerakit.evaluate import classification_metrics, regression_metrics
+from kerakit.runtime import predict_all
+from kerakit.evaluate import task_metrics
 from kerakit.export.targets import ArtifactSpec, Verify
 
 CONSTANT_OUTPUT_STD = 1e-6
@@ -56,20 +57,10 @@ class Check:
         return asdict(self)
 
 
-def predict_all(predictor: runtime.Predictor, inputs: dict[str, np.ndarray], batch: int = 256) -> dict[str, np.ndarray]:
-    n = len(next(iter(inputs.values())))
-    parts: dict[str, list] = {}
-    for start in range(0, n, batch):
-        out = predictor.predict({k: v[start : start + batch] for k, v in inputs.items()})
-        for k, v in out.items():
-            parts.setdefault(k, []).append(np.asarray(v))
-    return {k: np.concatenate(v) for k, v in parts.items()}
-
-
 def task_metric(task: str, labels, outputs: np.ndarray, class_names) -> tuple[str, float]:
-    if task == "classification":
-        return "accuracy", classification_metrics(labels, outputs, class_names)["accuracy"]
-    return "mae", regression_metrics(labels, outputs)["mae"]
+    """The number a quantized artifact is judged by: accuracy, or MAE for regression."""
+    name = "accuracy" if task == "classification" else "mae"
+    return name, task_metrics(task, labels, outputs, class_names)[name]
 
 
 def make_reference(keras_predictor: runtime.Predictor, numeric_inputs, *, task=None, eval_inputs=None,

@@ -1,0 +1,239 @@
+"""`kerakit bench`: latency and throughput of artifacts side by side, through the runtime API.
+
+>>> result = kerakit.bench.bench(["runs/demo"], batches=[1, 32], threads=[1, 2])
+>>> result["best_onnx"]                      # the session settings `serve` will use
+
+For every (batch size, thread count) the artifacts are timed in interleaved
+rounds (one call each, in turn), so machine noise hits them alike. Each call
+is timed with `time.perf_counter_ns` around `Predictor.run` on inputs
+validated once beforehand, i.e. what a bare runtime loop costs. Inputs come
+from the run's test split when the artifacts belong to a run, otherwise random
+data of the right specs; the result says which.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import os
+import time
+from pathlib import Path
+from typing import Callable, Iterable
+
+import numpy as np
+
+from kerakit import runs, runtime
+from kerakit.errors import KerakitError
+
+ONNX_LEVELS = ("disable", "basic", "extended", "all")
+RESULT_FILE = "bench.json"
+CHART_FILE = "bench.png"
+
+
+def expand(paths: Iterable["str | os.PathLike"]) -> list[Path]:
+    """Artifacts to bench: files/SavedModels as given; a run directory means all of its formats."""
+    found: list[Path] = []
+    for path in map(Path, paths):
+        if path.is_dir() and (path / runs.MANIFEST_FILE).exists() and (path / runs.MODEL_FILE).exists():
+            found.append(path / runs.MODEL_FILE)
+            export_dir = path / "export"
+            if export_dir.is_dir():
+                found += sorted(p for p in export_dir.iterdir()
+                                if p.suffix in (".onnx", ".tflite") or (p / "saved_model.pb").exists())
+        else:
+            runtime.detect_format(path)  # raises a clear error for anything else
+            found.append(path)
+    if not found:
+        raise KerakitError("Nothing to bench: pass artifact paths or a run directory.")
+    return found
+
+
+def _inputs(artifacts: list[Path], specs: list[runtime.Spec], data_dir: str | None, n: int) -> tuple[dict, str]:
+    run = runs.find_run(artifacts[0])
+    if run is not None and all(runs.find_run(a) is not None and runs.find_run(a).path == run.path for a in artifacts):
+        from kerakit.data import load_data
+
+        recipe = run.recipe()
+        x, _ = load_data(recipe, run.config["config"], data_dir).arrays("test")
+        reps = -(-n // len(next(iter(x.values()))))
+        return {k: np.concatenate([v] * reps)[:n] for k, v in x.items()}, f"test split of {recipe.name} ({run.path})"
+    rng = np.random.default_rng(0)
+    arrays = {s.name: (rng.random((n, *s.shape[1:])).astype(s.dtype) if np.dtype(s.dtype).kind == "f"
+                       else rng.integers(0, 10, (n, *s.shape[1:])).astype(s.dtype)) for s in specs}
+    return arrays, "random data of the models' input specs (artifacts are not from one run)"
+
+
+def _rss_mb() -> float:
+    import psutil
+
+    return psutil.Process().memory_info().rss / 2**20
+
+
+def _peak_rss_mb() -> float:
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def _open(path: Path, threads: int, onnx_options: dict | None = None) -> runtime.Predictor:
+    fmt = runtime.detect_format(path)
+    if fmt == "onnx":
+        return runtime.load(path, **{"threads": threads, **(onnx_options or {})})
+    if fmt == "tflite":
+        return runtime.load(path, threads=threads)
+    return runtime.load(path)  # TensorFlow's thread pools are process-wide, set once at start
+
+
+def _stats(samples_ns: list[int], batch: int) -> dict:
+    ms = np.asarray(samples_ns, dtype=np.float64) / 1e6
+    p50 = float(np.percentile(ms, 50))
+    return {"p50_ms": round(p50, 4), "p90_ms": round(float(np.percentile(ms, 90)), 4),
+            "p99_ms": round(float(np.percentile(ms, 99)), 4), "mean_ms": round(float(ms.mean()), 4),
+            "throughput_per_s": round(batch / (p50 / 1e3), 1), "calls": len(ms)}
+
+
+def time_interleaved(calls: dict[str, Callable[[], object]], runs_: int, warmup: int) -> dict[str, list[int]]:
+    """Time each callable `runs_` times, one call of each in turn."""
+    for _ in range(warmup):
+        for call in calls.values():
+            call()
+    samples: dict[str, list[int]] = {k: [] for k in calls}
+    clock = time.perf_counter_ns
+    for _ in range(runs_):
+        for key, call in calls.items():
+            start = clock()
+            call()
+            samples[key].append(clock() - start)
+    return samples
+
+
+def bench(
+    artifacts: Iterable["str | os.PathLike"],
+    *,
+    batches: Iterable[int] = (1, 8, 32),
+    threads: Iterable[int] = (1, 2),
+    runs_: int = 200,
+    warmup: int = 20,
+    onnx_sweep: bool = True,
+    data_dir: str | None = None,
+    out: "str | os.PathLike | None" = None,
+    log: Callable[[str], None] = print,
+) -> dict:
+    """Benchmark artifacts side by side; write bench.json and bench.png to `out`."""
+    paths = expand(artifacts)
+    batches, threads = sorted(set(int(b) for b in batches)), sorted(set(int(t) for t in threads))
+    if not batches or min(batches) < 1 or not threads or min(threads) < 1:
+        raise KerakitError(f"Invalid --batch {batches} or --threads {threads}: expected positive integers.")
+    names = _labels(paths)
+    with runtime.load(paths[0]) as first:
+        specs = first.inputs
+    pool, inputs_from = _inputs(paths, specs, data_dir, max(batches))
+    run = runs.find_run(paths[0])
+    out = Path(out) if out else ((run.path / "bench") if run else Path("bench-results"))
+    runs.ensure_writable_dir(out)
+    log(f"Inputs: {inputs_from}.")
+
+    rows, memory = [], {}
+    for n_threads in threads:
+        predictors = {}
+        for name, path in zip(names, paths):
+            if n_threads != threads[0] and runtime.detect_format(path) in ("keras", "savedmodel"):
+                continue  # TensorFlow's thread pools are process-wide: one pass is all there is
+            before = _rss_mb()
+            predictors[name] = _open(path, n_threads)
+            memory.setdefault(name, round(_rss_mb() - before, 1))
+        try:
+            for batch in batches:
+                feeds = {name: p.validate({k: v[:batch] for k, v in pool.items()}) for name, p in predictors.items()}
+                calls = {name: (lambda p=p, f=feeds[name]: p.run(f)) for name, p in predictors.items()}
+                samples = time_interleaved(calls, runs_, warmup)
+                for name in predictors:
+                    rows.append({"artifact": name, "format": predictors[name].format, "batch": batch,
+                                 "threads": n_threads if predictors[name].format in ("onnx", "tflite") else "tf-default",
+                                 **_stats(samples[name], batch)})
+                log(f"  batch {batch}, threads {n_threads}: " + ", ".join(
+                    f"{name} {r['p50_ms']:.3f} ms" for name, r in
+                    ((r["artifact"], r) for r in rows[-len(names):])))
+        finally:
+            for p in predictors.values():
+                p.close()
+
+    result = {
+        "artifacts": {name: str(path) for name, path in zip(names, paths)},
+        "inputs_from": inputs_from,
+        "batches": batches, "threads": threads, "runs": runs_, "warmup": warmup,
+        "rows": rows,
+        "load_rss_mb": memory,
+        "peak_rss_mb": round(_peak_rss_mb(), 1),
+        "created": _dt.datetime.now().isoformat(timespec="seconds"),
+    }
+    onnx_paths = [(name, path) for name, path in zip(names, paths) if runtime.detect_format(path) == "onnx"]
+    if onnx_sweep and onnx_paths:
+        result["onnx_sweep"] = {name: sweep_onnx(path, pool, batches, threads, runs_, warmup, log)
+                                for name, path in onnx_paths}
+    runs.write_json(out / RESULT_FILE, result)
+    chart(result, out / CHART_FILE)
+    result["out"] = str(out)
+    return result
+
+
+def sweep_onnx(path: Path, pool: dict, batches: list[int], threads: list[int], runs_: int, warmup: int,
+               log: Callable[[str], None] = print) -> dict:
+    """Every graph optimization level x thread count, interleaved; the best becomes the file's default."""
+    configs = {f"opt={level},threads={t}": {"optimization": level, "threads": t}
+               for level in ONNX_LEVELS for t in threads}
+    predictors = {key: runtime.OnnxPredictor(path, **options) for key, options in configs.items()}
+    try:
+        table = {}
+        for batch in batches:
+            feeds = {k: p.validate({n: v[:batch] for n, v in pool.items()}) for k, p in predictors.items()}
+            samples = time_interleaved({k: (lambda p=p, f=feeds[k]: p.run(f)) for k, p in predictors.items()},
+                                       runs_, warmup)
+            table[batch] = {k: _stats(v, batch) for k, v in samples.items()}
+    finally:
+        for p in predictors.values():
+            p.close()
+    # Best = lowest p50 summed over batch sizes relative to each batch's fastest: fair across batch sizes.
+    score = {k: sum(table[b][k]["p50_ms"] / min(r["p50_ms"] for r in table[b].values()) for b in batches)
+             for k in configs}
+    best = min(score, key=score.get)
+    runtime.save_tuned_options(path, configs[best], {"score": round(score[best], 4), "batches": batches})
+    log(f"  ONNX best for {path.name}: {best} (saved as its default in {runtime.TUNED_FILE})")
+    return {"configs": {k: {str(b): table[b][k] for b in batches} for k in configs}, "best": best,
+            "best_options": configs[best], "score": {k: round(v, 4) for k, v in score.items()}}
+
+
+def chart(result: dict, path: Path) -> Path:
+    """p50 latency by batch size, one line per artifact and thread count (log scale)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(8, 5), dpi=120)
+    series: dict[str, list] = {}
+    for r in result["rows"]:
+        series.setdefault(f"{r['artifact']} (threads {r['threads']})", []).append((r["batch"], r["p50_ms"]))
+    for label, points in sorted(series.items()):
+        xs, ys = zip(*sorted(points))
+        ax.plot(xs, ys, marker="o", label=label)
+    ax.set_xscale("log", base=2)
+    ax.set_yscale("log")
+    ax.set_xticks(result["batches"], [str(b) for b in result["batches"]])
+    ax.set_xlabel("batch size")
+    ax.set_ylabel("p50 latency per call (ms)")
+    ax.set_title("Latency by format and batch size")
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend(fontsize=7, loc="upper left")
+    fig.tight_layout()
+    with runs.atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png")
+    plt.close(fig)
+    return path
+
+
+def _labels(paths: list[Path]) -> list[str]:
+    labels = []
+    for p in paths:
+        label = p.name if p.name != "saved_model.pb" else p.parent.name
+        labels.append(label if label not in labels else str(p))
+    return labels
