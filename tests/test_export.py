@@ -246,3 +246,14 @@ def test_a_target_file_by_path_with_uint8_io(digits_run, tmp_path):
 
     details = Interpreter(model_path=str(tmp_path / "out" / "model_int8.tflite")).get_input_details()[0]
     assert details["dtype"] == np.uint8
+
+
+def test_only_inputs_with_very_different_feature_ranges_keep_a_float_prefix():
+    from kerakit.export.formats import needs_float_inputs
+
+    rng = np.random.default_rng(0)
+    images = {"image": rng.random((50, 8, 8, 3), dtype=np.float32) * 255}
+    tabular = {"features": rng.random((50, 3), dtype=np.float32) * np.array([4000, 1, 0.01], np.float32)}
+    tokens = {"tokens": rng.integers(0, 100, (50, 16)).astype(np.int32)}
+    assert not needs_float_inputs(images) and not needs_float_inputs(tokens)
+    assert needs_float_inputs(tabular)

@@ -63,8 +63,10 @@ def tflite_bytes(savedmodel: Path, spec: ArtifactSpec, inputs: list[Spec], sampl
             raise ValueError("full-integer int8 needs a representative sample (a recipe, or --sample FILE.npz)")
         converter.optimizations = [tf.lite.Optimize.DEFAULT]
         converter.representative_dataset = _representative(sample)
-        prefix = float_prefix_tflite(_convert(tf.lite.TFLiteConverter.from_saved_model(
-            str(savedmodel), signature_keys=[SIGNATURE])))
+        prefix = []
+        if needs_float_inputs(sample):
+            prefix = float_prefix_tflite(_convert(tf.lite.TFLiteConverter.from_saved_model(
+                str(savedmodel), signature_keys=[SIGNATURE])))
         if prefix:
             return _selective_int8(converter, prefix, sample)
         converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
@@ -90,6 +92,25 @@ def _float_prefix(ops, graph_inputs: set, constants: set, allowed: set) -> list:
             prefix.append(op)
             known.update(op_outputs)
     return prefix
+
+
+MAX_FEATURE_RANGE_RATIO = 64.0  # beyond this, one int8 scale leaves the smallest feature < 2 bits
+
+
+def needs_float_inputs(sample: dict[str, np.ndarray] | None) -> bool:
+    """True when some float input's features span very different ranges (raw tabular data).
+
+    Per-feature max |value| over the sample's last axis; images (channels on
+    one scale) say no, raw tabular columns (0.001..4000) say yes.
+    """
+    for values in (sample or {}).values():
+        if values.dtype.kind != "f" or values.ndim < 2:
+            continue
+        scale = np.abs(values.reshape(-1, values.shape[-1])).max(axis=0)
+        scale = scale[scale > 0]
+        if scale.size > 1 and scale.max() / scale.min() > MAX_FEATURE_RANGE_RATIO:
+            return True
+    return False
 
 
 def float_prefix_tflite(model_bytes: bytes) -> list[str]:
@@ -257,7 +278,7 @@ def quantize_onnx(fp32: Path, spec: ArtifactSpec, sample: dict[str, np.ndarray] 
 
             quantize_static(str(prepared), str(out), Reader(), quant_format=QuantFormat.QDQ,
                             activation_type=QuantType.QInt8, weight_type=QuantType.QInt8, per_channel=True,
-                            nodes_to_exclude=float_prefix_onnx(prepared))
+                            nodes_to_exclude=float_prefix_onnx(prepared) if needs_float_inputs(sample) else [])
         runs.copy_file(out, path)
 
 
