@@ -4,7 +4,8 @@
 >>> result["best_onnx"]                      # the session settings `serve` will use
 
 For every (batch size, thread count) the artifacts are timed in interleaved
-rounds (one call each, in turn), so machine noise hits them alike. Each call
+rounds (ten calls each, in a random order per round), so machine noise hits
+them alike. Each call
 is timed with `time.perf_counter_ns` around `Predictor.run` on inputs
 validated once beforehand, i.e. what a bare runtime loop costs. Inputs come
 from the run's test split when the artifacts belong to a run, otherwise random
@@ -25,6 +26,7 @@ from kerakit import runs, runtime
 from kerakit.errors import KerakitError
 
 ONNX_LEVELS = ("disable", "basic", "extended", "all")
+BLOCK = 10  # consecutive calls per artifact within a round
 RESULT_FILE = "bench.json"
 CHART_FILE = "bench.png"
 
@@ -91,11 +93,14 @@ def _stats(samples_ns: list[int], batch: int) -> dict:
             "throughput_per_s": round(batch / (p50 / 1e3), 1), "calls": len(ms)}
 
 
-def time_interleaved(calls: dict[str, Callable[[], object]], runs_: int, warmup: int) -> dict[str, list[int]]:
-    """Time each callable `runs_` times, one call of each in turn, in a fresh random order each round.
+def time_interleaved(calls: dict[str, Callable[[], object]], runs_: int, warmup: int,
+                     block: int = 1) -> dict[str, list[int]]:
+    """Time each callable `runs_` times: `block` calls of each in turn, in a fresh random order each round.
 
     The order matters: a call right after a TensorFlow one ran up to 25 % slower
     (TF's thread pools keep spinning), so a fixed order would bias whoever follows it.
+    Blocks let a multi-threaded session run with its own threads warm instead
+    of fighting the spinning threads of the session before it.
     """
     import random
 
@@ -106,13 +111,14 @@ def time_interleaved(calls: dict[str, Callable[[], object]], runs_: int, warmup:
             call()
     samples: dict[str, list[int]] = {k: [] for k in calls}
     clock = time.perf_counter_ns
-    for _ in range(runs_):
+    for _ in range(-(-runs_ // block)):
         shuffle(order)
         for key in order:
-            call = calls[key]
-            start = clock()
-            call()
-            samples[key].append(clock() - start)
+            call, times = calls[key], samples[key]
+            for _ in range(min(block, runs_ - len(times))):
+                start = clock()
+                call()
+                times.append(clock() - start)
     return samples
 
 
@@ -155,7 +161,7 @@ def bench(
             for batch in batches:
                 feeds = {name: p.validate({k: v[:batch] for k, v in pool.items()}) for name, p in predictors.items()}
                 calls = {name: (lambda p=p, f=feeds[name]: p.run(f)) for name, p in predictors.items()}
-                samples = time_interleaved(calls, runs_, warmup)
+                samples = time_interleaved(calls, runs_, warmup, block=BLOCK)
                 for name in predictors:
                     rows.append({"artifact": name, "format": predictors[name].format, "batch": batch,
                                  "threads": n_threads if predictors[name].format in ("onnx", "tflite") else "tf-default",
@@ -189,15 +195,16 @@ def bench(
 def sweep_onnx(path: Path, pool: dict, batches: list[int], threads: list[int], runs_: int, warmup: int,
                log: Callable[[str], None] = print) -> dict:
     """Every graph optimization level x thread count, interleaved; the best becomes the file's default."""
-    configs = {f"opt={level},threads={t}": {"optimization": level, "threads": t}
-               for level in ONNX_LEVELS for t in threads}
+    # threads=0 is ONNX Runtime's own choice (one per physical core), the untuned default.
+    configs = {f"opt={level},threads={t or 'auto'}": {"optimization": level, "threads": t}
+               for level in ONNX_LEVELS for t in sorted({0, *threads})}
     predictors = {key: runtime.OnnxPredictor(path, **options) for key, options in configs.items()}
     try:
         table = {}
         for batch in batches:
             feeds = {k: p.validate({n: v[:batch] for n, v in pool.items()}) for k, p in predictors.items()}
             samples = time_interleaved({k: (lambda p=p, f=feeds[k]: p.run(f)) for k, p in predictors.items()},
-                                       runs_, warmup)
+                                       runs_, warmup, block=BLOCK)
             table[batch] = {k: _stats(v, batch) for k, v in samples.items()}
     finally:
         for p in predictors.values():

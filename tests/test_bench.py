@@ -40,11 +40,11 @@ def test_bench_reports_latency_percentiles_and_throughput_per_artifact_and_batch
 def test_onnx_sweep_saves_the_best_settings_as_the_files_default(bench_result):
     artifacts, result = bench_result
     sweep = result["onnx_sweep"]["model.onnx"]
-    assert set(sweep["configs"]) == {f"opt={o},threads=1" for o in ("disable", "basic", "extended", "all")}
+    assert set(sweep["configs"]) == {f"opt={o},threads={t}" for o in ("disable", "basic", "extended", "all") for t in ("auto", 1)}
     assert sweep["best"] in sweep["configs"]
     assert runtime.tuned_options(artifacts / "model.onnx") == sweep["best_options"]
     with runtime.load(artifacts / "model.onnx") as predictor:
-        assert predictor.session.get_session_options().intra_op_num_threads == 1
+        assert predictor.session.get_session_options().intra_op_num_threads == sweep["best_options"]["threads"]
 
 
 def test_a_run_directory_means_all_of_its_formats(digits_run):
