@@ -20,6 +20,7 @@ demo: $(STAMP)
 	$(BIN)/kerakit train digits_cnn --out runs/demo
 	$(BIN)/kerakit evaluate runs/demo
 	$(BIN)/kerakit export runs/demo --target server,edge
+	$(BIN)/kerakit bench runs/demo --batch 1,32 --runs 100
 
 test: $(STAMP)
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
