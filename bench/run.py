@@ -43,7 +43,7 @@ def _timed_fit(model, dataset, steps: int) -> float:
     return steps / (time.perf_counter() - start)
 
 
-def input_pipeline(recipe_name: str, rounds: int = 5, mock_examples: int | None = None) -> dict:
+def input_pipeline(recipe_name: str, rounds: int = 9, mock_examples: int | None = None) -> dict:
     import contextlib
 
     import keras

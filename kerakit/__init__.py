@@ -13,7 +13,8 @@ from kerakit.evaluate import evaluate  # the functions shadow their modules' nam
 from kerakit.recipe import Input, Recipe, list_recipes, load_recipe
 from kerakit.runs import Run
 from kerakit.train import train
+from kerakit.tune import tune
 
 __version__ = "0.1.0"
 
-__all__ = ["Input", "KerakitError", "Recipe", "Run", "evaluate", "list_recipes", "load_recipe", "train"]
+__all__ = ["Input", "KerakitError", "Recipe", "Run", "evaluate", "list_recipes", "load_recipe", "train", "tune"]

@@ -66,6 +66,7 @@ def cli(ctx, debug: bool) -> None:
     \b
     kerakit recipes                         list recipes
     kerakit train digits_cnn epochs=5       train a recipe (key=value overrides)
+    kerakit tune digits_cnn --tuner hyperband --max-epochs 9   search hyperparameters
     kerakit evaluate runs/demo              test-split metrics of a run
     kerakit export runs/demo --target edge  export and verify deployment artifacts
     kerakit bench runs/demo                 latency of every format side by side
@@ -115,6 +116,52 @@ def train_cmd(ctx, recipe, overrides, out, strategy, data_dir, hparams, overwrit
         _print_metrics(run.metrics)
 
 
+TUNERS = ("random", "grid", "bayesian", "hyperband")  # kerakit.tune.TUNERS, without its import cost
+
+
+@cli.command("tune")
+@click.argument("recipe")
+@click.argument("overrides", nargs=-1)
+@click.option("--tuner", type=click.Choice(TUNERS), default="random", show_default=True)
+@click.option("--max-trials", default=10, show_default=True, type=click.IntRange(min=1), help="Trials for random, grid, bayesian.")
+@click.option("--max-epochs", type=click.IntRange(min=1), help="Hyperband: the most epochs one trial trains.")
+@click.option("--executions-per-trial", default=1, show_default=True, type=click.IntRange(min=1))
+@click.option("--objective", help="What to optimize (default: the recipe's validation metric, e.g. val_accuracy).")
+@click.option("--out", type=click.Path(file_okay=False), help="Search directory (default runs/RECIPE-tune-TUNER). Rerun to resume.")
+@click.option("--no-retrain", is_flag=True, help="Do not retrain the best hyperparameters as a run.")
+@click.option("--overwrite", is_flag=True, help="Start over in --out.")
+@click.option("--data-dir", help="TFDS data directory.")
+@click.pass_context
+def tune_cmd(ctx, recipe, overrides, tuner, max_trials, max_epochs, executions_per_trial, objective, out,
+             no_retrain, overwrite, data_dir) -> None:
+    """Search RECIPE's hyperparameters with keras-tuner (key=value fixes a value for the whole search)."""
+    from kerakit.tune import tune
+
+    overrides = _parse_overrides(overrides)
+    _needs_tensorflow(ctx)
+    result = tune(recipe, out, tuner=tuner, max_trials=max_trials, max_epochs=max_epochs,
+                  executions_per_trial=executions_per_trial, objective=objective, retrain=not no_retrain,
+                  overwrite=overwrite, data_dir=data_dir, **overrides)
+    _print_trials(result)
+    if result.run is not None and result.run.is_finished:
+        _print_metrics(result.run.metrics)
+
+
+def _print_trials(result) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    trials = result.trials
+    names = [k for k in dict.fromkeys(k for t in trials for k in t) if k not in ("trial", "status", "score", "epochs")]
+    table = Table("trial", "status", "score", "epochs", *names, title=f"search -> {result.path}", box=None)
+    for t in trials:
+        score = f"{t['score']:.4f}" if t["score"] is not None else "-"
+        table.add_row(t["trial"], t["status"].lower(), score, str(t.get("epochs") or ""),
+                      *(f"{t[n]:.4g}" if isinstance(t.get(n), float) else str(t.get(n, "")) for n in names))
+    Console(width=max(120, Console().width)).print(table)
+    print(f"best hyperparameters: {result.best_hparams} -> {result.path / 'best_hparams.json'}")
+
+
 @cli.command("evaluate")
 @click.argument("target", type=click.Path())
 @click.argument("overrides", nargs=-1)
@@ -124,7 +171,7 @@ def train_cmd(ctx, recipe, overrides, out, strategy, data_dir, hparams, overwrit
 @click.option("--json", "as_json", is_flag=True, help="Print the metrics as JSON.")
 @click.pass_context
 def evaluate_cmd(ctx, target, overrides, recipe, data_dir, split, as_json) -> None:
-    """Test-split metrics of a run directory or a .keras file."""
+    """Test-split metrics of a run or any artifact (.keras, .onnx, .tflite, SavedModel dir)."""
     from kerakit.evaluate import evaluate
 
     overrides = _parse_overrides(overrides)

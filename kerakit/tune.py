@@ -1,0 +1,263 @@
+"""`kerakit tune`: keras-tuner over a recipe's own `build_model(hp, data)`.
+
+>>> result = kerakit.tune("digits_cnn", tuner="hyperband", max_epochs=9)
+>>> result.best_hparams, result.run.metrics["accuracy"]
+
+The search space is whatever `build_model` asks `hp` for; `key=value`
+overrides fix a config value or a hyperparameter for the whole search.
+Rerunning the same command on the same `out` resumes: finished trials are
+kept, and a trial that was interrupted continues from its last finished epoch
+(each trial has its own BackupAndRestore). A different search (recipe, tuner,
+search space, or overrides) in the same directory is refused unless
+`overwrite=True`.
+
+    OUT/
+      tuner/             keras-tuner's project (oracle state, one folder per trial)
+      search.json        what this directory is searching (checked on resume)
+      trials.csv, trials.json, trials.png
+      best_hparams.json  the best trial's hyperparameters (kerakit train --hparams ...)
+      best/              the best hyperparameters retrained as a normal run
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import os
+import shutil
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+from kerakit import runs
+from kerakit.errors import KerakitError
+from kerakit.recipe import Recipe, load_recipe
+
+TUNERS = ("random", "grid", "bayesian", "hyperband")
+SEARCH_FILE = "search.json"
+BEST_FILE = "best_hparams.json"
+
+
+@dataclass
+class TuneResult:
+    path: Path
+    best_hparams: dict
+    trials: list[dict]
+    run: runs.Run | None
+
+    def __repr__(self) -> str:
+        return f"TuneResult({str(self.path)!r}, best={self.best_hparams})"
+
+
+def tune(
+    recipe: "str | os.PathLike | Recipe",
+    out: "str | os.PathLike | None" = None,
+    *,
+    tuner: str = "random",
+    max_trials: int = 10,
+    max_epochs: int | None = None,
+    executions_per_trial: int = 1,
+    objective: str | None = None,
+    seed: int | None = None,
+    retrain: bool = True,
+    overwrite: bool = False,
+    data_dir: str | None = None,
+    strategy: str | None = None,
+    verbose: "int | str" = "auto",
+    log: Callable[[str], None] = print,
+    **overrides: Any,
+) -> TuneResult:
+    """Search `recipe`'s hyperparameters with keras-tuner; retrain the best as a normal run."""
+    if tuner not in TUNERS:
+        raise KerakitError(f"Invalid tuner={tuner!r}. Expected one of {', '.join(TUNERS)}.")
+    if max_trials < 1 or executions_per_trial < 1 or (max_epochs is not None and max_epochs < 1):
+        raise KerakitError("max_trials, max_epochs and executions_per_trial must be integers >= 1.")
+    recipe = load_recipe(recipe)
+    config, hp_overrides = recipe.resolve_config(overrides)
+    out = Path(out) if out else Path("runs") / f"{recipe.name}-tune-{tuner}"
+    runs.ensure_writable_dir(out)
+    objective = objective or recipe.monitor
+    direction = recipe.metric_direction if objective == recipe.monitor else ("min" if "loss" in objective else "max")
+
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    import keras
+    import keras_tuner as kt
+
+    from kerakit import distribute
+    from kerakit.data import load_data
+    from kerakit.train import _search_space
+
+    dist = distribute.make_strategy(strategy) if strategy not in (None, "default") else None
+    keras.utils.set_random_seed(config["seed"])
+    data = load_data(recipe, config, data_dir)
+    space = _search_space(recipe, data)
+    fixed = recipe.check_hparams(hp_overrides, space) if hp_overrides else {}
+    search = {
+        "recipe": recipe.name, "tuner": tuner, "objective": objective, "direction": direction,
+        "config": config, "fixed_hparams": fixed,
+        "space": sorted(({"name": hp.name, "class": type(hp).__name__, **hp.get_config()} for hp in space),
+                        key=lambda h: h["name"]),
+        "max_epochs": max_epochs if tuner == "hyperband" else None,
+    }
+    search_path = out / SEARCH_FILE
+    if search_path.exists() and not overwrite:
+        previous = runs.read_json(search_path)
+        changed = sorted(k for k in search if previous.get(k) != search[k])
+        if changed:
+            raise KerakitError(
+                f"{out} holds a different search (changed: {', '.join(changed)}). "
+                "Use another --out, or --overwrite to start this one from scratch."
+            )
+    elif overwrite:
+        for name in ("tuner", "best", SEARCH_FILE, BEST_FILE, "trials.csv", "trials.json", "trials.png"):
+            target = out / name
+            shutil.rmtree(target, ignore_errors=True) if target.is_dir() else target.unlink(missing_ok=True)
+    runs.write_json(search_path, search)
+
+    hp = kt.HyperParameters()
+    for name, value in fixed.items():
+        hp.Fixed(name, value)
+    common = dict(
+        hypermodel=lambda trial_hp: recipe.build_model(trial_hp, data),
+        objective=kt.Objective(objective, direction=direction),
+        hyperparameters=hp,
+        tune_new_entries=True,
+        executions_per_trial=executions_per_trial,
+        directory=str(out),
+        project_name="tuner",
+        seed=config["seed"] if seed is None else seed,
+        distribution_strategy=dist,
+        overwrite=False,
+    )
+    searcher = _make_tuner(tuner, max_trials, max_epochs, common, log)
+    if verbose == "auto":
+        verbose = 1 if sys.stdout.isatty() else 0
+    done_before = sum(t.status == "COMPLETED" for t in searcher.oracle.trials.values())
+    if done_before:
+        log(f"Resuming the search in {out}: {done_before} trial(s) already done.")
+    started = time.time()
+    callbacks = [keras.callbacks.EarlyStopping(objective, mode=direction, patience=config["patience"]),
+                 keras.callbacks.TerminateOnNaN()]
+    epochs = max_epochs if tuner == "hyperband" else config["epochs"]
+    searcher.search(data.train, validation_data=data.val, epochs=epochs, callbacks=callbacks,
+                    verbose=verbose, shuffle=False)
+
+    trials = trials_table(searcher, objective)
+    if not any(t["status"] == "COMPLETED" and t["score"] is not None for t in trials):
+        raise KerakitError(f"No trial of the search in {out} finished with a {objective} score.")
+    best = dict(searcher.get_best_hyperparameters(1)[0].values)
+    best = {k: v for k, v in best.items() if not k.startswith("tuner/")}
+    _write_trials(out, trials, objective, direction)
+    runs.write_json(out / BEST_FILE, best)
+    log(f"Search done in {time.time() - started:.0f} s: {len(trials)} trials; best {objective}="
+        f"{max_or_min(trials, direction):.4f} with {best}")
+
+    run = None
+    if retrain:
+        from kerakit.train import train
+
+        run = train(recipe, out / "best", strategy=strategy, data_dir=data_dir, hparams=out / BEST_FILE,
+                    verbose=verbose, log=log, **{k: v for k, v in overrides.items() if k in config})
+    return TuneResult(out, best, trials, run)
+
+
+def _make_tuner(name: str, max_trials: int, max_epochs: int | None, common: dict, log):
+    import keras
+    import keras_tuner as kt
+
+    from kerakit.train import _resume_epoch
+
+    base = {"random": kt.RandomSearch, "grid": kt.GridSearch, "bayesian": kt.BayesianOptimization,
+            "hyperband": kt.Hyperband}[name]
+
+    class Tuner(base):
+        """Adds a BackupAndRestore per trial, so an interrupted trial resumes from its last epoch."""
+
+        def run_trial(self, trial, *args, **kwargs):
+            backup = os.path.join(self.project_dir, f"trial_{trial.trial_id}", "backup")
+            resumed = _resume_epoch(Path(backup))
+            if resumed:
+                log(f"Trial {trial.trial_id} resumes from epoch {resumed} (interrupted earlier).")
+            callbacks = [*kwargs.pop("callbacks", []), keras.callbacks.BackupAndRestore(backup)]
+            return super().run_trial(trial, *args, callbacks=callbacks, **kwargs)
+
+        def on_trial_begin(self, trial):
+            super().on_trial_begin(trial)
+            done = sum(t.status == "COMPLETED" for t in self.oracle.trials.values())
+            best = self.oracle.get_best_trials(1)
+            best_text = f"best so far {best[0].score:.4f}" if best and best[0].score is not None else "no score yet"
+            total = self.oracle.max_trials if name != "hyperband" else "hyperband budget"
+            log(f"Trial {trial.trial_id} ({done + 1} of {total}) starting; {best_text}; "
+                f"{ {k: v for k, v in trial.hyperparameters.values.items() if not k.startswith('tuner/')} }")
+            self._trial_started = time.time()
+
+        def on_trial_end(self, trial):
+            super().on_trial_end(trial)
+            log(f"Trial {trial.trial_id} {trial.status.lower()} in {time.time() - self._trial_started:.1f} s, "
+                f"score {trial.score}")
+
+    kwargs = dict(common)
+    if name == "hyperband":
+        if max_epochs is None:
+            raise KerakitError("--tuner hyperband needs --max-epochs (the most epochs a trial may train).")
+        kwargs.update(max_epochs=max_epochs, factor=3)
+    else:
+        kwargs.update(max_trials=max_trials)
+    try:
+        return Tuner(**kwargs)
+    except RuntimeError as e:  # keras-tuner cannot reload an incompatible project
+        raise KerakitError(f"Cannot resume the search: {e}") from e
+
+
+def trials_table(searcher, objective: str) -> list[dict]:
+    rows = []
+    for trial_id, trial in sorted(searcher.oracle.trials.items()):
+        values = {k: v for k, v in trial.hyperparameters.values.items() if not k.startswith("tuner/")}
+        rows.append({"trial": trial_id, "status": trial.status, "score": trial.score,
+                     "epochs": trial.hyperparameters.values.get("tuner/epochs"), **values})
+    return rows
+
+
+def max_or_min(trials: list[dict], direction: str) -> float:
+    scores = [t["score"] for t in trials if t["score"] is not None]
+    return max(scores) if direction == "max" else min(scores)
+
+
+def _write_trials(out: Path, trials: list[dict], objective: str, direction: str) -> None:
+    runs.write_json(out / "trials.json", {"objective": objective, "direction": direction, "trials": trials})
+    columns = list(dict.fromkeys(k for t in trials for k in t))
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=columns, lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(trials)
+    runs.write_text(out / "trials.csv", buf.getvalue())
+    _plot(out / "trials.png", trials, objective, direction)
+
+
+def _plot(path: Path, trials: list[dict], objective: str, direction: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    scored = [(i, t["score"]) for i, t in enumerate(trials) if t["score"] is not None]
+    fig, ax = plt.subplots(figsize=(7, 4), dpi=120)
+    if scored:
+        xs, ys = zip(*scored)
+        ax.scatter(xs, ys, label=objective)
+        best, line = None, []
+        for y in ys:
+            best = y if best is None else (max(best, y) if direction == "max" else min(best, y))
+            line.append(best)
+        ax.step(xs, line, where="post", color="C1", label="best so far")
+    ax.set_xlabel("trial")
+    ax.set_ylabel(objective)
+    ax.set_title(f"{objective} per trial")
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    with runs.atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png")
+    plt.close(fig)

@@ -1,0 +1,108 @@
+"""`kerakit tune`: keras-tuner over the recipe's own build_model, resumable, with a retrained best run."""
+
+import json
+import os
+import signal
+import subprocess
+import time
+
+import pytest
+
+import kerakit
+from conftest import KERAKIT, ROOT, run_cli
+from kerakit.errors import KerakitError
+
+QUICK = dict(epochs=2, retrain=False, verbose=0, log=lambda m: None)
+
+
+@pytest.mark.parametrize("tuner, kwargs", [
+    ("random", {"max_trials": 2}),
+    ("grid", {"max_trials": 2}),
+    ("bayesian", {"max_trials": 2}),
+    ("hyperband", {"max_epochs": 2}),
+])
+def test_every_tuner_searches_the_recipes_space(tuner, kwargs, tmp_path):
+    result = kerakit.tune("breast_cancer_mlp", tmp_path, tuner=tuner, **kwargs, **QUICK)
+    completed = [t for t in result.trials if t["status"] == "COMPLETED"]
+    assert len(completed) >= 2 if tuner != "hyperband" else len(completed) >= 1
+    assert set(result.best_hparams) == {"units", "dropout", "learning_rate"}
+    assert json.loads((tmp_path / "best_hparams.json").read_text()) == result.best_hparams
+    trials = json.loads((tmp_path / "trials.json").read_text())
+    assert trials["objective"] == "val_accuracy" and trials["direction"] == "max"
+    assert (tmp_path / "trials.csv").read_text().splitlines()[0].startswith("trial,status,score")
+    assert (tmp_path / "trials.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_overrides_fix_a_hyperparameter_for_the_whole_search(tmp_path):
+    result = kerakit.tune("breast_cancer_mlp", tmp_path, max_trials=2, units=48, **QUICK)
+    assert all(t["units"] == 48 for t in result.trials)
+
+
+def test_the_best_is_retrained_as_a_run_that_export_takes(tmp_path):
+    result = kerakit.tune("breast_cancer_mlp", tmp_path, max_trials=2, epochs=2, verbose=0, log=lambda m: None)
+    run = result.run
+    assert run.path == tmp_path / "best" and run.is_finished
+    assert {k: run.manifest["hparams"][k] for k in result.best_hparams} == result.best_hparams
+    from kerakit.export import export
+
+    assert export(run.path, formats=["onnx"], log=lambda m: None)["passed"]
+
+
+def test_rerun_resumes_without_repeating_finished_trials(tmp_path):
+    first = kerakit.tune("breast_cancer_mlp", tmp_path, max_trials=2, **QUICK)
+    logs = []
+    second = kerakit.tune("breast_cancer_mlp", tmp_path, max_trials=3, retrain=False, verbose=0, epochs=2,
+                          log=logs.append)
+    assert any("2 trial(s) already done" in line for line in logs)
+    started = [line for line in logs if line.startswith("Trial ") and "starting" in line]
+    assert len(started) == 1  # only the third trial ran
+    assert {t["trial"] for t in first.trials} < {t["trial"] for t in second.trials}
+
+
+def test_a_different_search_in_the_same_directory_is_refused(tmp_path):
+    kerakit.tune("breast_cancer_mlp", tmp_path, max_trials=1, **QUICK)
+    with pytest.raises(KerakitError, match=r"holds a different search \(changed: tuner\).*--overwrite"):
+        kerakit.tune("breast_cancer_mlp", tmp_path, tuner="bayesian", max_trials=1, **QUICK)
+    result = kerakit.tune("breast_cancer_mlp", tmp_path, tuner="bayesian", max_trials=1, overwrite=True, **QUICK)
+    assert len(result.trials) == 1
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    ({"tuner": "annealing"}, "Invalid tuner='annealing'. Expected one of random, grid, bayesian, hyperband"),
+    ({"tuner": "hyperband"}, "needs --max-epochs"),
+    ({"colour": "red"}, "Unknown override 'colour'"),
+])
+def test_bad_search_requests(kwargs, message, tmp_path):
+    with pytest.raises(KerakitError, match=message):
+        kerakit.tune("breast_cancer_mlp", tmp_path, **{**QUICK, **kwargs})
+
+
+@pytest.mark.slow
+def test_sigkill_during_a_trial_then_rerun_continues_that_trial(tmp_path):
+    out = tmp_path / "search"
+    args = ["tune", "digits_cnn", "epochs=6", "patience=100", "--max-trials", "2", "--no-retrain", "--out", str(out)]
+    proc = subprocess.Popen([*KERAKIT, *args], cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            start_new_session=True)
+    deadline, meta = time.time() + 240, None
+    while time.time() < deadline and meta is None:
+        for path in out.glob("tuner/trial_*/backup/training_metadata.json"):
+            try:
+                if json.loads(path.read_text())["epoch"] >= 2:
+                    meta = path
+            except (OSError, ValueError):
+                pass
+        time.sleep(0.05)
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert meta is not None, "no trial reached epoch 2"
+    trial_dir = meta.parent.parent
+    killed_at = json.loads(meta.read_text())["epoch"]
+
+    result = run_cli(*args)
+    assert result.returncode == 0, result.stderr
+    assert f"Trial {trial_dir.name.removeprefix('trial_')} resumes from epoch {killed_at}" in result.stdout
+    trial = json.loads((trial_dir / "trial.json").read_text())
+    assert trial["status"] == "COMPLETED"
+    trials = json.loads((out / "trials.json").read_text())["trials"]
+    assert len(trials) == 2 and all(t["status"] == "COMPLETED" for t in trials)
+    assert killed_at >= 2 and not (trial_dir / "backup").exists()
