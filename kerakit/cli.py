@@ -131,17 +131,27 @@ TUNERS = ("random", "grid", "bayesian", "hyperband")  # kerakit.tune.TUNERS, wit
 @click.option("--no-retrain", is_flag=True, help="Do not retrain the best hyperparameters as a run.")
 @click.option("--overwrite", is_flag=True, help="Start over in --out.")
 @click.option("--data-dir", help="TFDS data directory.")
+@click.option("--workers", default=0, type=click.IntRange(min=0), help="Run a chief and N local worker processes.")
+@click.option("--role", type=click.Choice(["chief", "worker"]), help="Join a distributed search (with --oracle).")
+@click.option("--oracle", help="HOST:PORT of the chief's oracle (the chief binds it; 127.0.0.1 unless told otherwise).")
 @click.pass_context
 def tune_cmd(ctx, recipe, overrides, tuner, max_trials, max_epochs, executions_per_trial, objective, out,
-             no_retrain, overwrite, data_dir) -> None:
+             no_retrain, overwrite, data_dir, workers, role, oracle) -> None:
     """Search RECIPE's hyperparameters with keras-tuner (key=value fixes a value for the whole search)."""
     from kerakit.tune import tune
 
     overrides = _parse_overrides(overrides)
-    _needs_tensorflow(ctx)
+    if role and not oracle:
+        raise click.UsageError("--role needs --oracle HOST:PORT.")
+    if role and workers:
+        raise click.UsageError("--workers starts its own chief and workers; do not combine it with --role.")
+    if not workers:
+        _needs_tensorflow(ctx)
     result = tune(recipe, out, tuner=tuner, max_trials=max_trials, max_epochs=max_epochs,
                   executions_per_trial=executions_per_trial, objective=objective, retrain=not no_retrain,
-                  overwrite=overwrite, data_dir=data_dir, **overrides)
+                  overwrite=overwrite, data_dir=data_dir, workers=workers, role=role, oracle=oracle, **overrides)
+    if role == "worker":
+        return
     _print_trials(result)
     if result.run is not None and result.run.is_finished:
         _print_metrics(result.run.metrics)

@@ -65,11 +65,27 @@ def tune(
     overwrite: bool = False,
     data_dir: str | None = None,
     strategy: str | None = None,
+    workers: int = 0,
+    role: str | None = None,
+    oracle: str | None = None,
     verbose: "int | str" = "auto",
     log: Callable[[str], None] = print,
     **overrides: Any,
 ) -> TuneResult:
-    """Search `recipe`'s hyperparameters with keras-tuner; retrain the best as a normal run."""
+    """Search `recipe`'s hyperparameters with keras-tuner; retrain the best as a normal run.
+
+    workers=N runs keras-tuner's chief/worker mode on this machine: a chief
+    (the oracle, on 127.0.0.1) and N worker processes that train trials, with
+    the cores split between them; a worker that dies is restarted and its
+    trial resumes from its last epoch. role="chief"|"worker" with
+    oracle="HOST:PORT" joins a search spread over machines instead.
+    """
+    if workers:
+        return _launch(recipe, out, workers, dict(
+            tuner=tuner, max_trials=max_trials, max_epochs=max_epochs, executions_per_trial=executions_per_trial,
+            objective=objective, retrain=retrain, overwrite=overwrite, data_dir=data_dir), overrides, log)
+    if role is not None:
+        _join(role, oracle)
     if tuner not in TUNERS:
         raise KerakitError(f"Invalid tuner={tuner!r}. Expected one of {', '.join(TUNERS)}.")
     if max_trials < 1 or executions_per_trial < 1 or (max_epochs is not None and max_epochs < 1):
@@ -102,7 +118,9 @@ def tune(
         "max_epochs": max_epochs if tuner == "hyperband" else None,
     }
     search_path = out / SEARCH_FILE
-    if search_path.exists() and not overwrite:
+    if role == "worker":
+        pass  # the chief owns the directory's search record
+    elif search_path.exists() and not overwrite:
         previous = runs.read_json(search_path)
         changed = sorted(k for k in search if previous.get(k) != search[k])
         if changed:
@@ -114,7 +132,8 @@ def tune(
         for name in ("tuner", "best", SEARCH_FILE, BEST_FILE, "trials.csv", "trials.json", "trials.png"):
             target = out / name
             shutil.rmtree(target, ignore_errors=True) if target.is_dir() else target.unlink(missing_ok=True)
-    runs.write_json(search_path, search)
+    if role != "worker":
+        runs.write_json(search_path, search)
 
     hp = kt.HyperParameters()
     for name, value in fixed.items():
@@ -134,15 +153,21 @@ def tune(
     searcher = _make_tuner(tuner, max_trials, max_epochs, common, log)
     if verbose == "auto":
         verbose = 1 if sys.stdout.isatty() else 0
-    done_before = sum(t.status == "COMPLETED" for t in searcher.oracle.trials.values())
+    done_before = sum(t.status == "COMPLETED" for t in getattr(searcher.oracle, "trials", {}).values())
     if done_before:
         log(f"Resuming the search in {out}: {done_before} trial(s) already done.")
     started = time.time()
     callbacks = [keras.callbacks.EarlyStopping(objective, mode=direction, patience=config["patience"]),
                  keras.callbacks.TerminateOnNaN()]
     epochs = max_epochs if tuner == "hyperband" else config["epochs"]
+    if role == "chief":
+        log(f"Oracle serving on {os.environ['KERASTUNER_ORACLE_IP']}:{os.environ['KERASTUNER_ORACLE_PORT']}; "
+            "waiting for workers to finish every trial.")
     searcher.search(data.train, validation_data=data.val, epochs=epochs, callbacks=callbacks,
                     verbose=verbose, shuffle=False)
+    if role == "worker":
+        log(f"Worker {os.environ['KERASTUNER_TUNER_ID']}: the oracle has no more trials.")
+        return TuneResult(out, {}, [], None)
 
     trials = trials_table(searcher, objective)
     if not any(t["status"] == "COMPLETED" and t["score"] is not None for t in trials):
@@ -185,7 +210,7 @@ def _make_tuner(name: str, max_trials: int, max_epochs: int | None, common: dict
 
         def on_trial_begin(self, trial):
             super().on_trial_begin(trial)
-            done = sum(t.status == "COMPLETED" for t in self.oracle.trials.values())
+            done = sum(t.status == "COMPLETED" for t in getattr(self.oracle, "trials", {}).values())
             best = self.oracle.get_best_trials(1)
             best_text = f"best so far {best[0].score:.4f}" if best and best[0].score is not None else "no score yet"
             total = self.oracle.max_trials if name != "hyperband" else "hyperband budget"
@@ -209,6 +234,119 @@ def _make_tuner(name: str, max_trials: int, max_epochs: int | None, common: dict
         return Tuner(**kwargs)
     except RuntimeError as e:  # keras-tuner cannot reload an incompatible project
         raise KerakitError(f"Cannot resume the search: {e}") from e
+
+
+ROLES = ("chief", "worker")
+MAX_RESTARTS = 3  # per worker
+
+
+def _join(role: str, oracle: str | None) -> None:
+    """Set keras-tuner's distributed environment for this process."""
+    if role not in ROLES:
+        raise KerakitError(f"Invalid role={role!r}. Expected one of {', '.join(ROLES)}.")
+    host, sep, port = (oracle or "").rpartition(":")
+    if not sep or not host or not port.isdigit():
+        raise KerakitError(f"Invalid oracle={oracle!r}. Expected HOST:PORT, e.g. 127.0.0.1:8470.")
+    os.environ["KERASTUNER_ORACLE_IP"] = host
+    os.environ["KERASTUNER_ORACLE_PORT"] = port
+    if role == "chief":
+        os.environ["KERASTUNER_TUNER_ID"] = "chief"
+    elif not os.environ.get("KERASTUNER_TUNER_ID", "").startswith("tuner"):
+        import socket
+
+        os.environ["KERASTUNER_TUNER_ID"] = f"tuner-{socket.gethostname()}-{os.getpid()}"
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _wait_for_port(port: int, chief, timeout: float = 120) -> None:
+    import socket
+
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        if chief.poll() is not None:
+            raise KerakitError(f"The tuning chief exited with status {chief.returncode} before serving.")
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=1).close()
+            return
+        except OSError:
+            time.sleep(0.2)
+    raise KerakitError(f"The tuning chief did not open 127.0.0.1:{port} within {timeout:.0f} s.")
+
+
+def _launch(recipe, out, workers: int, options: dict, overrides: dict, log) -> TuneResult:
+    """A chief and `workers` worker processes on this machine; restart workers that die."""
+    import subprocess
+
+    recipe = load_recipe(recipe)
+    if workers < 1:
+        raise KerakitError(f"Invalid workers={workers}. Expected an integer >= 1.")
+    out = Path(out) if out else Path("runs") / f"{recipe.name}-tune-{options['tuner']}"
+    logs = runs.ensure_writable_dir(out / "distributed")
+    port = _free_port()
+    args = [sys.executable, "-m", "kerakit.cli", "tune", str(recipe.path),
+            *(f"{k}={v}" for k, v in overrides.items()), "--tuner", options["tuner"],
+            "--max-trials", str(options["max_trials"]), "--executions-per-trial", str(options["executions_per_trial"]),
+            "--out", str(out), "--oracle", f"127.0.0.1:{port}"]
+    for flag, value in (("--max-epochs", options["max_epochs"]), ("--objective", options["objective"]),
+                        ("--data-dir", options["data_dir"])):
+        if value is not None:
+            args += [flag, str(value)]
+    threads = str(max(1, (os.cpu_count() or 1) // workers))
+    env = {**os.environ, "TF_NUM_INTRAOP_THREADS": threads, "TF_NUM_INTEROP_THREADS": "1", "OMP_NUM_THREADS": threads}
+
+    def start(role: str, index: int | None = None):
+        extra = ["--role", role] + (["--no-retrain"] if role == "worker" or not options["retrain"] else []) \
+            + (["--overwrite"] if role == "chief" and options["overwrite"] else [])
+        name = "chief" if role == "chief" else f"worker{index}"
+        with open(logs / f"{name}.log", "ab") as f:
+            return subprocess.Popen([*args, *extra], stdout=f, stderr=subprocess.STDOUT,
+                                    env={**env, "KERASTUNER_TUNER_ID": "chief" if role == "chief" else f"tuner{index}"})
+
+    chief = start("chief")
+    procs: dict[int, Any] = {}
+    try:
+        _wait_for_port(port, chief)
+        log(f"Chief serving on 127.0.0.1:{port}; starting {workers} worker(s) with {threads} thread(s) each "
+            f"(logs in {logs}).")
+        procs = {i: start("worker", i) for i in range(workers)}
+        restarts = dict.fromkeys(procs, 0)
+        while chief.poll() is None:
+            for i, proc in procs.items():
+                code = proc.poll()
+                if code is not None and code != 0 and chief.poll() is None:
+                    if restarts[i] >= MAX_RESTARTS:
+                        raise KerakitError(
+                            f"Worker tuner{i} died {restarts[i] + 1} times (last status {code}; see "
+                            f"{logs}/worker{i}.log). The search is saved: rerun to resume it."
+                        )
+                    restarts[i] += 1
+                    log(f"Worker tuner{i} exited with status {code}; restarting it ({restarts[i]}/{MAX_RESTARTS}): "
+                        "its trial resumes from its last finished epoch.")
+                    procs[i] = start("worker", i)
+            time.sleep(0.5)
+        if chief.returncode != 0:
+            raise KerakitError(f"The tuning chief exited with status {chief.returncode}; see {logs}/chief.log.")
+    finally:
+        for proc in [chief, *procs.values()]:
+            if proc.poll() is None:
+                proc.terminate()
+        for proc in [chief, *procs.values()]:
+            try:
+                proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+    trials = runs.read_json(out / "trials.json")["trials"]
+    run = runs.Run(out / "best") if (out / "best" / runs.MANIFEST_FILE).exists() else None
+    result = TuneResult(out, runs.read_json(out / BEST_FILE), trials, run)
+    log(f"Distributed search done: {len(trials)} trials by {workers} worker(s); best {result.best_hparams}")
+    return result
 
 
 def trials_table(searcher, objective: str) -> list[dict]:

@@ -106,3 +106,36 @@ def test_sigkill_during_a_trial_then_rerun_continues_that_trial(tmp_path):
     trials = json.loads((out / "trials.json").read_text())["trials"]
     assert len(trials) == 2 and all(t["status"] == "COMPLETED" for t in trials)
     assert killed_at >= 2 and not (trial_dir / "backup").exists()
+
+
+@pytest.mark.slow
+def test_chief_and_two_workers_on_loopback_run_every_trial_once(tmp_path):
+    result = kerakit.tune("breast_cancer_mlp", tmp_path, max_trials=4, epochs=3, workers=2, retrain=False,
+                          log=lambda m: None)
+    assert len(result.trials) == 4 and all(t["status"] == "COMPLETED" for t in result.trials)
+    assert len(list((tmp_path / "tuner").glob("trial_*"))) == 4
+    started = [(tmp_path / "distributed" / f"worker{i}.log").read_text().count("starting") for i in range(2)]
+    assert sum(started) == 4 and all(n >= 1 for n in started), started
+    assert json.loads((tmp_path / "best_hparams.json").read_text()) == result.best_hparams
+
+
+@pytest.mark.slow
+def test_a_worker_killed_mid_trial_is_restarted_and_the_search_finishes(tmp_path):
+    import psutil
+
+    args = ["tune", "breast_cancer_mlp", "epochs=8", "patience=100", "--max-trials", "3", "--workers", "2",
+            "--no-retrain", "--out", str(tmp_path)]
+    launcher = subprocess.Popen([*KERAKIT, *args], cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    victim, deadline = None, time.time() + 240
+    while victim is None and time.time() < deadline and launcher.poll() is None:
+        if any(p.exists() for p in tmp_path.glob("tuner/trial_*/backup/training_metadata.json")):
+            workers = [c for c in psutil.Process(launcher.pid).children() if "--role worker" in " ".join(c.cmdline())]
+            victim = workers[0] if workers else None
+        time.sleep(0.05)
+    assert victim is not None, "no trial got to its first epoch"
+    victim.kill()
+    output, _ = launcher.communicate(timeout=400)
+    assert launcher.returncode == 0, output[-3000:]
+    assert "restarting it (1/3)" in output
+    trials = json.loads((tmp_path / "trials.json").read_text())["trials"]
+    assert len(trials) == 3 and all(t["status"] == "COMPLETED" for t in trials)
