@@ -18,6 +18,10 @@ Figures are ratios measured within one run (this machine is shared and noisy):
   SavedModel signature; those defaults vs the best ONNX setting of the sweep
   (target <= 1.1x); LiteRT int8 vs float32 (target <= 0.6x); the bench
   harness (`Predictor.run`) vs a bare `session.run` loop (target <= 1.03).
+- tune (tune.json): peak RSS after trial 20 vs after trial 5 of a random
+  search (target <= 1.10x); Hyperband vs random search, best val_accuracy
+  against epochs spent (target: within 1 point using <= 0.5x the epochs);
+  trials per minute with 1 and 2 local workers.
 """
 
 from __future__ import annotations
@@ -233,6 +237,79 @@ def inference(run_path: Path, runs_: int = 200) -> dict:
     return out
 
 
+def tune_memory(trials: int = 20) -> dict:
+    """RSS after each finished trial of a 20-trial random search on digits_cnn, in this process."""
+    import psutil
+
+    import kerakit
+
+    marks = {}
+
+    def log(line: str) -> None:
+        if line.startswith("Trial ") and " completed " in line:
+            marks[len(marks) + 1] = (psutil.Process().memory_info().rss / 2**20, _peak_mb())
+
+    with tempfile.TemporaryDirectory() as tmp:
+        kerakit.tune("digits_cnn", tmp, tuner="random", max_trials=trials, epochs=2, retrain=False, verbose=0, log=log)
+    rss5, peak5 = marks[5]
+    rss20, peak20 = marks[trials]
+    return {
+        "trials": trials, "epochs_per_trial": 2,
+        "rss_mb_after_trial": {n: round(v[0], 1) for n, v in marks.items()},
+        "peak_rss_mb_after_trial_5": round(peak5, 1), "peak_rss_mb_after_trial_20": round(peak20, 1),
+        "peak_ratio_20_vs_5": round(peak20 / peak5, 3), "rss_ratio_20_vs_5": round(rss20 / rss5, 3),
+        "target": "peak RSS after trial 20 <= 1.10x after trial 5",
+        "meets_target": peak20 / peak5 <= 1.10,
+    }
+
+
+def _peak_mb() -> float:
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def tune_efficiency() -> dict:
+    """Best val_accuracy and epochs spent: Hyperband vs random search on digits_cnn, same seed."""
+    import kerakit
+
+    out = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        for name, kwargs in (("random", {"tuner": "random", "max_trials": 10, "epochs": 15}),
+                             ("hyperband", {"tuner": "hyperband", "max_epochs": 15})):
+            start = time.perf_counter()
+            result = kerakit.tune("digits_cnn", f"{tmp}/{name}", retrain=False, verbose=0, log=lambda m: None,
+                                  **kwargs)
+            scores = [t["score"] for t in result.trials if t["score"] is not None]
+            out[name] = {"trials": len(result.trials), "epochs_spent": sum(t["epochs"] or 0 for t in result.trials),
+                         "best_val_accuracy": round(max(scores), 4), "wall_s": round(time.perf_counter() - start, 1)}
+    r, h = out["random"], out["hyperband"]
+    out["hyperband_epochs_vs_random"] = round(h["epochs_spent"] / r["epochs_spent"], 3)
+    out["hyperband_minus_random_points"] = round(100 * (h["best_val_accuracy"] - r["best_val_accuracy"]), 2)
+    out["target"] = "hyperband within 1 point of random's best with <= 0.5x its epochs"
+    out["meets_target"] = out["hyperband_minus_random_points"] >= -1 and out["hyperband_epochs_vs_random"] <= 0.5
+    return out
+
+
+def tune_workers(trials: int = 6) -> dict:
+    """Trials per minute of a random search with 1 and with 2 local workers (cores split between them)."""
+    import kerakit
+
+    out = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        for workers in (1, 2):
+            start = time.perf_counter()
+            kerakit.tune("digits_cnn", f"{tmp}/w{workers}", max_trials=trials, epochs=3, workers=workers,
+                         retrain=False, log=lambda m: None)
+            wall = time.perf_counter() - start
+            out[f"workers_{workers}"] = {"trials": trials, "wall_s": round(wall, 1),
+                                         "trials_per_min": round(trials / wall * 60, 2)}
+    out["speedup_2_vs_1"] = round(out["workers_2"]["trials_per_min"] / out["workers_1"]["trials_per_min"], 3)
+    out["note"] = ("wall time includes starting the chief and each worker (a TensorFlow import each); "
+                   "2 workers share this machine's 2 cores, 1 thread each")
+    return out
+
+
 def _write(name: str, results: dict) -> None:
     path = RESULTS / name
     path.write_text(json.dumps(results, indent=2) + "\n")
@@ -259,6 +336,8 @@ def main() -> None:
                                  log=lambda m: None).path]
         _write("export.json", {"machine": machine, "models": [export_sizes(p) for p in trained]})
         _write("inference.json", {"machine": machine, "models": [inference(p) for p in trained]})
+    _write("tune.json", {"machine": machine, "memory": tune_memory(), "efficiency": tune_efficiency(),
+                         "workers": tune_workers()})
 
 
 if __name__ == "__main__":

@@ -131,12 +131,13 @@ TUNERS = ("random", "grid", "bayesian", "hyperband")  # kerakit.tune.TUNERS, wit
 @click.option("--no-retrain", is_flag=True, help="Do not retrain the best hyperparameters as a run.")
 @click.option("--overwrite", is_flag=True, help="Start over in --out.")
 @click.option("--data-dir", help="TFDS data directory.")
+@click.option("--strategy", type=click.Choice(STRATEGIES), default="default", show_default=True, help="tf.distribute strategy inside each trial.")
 @click.option("--workers", default=0, type=click.IntRange(min=0), help="Run a chief and N local worker processes.")
 @click.option("--role", type=click.Choice(["chief", "worker"]), help="Join a distributed search (with --oracle).")
 @click.option("--oracle", help="HOST:PORT of the chief's oracle (the chief binds it; 127.0.0.1 unless told otherwise).")
 @click.pass_context
 def tune_cmd(ctx, recipe, overrides, tuner, max_trials, max_epochs, executions_per_trial, objective, out,
-             no_retrain, overwrite, data_dir, workers, role, oracle) -> None:
+             no_retrain, overwrite, data_dir, strategy, workers, role, oracle) -> None:
     """Search RECIPE's hyperparameters with keras-tuner (key=value fixes a value for the whole search)."""
     from kerakit.tune import tune
 
@@ -149,7 +150,8 @@ def tune_cmd(ctx, recipe, overrides, tuner, max_trials, max_epochs, executions_p
         _needs_tensorflow(ctx)
     result = tune(recipe, out, tuner=tuner, max_trials=max_trials, max_epochs=max_epochs,
                   executions_per_trial=executions_per_trial, objective=objective, retrain=not no_retrain,
-                  overwrite=overwrite, data_dir=data_dir, workers=workers, role=role, oracle=oracle, **overrides)
+                  overwrite=overwrite, data_dir=data_dir, strategy=strategy, workers=workers, role=role,
+                  oracle=oracle, **overrides)
     if role == "worker":
         return
     _print_trials(result)

@@ -37,6 +37,7 @@ from kerakit.recipe import Recipe, load_recipe
 
 TUNERS = ("random", "grid", "bayesian", "hyperband")
 SEARCH_FILE = "search.json"
+EPOCHS_FILE = "epochs_run.json"
 BEST_FILE = "best_hparams.json"
 
 
@@ -83,7 +84,8 @@ def tune(
     if workers:
         return _launch(recipe, out, workers, dict(
             tuner=tuner, max_trials=max_trials, max_epochs=max_epochs, executions_per_trial=executions_per_trial,
-            objective=objective, retrain=retrain, overwrite=overwrite, data_dir=data_dir), overrides, log)
+            objective=objective, retrain=retrain, overwrite=overwrite, data_dir=data_dir, strategy=strategy),
+            overrides, log)
     if role is not None:
         _join(role, oracle)
     if tuner not in TUNERS:
@@ -205,7 +207,8 @@ def _make_tuner(name: str, max_trials: int, max_epochs: int | None, common: dict
             resumed = _resume_epoch(Path(backup))
             if resumed:
                 log(f"Trial {trial.trial_id} resumes from epoch {resumed} (interrupted earlier).")
-            callbacks = [*kwargs.pop("callbacks", []), keras.callbacks.BackupAndRestore(backup)]
+            counter = _EpochCounter(Path(self.project_dir) / f"trial_{trial.trial_id}" / EPOCHS_FILE)
+            callbacks = [*kwargs.pop("callbacks", []), counter, keras.callbacks.BackupAndRestore(backup)]
             return super().run_trial(trial, *args, callbacks=callbacks, **kwargs)
 
         def on_trial_begin(self, trial):
@@ -222,6 +225,17 @@ def _make_tuner(name: str, max_trials: int, max_epochs: int | None, common: dict
             super().on_trial_end(trial)
             log(f"Trial {trial.trial_id} {trial.status.lower()} in {time.time() - self._trial_started:.1f} s, "
                 f"score {trial.score}")
+
+    class _EpochCounter(keras.callbacks.Callback):
+        """Epochs a trial really trained (early stopping and Hyperband make it vary), kept across resumes."""
+
+        def __init__(self, path: Path):
+            super().__init__()
+            self.path = path
+
+        def on_epoch_end(self, epoch, logs=None):
+            done = runs.read_json(self.path)["epochs"] if self.path.exists() else 0
+            runs.write_json(self.path, {"epochs": done + 1})
 
     kwargs = dict(common)
     if name == "hyperband":
@@ -295,7 +309,7 @@ def _launch(recipe, out, workers: int, options: dict, overrides: dict, log) -> T
             "--max-trials", str(options["max_trials"]), "--executions-per-trial", str(options["executions_per_trial"]),
             "--out", str(out), "--oracle", f"127.0.0.1:{port}"]
     for flag, value in (("--max-epochs", options["max_epochs"]), ("--objective", options["objective"]),
-                        ("--data-dir", options["data_dir"])):
+                        ("--data-dir", options["data_dir"]), ("--strategy", options["strategy"])):
         if value is not None:
             args += [flag, str(value)]
     threads = str(max(1, (os.cpu_count() or 1) // workers))
@@ -353,8 +367,9 @@ def trials_table(searcher, objective: str) -> list[dict]:
     rows = []
     for trial_id, trial in sorted(searcher.oracle.trials.items()):
         values = {k: v for k, v in trial.hyperparameters.values.items() if not k.startswith("tuner/")}
+        counted = Path(searcher.project_dir) / f"trial_{trial_id}" / EPOCHS_FILE
         rows.append({"trial": trial_id, "status": trial.status, "score": trial.score,
-                     "epochs": trial.hyperparameters.values.get("tuner/epochs"), **values})
+                     "epochs": runs.read_json(counted)["epochs"] if counted.exists() else None, **values})
     return rows
 
 

@@ -139,3 +139,9 @@ def test_a_worker_killed_mid_trial_is_restarted_and_the_search_finishes(tmp_path
     assert "restarting it (1/3)" in output
     trials = json.loads((tmp_path / "trials.json").read_text())["trials"]
     assert len(trials) == 3 and all(t["status"] == "COMPLETED" for t in trials)
+
+
+def test_trials_table_counts_the_epochs_each_trial_trained(tmp_path):
+    result = kerakit.tune("breast_cancer_mlp", tmp_path, max_trials=2, epochs=3, patience=100, retrain=False,
+                          verbose=0, log=lambda m: None)
+    assert [t["epochs"] for t in result.trials] == [3, 3]
