@@ -200,11 +200,6 @@ def _layer_name(tensor, index: int, model) -> str:
     return history.operation.name if history is not None else model.output_names[index]
 
 
-def output_names(model) -> list[str]:
-    """The names an exported model gives its outputs: the Keras output layers' names."""
-    return [_layer_name(t, i, model) for i, t in enumerate(model.outputs)]
-
-
 class SavedModelPredictor(Predictor):
     format = "savedmodel"
     SIGNATURE = "serving_default"

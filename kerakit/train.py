@@ -68,7 +68,6 @@ def train(
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     import keras
     import keras_tuner
-    import numpy as np
 
     from kerakit.callbacks import BestCheckpoint
     from kerakit.data import load_data

@@ -25,7 +25,7 @@ import numpy as np
 from kerakit import runs
 from kerakit.errors import KerakitError
 from kerakit.export import targets as _targets
-from kerakit.export.targets import ArtifactSpec, Target, Verify
+from kerakit.export.targets import ArtifactSpec, Verify
 
 REPORT_FILE = "export_report.json"
 NUMERIC_SAMPLES = 256  # per split: held-out (val) and test inputs for the numeric comparison
