@@ -263,6 +263,59 @@ def tune_memory(trials: int = 20) -> dict:
     }
 
 
+def tune_memory_workers(trials: int = 20) -> dict:
+    """The same search through `--workers 1`: the worker's RSS (peak so far) as trials complete.
+
+    Workers restart after `RECYCLE_AFTER` trials, so what TensorFlow keeps per
+    model is given back.
+    """
+    import json as _json
+    import threading
+
+    import psutil
+
+    import kerakit
+    from kerakit.tune import RECYCLE_AFTER
+
+    marks, peak, stop = {}, [0.0], threading.Event()
+
+    def watch(out: Path) -> None:
+        me = psutil.Process()
+        while not stop.is_set():
+            for child in me.children(recursive=True):
+                try:
+                    if "--role worker" in " ".join(child.cmdline()):
+                        peak[0] = max(peak[0], child.memory_info().rss / 2**20)
+                except psutil.Error:
+                    pass
+            done = 0
+            for path in out.glob("tuner/trial_*/trial.json"):
+                try:
+                    done += _json.loads(path.read_text())["status"] == "COMPLETED"
+                except (OSError, ValueError):
+                    pass
+            if done and done not in marks:
+                marks[done] = peak[0]
+            time.sleep(0.1)
+
+    with tempfile.TemporaryDirectory() as tmp:
+        thread = threading.Thread(target=watch, args=(Path(tmp),), daemon=True)
+        thread.start()
+        kerakit.tune("digits_cnn", tmp, tuner="random", max_trials=trials, epochs=2, retrain=False, workers=1,
+                     log=lambda m: None)
+        stop.set()
+        thread.join()
+    at5 = marks.get(5) or marks[min(k for k in marks if k >= 5)]
+    at20 = marks.get(trials) or peak[0]
+    return {
+        "trials": trials, "epochs_per_trial": 2, "recycle_after": RECYCLE_AFTER,
+        "worker_peak_rss_mb_after_trial": {n: round(v, 1) for n, v in sorted(marks.items())},
+        "peak_ratio_20_vs_5": round(at20 / at5, 3),
+        "target": "peak RSS after trial 20 <= 1.10x after trial 5",
+        "meets_target": at20 / at5 <= 1.10,
+    }
+
+
 def _peak_mb() -> float:
     import resource
 
@@ -336,7 +389,8 @@ def main() -> None:
                                  log=lambda m: None).path]
         _write("export.json", {"machine": machine, "models": [export_sizes(p) for p in trained]})
         _write("inference.json", {"machine": machine, "models": [inference(p) for p in trained]})
-    _write("tune.json", {"machine": machine, "memory": tune_memory(), "efficiency": tune_efficiency(),
+    _write("tune.json", {"machine": machine, "memory_in_process": tune_memory(),
+                         "memory_workers": tune_memory_workers(), "efficiency": tune_efficiency(),
                          "workers": tune_workers()})
 
 

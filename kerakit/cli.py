@@ -134,9 +134,11 @@ TUNERS = ("random", "grid", "bayesian", "hyperband")  # kerakit.tune.TUNERS, wit
 @click.option("--workers", default=0, type=click.IntRange(min=0), help="Run a chief and N local worker processes.")
 @click.option("--role", type=click.Choice(["chief", "worker"]), help="Join a distributed search (with --oracle).")
 @click.option("--oracle", help="HOST:PORT of the chief's oracle (the chief binds it; 127.0.0.1 unless told otherwise).")
+@click.option("--recycle-after", default=10, show_default=True, type=click.IntRange(min=0),
+              help="A worker process restarts after this many trials, bounding memory (0: never).")
 @click.pass_context
 def tune_cmd(ctx, recipe, overrides, tuner, max_trials, max_epochs, executions_per_trial, objective, out,
-             no_retrain, overwrite, data_dir, strategy, workers, role, oracle) -> None:
+             no_retrain, overwrite, data_dir, strategy, workers, role, oracle, recycle_after) -> None:
     """Search RECIPE's hyperparameters with keras-tuner (key=value fixes a value for the whole search)."""
     from kerakit.tune import tune
 
@@ -150,7 +152,7 @@ def tune_cmd(ctx, recipe, overrides, tuner, max_trials, max_epochs, executions_p
     result = tune(recipe, out, tuner=tuner, max_trials=max_trials, max_epochs=max_epochs,
                   executions_per_trial=executions_per_trial, objective=objective, retrain=not no_retrain,
                   overwrite=overwrite, data_dir=data_dir, strategy=strategy, workers=workers, role=role,
-                  oracle=oracle, **overrides)
+                  oracle=oracle, recycle_after=recycle_after, **overrides)
     if role == "worker":
         return
     _print_trials(result)

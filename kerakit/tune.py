@@ -36,6 +36,8 @@ from kerakit.errors import KerakitError
 from kerakit.recipe import Recipe, load_recipe
 
 TUNERS = ("random", "grid", "bayesian", "hyperband")
+RECYCLE_AFTER = 10  # trials per worker process
+RECYCLE_EXIT = 75  # EX_TEMPFAIL: "start me again", not a failure
 SEARCH_FILE = "search.json"
 EPOCHS_FILE = "epochs_run.json"
 BEST_FILE = "best_hparams.json"
@@ -69,6 +71,7 @@ def tune(
     workers: int = 0,
     role: str | None = None,
     oracle: str | None = None,
+    recycle_after: int = RECYCLE_AFTER,
     verbose: "int | str" = "auto",
     log: Callable[[str], None] = print,
     **overrides: Any,
@@ -80,12 +83,16 @@ def tune(
     the cores split between them; a worker that dies is restarted and its
     trial resumes from its last epoch. role="chief"|"worker" with
     oracle="HOST:PORT" joins a search spread over machines instead.
+
+    TensorFlow keeps ~10 MB per model a process has built and fitted, even
+    after clear_session, so a worker exits after `recycle_after` trials and
+    the launcher starts a fresh one in its place (0: never).
     """
     if workers:
         return _launch(recipe, out, workers, dict(
             tuner=tuner, max_trials=max_trials, max_epochs=max_epochs, executions_per_trial=executions_per_trial,
-            objective=objective, retrain=retrain, overwrite=overwrite, data_dir=data_dir, strategy=strategy),
-            overrides, log)
+            objective=objective, retrain=retrain, overwrite=overwrite, data_dir=data_dir, strategy=strategy,
+            recycle_after=recycle_after), overrides, log)
     if role is not None:
         _join(role, oracle)
     if tuner not in TUNERS:
@@ -152,7 +159,8 @@ def tune(
         distribution_strategy=dist,
         overwrite=False,
     )
-    searcher = _make_tuner(tuner, max_trials, max_epochs, common, log)
+    searcher = _make_tuner(tuner, max_trials, max_epochs, common, log,
+                           recycle_after=recycle_after if role == "worker" else 0)
     if verbose == "auto":
         verbose = 1 if sys.stdout.isatty() else 0
     done_before = sum(t.status == "COMPLETED" for t in getattr(searcher.oracle, "trials", {}).values())
@@ -190,7 +198,7 @@ def tune(
     return TuneResult(out, best, trials, run)
 
 
-def _make_tuner(name: str, max_trials: int, max_epochs: int | None, common: dict, log):
+def _make_tuner(name: str, max_trials: int, max_epochs: int | None, common: dict, log, recycle_after: int = 0):
     import keras
     import keras_tuner as kt
 
@@ -222,9 +230,14 @@ def _make_tuner(name: str, max_trials: int, max_epochs: int | None, common: dict
             self._trial_started = time.time()
 
         def on_trial_end(self, trial):
-            super().on_trial_end(trial)
+            super().on_trial_end(trial)  # reports the trial to the oracle first
             log(f"Trial {trial.trial_id} {trial.status.lower()} in {time.time() - self._trial_started:.1f} s, "
                 f"score {trial.score}")
+            self._trials_here = getattr(self, "_trials_here", 0) + 1
+            if recycle_after and self._trials_here >= recycle_after:
+                log(f"Worker recycling after {self._trials_here} trials (frees what TensorFlow keeps per model).")
+                sys.stdout.flush()
+                os._exit(RECYCLE_EXIT)  # no interpreter teardown: TF's threads can stall a normal exit
 
     class _EpochCounter(keras.callbacks.Callback):
         """Epochs a trial really trained (early stopping and Hyperband make it vary), kept across resumes."""
@@ -307,7 +320,7 @@ def _launch(recipe, out, workers: int, options: dict, overrides: dict, log) -> T
     args = [sys.executable, "-m", "kerakit.cli", "tune", str(recipe.path),
             *(f"{k}={v}" for k, v in overrides.items()), "--tuner", options["tuner"],
             "--max-trials", str(options["max_trials"]), "--executions-per-trial", str(options["executions_per_trial"]),
-            "--out", str(out), "--oracle", f"127.0.0.1:{port}"]
+            "--out", str(out), "--oracle", f"127.0.0.1:{port}", "--recycle-after", str(options["recycle_after"])]
     for flag, value in (("--max-epochs", options["max_epochs"]), ("--objective", options["objective"]),
                         ("--data-dir", options["data_dir"]), ("--strategy", options["strategy"])):
         if value is not None:
@@ -334,6 +347,9 @@ def _launch(recipe, out, workers: int, options: dict, overrides: dict, log) -> T
         while chief.poll() is None:
             for i, proc in procs.items():
                 code = proc.poll()
+                if code == RECYCLE_EXIT and chief.poll() is None:
+                    procs[i] = start("worker", i)
+                    continue
                 if code is not None and code != 0 and chief.poll() is None:
                     if restarts[i] >= MAX_RESTARTS:
                         raise KerakitError(

@@ -145,3 +145,12 @@ def test_trials_table_counts_the_epochs_each_trial_trained(tmp_path):
     result = kerakit.tune("breast_cancer_mlp", tmp_path, max_trials=2, epochs=3, patience=100, retrain=False,
                           verbose=0, log=lambda m: None)
     assert [t["epochs"] for t in result.trials] == [3, 3]
+
+
+@pytest.mark.slow
+def test_workers_recycle_their_process_to_bound_memory(tmp_path):
+    result = kerakit.tune("breast_cancer_mlp", tmp_path, max_trials=5, epochs=2, workers=1, recycle_after=2,
+                          retrain=False, log=lambda m: None)
+    assert len(result.trials) == 5 and all(t["status"] == "COMPLETED" for t in result.trials)
+    log = (tmp_path / "distributed" / "worker0.log").read_text()
+    assert log.count("Worker recycling after 2 trials") == 2
