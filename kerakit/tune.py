@@ -281,7 +281,8 @@ def _join(role: str, oracle: str | None) -> None:
     elif not os.environ.get("KERASTUNER_TUNER_ID", "").startswith("tuner"):
         import socket
 
-        os.environ["KERASTUNER_TUNER_ID"] = f"tuner-{socket.gethostname()}-{os.getpid()}"
+        # Stable per host: a worker restarted there gets its running trial back from the oracle.
+        os.environ["KERASTUNER_TUNER_ID"] = f"tuner-{socket.gethostname()}"
 
 
 def _free_port() -> int:
