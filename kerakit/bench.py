@@ -162,13 +162,12 @@ def bench(
                 feeds = {name: p.validate({k: v[:batch] for k, v in pool.items()}) for name, p in predictors.items()}
                 calls = {name: (lambda p=p, f=feeds[name]: p.run(f)) for name, p in predictors.items()}
                 samples = time_interleaved(calls, runs_, warmup, block=BLOCK)
-                for name in predictors:
-                    rows.append({"artifact": name, "format": predictors[name].format, "batch": batch,
-                                 "threads": n_threads if predictors[name].format in ("onnx", "tflite") else "tf-default",
-                                 **_stats(samples[name], batch)})
-                log(f"  batch {batch}, threads {n_threads}: " + ", ".join(
-                    f"{name} {r['p50_ms']:.3f} ms" for name, r in
-                    ((r["artifact"], r) for r in rows[-len(names):])))
+                new = [{"artifact": name, "format": p.format, "batch": batch,
+                        "threads": n_threads if p.format in ("onnx", "tflite") else "tf-default",
+                        **_stats(samples[name], batch)} for name, p in predictors.items()]
+                rows += new
+                log(f"  batch {batch}, threads {n_threads}: "
+                    + ", ".join(f"{r['artifact']} {r['p50_ms']:.3f} ms" for r in new))
         finally:
             for p in predictors.values():
                 p.close()
