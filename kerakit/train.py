@@ -79,7 +79,7 @@ def train(
 
     hp = keras_tuner.HyperParameters()
     if hp_overrides:
-        hp_values = {**hp_values, **recipe.check_hparams(hp_overrides, _search_space(recipe, data))}
+        hp_values = {**hp_values, **recipe.check_hparams(hp_overrides, search_space(recipe, data))}
     for name, value in hp_values.items():
         hp.Fixed(name, value)
     with dist.scope():
@@ -88,7 +88,7 @@ def train(
     distribute.prepare_fit(dist, model, next(iter(data.train)))
 
     backup = workdir / BACKUP_DIR
-    resumed_from = _resume_epoch(backup)
+    resumed_from = resume_epoch(backup)
     if resumed_from:
         log(f"Resuming {recipe.name} from epoch {resumed_from} (backup in {backup}).")
     direction = recipe.metric_direction
@@ -209,7 +209,7 @@ def _check_previous(out: Path, requested: dict, overwrite: bool, log) -> runs.Ru
     return None
 
 
-def _search_space(recipe: Recipe, data) -> list:
+def search_space(recipe: Recipe, data) -> list:
     """The hyperparameters `build_model` declares, found by building it once."""
     import keras
     import keras_tuner
@@ -236,7 +236,7 @@ def _check_model(recipe: Recipe, model) -> None:
         )
 
 
-def _resume_epoch(backup: Path) -> int:
+def resume_epoch(backup: Path) -> int:
     meta = backup / "training_metadata.json"
     try:
         return int(runs.read_json(meta)["epoch"]) if meta.exists() else 0

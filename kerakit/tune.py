@@ -112,12 +112,12 @@ def tune(
 
     from kerakit import distribute
     from kerakit.data import load_data
-    from kerakit.train import _search_space
+    from kerakit.train import search_space
 
     dist = distribute.make_strategy(strategy) if strategy not in (None, "default") else None
     keras.utils.set_random_seed(config["seed"])
     data = load_data(recipe, config, data_dir)
-    space = _search_space(recipe, data)
+    space = search_space(recipe, data)
     fixed = recipe.check_hparams(hp_overrides, space) if hp_overrides else {}
     search = {
         "recipe": recipe.name, "tuner": tuner, "objective": objective, "direction": direction,
@@ -202,7 +202,7 @@ def _make_tuner(name: str, max_trials: int, max_epochs: int | None, common: dict
     import keras
     import keras_tuner as kt
 
-    from kerakit.train import _resume_epoch
+    from kerakit.train import resume_epoch
 
     base = {"random": kt.RandomSearch, "grid": kt.GridSearch, "bayesian": kt.BayesianOptimization,
             "hyperband": kt.Hyperband}[name]
@@ -212,7 +212,7 @@ def _make_tuner(name: str, max_trials: int, max_epochs: int | None, common: dict
 
         def run_trial(self, trial, *args, **kwargs):
             backup = os.path.join(self.project_dir, f"trial_{trial.trial_id}", "backup")
-            resumed = _resume_epoch(Path(backup))
+            resumed = resume_epoch(Path(backup))
             if resumed:
                 log(f"Trial {trial.trial_id} resumes from epoch {resumed} (interrupted earlier).")
             counter = _EpochCounter(Path(self.project_dir) / f"trial_{trial.trial_id}" / EPOCHS_FILE)
