@@ -239,15 +239,14 @@ def inference(run_path: Path, runs_: int = 200) -> dict:
 
 def tune_memory(trials: int = 20) -> dict:
     """RSS after each finished trial of a 20-trial random search on digits_cnn, in this process."""
-    import psutil
-
     import kerakit
+    from kerakit.bench import peak_rss_mb, rss_mb
 
     marks = {}
 
     def log(line: str) -> None:
         if line.startswith("Trial ") and " completed " in line:
-            marks[len(marks) + 1] = (psutil.Process().memory_info().rss / 2**20, _peak_mb())
+            marks[len(marks) + 1] = (rss_mb(), peak_rss_mb())
 
     with tempfile.TemporaryDirectory() as tmp:
         kerakit.tune("digits_cnn", tmp, tuner="random", max_trials=trials, epochs=2, retrain=False, verbose=0, log=log)
@@ -314,12 +313,6 @@ def tune_memory_workers(trials: int = 20) -> dict:
         "target": "peak RSS after trial 20 <= 1.10x after trial 5",
         "meets_target": at20 / at5 <= 1.10,
     }
-
-
-def _peak_mb() -> float:
-    import resource
-
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
 def tune_efficiency() -> dict:

@@ -50,8 +50,9 @@ def expand(paths: Iterable["str | os.PathLike"]) -> list[Path]:
 
 
 def _inputs(artifacts: list[Path], specs: list[runtime.Spec], data_dir: str | None, n: int) -> tuple[dict, str]:
-    run = runs.find_run(artifacts[0])
-    if run is not None and all(runs.find_run(a) is not None and runs.find_run(a).path == run.path for a in artifacts):
+    owners = {None if r is None else r.path for r in map(runs.find_run, artifacts)}
+    run = runs.find_run(artifacts[0]) if len(owners) == 1 and None not in owners else None
+    if run is not None:
         from kerakit.data import load_data
 
         recipe = run.recipe()
@@ -64,13 +65,13 @@ def _inputs(artifacts: list[Path], specs: list[runtime.Spec], data_dir: str | No
     return arrays, "random data of the models' input specs (artifacts are not from one run)"
 
 
-def _rss_mb() -> float:
+def rss_mb() -> float:
     import psutil
 
     return psutil.Process().memory_info().rss / 2**20
 
 
-def _peak_rss_mb() -> float:
+def peak_rss_mb() -> float:
     import resource
 
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
@@ -154,9 +155,9 @@ def bench(
         for name, path in zip(names, paths):
             if n_threads != threads[0] and runtime.detect_format(path) in ("keras", "savedmodel"):
                 continue  # TensorFlow's thread pools are process-wide: one pass is all there is
-            before = _rss_mb()
+            before = rss_mb()
             predictors[name] = _open(path, n_threads)
-            memory.setdefault(name, round(_rss_mb() - before, 1))
+            memory.setdefault(name, round(rss_mb() - before, 1))
         try:
             for batch in batches:
                 feeds = {name: p.validate({k: v[:batch] for k, v in pool.items()}) for name, p in predictors.items()}
@@ -178,7 +179,7 @@ def bench(
         "batches": batches, "threads": threads, "runs": runs_, "warmup": warmup,
         "rows": rows,
         "load_rss_mb": memory,
-        "peak_rss_mb": round(_peak_rss_mb(), 1),
+        "peak_rss_mb": round(peak_rss_mb(), 1),
         "created": _dt.datetime.now().isoformat(timespec="seconds"),
     }
     onnx_paths = [(name, path) for name, path in zip(names, paths) if runtime.detect_format(path) == "onnx"]

@@ -111,6 +111,18 @@ def copy_file(src: str | os.PathLike, dst: str | os.PathLike) -> Path:
     return Path(dst)
 
 
+def write_csv(path: str | os.PathLike, rows: list[dict]) -> Path:
+    """Rows as CSV, atomically; the columns are every key, in first-seen order."""
+    import csv
+    import io
+
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=list(dict.fromkeys(k for row in rows for k in row)), lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(rows)
+    return write_text(path, buf.getvalue())
+
+
 def read_json(path: str | os.PathLike) -> Any:
     with open(path, encoding="utf-8") as f:
         return json.load(f)

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import csv
 import datetime as _dt
-import io
 import math
 import os
 import shutil
@@ -257,11 +256,7 @@ def _dedupe_history(path: Path) -> None:
     if not rows:
         return
     by_epoch = {int(r["epoch"]): r for r in rows}
-    buf = io.StringIO()
-    writer = csv.DictWriter(buf, fieldnames=list(rows[0]), lineterminator="\n")
-    writer.writeheader()
-    writer.writerows(by_epoch[e] for e in sorted(by_epoch))
-    runs.write_text(path, buf.getvalue())
+    runs.write_csv(path, [by_epoch[e] for e in sorted(by_epoch)])
 
 
 def library_versions() -> dict[str, str]:

@@ -21,8 +21,6 @@ search space, or overrides) in the same directory is refused unless
 
 from __future__ import annotations
 
-import csv
-import io
 import os
 import shutil
 import sys
@@ -397,12 +395,7 @@ def max_or_min(trials: list[dict], direction: str) -> float:
 
 def _write_trials(out: Path, trials: list[dict], objective: str, direction: str) -> None:
     runs.write_json(out / "trials.json", {"objective": objective, "direction": direction, "trials": trials})
-    columns = list(dict.fromkeys(k for t in trials for k in t))
-    buf = io.StringIO()
-    writer = csv.DictWriter(buf, fieldnames=columns, lineterminator="\n")
-    writer.writeheader()
-    writer.writerows(trials)
-    runs.write_text(out / "trials.csv", buf.getvalue())
+    runs.write_csv(out / "trials.csv", trials)
     _plot(out / "trials.png", trials, objective, direction)
 
 
