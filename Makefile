@@ -5,6 +5,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 PYTEST_ARGS ?=
+BENCH ?=
 
 .PHONY: demo test test-fast bench venv lock clean
 
@@ -29,8 +30,9 @@ test: $(STAMP)
 test-fast: $(STAMP)
 	$(BIN)/python -m pytest -m "not slow" $(PYTEST_ARGS)
 
+# `make bench BENCH=serve` runs one section (foundation, export, serve, tune).
 bench: $(STAMP)
-	$(BIN)/python bench/run.py
+	$(BIN)/python bench/run.py $(BENCH)
 
 # Re-pin constraints.txt to what is installed now (run after changing pyproject ranges).
 lock: $(STAMP)

@@ -1,4 +1,6 @@
-"""`make bench`: benchmarks, written as JSON to bench/results/ (foundation.json, export.json).
+"""`make bench`: benchmarks, written as JSON to bench/results/ (foundation, export, inference, serve, tune).
+
+`python bench/run.py serve` (or foundation / export / tune) runs one section.
 
 Figures are ratios measured within one run (this machine is shared and noisy):
 
@@ -18,6 +20,10 @@ Figures are ratios measured within one run (this machine is shared and noisy):
   SavedModel signature; those defaults vs the best ONNX setting of the sweep
   (target <= 1.1x); LiteRT int8 vs float32 (target <= 0.6x); the bench
   harness (`Predictor.run`) vs a bare `session.run` loop (target <= 1.03).
+- serve (serve.json): `kerakit serve` under load on loopback, for both
+  models; see bench/serve_load.py. Server overhead per request (HTTP p50 minus
+  bare runtime p50, target < 1 ms), requests/s and p50/p99 at concurrency 16
+  with and without dynamic batching (target >= 2x with it), errors (target 0).
 - tune (tune.json): peak RSS after trial 20 vs after trial 5 of a random
   search (target <= 1.10x); Hyperband vs random search, best val_accuracy
   against epochs spent (target: within 1 point using <= 0.5x the epochs);
@@ -375,29 +381,58 @@ def _write(name: str, results: dict) -> None:
     print(f"wrote {path}")
 
 
-def main() -> None:
+def serve(run_path: Path) -> dict:
+    from serve_load import serve_load
+
+    from kerakit.data import load_data
+    from kerakit.export import export
+    from kerakit.runs import Run
+
+    run = Run.open(run_path)
+    if not (run.path / "export" / "model.onnx").exists():
+        export(run.path, targets=["server"], log=lambda m: None)
+    x, _ = load_data(run.recipe(), run.config["config"]).arrays("test")
+    return serve_load(run.path / "export" / "model.onnx", next(iter(x.values())), run.config["recipe"])
+
+
+SECTIONS = ("foundation", "export", "serve", "tune")
+
+
+def main(sections: list[str]) -> None:
     from kerakit.train import library_versions
 
+    unknown = set(sections) - set(SECTIONS)
+    if unknown:
+        sys.exit(f"Unknown section(s) {sorted(unknown)}; choose from {', '.join(SECTIONS)} (none = all).")
+    sections = sections or list(SECTIONS)
     RESULTS.mkdir(parents=True, exist_ok=True)
     machine = {"cpus": os.cpu_count(), **library_versions()}
-    _write("foundation.json", {
-        "machine": machine,
-        "cli_help": cli_help(),
-        "digits_cnn_default": digits_default(),
-        "input_pipeline": [input_pipeline("digits_cnn"), input_pipeline("mnist_cnn", mock_examples=6000)],
-    })
-    with tempfile.TemporaryDirectory() as tmp:
-        import kerakit
+    if "foundation" in sections:
+        _write("foundation.json", {
+            "machine": machine,
+            "cli_help": cli_help(),
+            "digits_cnn_default": digits_default(),
+            "input_pipeline": [input_pipeline("digits_cnn"), input_pipeline("mnist_cnn", mock_examples=6000)],
+        })
+    if "export" in sections or "serve" in sections:
+        with tempfile.TemporaryDirectory() as tmp:
+            import kerakit
 
-        trained = [kerakit.train("digits_cnn", f"{tmp}/digits_cnn", verbose=0, log=lambda m: None).path,
-                   kerakit.train("digits_mobilenet", f"{tmp}/digits_mobilenet", epochs=8, verbose=0,
-                                 log=lambda m: None).path]
-        _write("export.json", {"machine": machine, "models": [export_sizes(p) for p in trained]})
-        _write("inference.json", {"machine": machine, "models": [inference(p) for p in trained]})
-    _write("tune.json", {"machine": machine, "memory_in_process": tune_memory(),
-                         "memory_workers": tune_memory_workers(), "efficiency": tune_efficiency(),
-                         "workers": tune_workers()})
+            # MobileNet's accuracy matters to export (size/accuracy); to serving speed, only its shape.
+            epochs = 8 if "export" in sections else 2
+            trained = [kerakit.train("digits_cnn", f"{tmp}/digits_cnn", verbose=0, log=lambda m: None).path,
+                       kerakit.train("digits_mobilenet", f"{tmp}/digits_mobilenet", epochs=epochs, verbose=0,
+                                     log=lambda m: None).path]
+            if "export" in sections:
+                _write("export.json", {"machine": machine, "models": [export_sizes(p) for p in trained]})
+                _write("inference.json", {"machine": machine, "models": [inference(p) for p in trained]})
+            if "serve" in sections:
+                _write("serve.json", {"machine": machine, "models": [serve(p) for p in trained]})
+    if "tune" in sections:
+        _write("tune.json", {"machine": machine, "memory_in_process": tune_memory(),
+                             "memory_workers": tune_memory_workers(), "efficiency": tune_efficiency(),
+                             "workers": tune_workers()})
 
 
 if __name__ == "__main__":
-    main()
+    main(sys.argv[1:])

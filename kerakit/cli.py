@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+from pathlib import Path
 
 import click
 
@@ -69,6 +70,7 @@ def cli(ctx, debug: bool) -> None:
     kerakit evaluate runs/demo              test-split metrics of a run
     kerakit export runs/demo --target edge  export and verify deployment artifacts
     kerakit bench runs/demo                 latency of every format side by side
+    kerakit serve runs/demo                 HTTP inference: KServe v2 and TF Serving REST
     """
 
 
@@ -315,6 +317,40 @@ def _print_metrics(metrics: dict) -> None:
         for name, row in zip(names, metrics["confusion_matrix"]):
             matrix.add_row(name, *(str(v) for v in row))
         console.print(matrix)
+
+
+@cli.command("serve")
+@click.argument("source", required=False, metavar="[ARTIFACT_OR_RUN]", type=click.Path())
+@click.option("--name", help="Model name in URLs (default: the run's recipe, else the file name).")
+@click.option("--model-dir", type=click.Path(file_okay=False), help="Also serve every NAME/VERSION/model.* in DIR (Triton/TF Serving layout).")
+@click.option("--host", default="127.0.0.1", show_default=True, help="Address to bind (0.0.0.0 exposes the server to the network).")
+@click.option("--port", default=8000, show_default=True, type=click.IntRange(0, 65535))
+@click.option("--workers", default=1, show_default=True, type=click.IntRange(min=1), help="Server processes, each with its own copy of the models.")
+@click.option("--max-batch", default=1, show_default=True, type=click.IntRange(min=1), help="Dynamic batching: merge concurrent requests up to this many rows (1 = off).")
+@click.option("--batch-wait-ms", default=1.0, show_default=True, type=click.FloatRange(min=0), help="How long a batch waits for more requests.")
+@click.option("--threads", type=click.IntRange(min=0), help="Runtime threads per model (default: the setting `kerakit bench` saved).")
+@click.option("--max-body-mb", default=4.0, show_default=True, type=click.FloatRange(min=0.001), help="Largest request body accepted (413 above).")
+@click.option("--max-elements", default=1_000_000, show_default=True, type=click.IntRange(min=1), help="Most numbers in one request (413 above).")
+@click.option("--log", "log_path", type=click.Path(dir_okay=False), help="Request log (JSON lines) for `kerakit drift` (default RUN/requests.jsonl when serving a run's model).")
+@click.option("--no-log", is_flag=True, help="Write no request log.")
+@click.option("--log-inputs", is_flag=True, help="Log raw input values too, not only per-row summary statistics.")
+@click.pass_context
+def serve_cmd(ctx, source, name, model_dir, host, port, workers, max_batch, batch_wait_ms, threads, max_body_mb,
+              max_elements, log_path, no_log, log_inputs) -> None:
+    """Serve models over HTTP: KServe v2 (Triton clients) and TF Serving REST, plus /metrics."""
+    from kerakit import runs
+    from kerakit.serve import ServeOptions, resolve, serve
+
+    entries = resolve(source, name, model_dir)
+    if log_path is None and not no_log and source is not None:
+        run = runs.find_run(entries[0].path)
+        log_path = str(run.path / "requests.jsonl") if run is not None else None
+    if any(Path(e.path).suffix == ".keras" or Path(e.path).is_dir() for e in entries):
+        _needs_tensorflow(ctx)
+    options = ServeOptions(max_body_bytes=int(max_body_mb * 1024 * 1024), max_elements=max_elements,
+                           max_batch=max_batch, batch_wait_ms=batch_wait_ms, threads=threads,
+                           log_path=None if no_log else log_path, log_inputs=log_inputs)
+    serve(entries, options, host=host, port=port, workers=workers, announce=lambda m: click.echo(m, err=True))
 
 
 def main(argv: list[str] | None = None) -> None:
