@@ -18,17 +18,22 @@ $(STAMP): pyproject.toml constraints.txt
 venv: $(STAMP)
 
 demo: $(STAMP)
-	$(BIN)/kerakit train digits_cnn --out runs/demo
-	$(BIN)/kerakit evaluate runs/demo
-	$(BIN)/kerakit export runs/demo --target server,edge
-	$(BIN)/kerakit bench runs/demo --batch 1,32 --runs 100
+	$(BIN)/kerakit build digits_cnn --target server,edge --out runs/demo
 
-test: $(STAMP)
-	$(BIN)/python -m pytest $(PYTEST_ARGS)
+# The report test renders in a real headless browser: Debian's Chromium.
+CHROMIUM ?= /usr/bin/chromium
+SUDO := $(if $(filter 0,$(shell id -u)),,sudo)
+$(CHROMIUM):
+	@echo "Installing Debian's chromium for the report rendering test"
+	$(SUDO) apt-get update -qq
+	$(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null
+
+test: $(STAMP) $(CHROMIUM)
+	KERAKIT_CHROMIUM=$(CHROMIUM) $(BIN)/python -m pytest $(PYTEST_ARGS)
 
 # While iterating: everything but the slow end-to-end cases.
-test-fast: $(STAMP)
-	$(BIN)/python -m pytest -m "not slow" $(PYTEST_ARGS)
+test-fast: $(STAMP) $(CHROMIUM)
+	KERAKIT_CHROMIUM=$(CHROMIUM) $(BIN)/python -m pytest -m "not slow" $(PYTEST_ARGS)
 
 # `make bench BENCH=serve` runs one section (foundation, export, serve, tune).
 bench: $(STAMP)

@@ -71,6 +71,9 @@ def cli(ctx, debug: bool) -> None:
     kerakit export runs/demo --target edge  export and verify deployment artifacts
     kerakit bench runs/demo                 latency of every format side by side
     kerakit serve runs/demo                 HTTP inference: KServe v2 and TF Serving REST
+    kerakit build digits_cnn --target server,edge   train, export, verify, bench, report
+    kerakit report runs/demo                model card: HTML + Markdown
+    kerakit drift runs/demo --data runs/demo/requests.jsonl   inputs vs training data
     """
 
 
@@ -226,6 +229,98 @@ def export_cmd(ctx, source, targets, formats, out, recipe, sample, data_dir, ops
             f"{len(failed)} of {len(report['artifacts'])} artifacts failed verification ({', '.join(failed)}); "
             f"figures in {report['out']}/export_report.json."
         )
+
+
+@cli.command("build")
+@click.argument("recipe")
+@click.argument("overrides", nargs=-1)
+@click.option("--target", "targets", default="server,edge", show_default=True, help="Export targets, comma-separated (names or TOML paths).")
+@click.option("--tune", "tuner", type=click.Choice(TUNERS), help="Search hyperparameters first, then train the best.")
+@click.option("--max-trials", default=10, show_default=True, type=click.IntRange(min=1), help="With --tune.")
+@click.option("--max-epochs", type=click.IntRange(min=1), help="With --tune hyperband: the most epochs one trial trains.")
+@click.option("--out", type=click.Path(file_okay=False), help="Run directory (default runs/RECIPE). Rerun to resume.")
+@click.option("--bench-runs", default=100, show_default=True, type=click.IntRange(min=5), help="Timed calls per artifact and setting.")
+@click.option("--data-dir", help="TFDS data directory.")
+@click.pass_context
+def build_cmd(ctx, recipe, overrides, targets, tuner, max_trials, max_epochs, out, bench_runs, data_dir) -> None:
+    """Train (or tune, then train), export and verify, bench every artifact, write the report."""
+    from kerakit.build import build
+
+    overrides = _parse_overrides(overrides)
+    _needs_tensorflow(ctx)
+    result = build(recipe, targets.split(","), out, tune=tuner, max_trials=max_trials, max_epochs=max_epochs,
+                   bench_runs=bench_runs, data_dir=data_dir, **overrides)
+    _print_deployment(result["deployment"], result["report"])
+
+
+@cli.command("report")
+@click.argument("run", type=click.Path(file_okay=False))
+@click.option("--data-dir", help="TFDS data directory.")
+@click.pass_context
+def report_cmd(ctx, run, data_dir) -> None:
+    """Write RUN/report/index.html and model_card.md (metrics, figures, deployment table)."""
+    from kerakit.report import report
+
+    _needs_tensorflow(ctx)
+    result = report(run, data_dir=data_dir, log=lambda m: None)
+    _print_deployment(result["deployment"], result)
+
+
+def _print_deployment(rows: list[dict], written: dict) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    console = Console(width=max(120, Console().width))
+    if rows:
+        table = Table("artifact", "size", "metric", "change", "p50 ms b1", "samples/s b32", "verdict",
+                      title="deployment", box=None)
+        for r in rows:
+            size = "-" if r["size_bytes"] is None else f"{r['size_bytes'] / 1024:.0f} KiB"
+            table.add_row(r["artifact"], size, "-" if r["metric"] is None else f"{r['metric']:.4f}",
+                          "" if r["verdict"] == "reference" or r["metric_change"] is None else f"{r['metric_change']:+.4f}",
+                          "-" if r["p50_ms_batch1"] is None else f"{r['p50_ms_batch1']:.3f}",
+                          "-" if r["throughput_batch32"] is None else f"{r['throughput_batch32']:,.0f}", r["verdict"])
+        console.print(table)
+    for flag in written["flags"]:
+        console.print(f"flag: {flag}", markup=False)
+    console.print(f"report: {written['html']}  (Markdown: {written['markdown']})", markup=False)
+
+
+@cli.command("drift")
+@click.argument("run", type=click.Path(file_okay=False))
+@click.option("--data", required=True, type=click.Path(dir_okay=False), help="A `kerakit serve` request log (.jsonl), or model inputs (.npz by input name, .npy, .csv).")
+@click.option("--psi", "psi_threshold", default=0.2, show_default=True, type=click.FloatRange(min=0), help="Population stability index above which a series drifts.")
+@click.option("--ks", "ks_threshold", default=0.2, show_default=True, type=click.FloatRange(0, 1), help="Kolmogorov-Smirnov statistic above which a series drifts.")
+@click.option("--data-dir", help="TFDS data directory (for the run's training data, the first time).")
+@click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
+@click.pass_context
+def drift_cmd(ctx, run, data, psi_threshold, ks_threshold, data_dir, as_json) -> None:
+    """Compare new inputs (or a server request log) with RUN's training data; exit 3 on drift."""
+    from kerakit.drift import drift
+
+    _needs_tensorflow(ctx)
+    result = drift(run, data, psi_threshold=psi_threshold, ks_threshold=ks_threshold, data_dir=data_dir)
+    if as_json:
+        click.echo(json.dumps(result, indent=2))
+    else:
+        from rich.console import Console
+        from rich.table import Table
+
+        table = Table("series", "PSI", "KS", "train median", "new median", "drift",
+                      title=f"drift: {result['described']} vs training data", box=None)
+        for r in result["series"]:
+            table.add_row(r["series"], f"{r['psi']:.3f}", f"{r['ks']:.3f}", f"{r['reference_median']:.4g}",
+                          f"{r['new_median']:.4g}", "DRIFT" if r["drift"] else "")
+        p = result["predictions"]
+        if p:
+            table.add_row("predictions", f"{p['psi']:.3f}", f"{p['ks']:.3f}" if "ks" in p else "-", "", "",
+                          "DRIFT" if p["drift"] else "")
+        Console(width=max(120, Console().width)).print(table)
+        verdict = (f"drift in {len(result['drifted'])} series: {', '.join(result['drifted'])}" if result["drift"]
+                   else "no drift")
+        click.echo(f"{verdict} (thresholds PSI {psi_threshold}, KS {ks_threshold})")
+    if result["drift"]:
+        ctx.exit(3)
 
 
 def _int_list(text: str, option: str) -> list[int]:

@@ -17,7 +17,10 @@ A recipe is a plain Python file that reads top to bottom:
         return model                      # compiled
 
 Optional names: NAME (default: the file name), SPLITS, CLASS_NAMES, METRIC,
-and `representative_sample(data, n)` for int8 calibration.
+`representative_sample(data, n)` for int8 calibration, and for the report
+SLICES = {"name": fn(features, labels) -> bool mask} (subsets of the test
+split whose metric is checked against the overall one, SLICE_MARGIN apart)
+and FEATURE_NAMES (of a tabular input, for attributions).
 
 With no search, `hp`'s `default=` values build the model; under `kerakit tune`
 the same calls define the search space.
@@ -95,6 +98,11 @@ class Recipe:
     metric_direction: str = "max"
     label_key: str = "label"
     representative_sample: Callable | None = None
+    # Report: named subsets of the test split, {name: fn(features, labels) -> bool mask},
+    # flagged when their metric falls more than `slice_margin` below the overall one.
+    slices: dict[str, Callable] = field(default_factory=dict)
+    slice_margin: float = 0.05
+    feature_names: list[str] | None = None  # of a tabular (rank-1) input, for attributions
     module: ModuleType | None = None
 
     @property
@@ -314,6 +322,9 @@ def _from_module(module: ModuleType, path: Path) -> Recipe:
     metric = getattr(module, "METRIC", metric)
     direction = getattr(module, "METRIC_DIRECTION", direction if metric == TASK_METRICS[task][0] else "max")
     doc = (module.__doc__ or "").strip().splitlines()
+    slices = getattr(module, "SLICES", {})
+    if not isinstance(slices, dict) or not all(isinstance(k, str) and callable(f) for k, f in slices.items()):
+        raise KerakitError(f"Recipe {path}: SLICES must be a dict of name -> function(features, labels) -> bool mask.")
     return Recipe(
         name=getattr(module, "NAME", path.stem),
         path=path,
@@ -330,5 +341,8 @@ def _from_module(module: ModuleType, path: Path) -> Recipe:
         metric_direction=direction,
         label_key=getattr(module, "LABEL", "label"),
         representative_sample=getattr(module, "representative_sample", None),
+        slices=slices,
+        slice_margin=float(getattr(module, "SLICE_MARGIN", 0.05)),
+        feature_names=getattr(module, "FEATURE_NAMES", None),
         module=module,
     )

@@ -43,6 +43,7 @@ from typing import Any
 import numpy as np
 
 from kerakit import runs, runtime
+from kerakit.drift import row_statistics
 from kerakit.errors import KerakitError
 
 NAME_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,127}")
@@ -503,11 +504,9 @@ class RequestLog:
 
 def row_summary(x: np.ndarray, raw: bool = False) -> dict:
     """Per-row mean, std, min and max of one input (what `drift` compares with training data)."""
-    flat = x.reshape(len(x), -1).astype(np.float64)
-    summary = {"mean": flat.mean(1), "std": flat.std(1), "min": flat.min(1), "max": flat.max(1)}
-    summary = {k: np.round(v, 6).tolist() for k, v in summary.items()}
+    summary = {k: np.round(v, 6).tolist() for k, v in row_statistics(x).items()}
     if raw:
-        summary["values"] = flat.tolist()
+        summary["values"] = x.reshape(len(x), -1).tolist()
     return summary
 
 

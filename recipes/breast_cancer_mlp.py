@@ -1,6 +1,7 @@
 """MLP on the Wisconsin breast cancer table; normalization lives inside the model."""
 
 import keras
+from sklearn.datasets import load_breast_cancer
 
 from kerakit.recipe import Input
 
@@ -10,6 +11,12 @@ DATASET = "kerakit_breast_cancer"
 INPUTS = [Input("features", shape=(30,), dtype="float32")]
 CLASS_NAMES = ["malignant", "benign"]
 DEFAULTS = dict(epochs=60, batch_size=32, patience=12)
+FEATURE_NAMES = [str(n) for n in load_breast_cancer().feature_names]
+# Report slices (raw test-split features): large and small tumours by mean radius.
+SLICES = {
+    "mean radius > 15": lambda features, labels: features["features"][:, 0] > 15,
+    "mean radius <= 15": lambda features, labels: features["features"][:, 0] <= 15,
+}
 
 
 def preprocess(example, config):

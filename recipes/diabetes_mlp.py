@@ -9,6 +9,7 @@ TASK = "regression"
 DATASET = "kerakit_diabetes"
 INPUTS = [Input("features", shape=(10,), dtype="float32")]
 DEFAULTS = dict(epochs=150, batch_size=32, patience=20)
+FEATURE_NAMES = ["age", "sex", "bmi", "bp", "s1", "s2", "s3", "s4", "s5", "s6"]  # sklearn's load_diabetes
 
 
 def preprocess(example, config):

@@ -11,6 +11,11 @@ DATASET = "kerakit_digits"  # registered by kerakit.datasets from sklearn's load
 INPUTS = [Input("image", shape=(8, 8, 1), dtype="float32")]
 CLASS_NAMES = [str(d) for d in range(10)]
 DEFAULTS = dict(epochs=40, batch_size=64, patience=10)
+# Report slices: faint and heavy handwriting (mean ink of the preprocessed 0..1 image).
+SLICES = {
+    "faint (mean ink < 0.26)": lambda features, labels: features["image"].mean(axis=(1, 2, 3)) < 0.26,
+    "heavy (mean ink >= 0.35)": lambda features, labels: features["image"].mean(axis=(1, 2, 3)) >= 0.35,
+}
 
 
 def preprocess(example, config):

@@ -1,0 +1,226 @@
+"""`kerakit drift`: has what the model now sees moved away from what it was trained on?
+
+>>> result = kerakit.drift.drift("runs/demo", "runs/demo/requests.jsonl")
+>>> result["drift"], [r["series"] for r in result["series"] if r["drift"]]
+
+The reference is the run's training split, summarised once into
+RUN/data_profile.json: for every input, the per-row mean, std, min and max
+(the summary `kerakit serve` logs per request), plus each feature of a
+tabular (rank-1) input; and the distribution of the model's predictions.
+New data is a server request log (JSON lines) or raw model inputs (.npz
+keyed by input name, .npy or .csv for a one-input model); raw inputs are
+also run through the model for the prediction shift.
+
+Per series: the population stability index over the reference's decile bins
+and the two-sample Kolmogorov-Smirnov statistic; predicted classes by PSI
+over classes. A series drifts when PSI > psi_threshold (0.2 by default, the
+usual "significant shift") or KS > ks_threshold (0.2).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+
+from kerakit import runs
+from kerakit.errors import KerakitError
+
+PROFILE_FILE = "data_profile.json"
+STATS = ("mean", "std", "min", "max")
+MAX_TABULAR_FEATURES = 64
+SAMPLE = 2000        # reference values kept per series, for KS
+MIN_ROWS = 30
+EPS = 1e-4
+
+
+def row_statistics(x: np.ndarray) -> dict[str, np.ndarray]:
+    """Per-row mean, std, min, max of one input (any rank; first axis = rows)."""
+    flat = np.asarray(x).reshape(len(x), -1).astype(np.float64)
+    return {"mean": flat.mean(1), "std": flat.std(1), "min": flat.min(1), "max": flat.max(1)}
+
+
+def _series_of_inputs(inputs: dict[str, np.ndarray], feature_names: dict[str, list[str]] | None = None) -> dict[str, np.ndarray]:
+    series = {}
+    for name, x in inputs.items():
+        for stat, values in row_statistics(x).items():
+            series[f"{name}.{stat}"] = values
+        x = np.asarray(x)
+        if x.ndim == 2 and x.shape[1] <= MAX_TABULAR_FEATURES:
+            names = (feature_names or {}).get(name) or [str(i) for i in range(x.shape[1])]
+            for i, feature in enumerate(names):
+                series[f"{name}[{feature}]"] = x[:, i].astype(np.float64)
+    return series
+
+
+def _prediction_summary(outputs: np.ndarray) -> dict:
+    flat = np.asarray(outputs).reshape(len(outputs), -1)
+    if flat.shape[1] > 1:
+        return {"classes": flat.argmax(1)}
+    return {"values": flat[:, 0].astype(np.float64)}
+
+
+def _reference_series(values: np.ndarray) -> dict:
+    values = np.asarray(values, dtype=np.float64)
+    edges = np.unique(np.quantile(values, np.linspace(0, 1, 11)[1:-1]))
+    counts = np.bincount(np.searchsorted(edges, values, side="left"), minlength=len(edges) + 1)
+    rng = np.random.default_rng(0)
+    sample = values if len(values) <= SAMPLE else rng.choice(values, SAMPLE, replace=False)
+    return {"edges": edges.tolist(), "proportions": (counts / counts.sum()).tolist(), "sample": np.sort(sample).tolist()}
+
+
+# --------------------------------------------------------------------------- reference profile
+
+def profile(run_path: "str | os.PathLike", data_dir: str | None = None, refresh: bool = False) -> dict:
+    """The run's training-split profile (computed once, then read from RUN/data_profile.json)."""
+    run = runs.Run.open(run_path)
+    path = run.path / PROFILE_FILE
+    if path.exists() and not refresh:
+        return runs.read_json(path)
+    from kerakit.data import load_data
+
+    recipe = run.recipe()
+    data = load_data(recipe, run.config["config"], data_dir)
+    x, _ = data.arrays("train")
+    from kerakit.report import keras_predict
+
+    outputs = keras_predict(run, run.load_model())(x)
+    names = {i.name: recipe.feature_names for i in recipe.inputs if recipe.feature_names and len(i.shape) == 1}
+    result = {"recipe": recipe.name, "split": "train", "rows": int(len(next(iter(x.values())))),
+              "feature_names": names,
+              "series": {k: _reference_series(v) for k, v in _series_of_inputs(x, names).items()}}
+    prediction = _prediction_summary(outputs)
+    if "classes" in prediction:
+        n = outputs.reshape(len(outputs), -1).shape[1]
+        counts = np.bincount(prediction["classes"], minlength=n)
+        result["predictions"] = {"kind": "classes", "proportions": (counts / counts.sum()).tolist(),
+                                 "class_names": data.class_names or [str(i) for i in range(n)]}
+    else:
+        result["predictions"] = {"kind": "values", **_reference_series(prediction["values"])}
+    runs.write_json(path, result)
+    return result
+
+
+# --------------------------------------------------------------------------- new data
+
+def load_new(path: "str | os.PathLike", run: runs.Run, feature_names: dict) -> tuple[dict, dict, str]:
+    """(series, predictions, description) of the new data at `path`."""
+    path = Path(path)
+    if not path.is_file():
+        raise KerakitError(f"Drift data {str(path)!r} does not exist (expected a request log .jsonl, or .npz/.npy/.csv inputs).")
+    if path.suffix in (".jsonl", ".log", ".json"):
+        return _from_log(path)
+    if path.suffix not in (".npz", ".npy", ".csv"):
+        raise KerakitError(f"Unsupported drift data {str(path)!r}: expected .jsonl (a `kerakit serve` request log), "
+                           ".npz (arrays keyed by input name), .npy or .csv (one-input models).")
+    recipe = run.recipe()
+    names = [i.name for i in recipe.inputs]
+    try:
+        if path.suffix == ".npz":
+            with np.load(path) as npz:
+                arrays = {k: npz[k] for k in npz.files}
+            if len(names) == 1 and list(arrays) in (["arr_0"], ["x"]):
+                arrays = {names[0]: next(iter(arrays.values()))}
+        elif path.suffix == ".npy":
+            arrays = {names[0]: np.load(path)}
+        else:
+            arrays = {names[0]: np.loadtxt(path, delimiter=",", ndmin=2, dtype=np.float32)}
+    except (ValueError, OSError) as e:
+        raise KerakitError(f"Cannot read {str(path)!r}: {str(e)[:200]}.") from None
+    if set(arrays) != set(names):
+        raise KerakitError(f"{str(path)!r} holds arrays {sorted(arrays)}; the model's inputs are {sorted(names)}.")
+    from kerakit import runtime
+
+    with runtime.load(run.model_path) as model:
+        checked = model.validate(arrays)
+        outputs = next(iter(runtime.predict_all(model, checked).values()))
+    return _series_of_inputs(checked, feature_names), _prediction_summary(outputs), f"{len(outputs)} rows of model inputs"
+
+
+def _from_log(path: Path) -> tuple[dict, dict, str]:
+    series: dict[str, list] = {}
+    predictions: dict[str, list] = {}
+    records = 0
+    with open(path, encoding="utf-8") as f:
+        for number, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            try:
+                record = json.loads(line)
+                for name, summary in record["inputs"].items():
+                    for stat in STATS:
+                        series.setdefault(f"{name}.{stat}", []).extend(summary[stat])
+                    if "values" in summary:
+                        values = np.asarray(summary["values"])
+                        for i in range(values.shape[1] if values.ndim == 2 and values.shape[1] <= MAX_TABULAR_FEATURES else 0):
+                            series.setdefault(f"{name}[{i}]", []).extend(values[:, i].tolist())
+                output = next(iter(record["outputs"].values()))
+                key = "classes" if "class" in output else "values"
+                predictions.setdefault(key, []).extend(output["class" if key == "classes" else "value"])
+                records += 1
+            except (ValueError, KeyError, TypeError, AttributeError, StopIteration):
+                raise KerakitError(f"{str(path)}:{number} is not a `kerakit serve` request log record.") from None
+    rows = len(next(iter(series.values()), []))
+    return ({k: np.asarray(v, dtype=np.float64) for k, v in series.items()},
+            {k: np.asarray(v) for k, v in predictions.items()}, f"{rows} rows from {records} logged requests")
+
+
+# --------------------------------------------------------------------------- comparison
+
+def psi(reference: dict, values: np.ndarray) -> float:
+    edges = np.asarray(reference["edges"])
+    counts = np.bincount(np.searchsorted(edges, values, side="left"), minlength=len(edges) + 1)
+    return _psi(np.asarray(reference["proportions"]), counts / counts.sum())
+
+
+def _psi(expected: np.ndarray, actual: np.ndarray) -> float:
+    expected, actual = np.clip(expected, EPS, None), np.clip(actual, EPS, None)
+    return float(np.sum((actual - expected) * np.log(actual / expected)))
+
+
+def drift(run_path: "str | os.PathLike", data: "str | os.PathLike", psi_threshold: float = 0.2,
+          ks_threshold: float = 0.2, data_dir: str | None = None) -> dict:
+    from scipy.stats import ks_2samp
+
+    run = runs.Run.open(run_path)
+    reference = profile(run.path, data_dir)
+    series, predictions, described = load_new(data, run, reference.get("feature_names") or {})
+    # Log records name tabular features by index; the profile by name.
+    for name, features in (reference.get("feature_names") or {}).items():
+        for i, feature in enumerate(features):
+            if f"{name}[{i}]" in series:
+                series[f"{name}[{feature}]"] = series.pop(f"{name}[{i}]")
+    rows = len(next(iter(series.values()), []))
+    if rows < MIN_ROWS:
+        raise KerakitError(f"{str(data)!r} has {rows} rows; a drift check needs at least {MIN_ROWS}.")
+    table = []
+    for name, ref in reference["series"].items():
+        if name not in series:
+            continue
+        values = series[name]
+        ks = float(ks_2samp(np.asarray(ref["sample"]), values).statistic)
+        value = psi(ref, values)
+        table.append({"series": name, "psi": round(value, 4), "ks": round(ks, 4),
+                      "reference_median": float(np.median(ref["sample"])), "new_median": float(np.median(values)),
+                      "drift": value > psi_threshold or ks > ks_threshold})
+    ref_pred = reference["predictions"]
+    prediction = None
+    if ref_pred["kind"] == "classes" and "classes" in predictions:
+        n = len(ref_pred["proportions"])
+        counts = np.bincount(np.clip(predictions["classes"].astype(int), 0, n - 1), minlength=n)
+        new = counts / counts.sum()
+        value = _psi(np.asarray(ref_pred["proportions"]), new)
+        prediction = {"kind": "classes", "psi": round(value, 4), "reference": ref_pred["proportions"],
+                      "new": new.tolist(), "class_names": ref_pred["class_names"], "drift": value > psi_threshold}
+    elif ref_pred["kind"] == "values" and "values" in predictions:
+        values = predictions["values"].astype(np.float64)
+        value = psi(ref_pred, values)
+        ks = float(ks_2samp(np.asarray(ref_pred["sample"]), values).statistic)
+        prediction = {"kind": "values", "psi": round(value, 4), "ks": round(ks, 4),
+                      "drift": value > psi_threshold or ks > ks_threshold}
+    drifted = [r["series"] for r in table if r["drift"]] + (["predictions"] if prediction and prediction["drift"] else [])
+    return {"run": str(run.path), "data": str(data), "described": described, "rows": rows,
+            "thresholds": {"psi": psi_threshold, "ks": ks_threshold}, "series": table, "predictions": prediction,
+            "drifted": drifted, "drift": bool(drifted)}
