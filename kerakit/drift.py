@@ -29,6 +29,7 @@ from kerakit import runs
 from kerakit.errors import KerakitError
 
 PROFILE_FILE = "data_profile.json"
+PROFILE_VERSION = 2  # bump when the summary or its binning changes: older profiles are recomputed
 STATS = ("mean", "std", "min", "max")
 MAX_TABULAR_FEATURES = 64
 SAMPLE = 2000        # reference values kept per series, for KS
@@ -78,7 +79,9 @@ def profile(run_path: "str | os.PathLike", data_dir: str | None = None, refresh:
     run = runs.Run.open(run_path)
     path = run.path / PROFILE_FILE
     if path.exists() and not refresh:
-        return runs.read_json(path)
+        stored = runs.read_json(path)
+        if stored.get("version") == PROFILE_VERSION:
+            return stored
     from kerakit.data import load_data
 
     recipe = run.recipe()
@@ -88,7 +91,7 @@ def profile(run_path: "str | os.PathLike", data_dir: str | None = None, refresh:
 
     outputs = keras_predict(run, run.load_model())(x)
     names = {i.name: recipe.feature_names for i in recipe.inputs if recipe.feature_names and len(i.shape) == 1}
-    result = {"recipe": recipe.name, "split": "train", "rows": int(len(next(iter(x.values())))),
+    result = {"version": PROFILE_VERSION, "recipe": recipe.name, "split": "train", "rows": int(len(next(iter(x.values())))),
               "feature_names": names,
               "series": {k: _reference_series(v) for k, v in _series_of_inputs(x, names).items()}}
     prediction = _prediction_summary(outputs)

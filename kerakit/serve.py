@@ -343,6 +343,8 @@ def decode_v2(model: Model, body: bytes, header_length: str | None, max_elements
     if not isinstance(request, dict):
         raise BadRequest(f"The request must be a JSON object with 'inputs', got {type(request).__name__}.")
     items = _require(request, "inputs", list, "request")
+    if not isinstance(request.get("parameters", {}), dict):
+        raise BadRequest("'parameters' of the request must be an object, e.g. {\"binary_data_output\": true}.")
     arrays: dict[str, np.ndarray] = {}
     offset = 0
     for i, item in enumerate(items):

@@ -147,6 +147,18 @@ def test_drift_reads_the_server_request_log(built, test_inputs, tmp_path):
     assert shifted.returncode == 3 and "DRIFT" in shifted.stdout
 
 
+def test_a_profile_from_an_older_kerakit_is_recomputed(built, test_inputs, tmp_path):
+    out, _ = built
+    profile = json.loads((out / "data_profile.json").read_text())
+    stale = {**profile, "version": 1, "series": {k: {**v, "proportions": [1.0] + [0.0] * (len(v["proportions"]) - 1)}
+                                                  for k, v in profile["series"].items()}}
+    (out / "data_profile.json").write_text(json.dumps(stale))
+    np.savez(tmp_path / "same.npz", image=test_inputs)
+    r = run_cli("drift", out, "--data", tmp_path / "same.npz")
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert json.loads((out / "data_profile.json").read_text()) == profile
+
+
 @pytest.mark.parametrize("data, fragment", [
     ("missing.jsonl", "does not exist"),
     ("bad.jsonl", "bad.jsonl:1 is not a `kerakit serve` request log record"),

@@ -183,6 +183,7 @@ BAD = [
     (V2, _v2(parameters={"binary_data_size": 256}), {}, 400, "runs past"),
     (V2, json.dumps({"inputs": [GOOD, GOOD]}), {}, 400, "given twice"),
     (V2, json.dumps({"inputs": [GOOD], "outputs": [{"name": "logits"}]}), {}, 400, "Unknown output 'logits'"),
+    (V2, json.dumps({"inputs": [GOOD], "parameters": [1]}), {}, 400, "'parameters' of the request must be an object"),
     (TF, json.dumps({"instances": [[[[0.5]] * 8] * 8], "inputs": []}), {}, 400, "exactly one of"),
     (TF, json.dumps({"instances": []}), {}, 400, "non-empty list"),
     (TF, json.dumps({"instances": [{"pixels": 1}]}), {}, 400, "model's inputs are ['image']"),
@@ -241,7 +242,8 @@ def test_fuzzed_requests_never_get_a_5xx(server):
         "parameters": st.one_of(st.fixed_dictionaries({"binary_data_size": st.integers(-5, 300)}), json_values),
     })
     v2_bodies = st.one_of(json_values, st.fixed_dictionaries({"inputs": st.lists(tensor, max_size=3)},
-                                                             optional={"outputs": json_values, "id": json_values}))
+                                                             optional={"outputs": json_values, "id": json_values,
+                                                                       "parameters": json_values}))
     tf_bodies = st.one_of(json_values, st.fixed_dictionaries({}, optional={
         "instances": json_values, "inputs": json_values, "signature_name": json_values}))
     names = st.one_of(st.just(NAME), st.text(st.characters(min_codepoint=33, max_codepoint=126, exclude_characters="/?#%"), max_size=12))
@@ -374,10 +376,12 @@ def test_model_dir_refuses_a_symlink_out_of_the_repository(digits_export, tmp_pa
     (["{onnx}", "--name", "../x"], "Invalid model name '../x'"),
     (["{run}"], "has no exported ONNX model"),
 ])
-def test_serve_cli_errors_are_one_line(args, fragment, onnx_path, digits_run):
+def test_serve_cli_errors_are_one_line(args, fragment, onnx_path, digits_run, tmp_path):
     from conftest import run_cli
 
-    args = [a.format(onnx=onnx_path, run=digits_run.path) for a in args]
+    unexported = tmp_path / "run"  # the shared run may have been exported by other tests
+    shutil.copytree(digits_run.path, unexported, ignore=shutil.ignore_patterns("export"))
+    args = [a.format(onnx=onnx_path, run=unexported) for a in args]
     r = run_cli("serve", *args, "--port", str(free_port()), timeout=60)
     assert r.returncode == 1 and r.stderr.startswith("error: ") and fragment in r.stderr, r.stderr
     assert len(r.stderr.strip().splitlines()) == 1
@@ -391,3 +395,22 @@ def test_port_in_use_is_named(onnx_path):
         s.listen()
         r = run_cli("serve", onnx_path, "--port", str(s.getsockname()[1]), timeout=60)
     assert r.returncode == 1 and "Cannot listen on 127.0.0.1" in r.stderr and "--port" in r.stderr
+
+
+def test_workers_share_the_port_and_answer_alike(onnx_path, expected, tmp_path):
+    x, want = expected
+    server = Server(onnx_path, "--name", NAME, "--workers", "2", "--no-log", log_dir=tmp_path)
+    try:
+        def one(i):
+            return requests.post(f"{server.url}/v1/models/{NAME}:predict", json={"instances": x.tolist()}).json()
+
+        with concurrent.futures.ThreadPoolExecutor(8) as pool:
+            for response in pool.map(one, range(40)):
+                np.testing.assert_allclose(response["predictions"], want, rtol=1e-6, atol=1e-7)
+        # Two server processes under the launcher, each with the model loaded.
+        import psutil
+
+        children = psutil.Process(server.proc.pid).children(recursive=True)
+        assert len([c for c in children if "spawn_main" in " ".join(c.cmdline())]) == 2
+    finally:
+        server.stop()
