@@ -74,8 +74,12 @@ def _reference_series(values: np.ndarray) -> dict:
 
 # --------------------------------------------------------------------------- reference profile
 
-def profile(run_path: "str | os.PathLike", data_dir: str | None = None, refresh: bool = False) -> dict:
-    """The run's training-split profile (computed once, then read from RUN/data_profile.json)."""
+def profile(run_path: "str | os.PathLike", data_dir: str | None = None, refresh: bool = False,
+            predictor=None) -> dict:
+    """The run's training-split profile (computed once, then read from RUN/data_profile.json).
+
+    predictor: the run's model already open as a `runtime.KerasPredictor`, to not load it twice.
+    """
     run = runs.Run.open(run_path)
     path = run.path / PROFILE_FILE
     if path.exists() and not refresh:
@@ -87,9 +91,10 @@ def profile(run_path: "str | os.PathLike", data_dir: str | None = None, refresh:
     recipe = run.recipe()
     data = load_data(recipe, run.config["config"], data_dir)
     x, _ = data.arrays("train")
-    from kerakit.report import keras_predict
+    from kerakit import runtime
 
-    outputs = keras_predict(run, run.load_model())(x)
+    predictor = predictor or runtime.KerasPredictor(run.model_path)
+    outputs = runtime.first_output(predictor, x)
     names = {i.name: recipe.feature_names for i in recipe.inputs if recipe.feature_names and len(i.shape) == 1}
     result = {"version": PROFILE_VERSION, "recipe": recipe.name, "split": "train", "rows": int(len(next(iter(x.values())))),
               "feature_names": names,
@@ -138,7 +143,7 @@ def load_new(path: "str | os.PathLike", run: runs.Run, feature_names: dict) -> t
 
     with runtime.load(run.model_path) as model:
         checked = model.validate(arrays)
-        outputs = next(iter(runtime.predict_all(model, checked).values()))
+        outputs = runtime.first_output(model, checked)
     return _series_of_inputs(checked, feature_names), _prediction_summary(outputs), f"{len(outputs)} rows of model inputs"
 
 

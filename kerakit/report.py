@@ -24,8 +24,7 @@ from pathlib import Path
 
 import numpy as np
 
-from kerakit import runs
-from kerakit.errors import KerakitError
+from kerakit import runs, runtime
 
 REPORT_DIR = "report"
 MAX_SALIENCY = 6
@@ -140,14 +139,6 @@ def saliency_figure(images: np.ndarray, saliency: np.ndarray, titles: list[str],
 
 # --------------------------------------------------------------------------- analyses
 
-def keras_predict(run: runs.Run, model):
-    """inputs by name -> the first output, called eagerly in batches (no tf.function retracing per size)."""
-    from kerakit import runtime
-
-    predictor = runtime.KerasPredictor(run.model_path, model=model)
-    return lambda x: next(iter(runtime.predict_all(predictor, predictor.validate(x)).values()))
-
-
 def _score(task: str, y, outputs) -> float:
     """Higher is better: accuracy, or negative RMSE."""
     outputs = np.asarray(outputs)
@@ -253,14 +244,14 @@ def report(run_path: "str | os.PathLike", data_dir: str | None = None, log=print
     data = load_data(recipe, config["config"], data_dir)
     x_test, y_test = data.arrays("test")
     model = run.load_model()
-    predict = keras_predict(run, model)
-    outputs = predict(x_test)
+    keras_model = runtime.KerasPredictor(run.model_path, model=model)  # eager calls: no retracing per input size
+    outputs = runtime.first_output(keras_model, x_test)
     overall = _score(recipe.task, y_test, outputs)
-    drift.profile(run.path, data_dir)  # the training-data summary `kerakit drift` compares against
+    drift.profile(run.path, data_dir, predictor=keras_model)  # the training-data summary `kerakit drift` compares against
 
     target = run.path / REPORT_DIR
     with runs.atomic_dir(target) as tmp:
-        md, flags = _markdown(run, recipe, config, manifest, metrics, data, x_test, y_test, model,
+        md, flags = _markdown(run, recipe, config, manifest, metrics, data, x_test, y_test, keras_model,
                               outputs, overall, tmp)
         (tmp / "model_card.md").write_text(md, encoding="utf-8")
         (tmp / "index.html").write_text(_html(md, tmp, f"{recipe.name} model card"), encoding="utf-8")
@@ -271,7 +262,7 @@ def report(run_path: "str | os.PathLike", data_dir: str | None = None, log=print
     return result
 
 
-def _markdown(run, recipe, config, manifest, metrics, data, x_test, y_test, model, outputs, overall,
+def _markdown(run, recipe, config, manifest, metrics, data, x_test, y_test, keras_model, outputs, overall,
               out: Path) -> tuple[str, list[str]]:
     from importlib.metadata import version
 
@@ -361,8 +352,8 @@ def _markdown(run, recipe, config, manifest, metrics, data, x_test, y_test, mode
     parts += ["## Interpretability", ""]
     first = recipe.inputs[0]
     if len(first.shape) == 1 and np.dtype(first.dtype).kind == "f":
-        rows = permutation_importance(keras_predict(run, model), dict(x_test), y_test, task, first.name,
-                                      recipe.feature_names)
+        rows = permutation_importance(lambda x: runtime.first_output(keras_model, x), dict(x_test), y_test, task,
+                                      first.name, recipe.feature_names)
         unit = "accuracy drop" if task == "classification" else "RMSE increase"
         figure = importance_figure(rows, unit, out / "importance.png")
         parts += [f"Permutation importance of `{first.name}`: the {unit} when one feature's test values are "
@@ -370,7 +361,7 @@ def _markdown(run, recipe, config, manifest, metrics, data, x_test, y_test, mode
                   _table(["feature", unit, "std"], [[r["feature"], _fmt(r["importance"]), _fmt(r["std"])] for r in rows[:10]]), ""]
     elif len(first.shape) == 3 and len(recipe.inputs) == 1:
         images = next(iter(x_test.values()))[:MAX_SALIENCY].astype(np.float32)
-        sal, predicted = saliency(model, images)
+        sal, predicted = saliency(keras_model.model, images)
         names = data.class_names or [str(i) for i in range(outputs.shape[1])]
         titles = [f"true {names[int(t)]} / pred {names[int(p)]}" for t, p in zip(np.asarray(y_test)[:MAX_SALIENCY], predicted)]
         figure = saliency_figure(images, sal, titles, out / "saliency.png")
@@ -393,7 +384,7 @@ def _markdown(run, recipe, config, manifest, metrics, data, x_test, y_test, mode
         _table(["file", "sha256"], [[k, f"`{v[:16]}…`"] for k, v in manifest.get("artifacts", {}).items()]), ""]
     parts += ["## Library versions", "", _table(["library", "version"], list(manifest.get("versions", {}).items())), ""]
 
-    # Deployment ---------------------------------------------------------------------
+    # Deployment (shown right after the summary) ---------------------------------------
     deploy_md = ["## Deployment", ""]
     deploy = deployment_rows(run)
     if deploy:
@@ -405,7 +396,7 @@ def _markdown(run, recipe, config, manifest, metrics, data, x_test, y_test, mode
                          "" if r["verdict"] == "reference" else _signed(r["metric_change"]),
                          _fmt(r["p50_ms_batch1"], 3), _fmt(None if r["throughput_batch32"] is None else round(r["throughput_batch32"])),
                          r["verdict"]])
-        deploy_md += [f"Every artifact is checked against the Keras model by `kerakit export`; latency from `kerakit bench` "
+        deploy_md += ["Every artifact is checked against the Keras model by `kerakit export`; latency from `kerakit bench` "
                   "(best thread setting).", "",
                   _table(["artifact", "size", recipe.metric, "change", "p50 ms (batch 1)", "samples/s (batch 32)", "verdict"], rows), ""]
     else:

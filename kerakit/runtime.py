@@ -80,6 +80,11 @@ def predict_all(predictor: "Predictor", inputs: dict[str, np.ndarray], batch: in
     return {k: np.concatenate(v) for k, v in parts.items()}
 
 
+def first_output(predictor: "Predictor", inputs: dict[str, np.ndarray], batch: int = 256) -> np.ndarray:
+    """Validate `inputs`, run them in batches, return the model's first output."""
+    return next(iter(predict_all(predictor, predictor.validate(inputs), batch).values()))
+
+
 def tuned_options(path: "str | os.PathLike") -> dict:
     sidecar = Path(path).parent / TUNED_FILE
     if not sidecar.exists():
