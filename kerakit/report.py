@@ -72,6 +72,7 @@ def curves_figure(history: list[dict], metric: str, path: Path) -> Path | None:
         if f"val_{key}" in history[0]:
             ax.plot(epochs, [float(r[f"val_{key}"]) for r in history], label=f"validation {key}")
         ax.set_xlabel("epoch")
+        ax.xaxis.get_major_locator().set_params(integer=True)
         ax.set_title(key)
         ax.grid(alpha=0.3)
         ax.legend()
