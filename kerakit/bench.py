@@ -134,8 +134,12 @@ def bench(
     data_dir: str | None = None,
     out: "str | os.PathLike | None" = None,
     log: Callable[[str], None] = print,
+    progress: Callable[[int, int], None] | None = None,
 ) -> dict:
-    """Benchmark artifacts side by side; write bench.json and bench.png to `out`."""
+    """Benchmark artifacts side by side; write bench.json and bench.png to `out`.
+
+    progress(done, total) is called after each (threads, batch) round, for a progress bar.
+    """
     paths = expand(artifacts)
     batches, threads = sorted(set(int(b) for b in batches)), sorted(set(int(t) for t in threads))
     if not batches or min(batches) < 1 or not threads or min(threads) < 1:
@@ -150,6 +154,7 @@ def bench(
     log(f"Inputs: {inputs_from}.")
 
     rows, memory = [], {}
+    rounds, done = len(threads) * len(batches), 0
     for n_threads in threads:
         predictors = {}
         for name, path in zip(names, paths):
@@ -169,6 +174,9 @@ def bench(
                 rows += new
                 log(f"  batch {batch}, threads {n_threads}: "
                     + ", ".join(f"{r['artifact']} {r['p50_ms']:.3f} ms" for r in new))
+                done += 1
+                if progress:
+                    progress(done, rounds)
         finally:
             for p in predictors.values():
                 p.close()

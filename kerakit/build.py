@@ -15,8 +15,9 @@ from __future__ import annotations
 
 import os
 import time
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Callable, Iterable
+from typing import Any, Callable, Iterable, Iterator
 
 from kerakit import runs
 from kerakit.errors import KerakitError
@@ -24,6 +25,23 @@ from kerakit.errors import KerakitError
 BENCH_BATCHES = (1, 32)
 BENCH_THREADS = (1, 2)
 STATE_FILE = "build.json"
+
+
+@contextmanager
+def _bar(label: str, log: Callable[[str], None]) -> Iterator[tuple[Callable[[str], None], Callable[[int, int], None]]]:
+    """A progress bar for a long step, drawn only on a terminal; log lines print above it.
+
+    (Training and tuning draw their own: Keras's epoch bars.)
+    """
+    from rich.console import Console
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    console = Console()
+    with Progress(TextColumn("   {task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                  console=console, transient=True, disable=not console.is_terminal) as bar:
+        task = bar.add_task(label, total=None)
+        say = (lambda m: bar.console.print(m, markup=False, highlight=False, soft_wrap=True)) if log is print else log
+        yield say, lambda done, total: bar.update(task, completed=done, total=total)
 
 
 def build(
@@ -87,7 +105,8 @@ def build(
         finish("export", start, "already done")
     else:
         state.pop("bench", None)
-        report = export(run.path, targets=targets, data_dir=data_dir, log=log)
+        with _bar("export", log) as (say, advance):
+            report = export(run.path, targets=targets, data_dir=data_dir, log=say, progress=advance)
         state["export"] = export_key
         runs.write_json(state_file, state)
         verified = sum(a["verdict"] == "verified" for a in report["artifacts"])
@@ -101,8 +120,9 @@ def build(
     if state.get("bench") == bench_key and (run.path / "bench" / RESULT_FILE).exists():
         finish("bench", start, "already done")
     else:
-        run_bench([run.path], batches=BENCH_BATCHES, threads=BENCH_THREADS, runs_=bench_runs,
-                  warmup=max(5, bench_runs // 10), data_dir=data_dir, log=log)
+        with _bar("bench", log) as (say, advance):
+            run_bench([run.path], batches=BENCH_BATCHES, threads=BENCH_THREADS, runs_=bench_runs,
+                      warmup=max(5, bench_runs // 10), data_dir=data_dir, log=say, progress=advance)
         state["bench"] = bench_key
         runs.write_json(state_file, state)
         finish("bench", start, str(run.path / "bench" / RESULT_FILE))

@@ -55,8 +55,11 @@ def export(
     data_dir: str | None = None,
     opset: int | None = None,
     log: Callable[[str], None] = print,
+    progress: Callable[[int, int], None] | None = None,
 ) -> dict:
     """Export `source` for each target (names or TOML paths) and each `--format` name.
+
+    progress(done, total) is called after each artifact is converted and checked.
 
     source: a run directory or a `.keras` file. A file outside a run needs
     `recipe=` (its data verifies and calibrates) or `sample=` (an .npz of
@@ -118,6 +121,8 @@ def export(
                            export_seconds=round(time.perf_counter() - started, 2))
                 rows.append(row)
                 log(f"  {key}: conversion failed: {_first_line(e)}")
+                if progress:
+                    progress(len(rows), len(specs))
                 continue
             row["export_seconds"] = round(time.perf_counter() - started, 2)
             try:
@@ -128,6 +133,8 @@ def export(
             rows.append(row)
             paths[key] = path
             log(f"  {key}: {check.verdict}" + (f" ({'; '.join(check.reasons)})" if check.reasons else ""))
+            if progress:
+                progress(len(rows), len(specs))
 
     verified = {r["artifact"] for r in rows if r["verdict"] == "verified"}
     layout_rows = []
