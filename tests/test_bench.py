@@ -19,9 +19,16 @@ def bench_result(digits_export, tmp_path_factory):
     artifacts = tmp_path_factory.mktemp("artifacts")
     for name in ("model.onnx", "model_int8.tflite"):
         shutil.copyfile(out / name, artifacts / name)
+    progress = []
     result = bench([artifacts / "model.onnx", artifacts / "model_int8.tflite"], batches=[1, 4], threads=[1],
-                   runs_=10, warmup=2, out=artifacts / "bench", log=lambda m: None)
+                   runs_=10, warmup=2, out=artifacts / "bench", log=lambda m: None,
+                   progress=lambda done, total: progress.append((done, total)))
+    result["progress_calls"] = progress
     return artifacts, result
+
+
+def test_bench_reports_progress_after_every_round(bench_result):
+    assert bench_result[1]["progress_calls"] == [(1, 2), (2, 2)]  # 2 batch sizes x 1 thread setting
 
 
 def test_bench_reports_latency_percentiles_and_throughput_per_artifact_and_batch(bench_result):

@@ -179,3 +179,16 @@ def test_drift_bad_data_is_one_clear_line(built, tmp_path, data, fragment):
 def test_report_of_a_missing_run_is_one_line(tmp_path):
     r = run_cli("report", tmp_path / "nope")
     assert r.returncode == 1 and "does not exist" in r.stderr
+
+
+@pytest.mark.slow
+def test_build_with_tune_searches_then_trains_the_best(tmp_path):
+    out = tmp_path / "tuned"
+    r = run_cli("build", "digits_cnn", "epochs=2", "--tune", "random", "--max-trials", "2", "--target", "server",
+                "--out", out, "--bench-runs", "10", timeout=600)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert "── [1/5] tune: random, 2 trials" in r.stdout
+    best = json.loads((out / "search" / "best_hparams.json").read_text())
+    trained = json.loads((out / "config.json").read_text())["hparams"]
+    assert best and all(trained[k] == v for k, v in best.items())
+    assert (out / "report" / "index.html").exists() and (out / "export" / "model.onnx").exists()
