@@ -325,6 +325,9 @@ def _from_module(module: ModuleType, path: Path) -> Recipe:
     slices = getattr(module, "SLICES", {})
     if not isinstance(slices, dict) or not all(isinstance(k, str) and callable(f) for k, f in slices.items()):
         raise KerakitError(f"Recipe {path}: SLICES must be a dict of name -> function(features, labels) -> bool mask.")
+    margin = getattr(module, "SLICE_MARGIN", 0.05)
+    if isinstance(margin, bool) or not isinstance(margin, (int, float)):
+        raise KerakitError(f"Recipe {path}: invalid SLICE_MARGIN={margin!r}. Expected a number, e.g. 0.05 (5 points).")
     return Recipe(
         name=getattr(module, "NAME", path.stem),
         path=path,
@@ -342,7 +345,7 @@ def _from_module(module: ModuleType, path: Path) -> Recipe:
         label_key=getattr(module, "LABEL", "label"),
         representative_sample=getattr(module, "representative_sample", None),
         slices=slices,
-        slice_margin=float(getattr(module, "SLICE_MARGIN", 0.05)),
+        slice_margin=float(margin),
         feature_names=getattr(module, "FEATURE_NAMES", None),
         module=module,
     )

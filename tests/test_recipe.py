@@ -63,6 +63,18 @@ def test_invalid_task_lists_allowed_tasks():
         load_recipe(FIXTURES / "bad_task.py")
 
 
+@pytest.mark.parametrize("extra, message", [
+    ("SLICES = [1]", "SLICES must be a dict of name -> function"),
+    ("SLICES = {'big': 3}", "SLICES must be a dict of name -> function"),
+    ("SLICE_MARGIN = '5%'", "invalid SLICE_MARGIN='5%'. Expected a number"),
+])
+def test_bad_report_declarations_are_named(tmp_path, extra, message):
+    recipe = tmp_path / "sliced.py"
+    recipe.write_text((ROOT / "recipes" / "digits_cnn.py").read_text() + "\n" + extra + "\n")
+    with pytest.raises(KerakitError, match=message):
+        load_recipe(recipe)
+
+
 def test_missing_recipe_file():
     with pytest.raises(KerakitError, match="does not exist"):
         load_recipe(ROOT / "recipes" / "nope.py")

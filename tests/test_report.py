@@ -94,13 +94,15 @@ def test_tabular_report_has_permutation_importance_and_flags_a_weak_slice(tmp_pa
     recipe = tmp_path / "cancer.py"
     text = (ROOT / "recipes" / "breast_cancer_mlp.py").read_text()
     # One slice that must be flagged: every example, with a margin below zero.
-    recipe.write_text(text + '\nSLICES = {**SLICES, "everything": lambda f, y: f["features"][:, 0] > -1}\nSLICE_MARGIN = -0.5\n')
+    recipe.write_text(text + '\nSLICES = {**SLICES, "everything": lambda f, y: f["features"][:, 0] > -1, '
+                             '"broken": lambda f, y: 1 / 0}\nSLICE_MARGIN = -0.5\n')
     run = kerakit.train(recipe, tmp_path / "run", epochs=8, verbose=0, log=lambda m: None)
     result = report(run.path, log=lambda m: None)
     md = (run.path / "report" / "model_card.md").read_text()
     assert (run.path / "report" / "importance.png").stat().st_size > 0
     assert "Permutation importance of `features`" in md and "mean radius" in md
     assert "slice 'everything'" in " ".join(result["flags"])
+    assert "slice 'broken': ZeroDivisionError" in " ".join(result["flags"])  # a recipe bug is shown, not fatal
     assert "| mean radius > 15 |" in md
 
 
