@@ -141,13 +141,11 @@ def saliency_figure(images: np.ndarray, saliency: np.ndarray, titles: list[str],
 # --------------------------------------------------------------------------- analyses
 
 def _score(task: str, y, outputs) -> float:
-    """Higher is better: accuracy, or negative RMSE."""
-    outputs = np.asarray(outputs)
-    y = np.asarray(y).reshape(-1)
-    if task == "classification":
-        pred = outputs.argmax(1) if outputs.ndim == 2 and outputs.shape[1] > 1 else (outputs.reshape(-1) >= 0.5)
-        return float((pred.astype(int) == y.astype(int)).mean())
-    return -float(np.sqrt(((outputs.reshape(-1) - y) ** 2).mean()))
+    """Higher is better: `evaluate`'s accuracy, or its RMSE negated."""
+    from kerakit.evaluate import task_metrics
+
+    metrics = task_metrics(task, y, outputs)
+    return metrics["accuracy"] if task == "classification" else -metrics["rmse"]
 
 
 def permutation_importance(predict, x: dict, y, task: str, name: str, feature_names: list[str] | None,
@@ -249,21 +247,22 @@ def report(run_path: "str | os.PathLike", data_dir: str | None = None, log=print
     outputs = runtime.first_output(keras_model, x_test)
     overall = _score(recipe.task, y_test, outputs)
     drift.profile(run.path, data_dir, predictor=keras_model)  # the training-data summary `kerakit drift` compares against
+    deploy = deployment_rows(run)
 
     target = run.path / REPORT_DIR
     with runs.atomic_dir(target) as tmp:
         md, flags = _markdown(run, recipe, config, manifest, metrics, data, x_test, y_test, keras_model,
-                              outputs, overall, tmp)
+                              outputs, overall, deploy, tmp)
         (tmp / "model_card.md").write_text(md, encoding="utf-8")
         (tmp / "index.html").write_text(_html(md, tmp, f"{recipe.name} model card"), encoding="utf-8")
     keras.backend.clear_session()
     result = {"markdown": str(target / "model_card.md"), "html": str(target / "index.html"), "flags": flags,
-              "deployment": deployment_rows(run)}
+              "deployment": deploy}
     log(f"Report written to {target / 'index.html'} (and model_card.md)")
     return result
 
 
-def _markdown(run, recipe, config, manifest, metrics, data, x_test, y_test, keras_model, outputs, overall,
+def _markdown(run, recipe, config, manifest, metrics, data, x_test, y_test, keras_model, outputs, overall, deploy,
               out: Path) -> tuple[str, list[str]]:
     from importlib.metadata import version
 
@@ -387,7 +386,6 @@ def _markdown(run, recipe, config, manifest, metrics, data, x_test, y_test, kera
 
     # Deployment (shown right after the summary) ---------------------------------------
     deploy_md = ["## Deployment", ""]
-    deploy = deployment_rows(run)
     if deploy:
         rows = []
         for r in deploy:
