@@ -16,7 +16,10 @@ A recipe is a plain Python file that reads top to bottom:
         ...
         return model                      # compiled
 
-Optional names: NAME (default: the file name), SPLITS, CLASS_NAMES, METRIC,
+Optional names: NAME (default: the file name), SPLITS, CLASS_NAMES, METRIC
+(the number the run is judged by everywhere: accuracy or macro_f1 for
+classification, mae, mse, rmse or r2 for regression; default accuracy / mae;
+the model must log it under that name, e.g. metrics=["mae"]),
 `representative_sample(data, n)` for int8 calibration, and for the report
 SLICES = {"name": fn(features, labels) -> bool mask} (subsets of the test
 split whose metric is checked against the overall one, SLICE_MARGIN apart)
@@ -37,6 +40,7 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any, Callable
 
+from kerakit import metrics
 from kerakit.errors import KerakitError
 
 TASKS = ("classification", "regression")
@@ -52,9 +56,6 @@ BASE_DEFAULTS: dict[str, Any] = {
 
 DEFAULT_SPLITS = {"train": "train[:85%]", "val": "train[85%:]", "test": "test"}
 
-# The task's default metric and whether higher is better (the tuner's objective).
-TASK_METRICS = {"classification": ("accuracy", "max"), "regression": ("mae", "min")}
-
 REQUIRED = ("TASK", "DATASET", "INPUTS", "preprocess", "build_model")
 
 
@@ -63,6 +64,7 @@ class Input:
     """One named model input: `shape` excludes the batch dimension.
 
     >>> Input("image", shape=(8, 8, 1), dtype="float32")
+    Input(name='image', shape=(8, 8, 1), dtype='float32')
     """
 
     name: str
@@ -94,8 +96,8 @@ class Recipe:
     defaults: dict[str, Any] = field(default_factory=dict)
     splits: dict[str, str] = field(default_factory=lambda: dict(DEFAULT_SPLITS))
     class_names: list[str] | None = None
-    metric: str = ""
-    metric_direction: str = "max"
+    metric: str = ""  # one of metrics.TASK_SCALARS[task]
+    metric_direction: str = "max"  # metrics.direction(metric)
     label_key: str = "label"
     representative_sample: Callable | None = None
     # Report: named subsets of the test split, {name: fn(features, labels) -> bool mask},
@@ -318,9 +320,7 @@ def _from_module(module: ModuleType, path: Path) -> Recipe:
         raise KerakitError(f"Recipe {path}: INPUTS must be a non-empty list of kerakit.recipe.Input.")
     defaults = {**BASE_DEFAULTS, **getattr(module, "DEFAULTS", {})}
     splits = {**DEFAULT_SPLITS, **getattr(module, "SPLITS", {})}
-    metric, direction = TASK_METRICS[task]
-    metric = getattr(module, "METRIC", metric)
-    direction = getattr(module, "METRIC_DIRECTION", direction if metric == TASK_METRICS[task][0] else "max")
+    metric, direction = _metric(module, path, task)
     doc = (module.__doc__ or "").strip().splitlines()
     slices = getattr(module, "SLICES", {})
     if not isinstance(slices, dict) or not all(isinstance(k, str) and callable(f) for k, f in slices.items()):
@@ -349,3 +349,21 @@ def _from_module(module: ModuleType, path: Path) -> Recipe:
         feature_names=getattr(module, "FEATURE_NAMES", None),
         module=module,
     )
+
+
+def _metric(module: ModuleType, path: Path, task: str) -> tuple[str, str]:
+    """The recipe's METRIC (checked: one the task computes) and its direction."""
+    metric = getattr(module, "METRIC", metrics.TASK_DEFAULTS[task])
+    try:
+        metrics.check_metric(task, metric)
+    except KerakitError as e:
+        raise KerakitError(f"Recipe {path}: {e}") from None
+    direction = metrics.direction(metric)
+    # METRIC_DIRECTION is no longer needed; one that contradicts the metric is a mistake, not a choice.
+    declared = getattr(module, "METRIC_DIRECTION", direction)
+    if declared != direction:
+        raise KerakitError(
+            f"Recipe {path}: METRIC_DIRECTION={declared!r} contradicts METRIC={metric!r}, "
+            f"which is better when {'higher' if direction == 'max' else 'lower'}. Remove METRIC_DIRECTION."
+        )
+    return metric, direction

@@ -1,17 +1,39 @@
-"""Run-directory layout, manifest and atomic writes.
+"""The run-directory layout, manifest, atomic writes: the one place a run file is named.
 
-A run directory is the hand-off between steps (train -> export -> bench ...):
+A run directory is the hand-off between steps (train -> export -> bench ...).
+Every other module asks a `Run` for its paths instead of spelling file names:
 
     RUN/
-      config.json      resolved config and hyperparameters (written first)
-      recipe.py        copy of the recipe file, so the run is self-contained
-      model.keras      best model (by validation metric)
-      history.csv      one row per epoch
-      metrics.json     test-split metrics
-      manifest.json    reproducibility record + SHA-256 of artifacts (written last)
-      logs/            TensorBoard
-      checkpoints/     best checkpoint during training
-      backup/          BackupAndRestore state while training is unfinished
+      config.json        resolved config and hyperparameters (written first)
+      recipe.py          copy of the recipe file, so the run is self-contained
+      model.keras        best model (by the recipe's validation metric)
+      history.csv        one row per epoch
+      metrics.json       test-split metrics
+      manifest.json      reproducibility record + SHA-256 of artifacts (written last:
+                         a run is finished once it exists)
+      logs/              TensorBoard
+      checkpoints/       best checkpoint while training (removed once finished)
+      backup/            BackupAndRestore state while training is unfinished
+      export/            `kerakit export`: one file (or SavedModel folder) per artifact,
+                         labels.txt, export_report.json, manifest.json of the export,
+                         runtime.json (ONNX settings `kerakit bench` found best),
+                         tfserving/ and triton/ layouts
+      bench/             `kerakit bench`: bench.json, bench.png
+      report/            `kerakit report`: model_card.md, index.html, figures
+      data_profile.json  training-split summary that `kerakit drift` compares against
+      requests.jsonl     `kerakit serve` request log (when serving this run's model)
+      build.json         what `kerakit build` last exported and benched (skips them on a rerun)
+      search/            `kerakit build --tune`: the search, laid out as a `Search`
+
+A search directory (`kerakit tune --out OUT`, or RUN/search):
+
+    OUT/
+      tuner/             keras-tuner's project (oracle state, one folder per trial)
+      search.json        what this directory is searching (checked on resume)
+      trials.json, trials.csv, trials.png
+      best_hparams.json  the best trial's hyperparameters (kerakit train --hparams ...)
+      best/              the best hyperparameters retrained as a normal run
+      distributed/       chief and worker logs of `--workers N`
 
 Every file is written to a temporary name beside its target and renamed into
 place, so a killed process leaves the old file or the new one, never half.
@@ -31,12 +53,42 @@ from typing import Any, Iterator
 
 from kerakit.errors import KerakitError
 
+# A run directory.
 MODEL_FILE = "model.keras"
 CONFIG_FILE = "config.json"
 MANIFEST_FILE = "manifest.json"
 METRICS_FILE = "metrics.json"
 HISTORY_FILE = "history.csv"
 RECIPE_FILE = "recipe.py"
+BACKUP_DIR = "backup"
+CHECKPOINT_DIR = "checkpoints"
+LOGS_DIR = "logs"
+EXPORT_DIR = "export"
+BENCH_DIR = "bench"
+REPORT_DIR = "report"
+SEARCH_DIR = "search"
+DATA_PROFILE_FILE = "data_profile.json"
+REQUEST_LOG_FILE = "requests.jsonl"
+BUILD_STATE_FILE = "build.json"
+
+# Files that also live in directories that are not a run (`--out` of export, bench, ...).
+EXPORT_REPORT_FILE = "export_report.json"
+LABELS_FILE = "labels.txt"
+RUNTIME_SETTINGS_FILE = "runtime.json"  # per artifact directory: the ONNX settings `kerakit bench` found best
+BENCH_RESULT_FILE = "bench.json"
+BENCH_CHART_FILE = "bench.png"
+REPORT_MARKDOWN_FILE = "model_card.md"
+REPORT_HTML_FILE = "index.html"
+
+# A search directory.
+TUNER_DIR = "tuner"
+SEARCH_FILE = "search.json"
+TRIALS_JSON_FILE = "trials.json"
+TRIALS_CSV_FILE = "trials.csv"
+TRIALS_PNG_FILE = "trials.png"
+BEST_HPARAMS_FILE = "best_hparams.json"
+BEST_DIR = "best"
+DISTRIBUTED_DIR = "distributed"
 
 
 @contextlib.contextmanager
@@ -45,8 +97,10 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
 
     The temporary name keeps the target's suffix (Keras checks `.keras`).
 
-    >>> with atomic_path("run/model.keras") as tmp:
-    ...     model.save(tmp)
+        with atomic_path("run/notes.txt") as tmp:
+            _ = tmp.write_text("written in full, or not at all")
+        Path("run/notes.txt").read_text()
+        # -> 'written in full, or not at all'
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -160,12 +214,29 @@ def ensure_writable_dir(path: str | os.PathLike) -> Path:
     return path
 
 
+def is_run(path: str | os.PathLike) -> bool:
+    """True for a finished run: a directory holding config.json and manifest.json.
+
+    An unfinished run (config.json written, manifest.json not yet) does not
+    count: its model may be a half-trained epoch, so nothing downstream reads
+    it; `kerakit train` with the same --out finishes it. manifest.json alone
+    does not count either: an export directory holds one of its own.
+
+        run = kerakit.train("digits_cnn", "runs/demo", epochs=3)
+        is_run(run.path), is_run(run.export_dir), is_run("runs/nowhere")
+        # -> (True, False, False)
+    """
+    path = Path(path)
+    return (path / CONFIG_FILE).is_file() and (path / MANIFEST_FILE).is_file()
+
+
 @dataclass
 class Run:
-    """A finished (or in-progress) run directory.
+    """A run directory, and every path in it.
 
-    >>> run = kerakit.train("digits_cnn", epochs=3)
-    >>> run.metrics["accuracy"], run.path
+    >>> run = Run("runs/demo")              # e.g. kerakit.train("digits_cnn", "runs/demo")
+    >>> run.model_path, run.export_dir
+    (PosixPath('runs/demo/model.keras'), PosixPath('runs/demo/export'))
     """
 
     path: Path
@@ -175,39 +246,116 @@ class Run:
 
     @classmethod
     def open(cls, path: str | os.PathLike) -> "Run":
+        """The finished run at `path` (see `is_run`), or a KerakitError saying why it is not one."""
         path = Path(path)
         if not path.is_dir():
             raise KerakitError(f"Run directory {str(path)!r} does not exist.")
-        if not (path / MANIFEST_FILE).exists():
+        if is_run(path):
+            return cls(path)
+        if (path / CONFIG_FILE).exists():
             raise KerakitError(
                 f"{str(path)!r} is not a finished kerakit run (no {MANIFEST_FILE}). "
                 "Rerun `kerakit train` with the same --out to finish it."
             )
-        return cls(path)
+        raise KerakitError(
+            f"{str(path)!r} is not a kerakit run (expected {CONFIG_FILE} and {MANIFEST_FILE} in it). "
+            "Pass a directory written by `kerakit train` or `kerakit build`."
+        )
 
     @property
     def is_finished(self) -> bool:
-        return (self.path / MANIFEST_FILE).exists()
+        return is_run(self.path)
+
+    # Files written by `kerakit train`.
+    @property
+    def config_path(self) -> Path:
+        return self.path / CONFIG_FILE
 
     @property
-    def model_path(self) -> Path:
-        return self.path / MODEL_FILE
+    def manifest_path(self) -> Path:
+        return self.path / MANIFEST_FILE
+
+    @property
+    def metrics_path(self) -> Path:
+        return self.path / METRICS_FILE
+
+    @property
+    def history_path(self) -> Path:
+        return self.path / HISTORY_FILE
 
     @property
     def recipe_path(self) -> Path:
         return self.path / RECIPE_FILE
 
     @property
+    def model_path(self) -> Path:
+        return self.path / MODEL_FILE
+
+    @property
+    def backup_dir(self) -> Path:
+        return self.path / BACKUP_DIR
+
+    @property
+    def checkpoint_dir(self) -> Path:
+        return self.path / CHECKPOINT_DIR
+
+    @property
+    def logs_dir(self) -> Path:
+        return self.path / LOGS_DIR
+
+    # What later steps add.
+    @property
+    def export_dir(self) -> Path:
+        return self.path / EXPORT_DIR
+
+    @property
+    def export_report(self) -> Path:
+        return self.export_dir / EXPORT_REPORT_FILE
+
+    @property
+    def bench_dir(self) -> Path:
+        return self.path / BENCH_DIR
+
+    @property
+    def bench_result(self) -> Path:
+        return self.bench_dir / BENCH_RESULT_FILE
+
+    @property
+    def bench_chart(self) -> Path:
+        return self.bench_dir / BENCH_CHART_FILE
+
+    @property
+    def report_dir(self) -> Path:
+        return self.path / REPORT_DIR
+
+    @property
+    def data_profile(self) -> Path:
+        return self.path / DATA_PROFILE_FILE
+
+    @property
+    def request_log(self) -> Path:
+        return self.path / REQUEST_LOG_FILE
+
+    @property
+    def build_state(self) -> Path:
+        return self.path / BUILD_STATE_FILE
+
+    @property
+    def search_dir(self) -> Path:
+        return self.path / SEARCH_DIR
+
+    # Contents.
+    @property
     def config(self) -> dict:
-        return read_json(self.path / CONFIG_FILE)
+        return read_json(self.config_path)
 
     @property
     def manifest(self) -> dict:
-        return read_json(self.path / MANIFEST_FILE)
+        return read_json(self.manifest_path)
 
     @property
     def metrics(self) -> dict:
-        return read_json(self.path / METRICS_FILE)
+        return read_json(self.metrics_path)
 
     def recipe(self):
         """The run's own copy of its recipe, under the recipe's name."""
@@ -234,9 +382,65 @@ class Run:
 
 
 def find_run(path: str | os.PathLike) -> Run | None:
-    """The run an artifact belongs to (RUN/model.keras, RUN/export/model.onnx, ...), if any."""
+    """The finished run `path` is or lies in (RUN, RUN/model.keras, RUN/export/model.onnx, ...), if any.
+
+        run = kerakit.train("digits_cnn", "runs/demo", epochs=3)
+        find_run(run.model_path) == Run(run.path.resolve()), find_run("/tmp")
+        # -> (True, None)
+    """
     path = Path(path).resolve()
     for parent in [path, *path.parents]:
-        if (parent / MANIFEST_FILE).exists() and (parent / CONFIG_FILE).exists():
+        if is_run(parent):
             return Run(parent)
     return None
+
+
+@dataclass
+class Search:
+    """A search directory written by `kerakit tune` (or RUN/search of `kerakit build --tune`).
+
+        result = kerakit.tune("breast_cancer_mlp", "runs/search", max_trials=2)
+        search = Search(result.path)
+        read_json(search.best_hparams) == result.best_hparams, Run.open(search.best_dir).is_finished
+        # -> (True, True)
+    """
+
+    path: Path
+
+    def __post_init__(self):
+        self.path = Path(self.path)
+
+    @property
+    def tuner_dir(self) -> Path:
+        return self.path / TUNER_DIR
+
+    @property
+    def search_file(self) -> Path:
+        return self.path / SEARCH_FILE
+
+    @property
+    def trials_json(self) -> Path:
+        return self.path / TRIALS_JSON_FILE
+
+    @property
+    def trials_csv(self) -> Path:
+        return self.path / TRIALS_CSV_FILE
+
+    @property
+    def trials_png(self) -> Path:
+        return self.path / TRIALS_PNG_FILE
+
+    @property
+    def best_hparams(self) -> Path:
+        return self.path / BEST_HPARAMS_FILE
+
+    @property
+    def best_dir(self) -> Path:
+        return self.path / BEST_DIR
+
+    @property
+    def distributed_dir(self) -> Path:
+        return self.path / DISTRIBUTED_DIR
+
+    def __repr__(self) -> str:
+        return f"Search({str(self.path)!r})"

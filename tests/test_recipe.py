@@ -4,7 +4,7 @@ import pytest
 
 from conftest import FIXTURES, ROOT, copy_recipe
 from kerakit.errors import KerakitError
-from kerakit.recipe import load_recipe, list_recipes
+from kerakit.recipe import coerce, list_recipes, load_recipe
 
 SHIPPED = {
     "digits_cnn": ("classification", "kerakit_digits"),
@@ -113,3 +113,87 @@ def test_unknown_keys_are_candidate_hyperparameters_checked_against_the_space():
         recipe.check_hparams(hparams, hp.space)
     with pytest.raises(KerakitError, match=r"filters='wide': expected int"):
         recipe.check_hparams({"filters": "wide"}, hp.space)
+
+
+# ---------------------------------------------------------------- the recipe's metric
+
+def test_task_default_metric_and_its_direction():
+    assert (load_recipe("diabetes_mlp").metric, load_recipe("diabetes_mlp").metric_direction) == ("mae", "min")
+    assert load_recipe("diabetes_mlp").monitor == "val_mae"
+    assert load_recipe("digits_cnn").metric_direction == "max"
+
+
+@pytest.mark.parametrize("extra, metric, direction", [
+    ("METRIC = 'macro_f1'", "macro_f1", "max"),
+    ("METRIC = 'macro_f1'\nMETRIC_DIRECTION = 'max'", "macro_f1", "max"),
+])
+def test_a_recipe_may_choose_another_metric_the_task_computes(tmp_path, extra, metric, direction):
+    recipe = tmp_path / "f1.py"
+    recipe.write_text((ROOT / "recipes" / "digits_cnn.py").read_text() + "\n" + extra + "\n")
+    loaded = load_recipe(recipe)
+    assert (loaded.metric, loaded.metric_direction, loaded.monitor) == (metric, direction, f"val_{metric}")
+
+
+@pytest.mark.parametrize("base, extra, message", [
+    ("digits_cnn", "METRIC = 'auc'", r"Invalid METRIC='auc' for a classification recipe\. "
+                                     r"Expected one of accuracy, macro_f1 \(default accuracy\)"),
+    ("diabetes_mlp", "METRIC = 'accuracy'", r"Invalid METRIC='accuracy' for a regression recipe\. "
+                                            r"Expected one of mae, mse, rmse, r2"),
+    ("diabetes_mlp", "METRIC_DIRECTION = 'max'", r"METRIC_DIRECTION='max' contradicts METRIC='mae', "
+                                                 r"which is better when lower"),
+])
+def test_a_metric_the_task_does_not_compute_is_refused_at_load(tmp_path, base, extra, message):
+    recipe = tmp_path / "bad_metric.py"
+    recipe.write_text((ROOT / "recipes" / f"{base}.py").read_text() + "\n" + extra + "\n")
+    with pytest.raises(KerakitError, match=rf"bad_metric.py: {message}"):
+        load_recipe(recipe)
+
+
+# ---------------------------------------------------------------- override coercion
+
+@pytest.mark.parametrize("value, default, expected", [
+    ("5", 3, 5),
+    (5.0, 3, 5),
+    ("0.5", 0.1, 0.5),
+    (2, 0.1, 2.0),
+    ("1e-3", 0.1, 0.001),
+    ("true", False, True),
+    ("Off", True, False),
+    ("1", False, True),
+    (7, "name", "7"),
+    ("anything", None, "anything"),  # no default type: kept as given
+    ("x", "y", "x"),
+])
+def test_coerce_converts_to_the_type_of_the_default(value, default, expected):
+    got = coerce("key", value, default)
+    assert got == expected and type(got) is type(expected)
+
+
+@pytest.mark.parametrize("value, default, message", [
+    ("2.5", 3, r"Invalid value key='2.5': expected int \(default key=3\)"),
+    (2.5, 3, r"Invalid value key=2.5: expected int"),
+    (True, 3, r"Invalid value key=True: expected int"),  # a bool is not a count
+    ("nan", 0.1, r"Invalid value key='nan': expected float"),
+    ("inf", 0.1, r"Invalid value key='inf': expected float"),
+    ("maybe", False, r"Invalid value key='maybe': expected bool \(default key=False\)"),
+    ([1], "name", r"Invalid value key=\[1\]: expected str"),
+])
+def test_coerce_rejects_what_does_not_convert_naming_value_and_default(value, default, message):
+    with pytest.raises(KerakitError, match=message):
+        coerce("key", value, default)
+
+
+def test_resolve_config_keeps_defaults_and_splits_off_candidate_hyperparameters():
+    recipe = load_recipe("digits_cnn")
+    defaults = dict(recipe.defaults)
+    config, hparams = recipe.resolve_config({"patience": "3", "filters": "16"})
+    assert config == {**defaults, "patience": 3}
+    assert hparams == {"filters": "16"}  # typed later, against the search space
+    assert recipe.defaults == defaults, "resolving does not change the recipe's defaults"
+    assert recipe.resolve_config() == (defaults, {})
+
+
+@pytest.mark.parametrize("key", ["epochs", "batch_size"])
+def test_resolve_config_needs_at_least_one_epoch_and_example(key):
+    with pytest.raises(KerakitError, match=rf"Invalid {key}=0. Expected an integer >= 1"):
+        load_recipe("digits_cnn").resolve_config({key: 0})
