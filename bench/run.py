@@ -152,13 +152,13 @@ def export_sizes(run_path: Path) -> dict:
             "export_seconds": r["export_seconds"],
             "verdict": r["verdict"],
         }
-        for r in report["artifacts"]
+        for r in report.artifacts
     }
     int8 = rows["tflite-int8"]["size_vs_tflite_fp32"]
     return {
         "recipe": run.config["recipe"],
         "config": run.config["config"],
-        "keras_accuracy": report["keras_metric"]["value"],
+        "keras_accuracy": report.keras_metric["value"],
         "artifacts": rows,
         "export_wall_s": round(wall, 1),
         "target": "tflite-int8 <= 0.27x float32 TFLite; accuracy change >= -1 point",
@@ -175,23 +175,23 @@ def inference(run_path: Path, runs_: int = 200) -> dict:
     LiteRT int8 vs float32, and the bench harness against a bare session.run loop."""
     import keras
 
-    from kerakit import runtime
+    from kerakit import formats, runtime
     from kerakit.bench import bench as bench_artifacts
     from kerakit.bench import time_interleaved
     from kerakit.data import load_data
     from kerakit.runs import Run
 
     run = Run.open(run_path)
-    export_dir = run.path / "export"
+    export_dir = run.export_dir
     onnx_path = export_dir / "model.onnx"
     sweep = bench_artifacts([onnx_path], batches=[1, 32], threads=[1, 2], runs_=runs_, warmup=20,
-                            out=run.path / "bench", log=lambda m: None)["onnx_sweep"]["model.onnx"]
+                            out=run.bench_dir, log=lambda m: None)["sweep"]["model.onnx"]
     x_test, _ = load_data(run.recipe(), run.config["config"]).arrays("test")
 
     model = keras.saving.load_model(run.model_path)
     onnx_default = runtime.load(onnx_path)  # the settings the sweep saved: what serve uses
-    onnx_best = runtime.OnnxPredictor(onnx_path, **sweep["best_options"])
-    onnx_untuned = runtime.OnnxPredictor(onnx_path)
+    onnx_best = formats.get("onnx").load(onnx_path, **sweep["best_options"])
+    onnx_untuned = formats.get("onnx").load(onnx_path)  # without the saved settings
     savedmodel = runtime.load(export_dir / "savedmodel")
     tflite = {q: runtime.load(export_dir / f"model_{q}.tflite", threads=1) for q in ("fp32", "int8")}
     out = {"recipe": run.config["recipe"], "onnx_serve_options": runtime.tuned_options(onnx_path),
@@ -389,10 +389,10 @@ def serve(run_path: Path) -> dict:
     from kerakit.runs import Run
 
     run = Run.open(run_path)
-    if not (run.path / "export" / "model.onnx").exists():
+    if not (run.export_dir / "model.onnx").exists():
         export(run.path, targets=["server"], log=lambda m: None)
     x, _ = load_data(run.recipe(), run.config["config"]).arrays("test")
-    return serve_load(run.path / "export" / "model.onnx", next(iter(x.values())), run.config["recipe"])
+    return serve_load(run.export_dir / "model.onnx", next(iter(x.values())), run.config["recipe"])
 
 
 SECTIONS = ("foundation", "export", "serve", "tune")

@@ -1,7 +1,8 @@
 """`kerakit bench`: latency and throughput of artifacts side by side, through the runtime API.
 
->>> result = kerakit.bench.bench(["runs/demo"], batches=[1, 32], threads=[1, 2])
->>> result["best_onnx"]                      # the session settings `serve` will use
+    from kerakit.bench import bench
+    result = bench(["runs/demo"], batches=[1, 32], threads=[1, 2])
+    result["sweep"]["model.onnx"]["best_options"]   # the settings `serve` and `runtime.load` now use
 
 For every (batch size, thread count) the artifacts are timed in interleaved
 rounds (ten calls each, in a random order per round), so machine noise hits
@@ -22,27 +23,23 @@ from typing import Callable, Iterable
 
 import numpy as np
 
-from kerakit import runs, runtime
+from kerakit import formats, runs, runtime
 from kerakit.errors import KerakitError
 
-ONNX_LEVELS = ("disable", "basic", "extended", "all")
 BLOCK = 10  # consecutive calls per artifact within a round
-RESULT_FILE = "bench.json"
-CHART_FILE = "bench.png"
 
 
 def expand(paths: Iterable["str | os.PathLike"]) -> list[Path]:
-    """Artifacts to bench: files/SavedModels as given; a run directory means all of its formats."""
+    """Artifacts to bench: files/SavedModels as given; a run directory means its model and every export."""
     found: list[Path] = []
     for path in map(Path, paths):
-        if path.is_dir() and (path / runs.MANIFEST_FILE).exists() and (path / runs.MODEL_FILE).exists():
-            found.append(path / runs.MODEL_FILE)
-            export_dir = path / "export"
-            if export_dir.is_dir():
-                found += sorted(p for p in export_dir.iterdir()
-                                if p.suffix in (".onnx", ".tflite") or (p / "saved_model.pb").exists())
+        if path.is_dir() and runs.is_run(path):
+            run = runs.Run(path)
+            found.append(run.model_path)
+            if run.export_dir.is_dir():
+                found += sorted(p for p in run.export_dir.iterdir() if formats.match(p) is not None)
         else:
-            runtime.detect_format(path)  # raises a clear error for anything else
+            formats.for_path(path)  # raises a clear error for anything else
             found.append(path)
     if not found:
         raise KerakitError("Nothing to bench: pass artifact paths or a run directory.")
@@ -77,13 +74,14 @@ def peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
-def _open(path: Path, threads: int, onnx_options: dict | None = None) -> runtime.Predictor:
-    fmt = runtime.detect_format(path)
-    if fmt == "onnx":
-        return runtime.load(path, **{"threads": threads, **(onnx_options or {})})
-    if fmt == "tflite":
-        return runtime.load(path, threads=threads)
-    return runtime.load(path)  # TensorFlow's thread pools are process-wide, set once at start
+def _open(path: Path, threads: int) -> runtime.Predictor:
+    """Open `path` with `threads` where its format takes a thread count.
+
+    TensorFlow's thread pools are process-wide, set once at start: Keras and
+    SavedModel run with what the process has.
+    """
+    fmt = formats.for_path(path)
+    return runtime.load(path, **({"threads": threads} if fmt.takes_threads else {}))
 
 
 def _stats(samples_ns: list[int], batch: int) -> dict:
@@ -130,7 +128,7 @@ def bench(
     threads: Iterable[int] = (1, 2),
     runs_: int = 200,
     warmup: int = 20,
-    onnx_sweep: bool = True,
+    sweep: bool = True,
     data_dir: str | None = None,
     out: "str | os.PathLike | None" = None,
     log: Callable[[str], None] = print,
@@ -138,7 +136,10 @@ def bench(
 ) -> dict:
     """Benchmark artifacts side by side; write bench.json and bench.png to `out`.
 
-    progress(done, total) is called after each (threads, batch) round, for a progress bar.
+    sweep: also compare each artifact's runtime settings where its format has
+    some to compare (ONNX: optimization level x threads), and save the fastest
+    as that file's default. progress(done, total) is called after each
+    (threads, batch) round, for a progress bar.
     """
     paths = expand(artifacts)
     batches, threads = sorted(set(int(b) for b in batches)), sorted(set(int(t) for t in threads))
@@ -149,17 +150,40 @@ def bench(
         specs = first.inputs
     pool, inputs_from = _inputs(paths, specs, data_dir, max(batches))
     run = runs.find_run(paths[0])
-    out = Path(out) if out else ((run.path / "bench") if run else Path("bench-results"))
+    out = Path(out) if out else (run.bench_dir if run else Path("bench-results"))
     runs.ensure_writable_dir(out)
     log(f"Inputs: {inputs_from}.")
 
+    rows, memory = _compare(dict(zip(names, paths)), pool, batches, threads, runs_, warmup, log, progress)
+    result = {
+        "artifacts": {name: str(path) for name, path in zip(names, paths)},
+        "inputs_from": inputs_from,
+        "batches": batches, "threads": threads, "runs": runs_, "warmup": warmup,
+        "rows": rows,
+        "load_rss_mb": memory,
+        "peak_rss_mb": round(peak_rss_mb(), 1),
+        "created": _dt.datetime.now().isoformat(timespec="seconds"),
+    }
+    tunable = {name: path for name, path in zip(names, paths) if formats.for_path(path).settings}
+    if sweep and tunable:
+        result["sweep"] = {name: sweep_settings(path, pool, batches, threads, runs_, warmup, log)
+                           for name, path in tunable.items()}
+    runs.write_json(out / runs.BENCH_RESULT_FILE, result)
+    chart(result, out / runs.BENCH_CHART_FILE)
+    result["out"] = str(out)
+    return result
+
+
+def _compare(artifacts: dict[str, Path], pool: dict, batches: list[int], threads: list[int], runs_: int,
+             warmup: int, log, progress) -> tuple[list[dict], dict]:
+    """Every artifact at every (threads, batch), interleaved; rows of figures and RSS per loaded model."""
     rows, memory = [], {}
     rounds, done = len(threads) * len(batches), 0
     for n_threads in threads:
         predictors = {}
-        for name, path in zip(names, paths):
-            if n_threads != threads[0] and runtime.detect_format(path) in ("keras", "savedmodel"):
-                continue  # TensorFlow's thread pools are process-wide: one pass is all there is
+        for name, path in artifacts.items():
+            if n_threads != threads[0] and not formats.for_path(path).takes_threads:
+                continue  # one pass is all a format without a thread setting has
             before = rss_mb()
             predictors[name] = _open(path, n_threads)
             memory.setdefault(name, round(rss_mb() - before, 1))
@@ -169,7 +193,7 @@ def bench(
                 calls = {name: (lambda p=p, f=feeds[name]: p.run(f)) for name, p in predictors.items()}
                 samples = time_interleaved(calls, runs_, warmup, block=BLOCK)
                 new = [{"artifact": name, "format": p.format, "batch": batch,
-                        "threads": n_threads if p.format in ("onnx", "tflite") else "tf-default",
+                        "threads": n_threads if formats.get(p.format).takes_threads else "tf-default",
                         **_stats(samples[name], batch)} for name, p in predictors.items()]
                 rows += new
                 log(f"  batch {batch}, threads {n_threads}: "
@@ -180,33 +204,15 @@ def bench(
         finally:
             for p in predictors.values():
                 p.close()
-
-    result = {
-        "artifacts": {name: str(path) for name, path in zip(names, paths)},
-        "inputs_from": inputs_from,
-        "batches": batches, "threads": threads, "runs": runs_, "warmup": warmup,
-        "rows": rows,
-        "load_rss_mb": memory,
-        "peak_rss_mb": round(peak_rss_mb(), 1),
-        "created": _dt.datetime.now().isoformat(timespec="seconds"),
-    }
-    onnx_paths = [(name, path) for name, path in zip(names, paths) if runtime.detect_format(path) == "onnx"]
-    if onnx_sweep and onnx_paths:
-        result["onnx_sweep"] = {name: sweep_onnx(path, pool, batches, threads, runs_, warmup, log)
-                                for name, path in onnx_paths}
-    runs.write_json(out / RESULT_FILE, result)
-    chart(result, out / CHART_FILE)
-    result["out"] = str(out)
-    return result
+    return rows, memory
 
 
-def sweep_onnx(path: Path, pool: dict, batches: list[int], threads: list[int], runs_: int, warmup: int,
-               log: Callable[[str], None] = print) -> dict:
-    """Every graph optimization level x thread count, interleaved; the best becomes the file's default."""
-    # threads=0 is ONNX Runtime's own choice (one per physical core), the untuned default.
-    configs = {f"opt={level},threads={t or 'auto'}": {"optimization": level, "threads": t}
-               for level in ONNX_LEVELS for t in sorted({0, *threads})}
-    predictors = {key: runtime.OnnxPredictor(path, **options) for key, options in configs.items()}
+def sweep_settings(path: Path, pool: dict, batches: list[int], threads: list[int], runs_: int, warmup: int,
+                   log: Callable[[str], None] = print) -> dict:
+    """Every runtime setting the format offers, interleaved; the best becomes the file's default."""
+    fmt = formats.for_path(path)
+    configs = fmt.settings(threads)
+    predictors = {key: fmt.load(path, **options) for key, options in configs.items()}
     try:
         table = {}
         for batch in batches:
@@ -222,7 +228,7 @@ def sweep_onnx(path: Path, pool: dict, batches: list[int], threads: list[int], r
              for k in configs}
     best = min(score, key=score.get)
     runtime.save_tuned_options(path, configs[best], {"score": round(score[best], 4), "batches": batches})
-    log(f"  ONNX best for {path.name}: {best} (saved as its default in {runtime.TUNED_FILE})")
+    log(f"  {fmt.name} best for {path.name}: {best} (saved as its default in {runs.RUNTIME_SETTINGS_FILE})")
     return {"configs": {k: {str(b): table[b][k] for b in batches} for k in configs}, "best": best,
             "best_options": configs[best], "score": {k: round(v, 4) for k, v in score.items()}}
 

@@ -44,9 +44,9 @@ def test_bench_reports_latency_percentiles_and_throughput_per_artifact_and_batch
     assert (artifacts / "bench" / "bench.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
-def test_onnx_sweep_saves_the_best_settings_as_the_files_default(bench_result):
+def test_the_settings_sweep_saves_the_best_as_the_files_default(bench_result):
     artifacts, result = bench_result
-    sweep = result["onnx_sweep"]["model.onnx"]
+    sweep = result["sweep"]["model.onnx"]
     assert set(sweep["configs"]) == {f"opt={o},threads={t}" for o in ("disable", "basic", "extended", "all") for t in ("auto", 1)}
     assert sweep["best"] in sweep["configs"]
     assert runtime.tuned_options(artifacts / "model.onnx") == sweep["best_options"]
@@ -63,7 +63,7 @@ def test_a_run_directory_means_all_of_its_formats(digits_run):
 def test_bench_of_a_run_uses_its_test_split(digits_run, tmp_path):
     export(digits_run.path, formats=["onnx"], log=lambda m: None)
     result = bench([digits_run.path / "export" / "model.onnx"], batches=[2], threads=[1], runs_=5, warmup=1,
-                   onnx_sweep=False, out=tmp_path, log=lambda m: None)
+                   sweep=False, out=tmp_path, log=lambda m: None)
     assert result["inputs_from"].startswith("test split of digits_cnn")
 
 

@@ -14,26 +14,26 @@ from conftest import run_cli
 from kerakit import runs, runtime
 from kerakit.errors import KerakitError
 from kerakit.export import export, load_target, verify_artifact
-from kerakit.export.formats import read_tflite_metadata
+from kerakit.formats.tflite import read_metadata as read_tflite_metadata
 from kerakit.export.targets import ArtifactSpec, Verify, format_target, parse_target
 
 
 def _row(report, name):
-    return next(r for r in report["artifacts"] if r["artifact"] == name)
+    return report.row(name)
 
 
 def test_server_and_edge_artifacts_are_all_verified(digits_export):
     out, report = digits_export
-    names = [r["artifact"] for r in report["artifacts"]]
+    names = [r["artifact"] for r in report.artifacts]
     assert names == ["savedmodel", "onnx", "tflite-int8", "tflite-fp16", "onnx-int8", "tflite"]
-    assert report["passed"]
-    for row in report["artifacts"]:
+    assert report.passed
+    for row in report.artifacts:
         assert row["verdict"] == "verified", row
         assert abs(row["metric_change"]) <= 0.01
     for name in ("savedmodel", "onnx", "tflite"):  # float formats match Keras numerically
         assert _row(report, name)["max_abs_error"] <= 1e-4
     assert _row(report, "tflite-int8")["size_bytes"] < 0.3 * _row(report, "tflite")["size_bytes"]
-    assert json.loads((out / "export_report.json").read_text()) == report
+    assert json.loads((out / "export_report.json").read_text()) == report.to_dict()
 
 
 def test_manifests_record_each_artifact_with_its_hash(digits_export, digits_run):
@@ -77,17 +77,17 @@ def test_server_layouts_for_tf_serving_and_triton(digits_export):
     assert 'name: "image"' in config and "TYPE_FP32" in config and "dims: [ 8, 8, 1 ]" in config
     assert 'name: "probabilities"' in config and "dims: [ 10 ]" in config
     assert (out / "triton" / "digits_cnn" / "1" / "model.onnx").read_bytes() == (out / "model.onnx").read_bytes()
-    assert all(layout["written"] for layout in report["layouts"])
+    assert all(layout["written"] for layout in report.layouts)
 
 
 def _reference_for(digits_run, out):
-    from kerakit.export import _verification_data
+    from kerakit.export.source import verification_data
     from kerakit.export.verify import make_reference
 
     predictor = runtime.load(digits_run.model_path)
-    data = _verification_data(digits_run, None, None, None, predictor.inputs)
-    return make_reference(predictor, data["numeric"], task=data["task"], eval_inputs=data["eval_inputs"],
-                          eval_labels=data["eval_labels"], class_names=data["class_names"])
+    data = verification_data(digits_run, None, None, None, predictor.inputs, samples=512)
+    return make_reference(predictor, data.numeric, split_at=data.split_at, task=data.task, metric=data.metric,
+                          eval_inputs=data.eval_inputs, eval_labels=data.eval_labels, class_names=data.class_names)
 
 
 def test_a_corrupted_weight_in_an_exported_model_is_caught(digits_export, digits_run, tmp_path):
@@ -119,7 +119,7 @@ def _constant_model(path):
 def test_a_model_with_constant_output_fails_as_vacuous(tmp_path):
     _constant_model(tmp_path / "constant.keras")
     report = export(tmp_path / "constant.keras", formats=["onnx"], recipe="digits_cnn", log=lambda m: None)
-    row = report["artifacts"][0]
+    row = report.artifacts[0]
     assert row["verdict"] == "failed" and "vacuous" in row["reasons"][0]
 
 
@@ -144,16 +144,16 @@ def test_a_users_keras_file_exports_with_a_sample_file(digits_run, tmp_path):
     x, y = load_data(recipe, recipe.resolve_config({})[0]).arrays("test")
     np.savez(tmp_path / "sample.npz", image=x["image"], label=y)
     report = export(model_path, formats=["onnx", "tflite-int8"], sample=tmp_path / "sample.npz", log=lambda m: None)
-    assert report["passed"], report["artifacts"]
-    assert "--sample" in report["inputs_from"]
-    assert report["keras_metric"]["value"] == pytest.approx(digits_run.metrics["accuracy"])
+    assert report.passed, report.artifacts
+    assert "--sample" in report.inputs_from
+    assert report.keras_metric["value"] == pytest.approx(digits_run.metrics["accuracy"])
 
 
 def test_without_data_float_formats_verify_on_random_inputs_and_quantized_cannot_be_judged(digits_run, tmp_path):
     model_path = tmp_path / "mine.keras"
     shutil.copyfile(digits_run.model_path, model_path)
     report = export(model_path, formats=["onnx", "tflite-fp16"], log=lambda m: None)
-    assert "random inputs" in report["inputs_from"]
+    assert "random inputs" in report.inputs_from
     assert _row(report, "onnx")["verdict"] == "verified"
     assert "judged by the task metric" in _row(report, "tflite-fp16")["reasons"][0]
 
@@ -231,7 +231,7 @@ def test_every_recipe_exports_for_server_and_edge(name, tmp_path):
     with tfds.testing.mock_data(num_examples=256) if mocked else contextlib.nullcontext():
         run = kerakit.train(name, tmp_path / "run", verbose=0, **({"epochs": 2} if mocked else {}))
         report = export(run.path, targets=["server", "edge"], log=lambda m: None)
-    assert [r["verdict"] for r in report["artifacts"]] == ["verified"] * 5, report["artifacts"]
+    assert [r["verdict"] for r in report.artifacts] == ["verified"] * 5, report.artifacts
     if name == "breast_cancer_mlp":
         assert abs(_row(report, "tflite-int8")["metric_change"]) <= 0.01
 
@@ -241,7 +241,7 @@ def test_a_target_file_by_path_with_uint8_io(digits_run, tmp_path):
     target.write_text('description = "uint8 microcontroller"\n[[artifacts]]\nformat = "tflite"\n'
                       'quantization = "int8"\nio = "uint8"\n')
     report = export(digits_run.path, targets=[str(target)], out=tmp_path / "out", log=lambda m: None)
-    assert report["passed"] and report["targets"] == ["mcu"]
+    assert report.passed and report.targets == ["mcu"]
     from ai_edge_litert.interpreter import Interpreter
 
     details = Interpreter(model_path=str(tmp_path / "out" / "model_int8.tflite")).get_input_details()[0]
@@ -249,7 +249,7 @@ def test_a_target_file_by_path_with_uint8_io(digits_run, tmp_path):
 
 
 def test_only_inputs_with_very_different_feature_ranges_keep_a_float_prefix():
-    from kerakit.export.formats import needs_float_inputs
+    from kerakit.formats.calibration import needs_float_inputs
 
     rng = np.random.default_rng(0)
     images = {"image": rng.random((50, 8, 8, 3), dtype=np.float32) * 255}

@@ -55,7 +55,7 @@ def test_int8_tflite_dequantizes_outputs(digits_export):
     [
         (lambda d: d / "model.h5", "Unsupported model file"),
         (lambda d: d / "missing.onnx", "does not exist"),
-        (lambda d: d, "is not a SavedModel"),
+        (lambda d: d, r"is not a model directory. Expected one of: savedmodel \(saved_model.pb\)"),
     ],
 )
 def test_unsupported_or_missing_paths(tmp_path, make, message):

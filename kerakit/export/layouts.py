@@ -4,8 +4,9 @@
     triton/NAME/config.pbtxt               tritonserver --model-repository=.../triton
     triton/NAME/1/model.onnx
 
-The Triton config is generated from the ONNX model's real input/output names,
-shapes and dtypes.
+Which format feeds a layout is the format's own fact (`Format.layout`). The
+Triton config is generated from the model's real input/output names, shapes
+and dtypes, with the format's Triton platform.
 """
 
 from __future__ import annotations
@@ -13,12 +14,17 @@ from __future__ import annotations
 import shutil
 from pathlib import Path
 
-from kerakit import runs
-from kerakit.runtime import Spec
+from kerakit import formats, runs
+from kerakit.dtypes import TRITON_TYPES
+from kerakit.formats.base import Spec
 
-TRITON_TYPES = {"float32": "TYPE_FP32", "float16": "TYPE_FP16", "float64": "TYPE_FP64", "int8": "TYPE_INT8",
-                "uint8": "TYPE_UINT8", "int32": "TYPE_INT32", "int64": "TYPE_INT64", "bool": "TYPE_BOOL"}
 VERSION = "1"
+TRITON_MAX_BATCH = 64
+
+
+def write(layout: str, artifact: Path, root: Path, name: str) -> Path:
+    """Write `layout` for the verified `artifact` under `root`; returns the model's directory."""
+    return {"tfserving": tfserving, "triton": triton}[layout](artifact, root, name)
 
 
 def tfserving(savedmodel: Path, root: Path, name: str) -> Path:
@@ -28,8 +34,8 @@ def tfserving(savedmodel: Path, root: Path, name: str) -> Path:
     return target
 
 
-def triton_config(name: str, inputs: list[Spec], outputs: list[Spec], max_batch_size: int) -> str:
-    """config.pbtxt for the ONNX Runtime backend; dims exclude the batch dimension."""
+def triton_config(name: str, platform: str, inputs: list[Spec], outputs: list[Spec], max_batch_size: int) -> str:
+    """config.pbtxt for a Triton backend; dims exclude the batch dimension."""
 
     def tensors(specs):
         return ",\n".join(
@@ -39,20 +45,19 @@ def triton_config(name: str, inputs: list[Spec], outputs: list[Spec], max_batch_
         )
 
     return (
-        f'name: "{name}"\nplatform: "onnxruntime_onnx"\nmax_batch_size: {max_batch_size}\n'
+        f'name: "{name}"\nplatform: "{platform}"\nmax_batch_size: {max_batch_size}\n'
         f"input [\n{tensors(inputs)}\n]\noutput [\n{tensors(outputs)}\n]\n"
         "dynamic_batching { }\n"
     )
 
 
-def triton(onnx_model: Path, root: Path, name: str, max_batch_size: int = 64) -> Path:
-    from kerakit.runtime import load
-
-    with load(onnx_model) as predictor:
-        config = triton_config(name, predictor.inputs, predictor.outputs, max_batch_size)
+def triton(artifact: Path, root: Path, name: str, max_batch_size: int = TRITON_MAX_BATCH) -> Path:
+    fmt = formats.for_path(artifact)
+    with fmt.load(artifact) as predictor:
+        config = triton_config(name, fmt.triton_platform, predictor.inputs, predictor.outputs, max_batch_size)
     target = root / "triton" / name
     with runs.atomic_dir(target) as tmp:
         (tmp / VERSION).mkdir()
-        shutil.copyfile(onnx_model, tmp / VERSION / "model.onnx")
+        shutil.copyfile(artifact, tmp / VERSION / fmt.repository_files[0])
         (tmp / "config.pbtxt").write_text(config)
     return target

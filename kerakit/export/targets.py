@@ -4,52 +4,35 @@
     layouts = []                        # "tfserving", "triton"
 
     [[artifacts]]
-    format = "tflite"                   # savedmodel | tflite | onnx
-    quantization = "int8"               # none | float16 | dynamic | int8
-    io = "int8"                         # full-integer TFLite I/O: int8 | uint8 | float32
+    format = "tflite"                   # a registered format: savedmodel | tflite | onnx | ...
+    quantization = "int8"               # one the format offers: none | float16 | dynamic | int8
+    io = "int8"                         # a per-format option (tflite: io; onnx: opset)
 
     [verify]
     atol = 1e-4                         # float formats: |artifact - keras| <= atol + rtol * |keras|
     rtol = 1e-5
     max_metric_drop = 0.01              # quantized formats: accuracy may drop by at most 1 point
     max_metric_rel_increase = 0.05      # ... an error metric (mae) may grow by at most 5 %
+    samples = 512                       # held-out inputs for the numeric comparison
 
-Targets are found by name in ./export and in the export/ folder shipped with
-kerakit, or by path.
+Formats, their quantizations and options come from the format registry
+(`kerakit.formats`). Targets are found by name in ./export and in the
+export/ folder shipped with kerakit, or by path.
 """
 
 from __future__ import annotations
 
 import os
 import tomllib
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
+from kerakit import formats
 from kerakit.errors import KerakitError
 
-QUANTIZATIONS = {
-    "savedmodel": ("none",),
-    "tflite": ("none", "float16", "dynamic", "int8"),
-    "onnx": ("none", "dynamic", "int8"),
-}
-TFLITE_IO = ("int8", "uint8", "float32")
-MIN_OPSET, MAX_OPSET, DEFAULT_OPSET = 13, 18, 17  # 13: per-channel QDQ; 18: tf2onnx 1.17's newest
-LAYOUTS = ("tfserving", "triton")
-ARTIFACT_KEYS = {"format", "quantization", "io", "opset"}
 VERIFY_KEYS = {"atol", "rtol", "max_metric_drop", "max_metric_rel_increase", "samples"}
 TARGET_KEYS = {"description", "layouts", "artifacts", "verify"}
-
-# `--format NAME` shorthands, and the file stem each artifact gets.
-FORMAT_NAMES = {
-    "savedmodel": ("savedmodel", "none"),
-    "tflite": ("tflite", "none"),
-    "tflite-fp16": ("tflite", "float16"),
-    "tflite-dynamic": ("tflite", "dynamic"),
-    "tflite-int8": ("tflite", "int8"),
-    "onnx": ("onnx", "none"),
-    "onnx-dynamic": ("onnx", "dynamic"),
-    "onnx-int8": ("onnx", "int8"),
-}
 
 
 @dataclass(frozen=True)
@@ -58,32 +41,30 @@ class Verify:
     rtol: float = 1e-5
     max_metric_drop: float = 0.01
     max_metric_rel_increase: float = 0.05
-    samples: int = 512  # held-out inputs for the numeric comparison
+    samples: int = 512  # held-out inputs for the numeric comparison (half validation, half test)
 
 
 @dataclass(frozen=True)
 class ArtifactSpec:
+    """One artifact to build: a format, one of its quantizations, and its own options (opset, io, ...)."""
+
     format: str
     quantization: str = "none"
-    io: str = "int8"
-    opset: int = DEFAULT_OPSET
+    options: tuple[tuple[str, Any], ...] = ()
+
+    def option(self, key: str) -> Any:
+        """The artifact's value for one of its format's options, or that option's default."""
+        return dict(self.options).get(key, formats.get(self.format).options[key].default)
 
     @property
     def name(self) -> str:
         """`tflite-int8`, `onnx`, ...: the --format name, also the row name in reports."""
-        for name, (fmt, quant) in FORMAT_NAMES.items():
-            if (fmt, quant) == (self.format, self.quantization):
-                return name
-        raise AssertionError(self)
+        return formats.get(self.format).variant(self.quantization).artifact
 
     @property
     def filename(self) -> str:
-        """`savedmodel`, `model_fp32.tflite`, `model_int8.tflite`, `model.onnx`, `model_int8.onnx`, ..."""
-        if self.format == "savedmodel":
-            return "savedmodel"
-        if self.format == "tflite":
-            return f"model_{ {'none': 'fp32', 'float16': 'fp16'}.get(self.quantization, self.quantization) }.tflite"
-        return "model.onnx" if self.quantization == "none" else f"model_{self.quantization}.onnx"
+        """`savedmodel`, `model_fp32.tflite`, `model_int8.tflite`, `model.onnx`, ..."""
+        return formats.get(self.format).variant(self.quantization).filename
 
     @property
     def quantized(self) -> bool:
@@ -135,54 +116,57 @@ def load_target(name_or_path: "str | os.PathLike") -> Target:
 def parse_target(raw: dict, name: str, path: Path | None = None) -> Target:
     where = f"Target {path or name}"
     _check_keys(raw, TARGET_KEYS, where)
-    verify_raw = raw.get("verify", {})
-    _check_keys(verify_raw, VERIFY_KEYS, f"{where} [verify]")
-    verify = Verify(**{k: type(getattr(Verify, k))(v) for k, v in verify_raw.items()})
-    layouts = tuple(raw.get("layouts", ()))
-    for layout in layouts:
-        if layout not in LAYOUTS:
-            raise KerakitError(f"{where}: invalid layout={layout!r}. Expected one of {', '.join(LAYOUTS)}.")
+    verify = _parse_verify(raw.get("verify", {}), f"{where} [verify]")
     artifacts = tuple(parse_artifact(a, where) for a in raw.get("artifacts", ()))
     if not artifacts:
         raise KerakitError(f"{where} lists no [[artifacts]].")
-    if "tfserving" in layouts and not any(a.format == "savedmodel" for a in artifacts):
-        raise KerakitError(f"{where}: the tfserving layout needs a savedmodel artifact.")
-    if "triton" in layouts and not any(a.format == "onnx" for a in artifacts):
-        raise KerakitError(f"{where}: the triton layout needs an onnx artifact.")
+    layouts = tuple(raw.get("layouts", ()))
+    known = [f.layout for f in formats.all_formats() if f.layout]
+    for layout in layouts:
+        if layout not in known:
+            raise KerakitError(f"{where}: invalid layout={layout!r}. Expected one of {', '.join(known)}.")
+        needed = formats.for_layout(layout).name
+        if not any(a.format == needed for a in artifacts):
+            raise KerakitError(f"{where}: the {layout} layout needs an {needed} artifact.")
     return Target(name, raw.get("description", ""), artifacts, layouts, verify, path)
 
 
+def _parse_verify(raw: dict, where: str) -> Verify:
+    _check_keys(raw, VERIFY_KEYS, where)
+    values = {}
+    for key, value in raw.items():
+        kind = type(getattr(Verify, key))
+        ok = isinstance(value, (int, float)) and not isinstance(value, bool) and value >= 0
+        if not ok or (kind is int and (not float(value).is_integer() or value < 1)):
+            expected = "an integer >= 1" if kind is int else "a number >= 0"
+            raise KerakitError(f"{where}: invalid {key}={value!r}. Expected {expected}.")
+        values[key] = kind(value)
+    return Verify(**values)
+
+
 def parse_artifact(raw: dict, where: str = "artifact") -> ArtifactSpec:
-    _check_keys(raw, ARTIFACT_KEYS, f"{where} [[artifacts]]")
-    fmt = raw.get("format")
-    if fmt not in QUANTIZATIONS:
-        raise KerakitError(f"{where}: invalid format={fmt!r}. Expected one of {', '.join(QUANTIZATIONS)}.")
+    if not isinstance(raw, dict):
+        raise KerakitError(f"{where} [[artifacts]] must be a table.")
+    names = [f.name for f in formats.all_formats() if f.convert]
+    name = raw.get("format")
+    if name not in names:
+        raise KerakitError(f"{where}: invalid format={name!r}. Expected one of {', '.join(names)}.")
+    fmt = formats.get(name)
+    _check_keys(raw, {"format", "quantization", *fmt.options}, f"{where} [[artifacts]] ({name})")
     quantization = raw.get("quantization", "none")
-    if quantization not in QUANTIZATIONS[fmt]:
+    if quantization not in fmt.quantizations:
         raise KerakitError(
-            f"{where}: invalid quantization={quantization!r} for {fmt}. Expected one of {', '.join(QUANTIZATIONS[fmt])}."
+            f"{where}: invalid quantization={quantization!r} for {name}. Expected one of {', '.join(fmt.quantizations)}."
         )
-    io = raw.get("io", "int8")
-    if io not in TFLITE_IO:
-        raise KerakitError(f"{where}: invalid io={io!r}. Expected one of {', '.join(TFLITE_IO)}.")
-    return ArtifactSpec(fmt, quantization, io, check_opset(raw.get("opset", DEFAULT_OPSET)))
-
-
-def check_opset(opset) -> int:
-    if not isinstance(opset, int) or isinstance(opset, bool) or not MIN_OPSET <= opset <= MAX_OPSET:
-        raise KerakitError(f"Invalid opset={opset!r}. Expected an integer from {MIN_OPSET} to {MAX_OPSET}.")
-    return opset
+    options = tuple((k, fmt.options[k].check(raw[k])) for k in sorted(fmt.options) if k in raw)
+    return ArtifactSpec(name, quantization, options)
 
 
 def format_target(name: str, opset: int | None = None) -> Target:
-    """A one-artifact target for `--format NAME`."""
-    if name not in FORMAT_NAMES:
-        raise KerakitError(f"Invalid format={name!r}. Expected one of {', '.join(FORMAT_NAMES)}.")
-    fmt, quantization = FORMAT_NAMES[name]
-    spec = ArtifactSpec(fmt, quantization)
-    if opset is not None:
-        spec = replace(spec, opset=check_opset(opset))
-    return Target(name, f"--format {name}", (spec,))
+    """A one-artifact target for `--format NAME` (`opset` applies to formats that take one)."""
+    fmt, quantization = formats.for_artifact(name)
+    options = (("opset", fmt.options["opset"].check(opset)),) if opset is not None and "opset" in fmt.options else ()
+    return Target(name, f"--format {name}", (ArtifactSpec(fmt.name, quantization, options),))
 
 
 def _check_keys(raw: dict, allowed: set, where: str) -> None:

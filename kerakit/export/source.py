@@ -1,0 +1,95 @@
+"""Where verification and calibration data come from: the run's recipe, a `--sample` file, or random inputs."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+import numpy as np
+
+from kerakit.errors import KerakitError
+from kerakit.formats.base import Spec
+
+CALIBRATION_SAMPLES = 300
+
+
+@dataclass
+class VerificationData:
+    numeric: dict[str, np.ndarray]           # held-out inputs for the numeric comparison
+    inputs_from: str                         # said in the log and the report
+    split_at: int | None = None              # numeric holds validation rows up to here, then test rows
+    eval_inputs: dict[str, np.ndarray] | None = None
+    eval_labels: np.ndarray | None = None
+    task: str | None = None
+    metric: str | None = None                # the recipe's metric (None: the task's default)
+    class_names: list[str] | None = None
+    calibration: dict[str, np.ndarray] | None = None
+    description: str = ""
+    normalization: str = "unknown"
+
+
+def verification_data(run, recipe, sample: "str | os.PathLike | None", data_dir: str | None, inputs: list[Spec],
+                      samples: int) -> VerificationData:
+    """`samples` held-out inputs, the labelled test split, and a calibration sample, from the best source there is."""
+    if run is not None or recipe is not None:
+        return _from_recipe(run, recipe, data_dir, inputs, samples)
+    if sample is not None:
+        return _from_sample(sample, inputs)
+    return _random(inputs, samples)
+
+
+def _from_recipe(run, recipe, data_dir, inputs, samples) -> VerificationData:
+    from kerakit.data import load_data
+    from kerakit.recipe import load_recipe
+
+    loaded = load_recipe(recipe) if recipe is not None else run.recipe()
+    config = run.config["config"] if recipe is None else loaded.resolve_config({})[0]
+    data = load_data(loaded, config, data_dir)
+    val_x, _ = data.arrays("val")
+    test_x, test_y = data.arrays("test")
+    half = -(-samples // 2)
+    split_at = min(half, len(next(iter(val_x.values()))))
+    numeric = {k: np.concatenate([val_x[k][:split_at], test_x[k][: samples - split_at]]) for k in val_x}
+    check_names(numeric, inputs, f"recipe {loaded.name!r}")
+    return VerificationData(
+        numeric=numeric, split_at=split_at, eval_inputs=test_x, eval_labels=test_y, task=loaded.task,
+        metric=loaded.metric, class_names=data.class_names,
+        calibration=data.representative_sample(CALIBRATION_SAMPLES), description=loaded.description,
+        normalization="inside the model (raw inputs)",
+        inputs_from=f"{loaded.name}: {len(next(iter(numeric.values())))} val+test inputs, "
+                    f"{len(test_y)} labelled test examples")
+
+
+def _from_sample(sample, inputs) -> VerificationData:
+    try:
+        with np.load(sample) as npz:
+            arrays = {k: npz[k] for k in npz.files}
+    except (OSError, ValueError) as e:
+        raise KerakitError(f"Cannot read --sample {str(sample)!r}: {e}. Expected an .npz of arrays by input name.") from None
+    labels = arrays.pop("label", None)
+    check_names(arrays, inputs, f"--sample {sample}")
+    task = None if labels is None else "classification" if labels.dtype.kind in "iu" else "regression"
+    return VerificationData(
+        numeric=arrays, eval_inputs=arrays if labels is not None else None, eval_labels=labels, task=task,
+        calibration=arrays,
+        inputs_from=f"--sample {sample}: {len(next(iter(arrays.values())))} inputs"
+                    + (" with labels" if labels is not None else " (no labels: no metric)"))
+
+
+def _random(inputs: list[Spec], samples: int) -> VerificationData:
+    rng = np.random.default_rng(0)
+    arrays = {}
+    for s in inputs:
+        shape = (samples, *s.shape[1:])
+        if None in shape:
+            raise KerakitError(f"Input {s.name!r} has a dynamic shape {s.shape}: pass --recipe or --sample to verify.")
+        arrays[s.name] = (rng.random(shape).astype(s.dtype) if np.dtype(s.dtype).kind == "f"
+                          else rng.integers(0, 10, shape).astype(s.dtype))
+    return VerificationData(numeric=arrays, calibration=arrays,
+                            inputs_from=f"random inputs of the model's shapes ({samples}; no --recipe or --sample given)")
+
+
+def check_names(arrays: dict, inputs: list[Spec], where: str) -> None:
+    expected = sorted(s.name for s in inputs)
+    if sorted(arrays) != expected:
+        raise KerakitError(f"Inputs from {where} are named {sorted(arrays)}; the model's inputs are {expected}.")

@@ -1,0 +1,176 @@
+"""What every format module builds on: tensor specs, the Predictor base class, and `Format`.
+
+A format module (`kerakit/formats/onnx.py`, ...) defines one `Format` object
+that owns everything about its format: file naming per quantization, the
+options a target may set, conversion, its Predictor, whether it takes a
+thread count, the runtime settings `kerakit bench` sweeps, and how model
+servers know it (Triton platform, server layout).
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+
+from kerakit.errors import KerakitError
+
+
+@dataclass(frozen=True)
+class Spec:
+    """A named tensor as callers see it: `shape[0]` is None for a dynamic batch."""
+
+    name: str
+    shape: tuple
+    dtype: str
+
+    def to_dict(self) -> dict:
+        return {"name": self.name, "shape": list(self.shape), "dtype": self.dtype}
+
+
+class Predictor:
+    """Base class of every format's runtime: subclasses set `inputs`/`outputs` and implement `_run`."""
+
+    format = ""
+    inputs: list[Spec]
+    outputs: list[Spec]
+
+    def __init__(self, path: Path):
+        self.path = path
+
+    def predict(self, batch: "dict[str, np.ndarray] | np.ndarray") -> dict[str, np.ndarray]:
+        """Run one batch. A bare array is accepted for a one-input model."""
+        return self._run(self.validate(batch))
+
+    def run(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """The hot path: a batch already returned by `validate`, run with no checks."""
+        return self._run(batch)
+
+    def validate(self, batch) -> dict[str, np.ndarray]:
+        """Inputs checked by name, rank, shape and dtype, cast to the model's dtypes."""
+        if not isinstance(batch, dict):
+            if len(self.inputs) != 1:
+                raise KerakitError(
+                    f"This model has {len(self.inputs)} inputs ({', '.join(s.name for s in self.inputs)}): pass a dict by name."
+                )
+            batch = {self.inputs[0].name: batch}
+        expected = {s.name for s in self.inputs}
+        missing, extra = expected - set(batch), set(batch) - expected
+        if missing or extra:
+            raise KerakitError(
+                f"Input names {sorted(batch)} do not match the model's inputs {sorted(expected)}"
+                + (f" (missing: {', '.join(sorted(missing))})" if missing else "")
+                + (f" (unknown: {', '.join(sorted(extra))})" if extra else "") + "."
+            )
+        return {spec.name: _checked(spec, np.asarray(batch[spec.name])) for spec in self.inputs}
+
+    def _run(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:  # pragma: no cover
+        raise NotImplementedError
+
+    def close(self) -> None:
+        pass
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({str(self.path)!r})"
+
+
+def _checked(spec: Spec, value: np.ndarray) -> np.ndarray:
+    if value.dtype.kind not in "biuf":
+        raise KerakitError(f"Input {spec.name!r} has dtype {value.dtype}; expected numeric {spec.dtype}.")
+    if value.ndim != len(spec.shape):
+        raise KerakitError(
+            f"Input {spec.name!r} has rank {value.ndim} (shape {value.shape}); "
+            f"expected rank {len(spec.shape)} with shape {shape_text(spec.shape)}."
+        )
+    for got, want in zip(value.shape, spec.shape):
+        if want is not None and got != want:
+            raise KerakitError(f"Input {spec.name!r} has shape {value.shape}; expected {shape_text(spec.shape)}.")
+    if value.dtype.kind == "f" and np.dtype(spec.dtype).kind in "iu":
+        raise KerakitError(f"Input {spec.name!r} has dtype {value.dtype}; expected {spec.dtype} (integers).")
+    return value.astype(spec.dtype, copy=False)
+
+
+def shape_text(shape) -> str:
+    return "(" + ", ".join("batch" if d is None else str(d) for d in shape) + ")"
+
+
+@dataclass(frozen=True)
+class Variant:
+    """One quantization of a format: its `--format` name (also the report's row name) and file name."""
+
+    quantization: str
+    artifact: str
+    filename: str
+
+
+@dataclass(frozen=True)
+class Option:
+    """A per-artifact key a target may set (`io = "int8"`, `opset = 17`); `check` returns the typed value."""
+
+    default: Any
+    check: Callable[[Any], Any]
+    help: str = ""
+
+
+@dataclass(frozen=True)
+class Format:
+    """Everything kerakit knows about one model format; registered with `kerakit.formats.register`.
+
+    suffix: the file suffix, or "" for a directory format recognised by `marker` (a file inside it).
+    predictor: `(path, **options) -> Predictor`; `runtime_options` names the options it accepts.
+    convert: `(context, spec, path) -> None`, writing the artifact for an `ArtifactSpec` of this
+        format (see `kerakit.export.context.ExportContext`); None for formats kerakit only reads.
+    settings: `(threads) -> {label: options}`, the runtime settings `kerakit bench` compares;
+        the fastest becomes the file's default (saved beside it).
+    """
+
+    name: str
+    suffix: str
+    predictor: Callable[..., Predictor]
+    variants: tuple[Variant, ...] = ()
+    options: dict[str, Option] = field(default_factory=dict)
+    convert: Callable[..., None] | None = None
+    marker: str | None = None
+    runtime_options: tuple[str, ...] = ()
+    settings: Callable[[list[int]], dict[str, dict]] | None = None
+    triton_platform: str = ""
+    layout: str | None = None  # the model-server layout its float artifact feeds ("tfserving", "triton")
+    repository_files: tuple[str, ...] = ()  # its names in a NAME/VERSION/ model repository (Triton, TF Serving)
+
+    @property
+    def takes_threads(self) -> bool:
+        return "threads" in self.runtime_options
+
+    @property
+    def quantizations(self) -> tuple[str, ...]:
+        return tuple(v.quantization for v in self.variants)
+
+    def variant(self, quantization: str) -> Variant:
+        for v in self.variants:
+            if v.quantization == quantization:
+                return v
+        raise KerakitError(
+            f"Invalid quantization={quantization!r} for {self.name}. Expected one of {', '.join(self.quantizations)}."
+        )
+
+    def matches(self, path: Path) -> bool:
+        """Whether `path` (which exists) is a model of this format."""
+        if self.marker is not None:
+            return path.is_dir() and (path / self.marker).exists() and (not self.suffix or path.suffix == self.suffix)
+        return path.is_file() and path.suffix == self.suffix
+
+    def load(self, path: "str | os.PathLike", **options: Any) -> Predictor:
+        unknown = set(options) - set(self.runtime_options)
+        if unknown:
+            allowed = ", ".join(self.runtime_options) or "none"
+            raise KerakitError(f"{self.name} models take no option(s) {', '.join(sorted(unknown))}. Allowed: {allowed}.")
+        return self.predictor(Path(path), **options)

@@ -1,0 +1,69 @@
+"""Keras 3 `.keras` files: the reference every artifact is verified against.
+
+kerakit reads this format (train writes it); it does not export to it.
+"""
+
+from __future__ import annotations
+
+import os
+import zipfile
+from pathlib import Path
+
+import numpy as np
+
+from kerakit.errors import KerakitError
+from kerakit.formats import register
+from kerakit.formats.base import Format, Predictor, Spec
+
+
+def load_keras_model(path: "str | os.PathLike"):
+    """Load a `.keras` file, turning the ways it can be broken into one clear message."""
+    path = Path(path)
+    if path.suffix != ".keras":
+        raise KerakitError(f"Invalid model file {str(path)!r}: expected a .keras file (Keras 3 format).")
+    if not zipfile.is_zipfile(path):
+        raise KerakitError(f"{str(path)!r} is not a valid .keras file (not a zip archive: truncated or corrupt?).")
+    import keras
+
+    try:
+        return keras.saving.load_model(path)
+    except ValueError as e:
+        if "Lambda" in str(e) or "safe_mode" in str(e):
+            raise KerakitError(
+                f"{str(path)!r} contains a Lambda layer, which Keras refuses to deserialize in safe mode. "
+                "If you trust this file, call keras.config.enable_unsafe_deserialization() before loading."
+            ) from e
+        raise KerakitError(f"Cannot load {str(path)!r}: {e}") from e
+    except (OSError, KeyError, zipfile.BadZipFile) as e:
+        raise KerakitError(f"Cannot load {str(path)!r}: {type(e).__name__}: {e} (truncated or corrupt?).") from e
+
+
+class KerasPredictor(Predictor):
+    format = "keras"
+
+    def __init__(self, path: Path, model=None):
+        super().__init__(path)
+        self.model = load_keras_model(path) if model is None else model
+        self.inputs = [Spec(t.name, tuple(t.shape), str(t.dtype)) for t in self.model.inputs]
+        self.outputs = [Spec(_layer_name(t, i, self.model), tuple(t.shape), str(t.dtype))
+                        for i, t in enumerate(self.model.outputs)]
+
+    def _run(self, batch):
+        x = batch[self.inputs[0].name] if len(self.inputs) == 1 else batch
+        out = self.model(x, training=False)
+        out = out if isinstance(out, (list, tuple)) else [out]
+        return {spec.name: np.asarray(o) for spec, o in zip(self.outputs, out)}
+
+
+def _layer_name(tensor, index: int, model) -> str:
+    history = getattr(tensor, "_keras_history", None)
+    return history.operation.name if history is not None else model.output_names[index]
+
+
+FORMAT = register(Format(
+    name="keras",
+    suffix=".keras",
+    predictor=KerasPredictor,
+    triton_platform="keras",
+    repository_files=("model.keras",),
+))

@@ -1,0 +1,195 @@
+"""ONNX files on ONNX Runtime: float32 (tf2onnx from the serving SavedModel), dynamic and static int8.
+
+Runtime settings (threads, graph optimization level) are keyword options of
+the predictor; `kerakit bench` compares them and saves the fastest as the
+file's default.
+"""
+
+from __future__ import annotations
+
+import tempfile
+from pathlib import Path
+
+import numpy as np
+
+from kerakit import runs
+from kerakit.errors import KerakitError
+from kerakit.formats import calibration, register
+from kerakit.formats.base import Format, Option, Predictor, Spec, Variant
+from kerakit.formats.savedmodel import SIGNATURE
+
+MIN_OPSET, MAX_OPSET, DEFAULT_OPSET = 13, 18, 17  # 13: per-channel QDQ; 18: tf2onnx 1.17's newest
+OPTIMIZATION = ("disable", "basic", "extended", "all")
+PREFIX_OPS = {"Sub", "Add", "Mul", "Div", "Sqrt", "Reciprocal", "Max", "Min", "Cast", "Identity"}
+TYPES = {"tensor(float)": "float32", "tensor(double)": "float64", "tensor(int32)": "int32",
+         "tensor(int64)": "int64", "tensor(int8)": "int8", "tensor(uint8)": "uint8",
+         "tensor(float16)": "float16", "tensor(bool)": "bool"}
+
+
+def check_opset(opset) -> int:
+    if not isinstance(opset, int) or isinstance(opset, bool) or not MIN_OPSET <= opset <= MAX_OPSET:
+        raise KerakitError(f"Invalid opset={opset!r}. Expected an integer from {MIN_OPSET} to {MAX_OPSET}.")
+    return opset
+
+
+# --------------------------------------------------------------------------- conversion
+
+def convert(context, spec, path: Path) -> None:
+    opset = spec.option("opset")
+    if spec.quantization == "none":
+        return write_onnx(context.savedmodel(), opset, path)
+    fp32 = context.intermediate(f"float-{opset}.onnx", lambda p: write_onnx(context.savedmodel(), opset, p))
+    quantize(fp32, spec.quantization, context.calibration, path)
+
+
+def write_onnx(savedmodel: Path, opset: int, path: Path) -> None:
+    """tf2onnx from the serving SavedModel, as `python -m tf2onnx.convert --saved-model` does.
+
+    Not `from_keras` (broken with Keras 3) and not `from_function`: that one
+    turns tensors a layer captured (an adapted Normalization's mean and
+    variance) into extra graph inputs. The SavedModel path freezes them.
+    """
+    import onnx
+    from tf2onnx import convert as tf2onnx_convert
+    from tf2onnx import tf_loader
+
+    from kerakit.quiet import muted_stderr
+
+    with muted_stderr():
+        graph_def, inputs, outputs, tables, renames = tf_loader.from_saved_model(
+            str(savedmodel), None, None, None, [SIGNATURE], None, False,
+            return_initialized_tables=True, return_tensors_to_rename=True)
+        proto, _ = tf2onnx_convert._convert_common(
+            graph_def, name=path.stem, opset=opset, input_names=inputs, output_names=outputs,
+            tensors_to_rename=renames, initialized_tables=tables, continue_on_error=True)
+    _check_ops(proto, opset)
+    for value in [*proto.graph.input, *proto.graph.output]:
+        dims = value.type.tensor_type.shape.dim
+        if dims and not dims[0].HasField("dim_value"):
+            dims[0].dim_param = "batch"  # tf2onnx names it unk__NN
+    with runs.atomic_path(path) as tmp:
+        onnx.save(proto, str(tmp))
+
+
+def _check_ops(proto, opset: int) -> None:
+    """tf2onnx logs unsupported TensorFlow ops and emits them as they are; make that an error."""
+    import onnx
+
+    unknown = sorted({n.op_type for n in proto.graph.node
+                      if n.domain in ("", "ai.onnx") and not onnx.defs.has(n.op_type, max_inclusive_version=opset)})
+    if unknown:
+        raise ValueError(f"TensorFlow op(s) {', '.join(unknown)} not supported by tf2onnx at opset {opset}")
+
+
+def float_prefix(path: Path) -> list[str]:
+    """Names of the ONNX graph's input-normalization nodes (see `kerakit.formats.calibration`)."""
+    import onnx
+
+    graph = onnx.load(str(path)).graph
+    ops = [(n.op_type, list(n.input), list(n.output), n) for n in graph.node]
+    prefix = calibration.float_prefix(ops, {i.name for i in graph.input}, {t.name for t in graph.initializer},
+                                      PREFIX_OPS)
+    return [n.name for n in prefix]
+
+
+def quantize(fp32: Path, quantization: str, sample: dict[str, np.ndarray] | None, path: Path) -> None:
+    """ONNX Runtime quantization: static QDQ (calibrated on `sample`) or dynamic."""
+    from onnxruntime.quantization import (CalibrationDataReader, QuantFormat, QuantType, quantize_dynamic,
+                                          quantize_static)
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+
+    with tempfile.TemporaryDirectory() as tmp:
+        prepared = Path(tmp) / "prepared.onnx"
+        quant_pre_process(str(fp32), str(prepared), skip_symbolic_shape=True)
+        out = Path(tmp) / "quantized.onnx"
+        if quantization == "dynamic":
+            quantize_dynamic(str(prepared), str(out), weight_type=QuantType.QInt8, per_channel=True)
+        else:
+            if sample is None:
+                raise ValueError("static int8 needs a representative sample (a recipe, or --sample FILE.npz)")
+
+            class Reader(CalibrationDataReader):
+                def __init__(self):
+                    self._batches = iter(calibration.rows(sample))
+
+                def get_next(self):
+                    return next(self._batches, None)
+
+            quantize_static(str(prepared), str(out), Reader(), quant_format=QuantFormat.QDQ,
+                            activation_type=QuantType.QInt8, weight_type=QuantType.QInt8, per_channel=True,
+                            nodes_to_exclude=float_prefix(prepared) if calibration.needs_float_inputs(sample) else [])
+        runs.copy_file(out, path)
+
+
+# --------------------------------------------------------------------------- runtime
+
+class OnnxPredictor(Predictor):
+    """An `.onnx` file on ONNX Runtime; session options are keyword arguments.
+
+    threads / inter_op_threads: intra- and inter-op thread counts (0 = ORT's choice);
+    optimization: "disable" | "basic" | "extended" | "all"; execution: "sequential" | "parallel";
+    providers: ORT execution providers (default CPU).
+    """
+
+    format = "onnx"
+
+    def __init__(self, path: Path, threads: int = 0, inter_op_threads: int = 0, optimization: str = "all",
+                 execution: str = "sequential", providers: list[str] | None = None):
+        super().__init__(path)
+        import onnxruntime as ort
+
+        options = _session_options(ort, threads, inter_op_threads, optimization, execution)
+        try:
+            self.session = ort.InferenceSession(str(path), options, providers=providers or ["CPUExecutionProvider"])
+        except Exception as e:  # ORT raises its own exception types for bad files
+            raise KerakitError(f"Cannot load ONNX model {str(path)!r}: {str(e)[:200]} (truncated or corrupt?).") from e
+        self.inputs = [Spec(i.name, _shape(i.shape), TYPES.get(i.type, i.type)) for i in self.session.get_inputs()]
+        self.outputs = [Spec(o.name, _shape(o.shape), TYPES.get(o.type, o.type)) for o in self.session.get_outputs()]
+        self._output_names = [o.name for o in self.outputs]
+
+    def _run(self, batch):
+        return dict(zip(self._output_names, self.session.run(self._output_names, batch)))
+
+
+def _session_options(ort, threads: int, inter_op_threads: int, optimization: str, execution: str):
+    if optimization not in OPTIMIZATION:
+        raise KerakitError(f"Invalid optimization={optimization!r}. Expected one of {', '.join(OPTIMIZATION)}.")
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = threads
+    options.inter_op_num_threads = inter_op_threads
+    options.graph_optimization_level = {
+        "disable": ort.GraphOptimizationLevel.ORT_DISABLE_ALL,
+        "basic": ort.GraphOptimizationLevel.ORT_ENABLE_BASIC,
+        "extended": ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED,
+        "all": ort.GraphOptimizationLevel.ORT_ENABLE_ALL,
+    }[optimization]
+    options.execution_mode = (ort.ExecutionMode.ORT_PARALLEL if execution == "parallel"
+                              else ort.ExecutionMode.ORT_SEQUENTIAL)
+    return options
+
+
+def _shape(shape) -> tuple:
+    return tuple(d if isinstance(d, int) else None for d in shape)
+
+
+def settings(threads: list[int]) -> dict[str, dict]:
+    """Every graph optimization level x thread count; threads=0 is ORT's own choice (one per physical core)."""
+    return {f"opt={level},threads={t or 'auto'}": {"optimization": level, "threads": t}
+            for level in OPTIMIZATION for t in sorted({0, *threads})}
+
+
+FORMAT = register(Format(
+    name="onnx",
+    suffix=".onnx",
+    predictor=OnnxPredictor,
+    variants=(Variant("none", "onnx", "model.onnx"),
+              Variant("dynamic", "onnx-dynamic", "model_dynamic.onnx"),
+              Variant("int8", "onnx-int8", "model_int8.onnx")),
+    options={"opset": Option(DEFAULT_OPSET, check_opset, f"ONNX opset, {MIN_OPSET}..{MAX_OPSET}")},
+    convert=convert,
+    runtime_options=("threads", "inter_op_threads", "optimization", "execution", "providers"),
+    settings=settings,
+    triton_platform="onnxruntime_onnx",
+    layout="triton",
+    repository_files=("model.onnx",),
+))

@@ -1,0 +1,89 @@
+"""TensorFlow SavedModel directories: what TF Serving loads, and what every other format converts from.
+
+All exported formats are traced from one serving function, `{input_name:
+tensor} -> {output_name: tensor}` (`serving_default`), so SavedModel, TFLite
+and ONNX expose the same names: the recipe's input names and the Keras output
+layers' names, with a dynamic batch dimension.
+"""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+from kerakit import runs
+from kerakit.errors import KerakitError
+from kerakit.formats import register
+from kerakit.formats.base import Format, Predictor, Spec, Variant
+
+SIGNATURE = "serving_default"
+
+
+def serving_function(model, inputs: list[Spec], outputs: list[str]):
+    """(function, input_signature): dicts of named tensors in and out."""
+    import tensorflow as tf
+
+    signature = [{s.name: tf.TensorSpec((None, *s.shape[1:]), s.dtype, name=s.name) for s in inputs}]
+    single = len(inputs) == 1
+
+    def serve(features):
+        x = features[inputs[0].name] if single else features
+        result = model(x, training=False)
+        result = result if isinstance(result, (list, tuple)) else [result]
+        return {name: tf.identity(t, name=name) for name, t in zip(outputs, result)}
+
+    return serve, signature
+
+
+def write_savedmodel(model, inputs: list[Spec], outputs: list[str], path: Path) -> None:
+    """The serving SavedModel of a Keras model, written atomically to `path`."""
+    import keras
+
+    fn, signature = serving_function(model, inputs, outputs)
+    archive = keras.export.ExportArchive()
+    archive.track(model)
+    archive.add_endpoint(SIGNATURE, fn, input_signature=signature)
+    with runs.atomic_dir(path) as tmp:
+        archive.write_out(str(tmp), verbose=False)
+
+
+def convert(context, spec, path: Path) -> None:
+    with runs.atomic_dir(path) as tmp:
+        shutil.copytree(context.savedmodel(), tmp, dirs_exist_ok=True)
+
+
+class SavedModelPredictor(Predictor):
+    format = "savedmodel"
+
+    def __init__(self, path: Path):
+        super().__init__(path)
+        import tensorflow as tf
+
+        try:
+            self._loaded = tf.saved_model.load(str(path))
+        except Exception as e:
+            raise KerakitError(f"Cannot load SavedModel {str(path)!r}: {type(e).__name__}: {str(e)[:200]}") from e
+        if SIGNATURE not in self._loaded.signatures:
+            raise KerakitError(f"SavedModel {str(path)!r} has no {SIGNATURE!r} signature.")
+        self._fn = self._loaded.signatures[SIGNATURE]
+        _, kwargs = self._fn.structured_input_signature
+        self.inputs = [Spec(k, tuple(v.shape), v.dtype.name) for k, v in sorted(kwargs.items())]
+        self.outputs = [Spec(k, tuple(v.shape), v.dtype.name) for k, v in sorted(self._fn.structured_outputs.items())]
+        self._tf = tf
+
+    def _run(self, batch):
+        out = self._fn(**{k: self._tf.constant(v) for k, v in batch.items()})
+        return {k: v.numpy() for k, v in out.items()}
+
+
+FORMAT = register(Format(
+    name="savedmodel",
+    suffix="",
+    marker="saved_model.pb",
+    predictor=SavedModelPredictor,
+    variants=(Variant("none", "savedmodel", "savedmodel"),),
+    convert=convert,
+    triton_platform="tensorflow_savedmodel",
+    layout="tfserving",
+    repository_files=("saved_model.pb", "model.savedmodel"),
+))

@@ -1,0 +1,242 @@
+"""TFLite flatbuffers on LiteRT (`ai_edge_litert`): float32, float16, dynamic-range and full-integer int8.
+
+Converted from the serving SavedModel; the model's name, labels and
+normalization travel inside the file as a "kerakit" metadata entry.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+import numpy as np
+
+from kerakit import runs
+from kerakit.errors import KerakitError
+from kerakit.formats import calibration, register
+from kerakit.formats.base import Format, Option, Predictor, Spec, Variant
+from kerakit.formats.savedmodel import SIGNATURE
+
+IO_TYPES = ("int8", "uint8", "float32")
+# Elementwise ops that may sit between a model's raw inputs and its first
+# weighted layer: an in-model Normalization (x - mean) * 1/std, a Rescaling.
+PREFIX_OPS = {"SUB", "ADD", "MUL", "DIV", "SQRT", "RSQRT", "MAXIMUM", "MINIMUM", "CAST"}
+
+
+def _check_io(value) -> str:
+    if value not in IO_TYPES:
+        raise KerakitError(f"Invalid io={value!r}. Expected one of {', '.join(IO_TYPES)}.")
+    return value
+
+
+# --------------------------------------------------------------------------- conversion
+
+def convert(context, spec, path: Path) -> None:
+    data = tflite_bytes(context.savedmodel(), spec.quantization, spec.option("io"), context.inputs,
+                        context.calibration)
+    data = add_metadata(data, {**context.metadata, "quantization": spec.quantization})
+    with runs.atomic_path(path) as tmp:
+        tmp.write_bytes(data)
+
+
+def tflite_bytes(savedmodel: Path, quantization: str, io: str, inputs: list[Spec],
+                 sample: dict[str, np.ndarray] | None) -> bytes:
+    """Convert the SavedModel with `quantization` (full-integer needs `sample`)."""
+    import tensorflow as tf
+
+    converter = tf.lite.TFLiteConverter.from_saved_model(str(savedmodel), signature_keys=[SIGNATURE])
+    if quantization == "float16":
+        converter.optimizations = [tf.lite.Optimize.DEFAULT]
+        converter.target_spec.supported_types = [tf.float16]
+    elif quantization == "dynamic":
+        converter.optimizations = [tf.lite.Optimize.DEFAULT]
+    elif quantization == "int8":
+        if sample is None:
+            raise ValueError("full-integer int8 needs a representative sample (a recipe, or --sample FILE.npz)")
+        converter.optimizations = [tf.lite.Optimize.DEFAULT]
+        converter.representative_dataset = lambda: iter(calibration.rows(sample))
+        if calibration.needs_float_inputs(sample):
+            prefix = float_prefix(_convert(tf.lite.TFLiteConverter.from_saved_model(
+                str(savedmodel), signature_keys=[SIGNATURE])))
+            if prefix:
+                return _selective_int8(converter, prefix, sample)
+        converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
+        # Integer inputs (token ids) stay as they are; float I/O becomes int8/uint8 unless io=float32.
+        if io != "float32" and all(np.dtype(s.dtype).kind == "f" for s in inputs):
+            io_type = tf.int8 if io == "int8" else tf.uint8
+            converter.inference_input_type = io_type
+            converter.inference_output_type = io_type
+    return _convert(converter)
+
+
+def float_prefix(model_bytes: bytes) -> list[str]:
+    """Output tensor names of the float TFLite model's input-normalization prefix (see `calibration`)."""
+    from tensorflow.lite.python import schema_py_generated as schema
+    from tensorflow.lite.tools import flatbuffer_utils
+
+    model = flatbuffer_utils.convert_bytearray_to_object(bytearray(model_bytes))
+    graph = model.subgraphs[0]
+    names = {v: k for k, v in vars(schema.BuiltinOperator).items() if not k.startswith("_")}
+    constants = {i for i, t in enumerate(graph.tensors)
+                 if model.buffers[t.buffer].data is not None and len(model.buffers[t.buffer].data)}
+    ops = []
+    for op in graph.operators:
+        code = model.operatorCodes[op.opcodeIndex]
+        ops.append((names.get(max(code.builtinCode, code.deprecatedBuiltinCode)), list(op.inputs), list(op.outputs), op))
+    prefix = calibration.float_prefix(ops, set(graph.inputs), constants, PREFIX_OPS)
+    return [graph.tensors[i].name.decode() for op in prefix for i in op.outputs]
+
+
+def _selective_int8(converter, prefix: list[str], sample) -> bytes:
+    """int8 everywhere but the float input prefix; the model's I/O stays float32."""
+    import tensorflow as tf
+
+    from kerakit.quiet import muted_stderr
+
+    options = tf.lite.experimental.QuantizationDebugOptions(denylisted_nodes=prefix)
+    with muted_stderr():
+        debugger = tf.lite.experimental.QuantizationDebugger(
+            converter=converter, debug_dataset=lambda: iter(calibration.rows(sample)), debug_options=options)
+        return debugger.get_nondebug_quantized_model()
+
+
+def _convert(converter) -> bytes:
+    from kerakit.quiet import muted_stderr
+
+    try:
+        with muted_stderr():
+            return converter.convert()
+    except Exception as e:
+        ops = sorted(set(re.findall(r"'tf\.(\w+)' op is neither a custom op nor a flex op", str(e))))
+        if ops:
+            raise ValueError(f"TensorFlow op(s) {', '.join(ops)} not supported by TFLite builtin ops") from e
+        raise
+
+
+def add_metadata(model_bytes: bytes, metadata: dict) -> bytes:
+    """Embed `metadata` (JSON: name, description, normalization, labels) in the flatbuffer's metadata list.
+
+    Stored under the name "kerakit"; LiteRT ignores unknown metadata entries,
+    and any flatbuffer reader can get it back (`read_metadata`).
+    """
+    from tensorflow.lite.python import schema_py_generated as schema
+    from tensorflow.lite.tools import flatbuffer_utils
+
+    model = flatbuffer_utils.convert_bytearray_to_object(bytearray(model_bytes))
+    buffer = schema.BufferT()
+    buffer.data = np.frombuffer(json.dumps(metadata, sort_keys=True).encode(), dtype=np.uint8)
+    model.buffers.append(buffer)
+    entry = schema.MetadataT()
+    entry.name = "kerakit"
+    entry.buffer = len(model.buffers) - 1
+    model.metadata = [m for m in (model.metadata or []) if m.name != b"kerakit" and m.name != "kerakit"] + [entry]
+    return bytes(flatbuffer_utils.convert_object_to_bytearray(model))
+
+
+def read_metadata(path: Path) -> dict | None:
+    from tensorflow.lite.tools import flatbuffer_utils
+
+    model = flatbuffer_utils.read_model(str(path))
+    for entry in model.metadata or []:
+        name = entry.name.decode() if isinstance(entry.name, bytes) else entry.name
+        if name == "kerakit":
+            return json.loads(bytes(model.buffers[entry.buffer].data).decode())
+    return None
+
+
+# --------------------------------------------------------------------------- runtime
+
+class LiteRTPredictor(Predictor):
+    """A `.tflite` file on LiteRT, through its serving signature.
+
+    int8/uint8 inputs and outputs of a float model are (de)quantized with the
+    tensor's own scale and zero point, so callers pass and get float arrays.
+    """
+
+    format = "tflite"
+
+    def __init__(self, path: Path, threads: int | None = None):
+        super().__init__(path)
+        from ai_edge_litert.interpreter import Interpreter
+
+        from kerakit.quiet import muted_stderr
+
+        try:
+            with muted_stderr():  # "INFO: Created TensorFlow Lite XNNPACK delegate for CPU."
+                self._interpreter = Interpreter(model_path=str(path), num_threads=threads)
+        except (ValueError, RuntimeError) as e:
+            raise KerakitError(f"Cannot load TFLite model {str(path)!r}: {str(e)[:200]} (truncated or corrupt?).") from e
+        signatures = self._interpreter.get_signature_list()
+        if signatures:
+            key = SIGNATURE if SIGNATURE in signatures else next(iter(signatures))
+            self._runner = self._interpreter.get_signature_runner(key)
+            in_details = self._runner.get_input_details()
+            out_details = self._runner.get_output_details()
+        else:  # a model converted without signatures: use tensor order and names
+            self._runner = None
+            self._interpreter.allocate_tensors()
+            in_details = {d["name"]: d for d in self._interpreter.get_input_details()}
+            out_details = {d["name"]: d for d in self._interpreter.get_output_details()}
+        self._in, self._out = in_details, out_details
+        # Callers see float tensors where the file quantized a float model's I/O.
+        self.inputs = [Spec(k, (None, *map(int, d["shape"][1:])), _float_view(d)) for k, d in sorted(in_details.items())]
+        self.outputs = [Spec(k, (None, *map(int, d["shape"][1:])), _float_view(d)) for k, d in sorted(out_details.items())]
+        with muted_stderr():  # the first invoke creates the XNNPACK delegate and says so on stderr
+            self._run({s.name: np.zeros((1, *s.shape[1:]), s.dtype) for s in self.inputs})
+
+    @property
+    def quantized_io(self) -> bool:
+        return any(d["dtype"] in (np.int8, np.uint8) and d["quantization"][0] for d in self._in.values())
+
+    def _run(self, batch):
+        feeds = {k: _quantize(v, self._in[k]) for k, v in batch.items()}
+        out = self._runner(**feeds) if self._runner is not None else self._invoke_by_index(feeds)
+        return {k: _dequantize(v, self._out[k]) for k, v in out.items()}
+
+    def _invoke_by_index(self, feeds):
+        it = self._interpreter
+        for name, value in feeds.items():
+            it.resize_tensor_input(self._in[name]["index"], value.shape)
+        it.allocate_tensors()
+        for name, value in feeds.items():
+            it.set_tensor(self._in[name]["index"], value)
+        it.invoke()
+        return {name: it.get_tensor(d["index"]) for name, d in self._out.items()}
+
+
+def _float_view(detail) -> str:
+    scale = detail["quantization"][0]
+    return "float32" if detail["dtype"] in (np.int8, np.uint8) and scale else np.dtype(detail["dtype"]).name
+
+
+def _quantize(value: np.ndarray, detail) -> np.ndarray:
+    dtype = detail["dtype"]
+    scale, zero_point = detail["quantization"]
+    if dtype in (np.int8, np.uint8) and scale and value.dtype.kind == "f":
+        info = np.iinfo(dtype)
+        return np.clip(np.round(value / scale + zero_point), info.min, info.max).astype(dtype)
+    return value.astype(dtype, copy=False)
+
+
+def _dequantize(value: np.ndarray, detail) -> np.ndarray:
+    scale, zero_point = detail["quantization"]
+    if detail["dtype"] in (np.int8, np.uint8) and scale:
+        return (value.astype(np.float32) - zero_point) * scale
+    return value
+
+
+FORMAT = register(Format(
+    name="tflite",
+    suffix=".tflite",
+    predictor=LiteRTPredictor,
+    variants=(Variant("none", "tflite", "model_fp32.tflite"),
+              Variant("float16", "tflite-fp16", "model_fp16.tflite"),
+              Variant("dynamic", "tflite-dynamic", "model_dynamic.tflite"),
+              Variant("int8", "tflite-int8", "model_int8.tflite")),
+    options={"io": Option("int8", _check_io, "full-integer model inputs/outputs: int8 | uint8 | float32")},
+    convert=convert,
+    runtime_options=("threads",),
+    triton_platform="tensorflow_tflite",
+    repository_files=("model.tflite",),
+))
