@@ -1,0 +1,105 @@
+"""The request log: one JSON line per answered inference request, written by `kerakit serve`
+and read back by `kerakit drift`. This module is the one place the record format lives.
+
+    log = RequestLog("runs/demo/requests.jsonl")
+    log.write("digits", "1", "v2", {"image": x}, {"probabilities": y}, seconds=0.002)
+    series, predictions, described = read("runs/demo/requests.jsonl")
+
+A record holds summary statistics, not raw data (raw inputs only with `raw=True`):
+
+    {"time": "2025-01-01T12:00:00.000+00:00", "model": "digits", "version": "1",
+     "protocol": "v2", "rows": 2, "latency_ms": 1.234,
+     "inputs": {"image": {"mean": [..], "std": [..], "min": [..], "max": [..]}},   # one value per row
+     "outputs": {"probabilities": {"class": [..], "score": [..]}}}                # or {"value": [..]}
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import json
+from pathlib import Path
+
+import numpy as np
+
+from kerakit.errors import KerakitError
+
+STATS = ("mean", "std", "min", "max")  # the keys of row_statistics, in record order
+
+
+def row_statistics(x: np.ndarray) -> dict[str, np.ndarray]:
+    """Per-row mean, std, min, max of one input (any rank; first axis = rows)."""
+    flat = np.asarray(x).reshape(len(x), -1).astype(np.float64)
+    return {"mean": flat.mean(1), "std": flat.std(1), "min": flat.min(1), "max": flat.max(1)}
+
+
+def row_summary(x: np.ndarray, raw: bool = False) -> dict:
+    """Per-row mean, std, min and max of one input (what `drift` compares with training data)."""
+    summary = {k: np.round(v, 6).tolist() for k, v in row_statistics(x).items()}
+    if raw:
+        summary["values"] = x.reshape(len(x), -1).tolist()
+    return summary
+
+
+def output_summary(y: np.ndarray) -> dict:
+    """Per row: the predicted class and its score for a vector output, else the value."""
+    flat = y.reshape(len(y), -1).astype(np.float64)
+    if flat.shape[1] > 1:
+        return {"class": flat.argmax(1).tolist(), "score": np.round(flat.max(1), 6).tolist()}
+    return {"value": np.round(flat[:, 0], 6).tolist()}
+
+
+class RequestLog:
+    """Appends one JSON line per answered inference request (summary statistics, not raw data)."""
+
+    def __init__(self, path: str, raw: bool = False):
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        # Line-buffered, O_APPEND: each record is one write, whole lines even with several workers.
+        self._file = open(self.path, "a", buffering=1, encoding="utf-8")
+        self.raw = raw
+
+    def write(self, model: str, version: str, protocol: str, inputs: dict[str, np.ndarray],
+              outputs: dict[str, np.ndarray], seconds: float) -> None:
+        record = {"time": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="milliseconds"),
+                  "model": model, "version": version, "protocol": protocol,
+                  "rows": len(next(iter(inputs.values()))), "latency_ms": round(seconds * 1000, 3),
+                  "inputs": {k: row_summary(v, self.raw) for k, v in inputs.items()},
+                  "outputs": {k: output_summary(v) for k, v in outputs.items()}}
+        self._file.write(json.dumps(record) + "\n")
+
+    def close(self) -> None:
+        self._file.close()
+
+
+def read(path: "str | Path", max_features: int = 64) -> tuple[dict, dict, str]:
+    """A request log as (series, predictions, description), for `kerakit drift`.
+
+    series: "INPUT.STAT" -> every row's value of that statistic; with raw values
+    logged, also "INPUT[i]" -> feature i of a rank-1 input of at most `max_features`.
+    predictions: {"classes": [...]} or {"values": [...]} from each record's first output.
+    """
+    series: dict[str, list] = {}
+    predictions: dict[str, list] = {}
+    records = 0
+    with open(path, encoding="utf-8") as f:
+        for number, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            try:
+                record = json.loads(line)
+                for name, summary in record["inputs"].items():
+                    for stat in STATS:
+                        series.setdefault(f"{name}.{stat}", []).extend(summary[stat])
+                    if "values" in summary:
+                        values = np.asarray(summary["values"])
+                        for i in range(values.shape[1] if values.ndim == 2 and values.shape[1] <= max_features else 0):
+                            series.setdefault(f"{name}[{i}]", []).extend(values[:, i].tolist())
+                output = next(iter(record["outputs"].values()))
+                key = "classes" if "class" in output else "values"
+                predictions.setdefault(key, []).extend(output["class" if key == "classes" else "value"])
+                records += 1
+            except (ValueError, KeyError, TypeError, AttributeError, StopIteration):
+                raise KerakitError(f"{str(path)}:{number} is not a `kerakit serve` request log record.") from None
+    rows = len(next(iter(series.values()), []))
+    return ({k: np.asarray(v, dtype=np.float64) for k, v in series.items()},
+            {k: np.asarray(v) for k, v in predictions.items()}, f"{rows} rows from {records} logged requests")

@@ -1,0 +1,241 @@
+"""What to serve, and the loaded models: metadata, input checks, inference with dynamic batching.
+
+    entries = resolve("runs/demo")                   # or resolve(model_dir="export/triton")
+    model = Model(entries[0], ServeOptions(max_batch=32))
+    outputs = await model.infer(model.check({"image": x}, max_elements=10**6))
+
+Nothing here knows a protocol: the protocol modules turn requests into
+checked inputs and outputs into responses.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import re
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from kerakit import formats, runs, runtime
+from kerakit.errors import KerakitError
+
+NAME_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,127}")
+VERSION = "1"
+
+
+class BadRequest(Exception):
+    """A client error: answered with `status` and `{"error": message}`."""
+
+    def __init__(self, message: str, status: int = 400):
+        super().__init__(message)
+        self.status = status
+
+
+@dataclass
+class ServeOptions:
+    max_body_bytes: int = 4 * 1024 * 1024
+    max_elements: int = 1_000_000  # numbers in one request, all inputs together
+    max_batch: int = 1             # > 1 turns dynamic batching on
+    batch_wait_ms: float = 1.0
+    threads: int | None = None     # runtime threads (ONNX/LiteRT); None = the model's tuned default
+    log_path: str | None = None
+    log_inputs: bool = False
+
+
+@dataclass
+class ModelEntry:
+    name: str
+    path: str
+    version: str = VERSION
+
+
+# --------------------------------------------------------------------------- what to serve
+
+def check_name(name: str) -> str:
+    if not NAME_PATTERN.fullmatch(name or ""):
+        raise KerakitError(f"Invalid model name {name!r}: use letters, digits, '_', '-', '.' "
+                           "(at most 128, not starting with '.' or '-').")
+    return name
+
+
+def resolve(source: "str | os.PathLike | None" = None, name: str | None = None,
+            model_dir: "str | os.PathLike | None" = None) -> list[ModelEntry]:
+    """The models to serve: one artifact or run, and/or every model of a repository directory.
+
+    A run directory serves its exported ONNX model (`RUN/export/model.onnx`).
+    A model directory is a Triton/TF Serving layout, NAME/VERSION/{model.onnx,
+    model.tflite, saved_model.pb, ...}; the highest numeric version is served.
+    """
+    entries: list[ModelEntry] = []
+    if source is not None:
+        entries.append(_source_entry(Path(source), name))
+    elif name is not None:
+        raise KerakitError("--name names the model given as ARTIFACT_OR_RUN; with --model-dir, names are directory names.")
+    if model_dir is not None:
+        entries += discover(model_dir)
+    if not entries:
+        raise KerakitError("Nothing to serve: pass an artifact or run directory, or --model-dir DIR.")
+    seen = set()
+    for e in entries:
+        if e.name in seen:
+            raise KerakitError(f"Two models are named {e.name!r}; rename one (--name).")
+        seen.add(e.name)
+    return entries
+
+
+def _source_entry(path: Path, name: str | None) -> ModelEntry:
+    if path.is_dir() and runs.is_run(path):
+        onnx = runs.Run(path).export_dir / formats.get("onnx").variant("none").filename
+        if not onnx.exists():
+            raise KerakitError(f"Run {str(path)!r} has no exported ONNX model ({onnx}). "
+                               f"Run `kerakit export {path} --target server` or pass an artifact path.")
+        path = onnx
+    runtime.detect_format(path)
+    if name is None:
+        run = runs.find_run(path)
+        name = run.config.get("recipe") if run is not None else None
+        name = name or (path.stem if path.suffix else path.name)
+    return ModelEntry(check_name(name), str(path))
+
+
+def discover(model_dir: "str | os.PathLike") -> list[ModelEntry]:
+    """Every model of a NAME/VERSION/ repository directory, at its highest version that holds one."""
+    root = Path(model_dir)
+    if not root.is_dir():
+        raise KerakitError(f"Model directory {str(root)!r} does not exist.")
+    root = root.resolve()
+    files = formats.repository_files()
+    markers = {f.marker for f in formats.all_formats() if f.marker}  # a marker file: the directory is the model
+    entries = []
+    for child in sorted(root.iterdir()):
+        if not child.is_dir() or not NAME_PATTERN.fullmatch(child.name):
+            continue
+        versions = sorted((v for v in child.iterdir() if v.is_dir() and v.name.isdigit()), key=lambda v: int(v.name))
+        for version in reversed(versions):
+            found = [version / f for f in files if (version / f).exists()]
+            if found:
+                model = version if found[0].name in markers else found[0]
+                if not model.resolve().is_relative_to(root):  # a symlink pointing out of the repository
+                    raise KerakitError(f"Model {child.name!r} resolves outside {str(root)!r}; refusing to serve it.")
+                entries.append(ModelEntry(child.name, str(model), version.name))
+                break
+    if not entries:
+        raise KerakitError(f"No models in {str(root)!r}: expected NAME/VERSION/model.onnx (or model.tflite, "
+                           "model.keras, saved_model.pb), e.g. an export's triton/ or tfserving/ directory.")
+    return entries
+
+
+# --------------------------------------------------------------------------- models at run time
+
+class Model:
+    """One loaded model: protocol-free metadata, input checks, inference (optionally batched)."""
+
+    def __init__(self, entry: ModelEntry, options: ServeOptions):
+        self.name, self.version, self.path = entry.name, entry.version, entry.path
+        takes_threads = formats.for_path(entry.path).takes_threads
+        load_options = {"threads": options.threads} if options.threads is not None and takes_threads else {}
+        self.predictor = runtime.load(entry.path, **load_options)
+        self.format = self.predictor.format
+        self.platform = formats.get(self.format).triton_platform  # Triton's name, also what v2 metadata reports
+        self.inputs = {s.name: s for s in self.predictor.inputs}
+        self.outputs = {s.name: s for s in self.predictor.outputs}
+        self.max_batch = options.max_batch
+        self.wait_s = options.batch_wait_ms / 1000
+        self.executor = ThreadPoolExecutor(1, thread_name_prefix=f"infer-{self.name}")
+        self.queue: asyncio.Queue | None = None
+        self.batch_sizes: list[int] = []  # rows per model call, when batching (for metrics)
+        # Warm up: the first call of every runtime is slow.
+        self.predictor.run({s.name: np.zeros((1, *[d or 1 for d in s.shape[1:]]), s.dtype)
+                            for s in self.predictor.inputs})
+
+    def check(self, batch: dict[str, np.ndarray], max_elements: int) -> dict[str, np.ndarray]:
+        """`batch` validated and cast for this model, or a BadRequest saying what is wrong."""
+        total = sum(int(v.size) for v in batch.values())
+        if total > max_elements:
+            raise BadRequest(f"Request has {total} numbers; the limit is {max_elements} (--max-elements).", 413)
+        try:
+            checked = self.predictor.validate(batch)
+        except KerakitError as e:
+            raise BadRequest(str(e)) from None
+        sizes = {len(v) for v in checked.values()}
+        if len(sizes) > 1:
+            raise BadRequest(f"Inputs have different batch sizes {sorted(sizes)}; all inputs need the same first dimension.")
+        if 0 in sizes:
+            raise BadRequest("The batch is empty (first dimension 0); send at least one row.")
+        for k, v in checked.items():
+            if v.dtype.kind == "f" and not np.isfinite(v).all():
+                raise BadRequest(f"Input {k!r} contains NaN or infinity (after conversion to {v.dtype}); "
+                                 "this model takes finite numbers only.")
+        return checked
+
+    async def infer(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """Run a checked batch off the event loop; with max_batch > 1, merged with concurrent requests."""
+        loop = asyncio.get_running_loop()
+        if self.max_batch <= 1:
+            return await loop.run_in_executor(self.executor, self.predictor.run, batch)
+        if self.queue is None:
+            self.queue = asyncio.Queue()
+            self._batcher = loop.create_task(self._batch_loop())
+        future = loop.create_future()
+        self.queue.put_nowait((batch, future))
+        return await future
+
+    async def _batch_loop(self) -> None:
+        loop = asyncio.get_running_loop()
+        carry = None
+        while True:
+            first = carry or await self.queue.get()
+            carry = None
+            items, count = [first], rows(first[0])
+            deadline = loop.time() + self.wait_s
+            while count < self.max_batch:
+                try:
+                    item = self.queue.get_nowait()
+                except asyncio.QueueEmpty:
+                    timeout = deadline - loop.time()
+                    if timeout <= 0:
+                        break
+                    try:
+                        item = await asyncio.wait_for(self.queue.get(), timeout)
+                    except asyncio.TimeoutError:
+                        break
+                if count + rows(item[0]) > self.max_batch or _trailing(item[0]) != _trailing(first[0]):
+                    carry = item  # starts the next batch
+                    break
+                items.append(item)
+                count += rows(item[0])
+            await self._run_batch(loop, items)
+
+    async def _run_batch(self, loop, items) -> None:
+        names = list(items[0][0])
+        merged = {k: np.concatenate([b[k] for b, _ in items]) if len(items) > 1 else items[0][0][k] for k in names}
+        try:
+            out = await loop.run_in_executor(self.executor, self.predictor.run, merged)
+        except Exception as e:  # noqa: BLE001 - handed to every waiting request
+            for _, fut in items:
+                if not fut.done():
+                    fut.set_exception(e)
+            return
+        self.batch_sizes.append(rows(merged))
+        start = 0
+        for batch, fut in items:
+            n = rows(batch)
+            if not fut.done():  # a client that went away leaves a cancelled future
+                fut.set_result({k: v[start:start + n] for k, v in out.items()})
+            start += n
+
+    def close(self) -> None:
+        self.executor.shutdown(wait=False)
+        self.predictor.close()
+
+
+def rows(batch: dict[str, np.ndarray]) -> int:
+    """The batch size (first dimension) of a dict of arrays."""
+    return len(next(iter(batch.values())))
+
+
+def _trailing(batch: dict) -> tuple:
+    return tuple((k, v.shape[1:], v.dtype.str) for k, v in batch.items())

@@ -1,0 +1,126 @@
+"""TF Serving's REST API (what TF Serving-style JSON clients send).
+
+    GET  /v1/models/NAME[/versions/V]              model status
+    GET  /v1/models/NAME[/versions/V]/metadata     the serving_default signature
+    POST /v1/models/NAME[/versions/V]:predict      {"instances": rows} or {"inputs": columns}
+
+    inputs, kind = decode(model, b'{"instances": [[1, 2, 3]]}', max_elements=10**6)
+    encode(await model.infer(inputs), kind)
+    # -> {'predictions': [[0.1, 0.9]]}
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
+
+from kerakit.dtypes import tf_type
+from kerakit.serve.decoding import parse_json, to_array
+from kerakit.serve.http import Context
+from kerakit.serve.models import BadRequest, Model, rows
+
+TITLE = "TF Serving"
+PROTOCOL = "tfserving"  # its label in metrics and the request log
+
+
+def infer_url(url: str, name: str) -> str:
+    return f"{url}/v1/models/{name}:predict"
+
+
+# --------------------------------------------------------------------------- metadata
+
+def model_status(model: Model) -> dict:
+    """GET /v1/models/NAME."""
+    return {"model_version_status": [{"version": model.version, "state": "AVAILABLE",
+                                      "status": {"error_code": "OK", "error_message": ""}}]}
+
+
+def model_metadata(model: Model) -> dict:
+    """GET /v1/models/NAME/metadata: one signature, serving_default."""
+    def tensors(specs):
+        return {s.name: {"dtype": tf_type(s.dtype),
+                         "tensor_shape": {"dim": [{"size": str(-1 if d is None else d)} for d in s.shape]},
+                         "name": s.name} for s in specs.values()}
+
+    signature = {"inputs": tensors(model.inputs), "outputs": tensors(model.outputs),
+                 "method_name": "tensorflow/serving/predict"}
+    return {"model_spec": {"name": model.name, "version": model.version, "signature_name": ""},
+            "metadata": {"signature_def": {"signature_def": {"serving_default": signature}}}}
+
+
+# --------------------------------------------------------------------------- requests and responses
+
+def decode(model: Model, body: bytes, max_elements: int) -> tuple[dict, str]:
+    """A :predict request -> (checked inputs, "row" or "columnar": the format to answer in)."""
+    request = parse_json(body)
+    if not isinstance(request, dict):
+        raise BadRequest(f"The request must be a JSON object with 'instances' or 'inputs', got {type(request).__name__}.")
+    signature = request.get("signature_name", "serving_default")
+    if signature != "serving_default":
+        raise BadRequest(f"Unknown signature_name {str(signature)[:100]!r}; this model has 'serving_default'.")
+    if ("instances" in request) == ("inputs" in request):
+        raise BadRequest("Send exactly one of 'instances' (row format) or 'inputs' (columnar format).")
+    names = list(model.inputs)
+    if "instances" in request:
+        columns, kind = _columns_of_rows(request["instances"], names), "row"
+    else:
+        columns, kind = _columns(request["inputs"], names), "columnar"
+    arrays = {n: to_array(columns[n], model.inputs[n].dtype, f"input {n!r}") for n in names}
+    return model.check(arrays, max_elements), kind
+
+
+def _columns_of_rows(instances, names: list[str]) -> dict:
+    """The row format: a list of rows, each keyed by input name (a bare value for one input)."""
+    if not isinstance(instances, list) or not instances:
+        raise BadRequest("'instances' must be a non-empty list of rows.")
+    if all(isinstance(row, dict) for row in instances):
+        for i, row in enumerate(instances):
+            if set(row) != set(names):
+                raise BadRequest(f"instances[{i}] has keys {sorted(map(str, row))[:10]}; the model's inputs are {sorted(names)}.")
+        return {n: [row[n] for row in instances] for n in names}
+    if len(names) == 1 and not any(isinstance(row, dict) for row in instances):
+        return {names[0]: instances}
+    raise BadRequest(f"Each instance must be an object keyed by input name {sorted(names)}.")
+
+
+def _columns(inputs, names: list[str]) -> dict:
+    """The columnar format: whole inputs keyed by name (a bare value for one input)."""
+    if isinstance(inputs, dict):
+        if set(inputs) != set(names):
+            raise BadRequest(f"'inputs' has keys {sorted(map(str, inputs))[:10]}; the model's inputs are {sorted(names)}.")
+        return inputs
+    if len(names) == 1:
+        return {names[0]: inputs}
+    raise BadRequest(f"'inputs' must be an object keyed by input name {sorted(names)}.")
+
+
+def encode(result: dict[str, np.ndarray], kind: str) -> dict:
+    """The response JSON, in the format the request came in."""
+    if kind == "row":
+        if len(result) == 1:
+            return {"predictions": next(iter(result.values())).tolist()}
+        return {"predictions": [{k: v[i].tolist() for k, v in result.items()} for i in range(rows(result))]}
+    if len(result) == 1:
+        return {"outputs": next(iter(result.values())).tolist()}
+    return {"outputs": {k: v.tolist() for k, v in result.items()}}
+
+
+# --------------------------------------------------------------------------- routes
+
+def routes(ctx: Context) -> list[Route]:
+    def decode_request(model: Model, body: bytes, request: Request):
+        return decode(model, body, ctx.options.max_elements)
+
+    def encode_response(model: Model, kind: str, outputs: dict) -> Response:
+        return JSONResponse(encode(outputs, kind))
+
+    async def predict(request: Request) -> Response:
+        return await ctx.answer(request, PROTOCOL, decode_request, encode_response)
+
+    table = []
+    for prefix in ("/v1/models/{name}", "/v1/models/{name}/versions/{version}"):
+        table += [Route(prefix, ctx.describe(model_status)), Route(prefix + "/metadata", ctx.describe(model_metadata)),
+                  Route(prefix + ":predict", predict, methods=["POST"])]
+    return table
