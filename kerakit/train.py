@@ -1,7 +1,7 @@
 """`kerakit train`: one recipe -> one run directory.
 
->>> run = kerakit.train("digits_cnn", epochs=3)
->>> run.metrics["accuracy"]
+    run = kerakit.train("digits_cnn", epochs=3)
+    run.metrics["accuracy"]
 
 Rerunning with the same `out` resumes an interrupted run from its last
 finished epoch (BackupAndRestore) and returns a finished one unchanged.
@@ -17,6 +17,7 @@ import shutil
 import sys
 import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
@@ -24,8 +25,23 @@ from kerakit import distribute, runs
 from kerakit.errors import KerakitError
 from kerakit.recipe import Recipe, load_recipe
 
-BACKUP_DIR = "backup"
-CHECKPOINT_DIR = "checkpoints"
+KERAS_BACKUP_STATE = "training_metadata.json"  # written by keras.callbacks.BackupAndRestore
+
+
+@dataclass
+class _Job:
+    """One `train` call's request, resolved before TensorFlow starts."""
+
+    recipe: Recipe
+    config: dict
+    hp_values: dict  # from --hparams, then overrides
+    hp_overrides: dict  # overrides that are not config keys: checked once the search space is known
+    requested: dict  # what config.json records; a rerun on the same directory must match it
+    strategy: str
+    run: runs.Run
+    work: runs.Run  # where training writes: the run itself, or a private directory on a non-chief worker
+    chief: bool
+    started: float
 
 
 def train(
@@ -45,95 +61,139 @@ def train(
     hparams: a dict or a JSON file of hyperparameter values (e.g. a tuner's
     best_hparams.json); `overrides` win over it.
     """
-    started = time.time()
+    job = _setup(recipe, out, strategy, hparams, overrides, started=time.time())
+    if job.chief:
+        finished = _check_previous(job.run, job.requested, overwrite, log)
+        if finished is not None:
+            return finished
+        runs.write_json(job.run.config_path, job.requested)
+        runs.copy_file(job.recipe.path, job.run.recipe_path)
+
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    import keras
+
+    from kerakit.data import load_data
+
+    dist = distribute.make_strategy(job.strategy)  # before other TF work (multi-worker needs it first)
+    # Seeded before the data (its shuffle combines the global seed with its own) and again after:
+    # preparing a dataset the first time runs seeded TF ops, and the model's initial weights must
+    # not depend on whether TFDS had the data on disk already.
+    keras.utils.set_random_seed(job.config["seed"])
+    data = load_data(job.recipe, job.config, data_dir)
+    keras.utils.set_random_seed(job.config["seed"])
+    model, hp = _build_model(job, data, dist)
+    try:
+        best, resumed_from = _fit(job, model, data, hp, verbose, log)
+    finally:
+        if not job.chief:
+            shutil.rmtree(job.work.path, ignore_errors=True)
+    if not job.chief:
+        return job.run
+    metrics = _save_model(job, model, best, data, hp)
+    _finish_run(job, data, dist, hp, best, resumed_from, data_dir)
+    log(f"Run written to {job.run.path}  ({job.recipe.metric}={metrics[job.recipe.metric]:.4f} on test)")
+    return job.run
+
+
+def _setup(recipe, out, strategy, hparams, overrides: dict, started: float) -> _Job:
+    """Resolve the recipe, config, hyperparameters and directories; nothing is written yet."""
     recipe = load_recipe(recipe)
     config, hp_overrides = recipe.resolve_config(overrides)
     strategy_name = distribute.check_name(strategy)
     hp_values = {**_load_hparams(hparams), **hp_overrides}
-    requested = {"config": config, "hparams_requested": hp_values, "recipe": recipe.name}
-
     out = Path(out) if out else Path("runs") / f"{recipe.name}-{_dt.datetime.now():%Y%m%d-%H%M%S}"
     chief = distribute.is_chief(strategy_name)
     # Non-chief workers train in lockstep but keep their files out of the run.
     workdir = out if chief else Path(tempfile.mkdtemp(prefix="kerakit-worker-"))
     runs.ensure_writable_dir(workdir)
-    if chief:
-        finished = _check_previous(out, requested, overwrite, log)
-        if finished is not None:
-            return finished
-        runs.write_json(out / runs.CONFIG_FILE, requested)
-        runs.copy_file(recipe.path, out / runs.RECIPE_FILE)
+    return _Job(recipe=recipe, config=config, hp_values=hp_values, hp_overrides=hp_overrides,
+                requested={"config": config, "hparams_requested": hp_values, "recipe": recipe.name},
+                strategy=strategy_name, run=runs.Run(out), work=runs.Run(workdir), chief=chief, started=started)
 
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    import keras
+
+def _build_model(job: _Job, data, dist):
+    """The recipe's model with every requested hyperparameter fixed, built in the strategy's scope."""
     import keras_tuner
 
-    from kerakit.callbacks import BestCheckpoint
-    from kerakit.data import load_data
-    from kerakit.evaluate import evaluate_model
-
-    dist = distribute.make_strategy(strategy_name)  # before other TF work (multi-worker needs it first)
-    keras.utils.set_random_seed(config["seed"])
-    data = load_data(recipe, config, data_dir)
-
     hp = keras_tuner.HyperParameters()
-    if hp_overrides:
-        hp_values = {**hp_values, **recipe.check_hparams(hp_overrides, search_space(recipe, data))}
+    hp_values = job.hp_values
+    if job.hp_overrides:
+        hp_values = {**hp_values, **job.recipe.check_hparams(job.hp_overrides, search_space(job.recipe, data))}
     for name, value in hp_values.items():
         hp.Fixed(name, value)
     with dist.scope():
-        model = recipe.build_model(hp, data)
-    _check_model(recipe, model)
+        model = job.recipe.build_model(hp, data)
+    _check_model(job.recipe, model)
     distribute.prepare_fit(dist, model, next(iter(data.train)))
+    return model, hp
 
-    backup = workdir / BACKUP_DIR
-    resumed_from = resume_epoch(backup)
+
+def _fit(job: _Job, model, data, hp, verbose, log):
+    """model.fit with kerakit's callbacks, resuming from the backup; returns (BestCheckpoint, resumed epoch)."""
+    import keras
+
+    from kerakit.callbacks import BestCheckpoint
+
+    recipe, work = job.recipe, job.work
+    resumed_from = resume_epoch(work.backup_dir)
     if resumed_from:
-        log(f"Resuming {recipe.name} from epoch {resumed_from} (backup in {backup}).")
+        log(f"Resuming {recipe.name} from epoch {resumed_from} (backup in {work.backup_dir}).")
     direction = recipe.metric_direction
-    best = BestCheckpoint(workdir / CHECKPOINT_DIR, recipe.monitor, direction)
+    best = BestCheckpoint(work.checkpoint_dir, recipe.monitor, direction)
     callbacks = [
         best,
-        keras.callbacks.EarlyStopping(recipe.monitor, mode=direction, patience=config["patience"]),
-        keras.callbacks.TensorBoard(str(workdir / "logs")),
-        keras.callbacks.CSVLogger(str(workdir / runs.HISTORY_FILE), append=True),
+        keras.callbacks.EarlyStopping(recipe.monitor, mode=direction, patience=job.config["patience"]),
+        keras.callbacks.TensorBoard(str(work.logs_dir)),
+        keras.callbacks.CSVLogger(str(work.history_path), append=True),
         keras.callbacks.TerminateOnNaN(),
         # Last: an epoch counts as done for resuming only once its history row
         # and best checkpoint are on disk (a kill in between repeats the epoch).
-        keras.callbacks.BackupAndRestore(str(backup), double_checkpoint=True),
+        keras.callbacks.BackupAndRestore(str(work.backup_dir), double_checkpoint=True),
     ]
     if verbose == "auto":
         verbose = 1 if sys.stdout.isatty() else 2
-    try:
-        history = model.fit(data.train, validation_data=data.val, epochs=config["epochs"],
-                            callbacks=callbacks, verbose=verbose, shuffle=False)
-    finally:
-        if not chief:
-            shutil.rmtree(workdir, ignore_errors=True)
-    losses = history.history.get("loss", [])
-    if losses and not math.isfinite(losses[-1]):
-        shutil.rmtree(backup, ignore_errors=True)  # the backup holds NaN weights: never resume from it
-        lr = hp_values.get("learning_rate", hp.values.get("learning_rate"))
-        raise KerakitError(
-            f"Training {recipe.name} stopped: loss became {losses[-1]} in epoch {len(losses) + resumed_from}"
-            + (f" with learning_rate={lr}" if lr is not None else "")
-            + ". Lower the learning rate or check the data for NaN/inf values."
-        )
-    if not chief:
-        return runs.Run(out)
+    history = model.fit(data.train, validation_data=data.val, epochs=job.config["epochs"],
+                        callbacks=callbacks, verbose=verbose, shuffle=False)
+    _check_finite_loss(job, history.history.get("loss", []), hp, resumed_from)
+    return best, resumed_from
 
-    with runs.atomic_path(out / runs.MODEL_FILE) as tmp:
+
+def _check_finite_loss(job: _Job, losses: list, hp, resumed_from: int) -> None:
+    if not losses or math.isfinite(losses[-1]):
+        return
+    shutil.rmtree(job.work.backup_dir, ignore_errors=True)  # the backup holds NaN weights: never resume from it
+    lr = hp.values.get("learning_rate")
+    raise KerakitError(
+        f"Training {job.recipe.name} stopped: loss became {losses[-1]} in epoch {len(losses) + resumed_from}"
+        + (f" with learning_rate={lr}" if lr is not None else "")
+        + ". Lower the learning rate or check the data for NaN/inf values."
+    )
+
+
+def _save_model(job: _Job, model, best, data, hp) -> dict:
+    """Write the best model, the cleaned history, test metrics and the final config; return the metrics."""
+    import keras
+
+    from kerakit.evaluate import evaluate_model
+
+    run = job.run
+    with runs.atomic_path(run.model_path) as tmp:
         model.save(tmp)
         if best.path.exists():
             shutil.copyfile(best.path, tmp)
     # Reloaded outside the strategy scope: evaluation must not wait on other workers.
-    model = keras.saving.load_model(out / runs.MODEL_FILE)
-    _dedupe_history(out / runs.HISTORY_FILE)
+    model = keras.saving.load_model(run.model_path)
+    _dedupe_history(run.history_path)
     metrics = evaluate_model(model, data, "test")
-    runs.write_json(out / runs.METRICS_FILE, metrics)
-    runs.write_json(out / runs.CONFIG_FILE, {**requested, "hparams": dict(hp.values)})
+    runs.write_json(run.metrics_path, metrics)
+    runs.write_json(run.config_path, {**job.requested, "hparams": dict(hp.values)})
+    return metrics
 
-    artifacts = [runs.MODEL_FILE, runs.CONFIG_FILE, runs.HISTORY_FILE, runs.METRICS_FILE, runs.RECIPE_FILE]
+
+def _finish_run(job: _Job, data, dist, hp, best, resumed_from: int, data_dir: str | None) -> None:
+    """Write the manifest last (it marks the run finished) and drop the training-only checkpoint."""
+    run, recipe, config = job.run, job.recipe, job.config
+    artifacts = [run.model_path, run.config_path, run.history_path, run.metrics_path, run.recipe_path]
     manifest = {
         "kind": "train",
         "recipe": {"name": recipe.name, "source": str(recipe.path), "task": recipe.task,
@@ -143,22 +203,20 @@ def train(
         "config": config,
         "hparams": dict(hp.values),
         "seeds": {"seed": config["seed"], "shuffle_seed": config["seed"]},
-        "strategy": {"name": strategy_name, "replicas": dist.num_replicas_in_sync},
+        "strategy": {"name": job.strategy, "replicas": dist.num_replicas_in_sync},
         "data": data.fingerprint,
         "data_dir": data_dir,
         "versions": library_versions(),
         "code": code_version(recipe.path),
-        "training": {"epochs_run": len(_read_history(out / runs.HISTORY_FILE)),
+        "training": {"epochs_run": len(_read_history(run.history_path)),
                      "best_epoch": best.best_epoch, "best_" + recipe.monitor: best.best,
                      "resumed_from_epoch": resumed_from},
-        "started": _dt.datetime.fromtimestamp(started).isoformat(timespec="seconds"),
-        "wall_seconds": round(time.time() - started, 2),
-        "artifacts": {name: runs.sha256(out / name) for name in artifacts},
+        "started": _dt.datetime.fromtimestamp(job.started).isoformat(timespec="seconds"),
+        "wall_seconds": round(time.time() - job.started, 2),
+        "artifacts": {path.name: runs.sha256(path) for path in artifacts},
     }
-    runs.write_json(out / runs.MANIFEST_FILE, manifest)
-    shutil.rmtree(out / CHECKPOINT_DIR, ignore_errors=True)
-    log(f"Run written to {out}  ({recipe.metric}={metrics[recipe.metric]:.4f} on test)")
-    return runs.Run(out)
+    runs.write_json(run.manifest_path, manifest)
+    shutil.rmtree(run.checkpoint_dir, ignore_errors=True)
 
 
 def _load_hparams(hparams) -> dict:
@@ -176,18 +234,17 @@ def _load_hparams(hparams) -> dict:
     return values.get("values", values) if isinstance(values.get("values"), dict) else values
 
 
-def _check_previous(out: Path, requested: dict, overwrite: bool, log) -> runs.Run | None:
+def _check_previous(run: runs.Run, requested: dict, overwrite: bool, log) -> runs.Run | None:
     """A finished run with the same request is returned; any other mismatch is an error."""
-    config_path = out / runs.CONFIG_FILE
-    if not config_path.exists():
+    if not run.config_path.exists():
         return None
-    previous = runs.read_json(config_path)
+    previous = runs.read_json(run.config_path)
     same = {k: previous.get(k) for k in requested} == requested
     if overwrite:
-        for name in (runs.MANIFEST_FILE, runs.MODEL_FILE, runs.METRICS_FILE, runs.HISTORY_FILE, runs.CONFIG_FILE):
-            (out / name).unlink(missing_ok=True)
-        for name in (BACKUP_DIR, CHECKPOINT_DIR, "logs"):
-            shutil.rmtree(out / name, ignore_errors=True)
+        for path in (run.manifest_path, run.model_path, run.metrics_path, run.history_path, run.config_path):
+            path.unlink(missing_ok=True)
+        for path in (run.backup_dir, run.checkpoint_dir, run.logs_dir):
+            shutil.rmtree(path, ignore_errors=True)
         return None
     if not same:
         changed = sorted(
@@ -199,12 +256,12 @@ def _check_previous(out: Path, requested: dict, overwrite: bool, log) -> runs.Ru
         if previous.get("recipe") != requested["recipe"]:
             changed.append("recipe")
         raise KerakitError(
-            f"{out} already holds a run of {previous.get('recipe')!r} with a different request "
+            f"{run.path} already holds a run of {previous.get('recipe')!r} with a different request "
             f"(changed: {', '.join(changed)}). Use another --out, or --overwrite to replace it."
         )
-    if (out / runs.MANIFEST_FILE).exists():
-        log(f"{out} already holds this finished run; nothing to do (use --overwrite to retrain).")
-        return runs.Run(out)
+    if run.manifest_path.exists():
+        log(f"{run.path} already holds this finished run; nothing to do (use --overwrite to retrain).")
+        return runs.Run(run.path)
     return None
 
 
@@ -236,7 +293,7 @@ def _check_model(recipe: Recipe, model) -> None:
 
 
 def resume_epoch(backup: Path) -> int:
-    meta = backup / "training_metadata.json"
+    meta = Path(backup) / KERAS_BACKUP_STATE
     try:
         return int(runs.read_json(meta)["epoch"]) if meta.exists() else 0
     except (ValueError, KeyError):
