@@ -1,7 +1,8 @@
 """`kerakit drift`: has what the model now sees moved away from what it was trained on?
 
->>> result = kerakit.drift.drift("runs/demo", "runs/demo/requests.jsonl")
->>> result["drift"], [r["series"] for r in result["series"] if r["drift"]]
+    from kerakit.drift import drift
+    result = drift("runs/demo", "runs/demo/requests.jsonl")  # a run, and its `kerakit serve` log
+    result["drift"], result["drifted"]
 
 The reference is the run's training split, summarised once into
 RUN/data_profile.json: for every input, the per-row mean, std, min and max
@@ -19,28 +20,20 @@ usual "significant shift") or KS > ks_threshold (0.2).
 
 from __future__ import annotations
 
-import json
 import os
 from pathlib import Path
 
 import numpy as np
 
-from kerakit import runs
+from kerakit import request_log, runs
 from kerakit.errors import KerakitError
+from kerakit.request_log import row_statistics
 
-PROFILE_FILE = "data_profile.json"
 PROFILE_VERSION = 2  # bump when the summary or its binning changes: older profiles are recomputed
-STATS = ("mean", "std", "min", "max")
 MAX_TABULAR_FEATURES = 64
 SAMPLE = 2000        # reference values kept per series, for KS
 MIN_ROWS = 30
 EPS = 1e-4
-
-
-def row_statistics(x: np.ndarray) -> dict[str, np.ndarray]:
-    """Per-row mean, std, min, max of one input (any rank; first axis = rows)."""
-    flat = np.asarray(x).reshape(len(x), -1).astype(np.float64)
-    return {"mean": flat.mean(1), "std": flat.std(1), "min": flat.min(1), "max": flat.max(1)}
 
 
 def _series_of_inputs(inputs: dict[str, np.ndarray], feature_names: dict[str, list[str]] | None = None) -> dict[str, np.ndarray]:
@@ -63,7 +56,8 @@ def _prediction_summary(outputs: np.ndarray) -> dict:
     return {"values": flat[:, 0].astype(np.float64)}
 
 
-def _reference_series(values: np.ndarray) -> dict:
+def summarize(values: np.ndarray) -> dict:
+    """One reference series: its decile edges, the share of values in each bin (for PSI), and a sorted sample (for KS)."""
     values = np.asarray(values, dtype=np.float64)
     edges = np.unique(np.quantile(values, np.linspace(0, 1, 11)[1:-1]))
     counts = np.bincount(np.searchsorted(edges, values, side="left"), minlength=len(edges) + 1)
@@ -78,10 +72,10 @@ def profile(run_path: "str | os.PathLike", data_dir: str | None = None, refresh:
             predictor=None) -> dict:
     """The run's training-split profile (computed once, then read from RUN/data_profile.json).
 
-    predictor: the run's model already open as a `runtime.KerasPredictor`, to not load it twice.
+    predictor: the run's model already open as a `kerakit.formats.keras.KerasPredictor`, to not load it twice.
     """
     run = runs.Run.open(run_path)
-    path = run.path / PROFILE_FILE
+    path = run.data_profile
     if path.exists() and not refresh:
         stored = runs.read_json(path)
         if stored.get("version") == PROFILE_VERSION:
@@ -92,13 +86,14 @@ def profile(run_path: "str | os.PathLike", data_dir: str | None = None, refresh:
     data = load_data(recipe, run.config["config"], data_dir)
     x, _ = data.arrays("train")
     from kerakit import runtime
+    from kerakit.formats.keras import KerasPredictor
 
-    predictor = predictor or runtime.KerasPredictor(run.model_path)
+    predictor = predictor or KerasPredictor(run.model_path)
     outputs = runtime.first_output(predictor, x)
     names = {i.name: recipe.feature_names for i in recipe.inputs if recipe.feature_names and len(i.shape) == 1}
     result = {"version": PROFILE_VERSION, "recipe": recipe.name, "split": "train", "rows": int(len(next(iter(x.values())))),
               "feature_names": names,
-              "series": {k: _reference_series(v) for k, v in _series_of_inputs(x, names).items()}}
+              "series": {k: summarize(v) for k, v in _series_of_inputs(x, names).items()}}
     prediction = _prediction_summary(outputs)
     if "classes" in prediction:
         n = outputs.reshape(len(outputs), -1).shape[1]
@@ -106,7 +101,7 @@ def profile(run_path: "str | os.PathLike", data_dir: str | None = None, refresh:
         result["predictions"] = {"kind": "classes", "proportions": (counts / counts.sum()).tolist(),
                                  "class_names": data.class_names or [str(i) for i in range(n)]}
     else:
-        result["predictions"] = {"kind": "values", **_reference_series(prediction["values"])}
+        result["predictions"] = {"kind": "values", **summarize(prediction["values"])}
     runs.write_json(path, result)
     return result
 
@@ -148,52 +143,58 @@ def load_new(path: "str | os.PathLike", run: runs.Run, feature_names: dict) -> t
 
 
 def _from_log(path: Path) -> tuple[dict, dict, str]:
-    series: dict[str, list] = {}
-    predictions: dict[str, list] = {}
-    records = 0
-    with open(path, encoding="utf-8") as f:
-        for number, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                record = json.loads(line)
-                for name, summary in record["inputs"].items():
-                    for stat in STATS:
-                        series.setdefault(f"{name}.{stat}", []).extend(summary[stat])
-                    if "values" in summary:
-                        values = np.asarray(summary["values"])
-                        for i in range(values.shape[1] if values.ndim == 2 and values.shape[1] <= MAX_TABULAR_FEATURES else 0):
-                            series.setdefault(f"{name}[{i}]", []).extend(values[:, i].tolist())
-                output = next(iter(record["outputs"].values()))
-                key = "classes" if "class" in output else "values"
-                predictions.setdefault(key, []).extend(output["class" if key == "classes" else "value"])
-                records += 1
-            except (ValueError, KeyError, TypeError, AttributeError, StopIteration):
-                raise KerakitError(f"{str(path)}:{number} is not a `kerakit serve` request log record.") from None
-    rows = len(next(iter(series.values()), []))
-    return ({k: np.asarray(v, dtype=np.float64) for k, v in series.items()},
-            {k: np.asarray(v) for k, v in predictions.items()}, f"{rows} rows from {records} logged requests")
+    return request_log.read(path, MAX_TABULAR_FEATURES)
 
 
 # --------------------------------------------------------------------------- comparison
 
 def psi(reference: dict, values: np.ndarray) -> float:
+    """Population stability index of `values` over the decile bins of a `summarize`d reference."""
     edges = np.asarray(reference["edges"])
     counts = np.bincount(np.searchsorted(edges, values, side="left"), minlength=len(edges) + 1)
-    return _psi(np.asarray(reference["proportions"]), counts / counts.sum())
+    return proportions_psi(np.asarray(reference["proportions"]), counts / counts.sum())
 
 
-def _psi(expected: np.ndarray, actual: np.ndarray) -> float:
+def proportions_psi(expected: np.ndarray, actual: np.ndarray) -> float:
+    """PSI of two distributions over the same bins (or classes); empty bins count as EPS, not log(0)."""
     expected, actual = np.clip(expected, EPS, None), np.clip(actual, EPS, None)
     return float(np.sum((actual - expected) * np.log(actual / expected)))
 
 
-def drift(run_path: "str | os.PathLike", data: "str | os.PathLike", psi_threshold: float = 0.2,
-          ks_threshold: float = 0.2, data_dir: str | None = None) -> dict:
+def compare_series(reference: dict, values: np.ndarray, psi_threshold: float = 0.2, ks_threshold: float = 0.2) -> dict:
+    """PSI and two-sample KS statistic of new `values` against one `summarize`d reference series.
+
+    >>> rng = np.random.default_rng(0)
+    >>> compare_series(summarize(rng.normal(size=5000)), rng.normal(1.0, size=500))["drift"]
+    True
+    """
     from scipy.stats import ks_2samp
 
+    values = np.asarray(values, dtype=np.float64)
+    sample = np.asarray(reference["sample"])
+    value = psi(reference, values)
+    ks = float(ks_2samp(sample, values).statistic)
+    return {"psi": round(value, 4), "ks": round(ks, 4), "reference_median": float(np.median(sample)),
+            "new_median": float(np.median(values)), "drift": value > psi_threshold or ks > ks_threshold}
+
+
+def drift(run_path: "str | os.PathLike", data: "str | os.PathLike", psi_threshold: float = 0.2,
+          ks_threshold: float = 0.2, data_dir: str | None = None) -> dict:
+    """Compare the new `data` with the run's training-data profile, series by series and predictions."""
     run = runs.Run.open(run_path)
     reference = profile(run.path, data_dir)
+    series, predictions, described = _new_series(data, run, reference)
+    table = [{"series": name, **compare_series(ref, series[name], psi_threshold, ks_threshold)}
+             for name, ref in reference["series"].items() if name in series]
+    prediction = _compare_predictions(reference["predictions"], predictions, psi_threshold, ks_threshold)
+    drifted = [r["series"] for r in table if r["drift"]] + (["predictions"] if prediction and prediction["drift"] else [])
+    return {"run": str(run.path), "data": str(data), "described": described, "rows": len(next(iter(series.values()))),
+            "thresholds": {"psi": psi_threshold, "ks": ks_threshold}, "series": table, "predictions": prediction,
+            "drifted": drifted, "drift": bool(drifted)}
+
+
+def _new_series(data, run: runs.Run, reference: dict) -> tuple[dict, dict, str]:
+    """The new data's series named as in the profile, and its predictions; too few rows is an error."""
     series, predictions, described = load_new(data, run, reference.get("feature_names") or {})
     # Log records name tabular features by index; the profile by name.
     for name, features in (reference.get("feature_names") or {}).items():
@@ -203,32 +204,19 @@ def drift(run_path: "str | os.PathLike", data: "str | os.PathLike", psi_threshol
     rows = len(next(iter(series.values()), []))
     if rows < MIN_ROWS:
         raise KerakitError(f"{str(data)!r} has {rows} rows; a drift check needs at least {MIN_ROWS}.")
-    table = []
-    for name, ref in reference["series"].items():
-        if name not in series:
-            continue
-        values = series[name]
-        ks = float(ks_2samp(np.asarray(ref["sample"]), values).statistic)
-        value = psi(ref, values)
-        table.append({"series": name, "psi": round(value, 4), "ks": round(ks, 4),
-                      "reference_median": float(np.median(ref["sample"])), "new_median": float(np.median(values)),
-                      "drift": value > psi_threshold or ks > ks_threshold})
-    ref_pred = reference["predictions"]
-    prediction = None
+    return series, predictions, described
+
+
+def _compare_predictions(ref_pred: dict, predictions: dict, psi_threshold: float, ks_threshold: float) -> dict | None:
+    """Predicted classes by PSI over classes; predicted values like any other series."""
     if ref_pred["kind"] == "classes" and "classes" in predictions:
         n = len(ref_pred["proportions"])
         counts = np.bincount(np.clip(predictions["classes"].astype(int), 0, n - 1), minlength=n)
         new = counts / counts.sum()
-        value = _psi(np.asarray(ref_pred["proportions"]), new)
-        prediction = {"kind": "classes", "psi": round(value, 4), "reference": ref_pred["proportions"],
-                      "new": new.tolist(), "class_names": ref_pred["class_names"], "drift": value > psi_threshold}
-    elif ref_pred["kind"] == "values" and "values" in predictions:
-        values = predictions["values"].astype(np.float64)
-        value = psi(ref_pred, values)
-        ks = float(ks_2samp(np.asarray(ref_pred["sample"]), values).statistic)
-        prediction = {"kind": "values", "psi": round(value, 4), "ks": round(ks, 4),
-                      "drift": value > psi_threshold or ks > ks_threshold}
-    drifted = [r["series"] for r in table if r["drift"]] + (["predictions"] if prediction and prediction["drift"] else [])
-    return {"run": str(run.path), "data": str(data), "described": described, "rows": rows,
-            "thresholds": {"psi": psi_threshold, "ks": ks_threshold}, "series": table, "predictions": prediction,
-            "drifted": drifted, "drift": bool(drifted)}
+        value = proportions_psi(np.asarray(ref_pred["proportions"]), new)
+        return {"kind": "classes", "psi": round(value, 4), "reference": ref_pred["proportions"],
+                "new": new.tolist(), "class_names": ref_pred["class_names"], "drift": value > psi_threshold}
+    if ref_pred["kind"] == "values" and "values" in predictions:
+        row = compare_series(ref_pred, predictions["values"], psi_threshold, ks_threshold)
+        return {"kind": "values", "psi": row["psi"], "ks": row["ks"], "drift": row["drift"]}
+    return None

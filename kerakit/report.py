@@ -1,7 +1,10 @@
 """`kerakit report RUN`: a Markdown model card and a self-contained HTML page.
 
->>> result = kerakit.report.report("runs/demo")
->>> result["html"], result["flags"]
+    from kerakit.report import report
+    result = report("runs/demo")  # a finished run: kerakit train digits_cnn --out runs/demo
+    result["html"]
+    # -> 'runs/demo/report/index.html'
+    result["flags"]  # one line per concern: a weak class or slice, an artifact that failed verification
 
 Written to RUN/report/: model_card.md (with its PNG figures beside it) and
 index.html (the same content, figures embedded, opens anywhere offline).
@@ -11,6 +14,10 @@ confusion matrix, slices, interpretability (permutation importance for a
 tabular input, gradient saliency for an image input), the deployment table
 (from `kerakit export` and `kerakit bench`), reproducibility and library
 versions. The Markdown is the single source; the HTML is rendered from it.
+
+Every number that judges the model (summary, slices, permutation importance,
+deployment) is the recipe's METRIC, read in its direction (`kerakit.metrics`):
+accuracy for the classification recipes, MAE for the regression one.
 """
 
 from __future__ import annotations
@@ -20,13 +27,16 @@ import datetime as _dt
 import html
 import os
 import re
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
-from kerakit import runs, runtime
+from kerakit import metrics, runs, runtime
+from kerakit.formats.keras import KerasPredictor
+from kerakit.recipe import Recipe
 
-REPORT_DIR = "report"
 MAX_SALIENCY = 6
 PERMUTATION_REPEATS = 5
 
@@ -140,18 +150,11 @@ def saliency_figure(images: np.ndarray, saliency: np.ndarray, titles: list[str],
 
 # --------------------------------------------------------------------------- analyses
 
-def _score(task: str, y, outputs) -> float:
-    """Higher is better: `evaluate`'s accuracy, or its RMSE negated."""
-    from kerakit.evaluate import task_metrics
-
-    metrics = task_metrics(task, y, outputs)
-    return metrics["accuracy"] if task == "classification" else -metrics["rmse"]
-
-
-def permutation_importance(predict, x: dict, y, task: str, name: str, feature_names: list[str] | None,
-                           seed: int = 0) -> list[dict]:
+def permutation_importance(predict, x: dict, y, task: str, metric: str, name: str,
+                           feature_names: list[str] | None, seed: int = 0) -> list[dict]:
+    """How much worse `metric` gets when one feature of input `name` is shuffled, per feature."""
     rng = np.random.default_rng(seed)
-    base = _score(task, y, predict(x))
+    base = metrics.score(task, metric, y, predict(x))
     n_features = x[name].shape[1]
     names = feature_names if feature_names and len(feature_names) == n_features else [f"feature {i}" for i in range(n_features)]
     rows = []
@@ -160,7 +163,7 @@ def permutation_importance(predict, x: dict, y, task: str, name: str, feature_na
         for _ in range(PERMUTATION_REPEATS):
             shuffled = x[name].copy()
             shuffled[:, j] = rng.permutation(shuffled[:, j])
-            drops.append(base - _score(task, y, predict({**x, name: shuffled})))
+            drops.append(metrics.worsening(metric, base, metrics.score(task, metric, y, predict({**x, name: shuffled}))))
         rows.append({"feature": names[j], "importance": float(np.mean(drops)), "std": float(np.std(drops))})
     return sorted(rows, key=lambda r: -r["importance"])
 
@@ -181,6 +184,12 @@ def saliency(model, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 
 
 def slices(recipe, x: dict, y, outputs, overall: float) -> list[dict]:
+    """The recipe's metric on each of its SLICES; flagged when worse than `overall` by more than SLICE_MARGIN.
+
+    The margin is absolute for a score (0.05: five accuracy points) and
+    relative for an error (0.05: 5 % above the overall MAE).
+    """
+    metric, margin = recipe.metric, recipe.slice_margin
     rows = []
     for name, fn in recipe.slices.items():
         try:
@@ -194,20 +203,18 @@ def slices(recipe, x: dict, y, outputs, overall: float) -> list[dict]:
         if not mask.any():
             rows.append({"slice": name, "examples": 0})
             continue
-        score = _score(recipe.task, np.asarray(y)[mask], np.asarray(outputs)[mask])
-        rows.append({"slice": name, "examples": int(mask.sum()), "score": score, "gap": score - overall,
-                     "flag": score < overall - recipe.slice_margin * (1 if recipe.task == "classification" else abs(overall))})
+        value = metrics.score(recipe.task, metric, np.asarray(y)[mask], np.asarray(outputs)[mask])
+        flag = metrics.worsening(metric, overall, value) > metrics.allowed_worsening(metric, overall, margin, margin)
+        rows.append({"slice": name, "examples": int(mask.sum()), "score": value, "gap": value - overall, "flag": flag})
     return rows
 
 
 def deployment_rows(run: runs.Run) -> list[dict]:
     """Format x size, metric, change, p50 at batch 1, throughput at batch 32, verdict."""
-    export_file = run.path / "export" / "export_report.json"
-    if not export_file.exists():
+    if not run.export_report.exists():
         return []
-    export = runs.read_json(export_file)
-    bench_file = run.path / "bench" / "bench.json"
-    bench_rows = runs.read_json(bench_file)["rows"] if bench_file.exists() else []
+    export = runs.read_json(run.export_report)
+    bench_rows = runs.read_json(run.bench_result)["rows"] if run.bench_result.exists() else []
 
     def timing(file_name: str) -> tuple[float | None, float | None]:
         mine = [r for r in bench_rows if r["artifact"] == file_name]
@@ -216,8 +223,8 @@ def deployment_rows(run: runs.Run) -> list[dict]:
         return p50, throughput
 
     keras_metric = export.get("keras_metric") or {}
-    p50, thr = timing(runs.MODEL_FILE)
-    rows = [{"artifact": "keras", "format": "keras", "size_bytes": (run.path / runs.MODEL_FILE).stat().st_size,
+    p50, thr = timing(run.model_path.name)
+    rows = [{"artifact": "keras", "format": "keras", "size_bytes": run.model_path.stat().st_size,
              "metric": keras_metric.get("value"), "metric_change": 0.0, "p50_ms_batch1": p50,
              "throughput_batch32": thr, "verdict": "reference"}]
     for r in export["artifacts"]:
@@ -230,187 +237,254 @@ def deployment_rows(run: runs.Run) -> list[dict]:
 
 # --------------------------------------------------------------------------- the report
 
+@dataclass
+class _Card:
+    """What the model card's sections read, gathered once; sections add their flags."""
+
+    run: runs.Run
+    recipe: Recipe
+    data: Any  # kerakit.data.Data (not imported here: it imports TensorFlow)
+    x_test: dict
+    y_test: np.ndarray
+    predictor: KerasPredictor
+    outputs: np.ndarray  # the model's first output on the test split
+    overall: float  # the recipe's metric on the test split
+    deploy: list[dict]
+    figures: Path = Path()  # where the figures are written
+    flags: list[str] = field(default_factory=list)
+
+    @property
+    def metric(self) -> str:
+        return self.recipe.metric
+
+
 def report(run_path: "str | os.PathLike", data_dir: str | None = None, log=print) -> dict:
     """Write RUN/report/{model_card.md, index.html, *.png}; returns paths and flags."""
     import keras
 
-    from kerakit import drift
-    from kerakit.data import load_data
-
     run = runs.Run.open(run_path)
-    recipe = run.recipe()
-    config, manifest, metrics = run.config, run.manifest, run.metrics
-    data = load_data(recipe, config["config"], data_dir)
-    x_test, y_test = data.arrays("test")
-    model = run.load_model()
-    keras_model = runtime.KerasPredictor(run.model_path, model=model)  # eager calls: no retracing per input size
-    outputs = runtime.first_output(keras_model, x_test)
-    overall = _score(recipe.task, y_test, outputs)
-    drift.profile(run.path, data_dir, predictor=keras_model)  # the training-data summary `kerakit drift` compares against
-    deploy = deployment_rows(run)
-
-    target = run.path / REPORT_DIR
+    card = _gather(run, data_dir)
+    target = run.report_dir
     with runs.atomic_dir(target) as tmp:
-        md, flags = _markdown(run, recipe, config, manifest, metrics, data, x_test, y_test, keras_model,
-                              outputs, overall, deploy, tmp)
-        (tmp / "model_card.md").write_text(md, encoding="utf-8")
-        (tmp / "index.html").write_text(_html(md, tmp, f"{recipe.name} model card"), encoding="utf-8")
+        card.figures = tmp
+        md = _markdown(card)
+        (tmp / runs.REPORT_MARKDOWN_FILE).write_text(md, encoding="utf-8")
+        (tmp / runs.REPORT_HTML_FILE).write_text(_html(md, tmp, f"{card.recipe.name} model card"), encoding="utf-8")
     keras.backend.clear_session()
-    result = {"markdown": str(target / "model_card.md"), "html": str(target / "index.html"), "flags": flags,
-              "deployment": deploy}
-    log(f"Report written to {target / 'index.html'} (and model_card.md)")
+    result = {"markdown": str(target / runs.REPORT_MARKDOWN_FILE), "html": str(target / runs.REPORT_HTML_FILE),
+              "flags": card.flags, "deployment": card.deploy}
+    log(f"Report written to {target / runs.REPORT_HTML_FILE} (and {runs.REPORT_MARKDOWN_FILE})")
     return result
 
 
-def _markdown(run, recipe, config, manifest, metrics, data, x_test, y_test, keras_model, outputs, overall, deploy,
-              out: Path) -> tuple[str, list[str]]:
+def _gather(run: runs.Run, data_dir: str | None) -> _Card:
+    """Load the run's recipe, test split and model; score the model; profile the training data."""
+    from kerakit import drift
+    from kerakit.data import load_data
+
+    recipe = run.recipe()
+    data = load_data(recipe, run.config["config"], data_dir)
+    x_test, y_test = data.arrays("test")
+    predictor = KerasPredictor(run.model_path, model=run.load_model())  # eager calls: no retracing per input size
+    outputs = runtime.first_output(predictor, x_test)
+    overall = metrics.score(recipe.task, recipe.metric, y_test, outputs)
+    drift.profile(run.path, data_dir, predictor=predictor)  # the training-data summary `kerakit drift` compares against
+    return _Card(run=run, recipe=recipe, data=data, x_test=x_test, y_test=y_test, predictor=predictor,
+                 outputs=outputs, overall=overall, deploy=deployment_rows(run))
+
+
+def _markdown(card: _Card) -> str:
+    """The model card. Sections that raise flags run first, so the summary on top can list every flag."""
+    data = _data_section(card)
+    training = _training_section(card)
+    test_metrics = _metrics_section(card)
+    sliced = _slices_section(card)
+    interpretability = _interpretability_section(card)
+    reproducibility = _reproducibility_section(card)
+    deployment = _deployment_section(card)
+    parts = [*_title(card), *_summary_section(card), *deployment, *data, *training, *test_metrics, *sliced,
+             *interpretability, *reproducibility]
+    return "\n".join(parts) + "\n"
+
+
+def _title(card: _Card) -> list[str]:
     from importlib.metadata import version
 
-    flags: list[str] = []
-    task = recipe.task
-    metric_name = "accuracy" if task == "classification" else "RMSE"
-    shown_overall = overall if task == "classification" else -overall
-    parts = [f"# Model card: {recipe.name}",
-             f"_Generated {_dt.datetime.now(_dt.timezone.utc).isoformat(timespec='seconds')} by kerakit "
-             f"{version('kerakit')} from `{run.path}`._", "", recipe.description, ""]
+    return [f"# Model card: {card.recipe.name}",
+            f"_Generated {_dt.datetime.now(_dt.timezone.utc).isoformat(timespec='seconds')} by kerakit "
+            f"{version('kerakit')} from `{card.run.path}`._", "", card.recipe.description, ""]
 
-    # Data -------------------------------------------------------------------
-    d = manifest.get("data", {})
-    data_md = ["## Data", "", _table(["", " "], [
+
+def _class_names(card: _Card) -> list[str]:
+    return card.data.class_names or [str(i) for i in range(card.outputs.shape[1])]
+
+
+def _data_section(card: _Card) -> list[str]:
+    d = card.run.manifest.get("data", {})
+    lines = ["## Data", "", _table(["", " "], [
         ["dataset", f"{d.get('dataset')} {d.get('version', '')}"],
         ["splits", ", ".join(f"{k}: `{v}` ({d.get('sizes', {}).get(k, '?')} examples)" for k, v in d.get("splits", {}).items())],
         ["fingerprint (sha256 of the first records of each split)",
          ", ".join(f"{k} `{v[:16]}`" for k, v in d.get("sha256", {}).items())],
-        ["inputs", ", ".join(f"`{i.name}` {tuple(i.shape)} {i.dtype}" for i in recipe.inputs)],
+        ["inputs", ", ".join(f"`{i.name}` {tuple(i.shape)} {i.dtype}" for i in card.recipe.inputs)],
     ])]
-    if task == "classification":
-        names = data.class_names or [str(i) for i in range(outputs.shape[1])]
-        _, y_train = data.arrays("train")
+    if card.recipe.task == "classification":
+        names = _class_names(card)
+        _, y_train = card.data.arrays("train")
         train_counts = np.bincount(np.asarray(y_train, int).reshape(-1), minlength=len(names))
-        test_counts = np.bincount(np.asarray(y_test, int).reshape(-1), minlength=len(names))
-        data_md += ["", "Class balance:", "", _table(["class", "train", "train %", "test", "test %"], [
+        test_counts = np.bincount(np.asarray(card.y_test, int).reshape(-1), minlength=len(names))
+        lines += ["", "Class balance:", "", _table(["class", "train", "train %", "test", "test %"], [
             [n, int(a), f"{100 * a / train_counts.sum():.1f}", int(b), f"{100 * b / test_counts.sum():.1f}"]
             for n, a, b in zip(names, train_counts, test_counts)])]
-    parts += data_md + [""]
+    return lines + [""]
 
-    # Hyperparameters and training ---------------------------------------------
+
+def _training_section(card: _Card) -> list[str]:
+    """Hyperparameters, then the training run and its curves."""
+    config, manifest = card.run.config, card.run.manifest
     training = manifest.get("training", {})
-    parts += ["## Hyperparameters", "", _table(["name", "value"],
-              [[k, v] for k, v in {**config.get("hparams", {}), **config.get("config", {})}.items()]), ""]
-    history = _read_history(run.path / "history.csv")
-    monitor = "accuracy" if task == "classification" else ("mae" if history and "mae" in history[0] else "loss")
-    curves = curves_figure(history, monitor, out / "curves.png")
-    parts += ["## Training", "",
+    lines = ["## Hyperparameters", "", _table(["name", "value"],
+             [[k, v] for k, v in {**config.get("hparams", {}), **config.get("config", {})}.items()]), ""]
+    history = _read_history(card.run.history_path)
+    curves = curves_figure(history, card.metric, card.figures / "curves.png")
+    best = ", ".join(f"{k} {_fmt(v)}" for k, v in training.items() if k.startswith("best_") and k != "best_epoch")
+    lines += ["## Training", "",
               f"{training.get('epochs_run', len(history))} epochs; best epoch {training.get('best_epoch', '?')} "
-              f"({', '.join(f'{k} {_fmt(v)}' for k, v in training.items() if k.startswith('best_') and k != 'best_epoch')}); "
-              f"{_fmt(manifest.get('wall_seconds'), 1)} s; {_strategy(manifest.get('strategy'))}.", ""]
+              f"({best}); {_fmt(manifest.get('wall_seconds'), 1)} s; {_strategy(manifest.get('strategy'))}.", ""]
     if curves:
-        parts += [f"![training curves]({curves.name})", ""]
+        lines += [f"![training curves]({curves.name})", ""]
+    return lines
 
-    # Test metrics -----------------------------------------------------------------
-    parts += ["## Test metrics", "", _table(["metric", "value"], [[k, _fmt(v)] for k, v in metrics.items()
-                                                                  if isinstance(v, (int, float))]), ""]
-    if task == "classification" and "per_class" in metrics:
-        rows = []
-        for c in metrics["per_class"]:
-            low = c["recall"] < overall - recipe.slice_margin
-            if low:
-                flags.append(f"class {c['class']}: recall {c['recall']:.3f} is more than {recipe.slice_margin:.2f} below accuracy {overall:.3f}")
-            rows.append([c["class"], _fmt(c["precision"], 3), _fmt(c["recall"], 3), _fmt(c["f1"], 3), c["support"],
-                         "**below**" if low else ""])
-        parts += ["Per class (flagged when recall is more than the slice margin below overall accuracy):", "",
-                  _table(["class", "precision", "recall", "f1", "support", "flag"], rows), ""]
-        confusion = confusion_figure(metrics["confusion_matrix"], metrics.get("class_names", names), out / "confusion.png")
-        parts += [f"![confusion matrix]({confusion.name})", ""]
 
-    # Slices -----------------------------------------------------------------------
-    parts += ["## Slices", ""]
-    slice_rows = slices(recipe, x_test, y_test, outputs, overall)
-    if slice_rows:
-        rows = []
-        for s in slice_rows:
-            if "error" in s:
-                rows.append([s["slice"], "–", "–", "–", f"error: {s['error']}"])
-                flags.append(f"slice {s['slice']!r}: {s['error']}")
-                continue
-            if not s.get("examples"):
-                rows.append([s["slice"], 0, "–", "–", "empty"])
-                continue
-            value = s["score"] if task == "classification" else -s["score"]
-            gap = s["gap"] if task == "classification" else -s["gap"]
+def _metrics_section(card: _Card) -> list[str]:
+    """Test metrics from the run; for classification, per-class rows (low recall flagged) and the confusion matrix."""
+    recorded = card.run.metrics
+    lines = ["## Test metrics", "", _table(["metric", "value"], [[k, _fmt(v)] for k, v in recorded.items()
+                                                                 if isinstance(v, (int, float))]), ""]
+    if card.recipe.task != "classification" or "per_class" not in recorded:
+        return lines
+    margin = card.recipe.slice_margin
+    accuracy = metrics.score("classification", "accuracy", card.y_test, card.outputs)
+    rows = []
+    for c in recorded["per_class"]:
+        low = c["recall"] < accuracy - margin
+        if low:
+            card.flags.append(f"class {c['class']}: recall {c['recall']:.3f} is more than {margin:.2f} below accuracy {accuracy:.3f}")
+        rows.append([c["class"], _fmt(c["precision"], 3), _fmt(c["recall"], 3), _fmt(c["f1"], 3), c["support"],
+                     "**below**" if low else ""])
+    confusion = confusion_figure(recorded["confusion_matrix"], recorded.get("class_names", _class_names(card)),
+                                 card.figures / "confusion.png")
+    return lines + ["Per class (flagged when recall is more than the slice margin below overall accuracy):", "",
+                    _table(["class", "precision", "recall", "f1", "support", "flag"], rows), "",
+                    f"![confusion matrix]({confusion.name})", ""]
+
+
+def _slices_section(card: _Card) -> list[str]:
+    lines = ["## Slices", ""]
+    slice_rows = slices(card.recipe, card.x_test, card.y_test, card.outputs, card.overall)
+    if not slice_rows:
+        return lines + ["The recipe declares no `SLICES`; per-class metrics are above.", ""]
+    metric, overall = card.metric, card.overall
+    rows = []
+    for s in slice_rows:
+        if "error" in s:
+            rows.append([s["slice"], "–", "–", "–", f"error: {s['error']}"])
+            card.flags.append(f"slice {s['slice']!r}: {s['error']}")
+        elif not s.get("examples"):
+            rows.append([s["slice"], 0, "–", "–", "empty"])
+        else:
             if s["flag"]:
-                flags.append(f"slice {s['slice']!r}: {metric_name} {value:.3f} vs {shown_overall:.3f} overall")
-            rows.append([s["slice"], s["examples"], _fmt(value), f"{gap:+.4f}", "**below margin**" if s["flag"] else ""])
-        parts += [f"Test-split subsets declared by the recipe (`SLICES`), flagged when {metric_name} is worse than "
-                  f"overall ({_fmt(shown_overall)}) by more than {recipe.slice_margin}"
-                  + ("" if task == "classification" else " × overall") + ":", "",
-                  _table(["slice", "examples", metric_name, "vs overall", "flag"], rows), ""]
-    else:
-        parts += ["The recipe declares no `SLICES`; per-class metrics are above.", ""]
+                card.flags.append(f"slice {s['slice']!r}: {metric} {s['score']:.3f} vs {overall:.3f} overall")
+            rows.append([s["slice"], s["examples"], _fmt(s["score"]), f"{s['gap']:+.4f}",
+                         "**below margin**" if s["flag"] else ""])
+    relative = metrics.direction(metric) == "min"  # an error's margin is a fraction of it
+    return lines + [f"Test-split subsets declared by the recipe (`SLICES`), flagged when {metric} is worse than "
+                    f"overall ({_fmt(overall)}) by more than {card.recipe.slice_margin}"
+                    + (" × overall" if relative else "") + ":", "",
+                    _table(["slice", "examples", metric, "vs overall", "flag"], rows), ""]
 
-    # Interpretability --------------------------------------------------------------
-    parts += ["## Interpretability", ""]
-    first = recipe.inputs[0]
+
+def _interpretability_section(card: _Card) -> list[str]:
+    """Permutation importance for a tabular input, gradient saliency for a single image input."""
+    lines = ["## Interpretability", ""]
+    first = card.recipe.inputs[0]
     if len(first.shape) == 1 and np.dtype(first.dtype).kind == "f":
-        rows = permutation_importance(lambda x: runtime.first_output(keras_model, x), dict(x_test), y_test, task,
-                                      first.name, recipe.feature_names)
-        unit = "accuracy drop" if task == "classification" else "RMSE increase"
-        figure = importance_figure(rows, unit, out / "importance.png")
-        parts += [f"Permutation importance of `{first.name}`: the {unit} when one feature's test values are "
-                  f"shuffled ({PERMUTATION_REPEATS} repeats, mean ± std).", "", f"![permutation importance]({figure.name})", "",
-                  _table(["feature", unit, "std"], [[r["feature"], _fmt(r["importance"]), _fmt(r["std"])] for r in rows[:10]]), ""]
-    elif len(first.shape) == 3 and len(recipe.inputs) == 1:
-        images = next(iter(x_test.values()))[:MAX_SALIENCY].astype(np.float32)
-        sal, predicted = saliency(keras_model.model, images)
-        names = data.class_names or [str(i) for i in range(outputs.shape[1])]
-        titles = [f"true {names[int(t)]} / pred {names[int(p)]}" for t, p in zip(np.asarray(y_test)[:MAX_SALIENCY], predicted)]
-        figure = saliency_figure(images, sal, titles, out / "saliency.png")
-        parts += ["Gradient saliency on the first test images: brighter pixels change the predicted class's "
-                  "probability most.", "", f"![saliency]({figure.name})", ""]
-    else:
-        parts += [f"Not computed for input `{first.name}` {tuple(first.shape)} {first.dtype} "
-                  "(attributions cover tabular float inputs and single image inputs).", ""]
+        return lines + _importance(card, first.name)
+    if len(first.shape) == 3 and len(card.recipe.inputs) == 1:
+        return lines + _saliency(card)
+    return lines + [f"Not computed for input `{first.name}` {tuple(first.shape)} {first.dtype} "
+                    "(attributions cover tabular float inputs and single image inputs).", ""]
 
-    # Reproducibility and versions ---------------------------------------------------
+
+def _importance(card: _Card, name: str) -> list[str]:
+    metric = card.metric
+    rows = permutation_importance(lambda x: runtime.first_output(card.predictor, x), dict(card.x_test), card.y_test,
+                                  card.recipe.task, metric, name, card.recipe.feature_names)
+    unit = f"{metric} drop" if metrics.direction(metric) == "max" else f"{metric} increase"
+    figure = importance_figure(rows, unit, card.figures / "importance.png")
+    return [f"Permutation importance of `{name}`: the {unit} when one feature's test values are "
+            f"shuffled ({PERMUTATION_REPEATS} repeats, mean ± std).", "", f"![permutation importance]({figure.name})", "",
+            _table(["feature", unit, "std"], [[r["feature"], _fmt(r["importance"]), _fmt(r["std"])] for r in rows[:10]]), ""]
+
+
+def _saliency(card: _Card) -> list[str]:
+    images = next(iter(card.x_test.values()))[:MAX_SALIENCY].astype(np.float32)
+    sal, predicted = saliency(card.predictor.model, images)
+    names = _class_names(card)
+    titles = [f"true {names[int(t)]} / pred {names[int(p)]}"
+              for t, p in zip(np.asarray(card.y_test)[:MAX_SALIENCY], predicted)]
+    figure = saliency_figure(images, sal, titles, card.figures / "saliency.png")
+    return ["Gradient saliency on the first test images: brighter pixels change the predicted class's "
+            "probability most.", "", f"![saliency]({figure.name})", ""]
+
+
+def _reproducibility_section(card: _Card) -> list[str]:
+    """How to reproduce the run, the artifacts' hashes, and the library versions."""
+    run, recipe, manifest, config = card.run, card.recipe, card.run.manifest, card.run.config
     code = manifest.get("code", {})
-    parts += ["## Reproducibility", "", _table(["", " "], [
-        ["recipe", f"`{recipe.name}` (copy in `{run.path / runs.RECIPE_FILE}`)"],
+    return ["## Reproducibility", "", _table(["", " "], [
+        ["recipe", f"`{recipe.name}` (copy in `{run.recipe_path}`)"],
         ["seeds", ", ".join(f"{k}={v}" for k, v in (manifest.get("seeds") or {}).items()) or str(config["config"].get("seed"))],
         ["code", ", ".join(f"{k}: {v}" for k, v in code.items()) if isinstance(code, dict) else str(code)],
         ["retrain", f"`kerakit train {recipe.name} --out NEW_DIR "
                     + " ".join(f"{k}={v}" for k, v in config["config"].items()) + "` with `--hparams` of the values above"],
         ["started", manifest.get("started", "?")],
     ]), "", "Artifacts (sha256):", "",
-        _table(["file", "sha256"], [[k, f"`{v[:16]}…`"] for k, v in manifest.get("artifacts", {}).items()]), ""]
-    parts += ["## Library versions", "", _table(["library", "version"], list(manifest.get("versions", {}).items())), ""]
+        _table(["file", "sha256"], [[k, f"`{v[:16]}…`"] for k, v in manifest.get("artifacts", {}).items()]), "",
+        "## Library versions", "", _table(["library", "version"], list(manifest.get("versions", {}).items())), ""]
 
-    # Deployment (shown right after the summary) ---------------------------------------
-    deploy_md = ["## Deployment", ""]
-    if deploy:
-        rows = []
-        for r in deploy:
-            if r["verdict"] not in ("verified", "reference"):
-                flags.append(f"artifact {r['artifact']}: {r['verdict']} ({'; '.join(r.get('reasons', []))})")
-            rows.append([r["artifact"], _size(r["size_bytes"]), _fmt(r["metric"]),
-                         "" if r["verdict"] == "reference" else _signed(r["metric_change"]),
-                         _fmt(r["p50_ms_batch1"], 3), _fmt(None if r["throughput_batch32"] is None else round(r["throughput_batch32"])),
-                         r["verdict"]])
-        deploy_md += ["Every artifact is checked against the Keras model by `kerakit export`; latency from `kerakit bench` "
-                  "(best thread setting).", "",
-                  _table(["artifact", "size", recipe.metric, "change", "p50 ms (batch 1)", "samples/s (batch 32)", "verdict"], rows), ""]
-    else:
-        deploy_md += [f"No export yet: `kerakit export {run.path} --target server,edge`.", ""]
 
-    summary = ["## Summary", "", _table(["", " "], [
-        ["task", task],
-        [f"test {metric_name}", f"{_fmt(shown_overall)} on {len(np.asarray(y_test))} examples"],
+def _deployment_section(card: _Card) -> list[str]:
+    """The export and bench table; an artifact that failed verification is flagged."""
+    lines = ["## Deployment", ""]
+    if not card.deploy:
+        return lines + [f"No export yet: `kerakit export {card.run.path} --target server,edge`.", ""]
+    rows = []
+    for r in card.deploy:
+        if r["verdict"] not in ("verified", "reference"):
+            card.flags.append(f"artifact {r['artifact']}: {r['verdict']} ({'; '.join(r.get('reasons', []))})")
+        rows.append([r["artifact"], _size(r["size_bytes"]), _fmt(r["metric"]),
+                     "" if r["verdict"] == "reference" else _signed(r["metric_change"]),
+                     _fmt(r["p50_ms_batch1"], 3),
+                     _fmt(None if r["throughput_batch32"] is None else round(r["throughput_batch32"])), r["verdict"]])
+    return lines + ["Every artifact is checked against the Keras model by `kerakit export`; latency from `kerakit bench` "
+                    "(best thread setting).", "",
+                    _table(["artifact", "size", card.metric, "change", "p50 ms (batch 1)", "samples/s (batch 32)",
+                            "verdict"], rows), ""]
+
+
+def _summary_section(card: _Card) -> list[str]:
+    """Task, the headline metric, artifacts verified, and every flag the other sections raised."""
+    deploy, flags = card.deploy, card.flags
+    lines = ["## Summary", "", _table(["", " "], [
+        ["task", card.recipe.task],
+        [f"test {card.metric}", f"{_fmt(card.overall)} on {len(np.asarray(card.y_test))} examples"],
         ["artifacts verified", f"{sum(r['verdict'] == 'verified' for r in deploy[1:])} of {len(deploy) - 1}" if deploy else "not exported"],
         ["flags", "none" if not flags else f"{len(flags)} (below)"],
     ])]
     if flags:
-        summary += ["", *[f"- ⚠ {f}" for f in flags]]
-    parts[5:5] = summary + [""] + deploy_md
-    return "\n".join(parts) + "\n", flags
+        lines += ["", *[f"- ⚠ {f}" for f in flags]]
+    return lines + [""]
 
 
 def _strategy(strategy) -> str:

@@ -1,7 +1,7 @@
 """`kerakit tune`: keras-tuner over a recipe's own `build_model(hp, data)`.
 
->>> result = kerakit.tune("digits_cnn", tuner="hyperband", max_epochs=9)
->>> result.best_hparams, result.run.metrics["accuracy"]
+    result = kerakit.tune("digits_cnn", tuner="hyperband", max_epochs=9)
+    result.best_hparams, result.run.metrics["accuracy"]
 
 The search space is whatever `build_model` asks `hp` for; `key=value`
 overrides fix a config value or a hyperparameter for the whole search.
@@ -11,12 +11,9 @@ kept, and a trial that was interrupted continues from its last finished epoch
 search space, or overrides) in the same directory is refused unless
 `overwrite=True`.
 
-    OUT/
-      tuner/             keras-tuner's project (oracle state, one folder per trial)
-      search.json        what this directory is searching (checked on resume)
-      trials.csv, trials.json, trials.png
-      best_hparams.json  the best trial's hyperparameters (kerakit train --hparams ...)
-      best/              the best hyperparameters retrained as a normal run
+OUT is a `kerakit.runs.Search` (its docstring shows the layout): keras-tuner's
+project in OUT/tuner, the trials table and chart, best_hparams.json (for
+`kerakit train --hparams`), and the best retrained as a normal run in OUT/best.
 """
 
 from __future__ import annotations
@@ -29,16 +26,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
-from kerakit import runs
+from kerakit import metrics, runs
 from kerakit.errors import KerakitError
 from kerakit.recipe import Recipe, load_recipe
 
 TUNERS = ("random", "grid", "bayesian", "hyperband")
 RECYCLE_AFTER = 10  # trials per worker process
 RECYCLE_EXIT = 75  # EX_TEMPFAIL: "start me again", not a failure
-SEARCH_FILE = "search.json"
-EPOCHS_FILE = "epochs_run.json"
-BEST_FILE = "best_hparams.json"
+EPOCHS_FILE = "epochs_run.json"  # in each keras-tuner trial folder
 
 
 @dataclass
@@ -50,6 +45,21 @@ class TuneResult:
 
     def __repr__(self) -> str:
         return f"TuneResult({str(self.path)!r}, best={self.best_hparams})"
+
+
+@dataclass
+class _Plan:
+    """One search's request, checked before TensorFlow starts."""
+
+    recipe: Recipe
+    config: dict
+    hp_overrides: dict
+    out: runs.Search
+    tuner: str
+    max_trials: int
+    max_epochs: int | None
+    objective: str
+    direction: str
 
 
 def tune(
@@ -76,6 +86,9 @@ def tune(
 ) -> TuneResult:
     """Search `recipe`'s hyperparameters with keras-tuner; retrain the best as a normal run.
 
+    objective: what picks the best trial (default: the recipe's validation
+    metric, e.g. val_accuracy); its direction comes from `kerakit.metrics`.
+
     workers=N runs keras-tuner's chief/worker mode on this machine: a chief
     (the oracle, on 127.0.0.1) and N worker processes that train trials, with
     the cores split between them; a worker that dies is restarted and its
@@ -93,6 +106,46 @@ def tune(
             recycle_after=recycle_after), overrides, log)
     if role is not None:
         _join(role, oracle)
+    plan = _check_request(recipe, out, tuner, max_trials, max_epochs, executions_per_trial, objective, overrides)
+
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    import keras
+
+    from kerakit import distribute
+    from kerakit.data import load_data
+
+    dist = distribute.make_strategy(strategy) if strategy not in (None, "default") else None
+    # Seeded before the data (its shuffle combines the global seed with its own) and again after:
+    # preparing a dataset the first time runs seeded TF ops, and the model's initial weights must
+    # not depend on whether TFDS had the data on disk already.
+    keras.utils.set_random_seed(plan.config["seed"])
+    data = load_data(plan.recipe, plan.config, data_dir)
+    keras.utils.set_random_seed(plan.config["seed"])
+    fixed = _check_search(plan, data, role, overwrite)
+    searcher = _make_searcher(plan, data, fixed, executions_per_trial, seed, dist,
+                              recycle_after if role == "worker" else 0, log)
+    if verbose == "auto":
+        verbose = 1 if sys.stdout.isatty() else 0
+    started = time.time()
+    _run_search(plan, searcher, data, role, verbose, log)
+    if role == "worker":
+        log(f"Worker {os.environ['KERASTUNER_TUNER_ID']}: the oracle has no more trials.")
+        return TuneResult(plan.out.path, {}, [], None)
+    best, trials = _finish(plan, searcher, started, log)
+
+    run = None
+    if retrain:
+        from kerakit.train import train
+
+        run = train(plan.recipe, plan.out.best_dir, strategy=strategy, data_dir=data_dir,
+                    hparams=plan.out.best_hparams, verbose=verbose, log=log,
+                    **{k: v for k, v in overrides.items() if k in plan.config})
+    return TuneResult(plan.out.path, best, trials, run)
+
+
+def _check_request(recipe, out, tuner: str, max_trials: int, max_epochs: int | None, executions_per_trial: int,
+                   objective: str | None, overrides: dict) -> _Plan:
+    """The arguments checked and resolved: recipe, config, directory, objective and its direction."""
     if tuner not in TUNERS:
         raise KerakitError(f"Invalid tuner={tuner!r}. Expected one of {', '.join(TUNERS)}.")
     if max_trials < 1 or executions_per_trial < 1 or (max_epochs is not None and max_epochs < 1):
@@ -102,98 +155,96 @@ def tune(
     out = Path(out) if out else Path("runs") / f"{recipe.name}-tune-{tuner}"
     runs.ensure_writable_dir(out)
     objective = objective or recipe.monitor
-    direction = recipe.metric_direction if objective == recipe.monitor else ("min" if "loss" in objective else "max")
+    return _Plan(recipe=recipe, config=config, hp_overrides=hp_overrides, out=runs.Search(out), tuner=tuner,
+                 max_trials=max_trials, max_epochs=max_epochs, objective=objective,
+                 direction=metrics.direction(objective))
 
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    import keras
-    import keras_tuner as kt
 
-    from kerakit import distribute
-    from kerakit.data import load_data
+def _check_search(plan: _Plan, data, role: str | None, overwrite: bool) -> dict:
+    """Record what this directory searches; refuse a different search in it. Returns the fixed hyperparameters."""
     from kerakit.train import search_space
 
-    dist = distribute.make_strategy(strategy) if strategy not in (None, "default") else None
-    keras.utils.set_random_seed(config["seed"])
-    data = load_data(recipe, config, data_dir)
-    space = search_space(recipe, data)
-    fixed = recipe.check_hparams(hp_overrides, space) if hp_overrides else {}
+    space = search_space(plan.recipe, data)
+    fixed = plan.recipe.check_hparams(plan.hp_overrides, space) if plan.hp_overrides else {}
     search = {
-        "recipe": recipe.name, "tuner": tuner, "objective": objective, "direction": direction,
-        "config": config, "fixed_hparams": fixed,
+        "recipe": plan.recipe.name, "tuner": plan.tuner, "objective": plan.objective, "direction": plan.direction,
+        "config": plan.config, "fixed_hparams": fixed,
         "space": sorted(({"name": hp.name, "class": type(hp).__name__, **hp.get_config()} for hp in space),
                         key=lambda h: h["name"]),
-        "max_epochs": max_epochs if tuner == "hyperband" else None,
+        "max_epochs": plan.max_epochs if plan.tuner == "hyperband" else None,
     }
-    search_path = out / SEARCH_FILE
+    out = plan.out
     if role == "worker":
-        pass  # the chief owns the directory's search record
-    elif search_path.exists() and not overwrite:
-        previous = runs.read_json(search_path)
+        return fixed  # the chief owns the directory's search record
+    if out.search_file.exists() and not overwrite:
+        previous = runs.read_json(out.search_file)
         changed = sorted(k for k in search if previous.get(k) != search[k])
         if changed:
             raise KerakitError(
-                f"{out} holds a different search (changed: {', '.join(changed)}). "
+                f"{out.path} holds a different search (changed: {', '.join(changed)}). "
                 "Use another --out, or --overwrite to start this one from scratch."
             )
     elif overwrite:
-        for name in ("tuner", "best", SEARCH_FILE, BEST_FILE, "trials.csv", "trials.json", "trials.png"):
-            target = out / name
+        for target in (out.tuner_dir, out.best_dir, out.search_file, out.best_hparams, out.trials_csv,
+                       out.trials_json, out.trials_png):
             shutil.rmtree(target, ignore_errors=True) if target.is_dir() else target.unlink(missing_ok=True)
-    if role != "worker":
-        runs.write_json(search_path, search)
+    runs.write_json(out.search_file, search)
+    return fixed
+
+
+def _make_searcher(plan: _Plan, data, fixed: dict, executions_per_trial: int, seed: int | None, dist,
+                   recycle_after: int, log):
+    """The keras-tuner tuner over the recipe's own build_model, resuming the project in OUT/tuner."""
+    import keras_tuner as kt
 
     hp = kt.HyperParameters()
     for name, value in fixed.items():
         hp.Fixed(name, value)
     common = dict(
-        hypermodel=lambda trial_hp: recipe.build_model(trial_hp, data),
-        objective=kt.Objective(objective, direction=direction),
+        hypermodel=lambda trial_hp: plan.recipe.build_model(trial_hp, data),
+        objective=kt.Objective(plan.objective, direction=plan.direction),
         hyperparameters=hp,
         tune_new_entries=True,
         executions_per_trial=executions_per_trial,
-        directory=str(out),
-        project_name="tuner",
-        seed=config["seed"] if seed is None else seed,
+        directory=str(plan.out.path),
+        project_name=runs.TUNER_DIR,
+        seed=plan.config["seed"] if seed is None else seed,
         distribution_strategy=dist,
         overwrite=False,
     )
-    searcher = _make_tuner(tuner, max_trials, max_epochs, common, log,
-                           recycle_after=recycle_after if role == "worker" else 0)
-    if verbose == "auto":
-        verbose = 1 if sys.stdout.isatty() else 0
+    return _make_tuner(plan.tuner, plan.max_trials, plan.max_epochs, common, log, recycle_after=recycle_after)
+
+
+def _run_search(plan: _Plan, searcher, data, role: str | None, verbose, log) -> None:
+    """Run (or resume) every trial; a chief waits here until the workers have run them all."""
+    import keras
+
     done_before = sum(t.status == "COMPLETED" for t in getattr(searcher.oracle, "trials", {}).values())
     if done_before:
-        log(f"Resuming the search in {out}: {done_before} trial(s) already done.")
-    started = time.time()
-    callbacks = [keras.callbacks.EarlyStopping(objective, mode=direction, patience=config["patience"]),
+        log(f"Resuming the search in {plan.out.path}: {done_before} trial(s) already done.")
+    callbacks = [keras.callbacks.EarlyStopping(plan.objective, mode=plan.direction, patience=plan.config["patience"]),
                  keras.callbacks.TerminateOnNaN()]
-    epochs = max_epochs if tuner == "hyperband" else config["epochs"]
+    epochs = plan.max_epochs if plan.tuner == "hyperband" else plan.config["epochs"]
     if role == "chief":
         log(f"Oracle serving on {os.environ['KERASTUNER_ORACLE_IP']}:{os.environ['KERASTUNER_ORACLE_PORT']}; "
             "waiting for workers to finish every trial.")
     searcher.search(data.train, validation_data=data.val, epochs=epochs, callbacks=callbacks,
                     verbose=verbose, shuffle=False)
-    if role == "worker":
-        log(f"Worker {os.environ['KERASTUNER_TUNER_ID']}: the oracle has no more trials.")
-        return TuneResult(out, {}, [], None)
 
+
+def _finish(plan: _Plan, searcher, started: float, log) -> tuple[dict, list[dict]]:
+    """Write the trials table and chart and the best hyperparameters; return (best, trials)."""
+    objective, direction = plan.objective, plan.direction
     trials = trials_table(searcher, objective)
     if not any(t["status"] == "COMPLETED" and t["score"] is not None for t in trials):
-        raise KerakitError(f"No trial of the search in {out} finished with a {objective} score.")
+        raise KerakitError(f"No trial of the search in {plan.out.path} finished with a {objective} score.")
     best = dict(searcher.get_best_hyperparameters(1)[0].values)
     best = {k: v for k, v in best.items() if not k.startswith("tuner/")}
-    _write_trials(out, trials, objective, direction)
-    runs.write_json(out / BEST_FILE, best)
+    _write_trials(plan.out, trials, objective, direction)
+    runs.write_json(plan.out.best_hparams, best)
     log(f"Search done in {time.time() - started:.0f} s: {len(trials)} trials; best {objective}="
         f"{max_or_min(trials, direction):.4f} with {best}")
-
-    run = None
-    if retrain:
-        from kerakit.train import train
-
-        run = train(recipe, out / "best", strategy=strategy, data_dir=data_dir, hparams=out / BEST_FILE,
-                    verbose=verbose, log=log, **{k: v for k, v in overrides.items() if k in config})
-    return TuneResult(out, best, trials, run)
+    return best, trials
 
 
 def _make_tuner(name: str, max_trials: int, max_epochs: int | None, common: dict, log, recycle_after: int = 0):
@@ -209,7 +260,7 @@ def _make_tuner(name: str, max_trials: int, max_epochs: int | None, common: dict
         """Adds a BackupAndRestore per trial, so an interrupted trial resumes from its last epoch."""
 
         def run_trial(self, trial, *args, **kwargs):
-            backup = os.path.join(self.project_dir, f"trial_{trial.trial_id}", "backup")
+            backup = os.path.join(self.project_dir, f"trial_{trial.trial_id}", runs.BACKUP_DIR)
             resumed = resume_epoch(Path(backup))
             if resumed:
                 log(f"Trial {trial.trial_id} resumes from epoch {resumed} (interrupted earlier).")
@@ -314,7 +365,8 @@ def _launch(recipe, out, workers: int, options: dict, overrides: dict, log) -> T
     if workers < 1:
         raise KerakitError(f"Invalid workers={workers}. Expected an integer >= 1.")
     out = Path(out) if out else Path("runs") / f"{recipe.name}-tune-{options['tuner']}"
-    logs = runs.ensure_writable_dir(out / "distributed")
+    search = runs.Search(out)
+    logs = runs.ensure_writable_dir(search.distributed_dir)
     port = _free_port()
     args = [sys.executable, "-m", "kerakit.cli", "tune", str(recipe.path),
             *(f"{k}={v}" for k, v in overrides.items()), "--tuner", options["tuner"],
@@ -371,9 +423,9 @@ def _launch(recipe, out, workers: int, options: dict, overrides: dict, log) -> T
                 proc.wait(timeout=30)
             except subprocess.TimeoutExpired:
                 proc.kill()
-    trials = runs.read_json(out / "trials.json")["trials"]
-    run = runs.Run(out / "best") if (out / "best" / runs.MANIFEST_FILE).exists() else None
-    result = TuneResult(out, runs.read_json(out / BEST_FILE), trials, run)
+    trials = runs.read_json(search.trials_json)["trials"]
+    run = runs.Run(search.best_dir) if runs.is_run(search.best_dir) else None
+    result = TuneResult(out, runs.read_json(search.best_hparams), trials, run)
     log(f"Distributed search done: {len(trials)} trials by {workers} worker(s); best {result.best_hparams}")
     return result
 
@@ -393,10 +445,10 @@ def max_or_min(trials: list[dict], direction: str) -> float:
     return max(scores) if direction == "max" else min(scores)
 
 
-def _write_trials(out: Path, trials: list[dict], objective: str, direction: str) -> None:
-    runs.write_json(out / "trials.json", {"objective": objective, "direction": direction, "trials": trials})
-    runs.write_csv(out / "trials.csv", trials)
-    _plot(out / "trials.png", trials, objective, direction)
+def _write_trials(out: runs.Search, trials: list[dict], objective: str, direction: str) -> None:
+    runs.write_json(out.trials_json, {"objective": objective, "direction": direction, "trials": trials})
+    runs.write_csv(out.trials_csv, trials)
+    _plot(out.trials_png, trials, objective, direction)
 
 
 def _plot(path: Path, trials: list[dict], objective: str, direction: str) -> None:

@@ -45,7 +45,7 @@ def test_the_best_is_retrained_as_a_run_that_export_takes(tmp_path):
     assert {k: run.manifest["hparams"][k] for k in result.best_hparams} == result.best_hparams
     from kerakit.export import export
 
-    assert export(run.path, formats=["onnx"], log=lambda m: None)["passed"]
+    assert export(run.path, formats=["onnx"], log=lambda m: None).passed
 
 
 def test_rerun_resumes_without_repeating_finished_trials(tmp_path):

@@ -1,0 +1,157 @@
+"""`kerakit drift`: the training-data profile against new inputs, raw or from a server request log.
+
+The first tests pin the statistics on synthetic arrays (no run, no TensorFlow);
+the rest run the real command on a copy of the shared digits run."""
+
+import json
+import shutil
+
+import numpy as np
+import pytest
+import requests
+
+from conftest import run_cli
+from kerakit.drift import compare_series, proportions_psi, psi, summarize
+
+RNG = np.random.default_rng(0)
+REFERENCE = RNG.normal(size=20_000)
+
+
+# ----------------------------------------------------------------------------- PSI and KS on synthetic data
+
+def test_summary_has_decile_bins_and_a_sample():
+    ref = summarize(REFERENCE)
+    assert len(ref["edges"]) == 9 and ref["proportions"] == pytest.approx([0.1] * 10, abs=1e-3)
+    assert len(ref["sample"]) == 2000 and ref["sample"] == sorted(ref["sample"])
+
+
+def test_psi_of_the_reference_itself_is_zero():
+    assert psi(summarize(REFERENCE), REFERENCE) == pytest.approx(0, abs=1e-9)
+
+
+def test_psi_of_fresh_data_from_the_same_distribution_is_small():
+    assert psi(summarize(REFERENCE), RNG.normal(size=2000)) < 0.05
+
+
+@pytest.mark.parametrize("shift, at_least", [(0.5, 0.2), (1.0, 0.8), (3.0, 3.0)])
+def test_psi_grows_with_the_shift(shift, at_least):
+    assert psi(summarize(REFERENCE), RNG.normal(shift, size=2000)) > at_least
+
+
+def test_psi_of_values_outside_every_reference_bin_is_large_not_infinite():
+    value = psi(summarize(REFERENCE), np.full(500, 100.0))
+    assert 5 < value < 100
+
+
+def test_psi_of_a_constant_reference_series():
+    ref = summarize(np.zeros(1000))
+    assert psi(ref, np.zeros(100)) == pytest.approx(0, abs=1e-9)
+    assert psi(ref, np.ones(100)) > 1
+
+
+def test_proportions_psi_is_symmetric_and_zero_for_equal_distributions():
+    a, b = np.array([0.5, 0.3, 0.2]), np.array([0.2, 0.3, 0.5])
+    assert proportions_psi(a, a) == 0
+    assert proportions_psi(a, b) == pytest.approx(proportions_psi(b, a)) == pytest.approx(0.3 * np.log(2.5) * 2)
+
+
+def test_compare_series_uses_ks_on_the_reference_sample():
+    ref = summarize(REFERENCE)
+    same = compare_series(ref, RNG.normal(size=2000))
+    assert same["ks"] < 0.06 and not same["drift"]
+    # The same median, twice the spread: a change the medians alone would miss.
+    wide = compare_series(ref, RNG.normal(scale=2.0, size=2000))
+    assert wide["ks"] > 0.15 and wide["drift"]
+    assert wide["reference_median"] == pytest.approx(0, abs=0.1) and wide["new_median"] == pytest.approx(0, abs=0.15)
+
+
+def test_compare_series_drifts_when_either_statistic_passes_its_threshold():
+    ref, shifted = summarize(REFERENCE), RNG.normal(0.5, size=2000)
+    row = compare_series(ref, shifted)
+    assert row["psi"] > 0.2 and row["ks"] > 0.15 and row["drift"]
+    assert not compare_series(ref, shifted, psi_threshold=10, ks_threshold=1)["drift"]
+    assert compare_series(ref, shifted, psi_threshold=10, ks_threshold=0.1)["drift"], "KS alone"
+    assert compare_series(ref, shifted, psi_threshold=0.1, ks_threshold=1)["drift"], "PSI alone"
+
+
+# ----------------------------------------------------------------------------- `kerakit drift` on a run
+
+@pytest.fixture(scope="module")
+def run_dir(digits_run, tmp_path_factory):
+    """A copy of the shared digits run: drift writes its profile (and this module an export) into it."""
+    out = tmp_path_factory.mktemp("drift") / "digits"
+    shutil.copytree(digits_run.path, out)
+    return out
+
+
+@pytest.fixture(scope="module")
+def test_inputs(run_dir):
+    from kerakit.data import load_data
+    from kerakit.runs import Run
+
+    run = Run.open(run_dir)
+    x, _ = load_data(run.recipe(), run.config["config"]).arrays("test")
+    return x["image"]
+
+
+def test_drift_passes_held_out_data_and_catches_a_shift(run_dir, test_inputs, tmp_path):
+    np.savez(tmp_path / "same.npz", image=test_inputs)
+    np.savez(tmp_path / "shifted.npz", image=np.clip(test_inputs * 0.6 + 0.25, 0, 1))  # washed-out scans
+    same = run_cli("drift", run_dir, "--data", tmp_path / "same.npz", "--json")
+    assert same.returncode == 0, same.stderr
+    assert not json.loads(same.stdout)["drift"]
+    assert (run_dir / "data_profile.json").exists()
+    shifted = run_cli("drift", run_dir, "--data", tmp_path / "shifted.npz")
+    assert shifted.returncode == 3, shifted.stderr
+    assert "DRIFT" in shifted.stdout and "image.mean" in shifted.stdout.splitlines()[-1]
+
+
+def test_drift_reads_the_server_request_log(run_dir, test_inputs, tmp_path):
+    from kerakit.export import export
+    from conftest import Server
+
+    export(run_dir, formats=["onnx"], log=lambda m: None)  # a run is served from its ONNX export
+    logs = {}
+    for name, x in (("same", test_inputs), ("shifted", np.clip(test_inputs * 0.6 + 0.25, 0, 1))):
+        logs[name] = tmp_path / f"{name}.jsonl"
+        server = Server(run_dir, "--log", logs[name], log_dir=tmp_path)
+        try:
+            for i in range(0, len(x), 8):  # the way traffic arrives: many small requests
+                r = requests.post(f"{server.url}/v1/models/digits_cnn:predict", json={"instances": x[i:i + 8].tolist()})
+                assert r.status_code == 200
+        finally:
+            server.stop()
+    same = run_cli("drift", run_dir, "--data", logs["same"])
+    assert same.returncode == 0 and "no drift" in same.stdout, same.stdout + same.stderr
+    assert "360 rows from 45 logged requests" in same.stdout
+    shifted = run_cli("drift", run_dir, "--data", logs["shifted"])
+    assert shifted.returncode == 3 and "DRIFT" in shifted.stdout
+
+
+def test_a_profile_from_an_older_kerakit_is_recomputed(run_dir, test_inputs, tmp_path):
+    np.savez(tmp_path / "same.npz", image=test_inputs)
+    assert run_cli("drift", run_dir, "--data", tmp_path / "same.npz").returncode == 0  # the profile exists
+    profile = json.loads((run_dir / "data_profile.json").read_text())
+    stale = {**profile, "version": 1, "series": {k: {**v, "proportions": [1.0] + [0.0] * (len(v["proportions"]) - 1)}
+                                                  for k, v in profile["series"].items()}}
+    (run_dir / "data_profile.json").write_text(json.dumps(stale))
+    r = run_cli("drift", run_dir, "--data", tmp_path / "same.npz")
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert json.loads((run_dir / "data_profile.json").read_text()) == profile
+
+
+@pytest.mark.parametrize("data, fragment", [
+    ("missing.jsonl", "does not exist"),
+    ("bad.jsonl", "bad.jsonl:1 is not a `kerakit serve` request log record"),
+    ("wrong.npz", "holds arrays ['pixels']; the model's inputs are ['image']"),
+    ("few.npz", "has 5 rows; a drift check needs at least 30"),
+    ("inputs.txt", "Unsupported drift data"),
+])
+def test_drift_bad_data_is_one_clear_line(run_dir, tmp_path, data, fragment):
+    (tmp_path / "bad.jsonl").write_text('{"not": "a record"}\n')
+    np.savez(tmp_path / "wrong.npz", pixels=np.zeros((40, 8, 8, 1), np.float32))
+    np.savez(tmp_path / "few.npz", image=np.zeros((5, 8, 8, 1), np.float32))
+    (tmp_path / "inputs.txt").write_text("1,2\n")
+    r = run_cli("drift", run_dir, "--data", tmp_path / data)
+    assert r.returncode == 1 and r.stderr.startswith("error: ") and fragment in r.stderr, r.stderr
+    assert len(r.stderr.strip().splitlines()) == 1
