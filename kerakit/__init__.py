@@ -1,8 +1,8 @@
 """kerakit: recipes -> trained, exported, verified Keras models.
 
->>> import kerakit
->>> run = kerakit.train("digits_cnn", epochs=3)
->>> kerakit.evaluate(run.path)["accuracy"]
+    import kerakit
+    run = kerakit.train("digits_cnn", epochs=3)
+    kerakit.evaluate(run.path)["accuracy"]
 
 Importing kerakit (and `kerakit --help`) does not import TensorFlow: each
 command imports it when it needs it.

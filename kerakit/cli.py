@@ -12,9 +12,9 @@ from pathlib import Path
 
 import click
 
+from kerakit.distribute import STRATEGIES
 from kerakit.errors import KerakitError
-
-STRATEGIES = ("default", "mirrored", "multi-worker")  # kerakit.distribute.STRATEGIES, without its import cost
+from kerakit.tune import TUNERS
 
 
 class _Group(click.Group):
@@ -120,9 +120,6 @@ def train_cmd(ctx, recipe, overrides, out, strategy, data_dir, hparams, overwrit
         _print_metrics(run.metrics)
 
 
-TUNERS = ("random", "grid", "bayesian", "hyperband")  # kerakit.tune.TUNERS, without its import cost
-
-
 @cli.command("tune")
 @click.argument("recipe")
 @click.argument("overrides", nargs=-1)
@@ -204,7 +201,7 @@ def evaluate_cmd(ctx, target, overrides, recipe, data_dir, split, as_json) -> No
 @cli.command("export")
 @click.argument("source", type=click.Path())
 @click.option("--target", "targets", multiple=True, help="Target name or TOML path (repeat or comma-separate): server, edge, ...")
-@click.option("--format", "formats", multiple=True, help="One artifact: savedmodel, tflite, tflite-fp16, tflite-dynamic, tflite-int8, onnx, onnx-dynamic, onnx-int8.")
+@click.option("--format", "formats", multiple=True, help="One artifact by its --format name: savedmodel, tflite, tflite-fp16, tflite-dynamic, tflite-int8, onnx, onnx-dynamic, onnx-int8 (or a registered format's).")
 @click.option("--out", type=click.Path(file_okay=False), help="Output directory (default RUN/export).")
 @click.option("--recipe", help="For a .keras file outside a run: the recipe whose data verifies and calibrates.")
 @click.option("--sample", type=click.Path(dir_okay=False), help="For a .keras file outside a run: .npz of inputs by name (+ 'label').")
@@ -212,8 +209,7 @@ def evaluate_cmd(ctx, target, overrides, recipe, data_dir, split, as_json) -> No
 @click.option("--opset", type=int, help="ONNX opset for --format onnx* (targets set their own).")
 @click.pass_context
 def export_cmd(ctx, source, targets, formats, out, recipe, sample, data_dir, opset) -> None:
-    """Export a run or a .keras file for deployment targets; verify every artifact."""
-    from kerakit.errors import KerakitError
+    """Export a run or a .keras file for deployment targets; verify every artifact (exit 1 if any fails)."""
     from kerakit.export import export
 
     split = lambda values: [v.strip() for value in values for v in value.split(",") if v.strip()]  # noqa: E731
@@ -223,12 +219,7 @@ def export_cmd(ctx, source, targets, formats, out, recipe, sample, data_dir, ops
     _needs_tensorflow(ctx)
     report = export(source, targets, formats, out=out, recipe=recipe, sample=sample, data_dir=data_dir, opset=opset)
     _print_export(report)
-    failed = [r["artifact"] for r in report["artifacts"] if r["verdict"] != "verified"]
-    if failed:
-        raise KerakitError(
-            f"{len(failed)} of {len(report['artifacts'])} artifacts failed verification ({', '.join(failed)}); "
-            f"figures in {report['out']}/export_report.json."
-        )
+    report.raise_for_failures()
 
 
 @cli.command("build")
@@ -243,13 +234,17 @@ def export_cmd(ctx, source, targets, formats, out, recipe, sample, data_dir, ops
 @click.option("--data-dir", help="TFDS data directory.")
 @click.pass_context
 def build_cmd(ctx, recipe, overrides, targets, tuner, max_trials, max_epochs, out, bench_runs, data_dir) -> None:
-    """Train (or tune, then train), export and verify, bench every artifact, write the report."""
-    from kerakit.build import build
+    """Train (or tune, then train), export and verify, bench every artifact, write the report (exit 1 if an artifact fails)."""
+    from kerakit.build import BuildFailed, build
 
     overrides = _parse_overrides(overrides)
     _needs_tensorflow(ctx)
-    result = build(recipe, targets.split(","), out, tune=tuner, max_trials=max_trials, max_epochs=max_epochs,
-                   bench_runs=bench_runs, data_dir=data_dir, **overrides)
+    try:
+        result = build(recipe, targets.split(","), out, tune=tuner, max_trials=max_trials, max_epochs=max_epochs,
+                       bench_runs=bench_runs, data_dir=data_dir, **overrides)
+    except BuildFailed as e:  # the table shows what failed; then the error line and exit 1
+        _print_deployment(e.result["deployment"], e.result["report"])
+        raise
     _print_deployment(result["deployment"], result["report"])
 
 
@@ -339,18 +334,18 @@ def _int_list(text: str, option: str) -> list[int]:
 @click.option("--threads", default="1,2", show_default=True, help="Thread counts for ONNX Runtime and LiteRT.")
 @click.option("--runs", "runs_", default=200, show_default=True, type=click.IntRange(min=5), help="Timed calls per artifact and setting.")
 @click.option("--warmup", default=20, show_default=True, type=click.IntRange(min=0), help="Untimed calls first.")
-@click.option("--no-onnx-sweep", is_flag=True, help="Skip comparing ONNX optimization levels and threads.")
+@click.option("--no-sweep", "--no-onnx-sweep", "no_sweep", is_flag=True, help="Skip comparing runtime settings (ONNX: optimization level x threads).")
 @click.option("--out", type=click.Path(file_okay=False), help="Where bench.json and bench.png go (default RUN/bench).")
 @click.option("--data-dir", help="TFDS data directory.")
 @click.pass_context
-def bench_cmd(ctx, artifacts, batches, threads, runs_, warmup, no_onnx_sweep, out, data_dir) -> None:
+def bench_cmd(ctx, artifacts, batches, threads, runs_, warmup, no_sweep, out, data_dir) -> None:
     """Latency/throughput of ARTIFACTS side by side (files, SavedModels, or a run = all its formats)."""
     from kerakit.bench import bench
 
     batches, threads = _int_list(batches, "--batch"), _int_list(threads, "--threads")
     _needs_tensorflow(ctx)
     result = bench(artifacts, batches=batches, threads=threads, runs_=runs_, warmup=warmup,
-                   onnx_sweep=not no_onnx_sweep, data_dir=data_dir, out=out)
+                   sweep=not no_sweep, data_dir=data_dir, out=out)
     _print_bench(result)
 
 
@@ -366,20 +361,20 @@ def _print_bench(result: dict) -> None:
     console = Console(width=max(120, Console().width))
     console.print(table)
     console.print(f"inputs: {result['inputs_from']}; peak RSS {result['peak_rss_mb']:.0f} MiB")
-    for name, sweep in result.get("onnx_sweep", {}).items():
-        console.print(f"ONNX {name}: best {sweep['best']} (now its default for serve and runtime.load)")
+    for name, sweep in result.get("sweep", {}).items():
+        console.print(f"{name}: best {sweep['best']} (now its default for serve and runtime.load)")
 
 
-def _print_export(report: dict) -> None:
+def _print_export(report) -> None:
     from rich.console import Console
     from rich.table import Table
 
-    metric = (report.get("keras_metric") or {}).get("name") or "metric"
-    rows = report["artifacts"]
+    metric = (report.keras_metric or {}).get("name") or "metric"
+    rows = report.artifacts
     with_ratio = any("size_vs_tflite_fp32" in r for r in rows)
     columns = ["artifact", "size", *(["vs tflite fp32"] if with_ratio else []), "max abs err", metric, "change", "verdict"]
-    table = Table(*columns, title=f"export -> {report['out']}", box=None)
-    keras_metric = report.get("keras_metric")
+    table = Table(*columns, title=f"export -> {report.out}", box=None)
+    keras_metric = report.keras_metric
     if keras_metric:
         table.add_row("keras", "", *([""] if with_ratio else []), "", f"{keras_metric['value']:.4f}", "", "reference")
     for r in rows:
@@ -391,7 +386,7 @@ def _print_export(report: dict) -> None:
         verdict = r["verdict"] if r["verdict"] == "verified" else f"FAILED: {'; '.join(r.get('reasons', []))}"
         table.add_row(r["artifact"], size, *ratio, err, value, change, verdict)
     Console(width=max(120, Console().width)).print(table)
-    for layout in report.get("layouts", []):
+    for layout in report.layouts:
         print(f"{layout['layout']}: {layout.get('path') or 'not written: ' + layout['reason']}")
 
 
@@ -439,7 +434,7 @@ def serve_cmd(ctx, source, name, model_dir, host, port, workers, max_batch, batc
     entries = resolve(source, name, model_dir)
     if log_path is None and not no_log and source is not None:
         run = runs.find_run(entries[0].path)
-        log_path = str(run.path / "requests.jsonl") if run is not None else None
+        log_path = str(run.request_log) if run is not None else None
     if any(Path(e.path).suffix == ".keras" or Path(e.path).is_dir() for e in entries):
         _needs_tensorflow(ctx)
     options = ServeOptions(max_body_bytes=int(max_body_mb * 1024 * 1024), max_elements=max_elements,

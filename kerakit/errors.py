@@ -8,5 +8,5 @@ exception is a bug and keeps its traceback.
 class KerakitError(Exception):
     """A user-facing error: bad recipe, bad override, missing data, ...
 
-    >>> raise KerakitError("Unknown recipe 'foo'. Available: digits_cnn, wine_mlp")
+        raise KerakitError("Unknown recipe 'foo'. Available: breast_cancer_mlp, diabetes_mlp, digits_cnn, ...")
     """

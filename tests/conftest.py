@@ -2,11 +2,14 @@
 
 import os
 import shutil
+import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
+import requests
 
 ROOT = Path(__file__).resolve().parent.parent
 FIXTURES = Path(__file__).resolve().parent / "fixtures"
@@ -14,6 +17,9 @@ FIXTURES = Path(__file__).resolve().parent / "fixtures"
 KERAKIT = [str(Path(sys.executable).parent / "kerakit")]
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+# Not test modules: recipes that are broken on purpose, and a format only some tests register.
+collect_ignore = ["fixtures", "toy_format.py"]
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -54,3 +60,43 @@ def copy_recipe(name: str, dest: Path) -> Path:
     target = dest / f"{name}.py"
     shutil.copyfile(ROOT / "recipes" / f"{name}.py", target)
     return target
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class Server:
+    """`kerakit serve ...` on a free loopback port, ready when constructed."""
+
+    def __init__(self, *args, log_dir: Path, timeout: float = 90, env: dict | None = None):
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.stderr_path = log_dir / f"serve-{self.port}.stderr"
+        self._stderr = open(self.stderr_path, "w")
+        self.proc = subprocess.Popen([*KERAKIT, "serve", *map(str, args), "--port", str(self.port)],
+                                     stdout=subprocess.DEVNULL, stderr=self._stderr, env={**os.environ, **(env or {})})
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise AssertionError(f"server exited {self.proc.returncode}: {self.stderr_path.read_text()}")
+            try:
+                if requests.get(self.url + "/v2/health/ready", timeout=1).status_code == 200:
+                    return
+            except requests.ConnectionError:
+                time.sleep(0.1)
+        self.stop()
+        raise AssertionError(f"server not ready in {timeout} s: {self.stderr_path.read_text()}")
+
+    def alive(self) -> bool:
+        return self.proc.poll() is None and requests.get(self.url + "/v2/health/live", timeout=5).status_code == 200
+
+    def stop(self) -> None:
+        self.proc.terminate()
+        try:
+            self.proc.wait(15)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+        self._stderr.close()

@@ -1,0 +1,107 @@
+"""The package's shape: arrows one way, no import cycle, functions that read as one phase.
+
+Read with `ast` (imports inside functions count too); nothing is imported or run.
+"""
+
+import ast
+from pathlib import Path
+
+import pytest
+
+PACKAGE = Path(__file__).resolve().parent.parent / "kerakit"
+MAX_FUNCTION_LINES = 80
+
+
+def _modules() -> dict[str, tuple[Path, ast.Module]]:
+    found = {}
+    for path in sorted(PACKAGE.rglob("*.py")):
+        name = ".".join(path.relative_to(PACKAGE.parent).with_suffix("").parts).removesuffix(".__init__")
+        found[name] = (path, ast.parse(path.read_text(), str(path)))
+    return found
+
+
+MODULES = _modules()
+
+
+def _imports(name: str, path: Path, tree: ast.Module) -> set[str]:
+    """The kerakit modules `name` imports, at module level or inside functions."""
+    targets = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            names = [alias.name for alias in node.names]
+        elif isinstance(node, ast.ImportFrom):
+            base = node.module or ""
+            if node.level:
+                package = name.split(".")[: None if path.name == "__init__.py" else -1]
+                base = ".".join(package[: len(package) - node.level + 1] + ([base] if base else []))
+            names = [base] + [f"{base}.{alias.name}" for alias in node.names]
+        else:
+            continue
+        for target in names:
+            while target and target not in MODULES:
+                target = target.rpartition(".")[0]
+            if target and target not in (name, "kerakit"):
+                targets.add(target)
+    return targets
+
+
+GRAPH = {name: _imports(name, path, tree) for name, (path, tree) in MODULES.items()}
+
+
+def _cycles() -> list[list[str]]:
+    found, done = [], set()
+
+    def visit(module, stack):
+        for nxt in sorted(GRAPH.get(module, ())):
+            if nxt in stack:
+                found.append(stack[stack.index(nxt):] + [nxt])
+            elif nxt not in done:
+                visit(nxt, stack + [nxt])
+        done.add(module)
+
+    for module in sorted(GRAPH):
+        if module not in done:
+            visit(module, [module])
+    return found
+
+
+def test_no_module_imports_back_up_the_flow():
+    assert _cycles() == []
+
+
+def test_no_function_is_longer_than_one_phase():
+    long = [f"{path.relative_to(PACKAGE.parent)}:{node.lineno} {node.name} ({node.end_lineno - node.lineno + 1} lines)"
+            for path, tree in MODULES.values() for node in ast.walk(tree)
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef))
+            and node.end_lineno - node.lineno + 1 > MAX_FUNCTION_LINES]
+    assert long == []
+
+
+@pytest.mark.parametrize("module, may_import", [
+    # The layers everything else stands on know nothing above them.
+    ("kerakit.metrics", {"kerakit.errors"}),
+    ("kerakit.dtypes", set()),
+    ("kerakit.request_log", {"kerakit.errors", "kerakit.runs"}),
+    ("kerakit.runs", {"kerakit.errors", "kerakit.recipe"}),  # a run loads its own copy of its recipe
+])
+def test_the_bottom_layers_import_only_what_is_below_them(module, may_import):
+    assert GRAPH[module] <= may_import
+
+
+def test_formats_know_no_command_and_commands_know_no_format_internals():
+    for name, imports in GRAPH.items():
+        if name.startswith("kerakit.formats"):
+            assert not {i for i in imports if i.split(".")[1] in
+                        ("export", "serve", "bench", "evaluate", "report", "build", "cli", "train", "tune")}, name
+    # Outside the registry, only export (conversion) and the loaders of a model's own file reach into a format module.
+    reach = {name for name, imports in GRAPH.items() if not name.startswith("kerakit.formats")
+             and any(i.startswith("kerakit.formats.") and i != "kerakit.formats.base" for i in imports)}
+    assert reach <= {"kerakit.export", "kerakit.export.context", "kerakit.evaluate", "kerakit.report",
+                     "kerakit.drift"}, reach
+
+
+def test_serve_and_drift_share_the_request_log_not_each_other():
+    serve = {name for name in GRAPH if name.startswith("kerakit.serve")}
+    assert not any("kerakit.drift" in GRAPH[s] for s in serve)
+    assert not any(i.startswith("kerakit.serve") for i in GRAPH["kerakit.drift"])
+    assert "kerakit.request_log" in GRAPH["kerakit.drift"]
