@@ -27,8 +27,8 @@ from kerakit.export import layouts as _layouts
 from kerakit.export.context import ExportContext
 from kerakit.export.report import ExportReport, now
 from kerakit.export.source import verification_data
-from kerakit.export.targets import ArtifactSpec, Target, Verify, format_target, load_target
-from kerakit.export.verify import Check, Reference, make_reference, verify_artifact
+from kerakit.export.targets import ArtifactSpec, Target, format_target, load_target
+from kerakit.export.verify import Check, Reference, kb, make_reference, verify_artifact
 
 __all__ = ["ExportReport", "export", "load_target", "verify_artifact"]
 
@@ -84,8 +84,8 @@ def export(
         context = ExportContext(model, keras_predictor.inputs, metadata["outputs"], Path(staging),
                                 data.calibration, metadata)
         rows = []
-        for spec, tolerances in specs:
-            rows.append(_artifact(spec, tolerances, context, reference, out, log))
+        for spec, target in specs:
+            rows.append(_artifact(spec, target, context, reference, out, log))
             if progress:
                 progress(len(rows), len(specs))
     _size_ratios(rows)
@@ -99,21 +99,21 @@ def export(
     return report
 
 
-def _plan(chosen: list[Target]) -> list[tuple[ArtifactSpec, Verify]]:
-    """Each artifact once (the first target naming it sets its tolerances)."""
-    specs: dict[str, tuple[ArtifactSpec, Verify]] = {}
+def _plan(chosen: list[Target]) -> list[tuple[ArtifactSpec, Target]]:
+    """Each artifact once (the first target naming it sets its tolerances and budget)."""
+    specs: dict[str, tuple[ArtifactSpec, Target]] = {}
     for target in chosen:
         for spec in target.artifacts:
-            specs.setdefault(spec.name, (spec, target.verify))
+            specs.setdefault(spec.name, (spec, target))
     return list(specs.values())
 
 
-def _artifact(spec: ArtifactSpec, tolerances: Verify, context: ExportContext, reference: Reference, out: Path,
+def _artifact(spec: ArtifactSpec, target: Target, context: ExportContext, reference: Reference, out: Path,
               log: Callable[[str], None]) -> dict:
     """Convert one artifact with its format, then verify it: its report row."""
     path = out / spec.filename
     row = {"artifact": spec.name, "format": spec.format, "quantization": spec.quantization,
-           "path": str(path), "tolerances": vars(tolerances)}
+           "path": str(path), "tolerances": vars(target.verify)}
     started = time.perf_counter()
     try:
         formats.get(spec.format).convert(context, spec, path)
@@ -126,12 +126,21 @@ def _artifact(spec: ArtifactSpec, tolerances: Verify, context: ExportContext, re
         return row
     row["export_seconds"] = round(time.perf_counter() - started, 2)
     try:
-        check = verify_artifact(path, reference, spec, tolerances)
+        check = verify_artifact(path, reference, spec, target.verify, target.budget)
     except Exception as e:  # e.g. the runtime cannot load what the converter wrote
         check = Check(reasons=[f"{spec.name} could not run: {_first_line(e)}"])
     row.update(size_bytes=_size(path), **check.to_dict(), sha256=_digest(path))
-    log(f"  {spec.name}: {check.verdict}" + (f" ({'; '.join(check.reasons)})" if check.reasons else ""))
+    log(f"  {spec.name}: {check.verdict}" + (f" ({'; '.join(check.reasons)})" if check.reasons else "")
+        + _footprint_text(check.footprint))
     return row
+
+
+def _footprint_text(footprint: dict | None) -> str:
+    if not footprint:
+        return ""
+    macs = f", {footprint['macs']:,} MACs" if footprint.get("macs") is not None else ""
+    return (f"; {kb(footprint['ram_bytes'])} KB {footprint['ram_label']}, "
+            f"{kb(footprint['flash_bytes'])} KB flash{macs}")
 
 
 def _size_ratios(rows: list[dict]) -> None:

@@ -15,6 +15,10 @@
     max_metric_rel_increase = 0.05      # ... an error metric (mae) may grow by at most 5 %
     samples = 512                       # held-out inputs for the numeric comparison
 
+    [budget]                            # optional: the device's resources (KB = 1024 bytes)
+    ram_kb = 256                        # what a format measures as working memory (TFLM: the tensor arena)
+    flash_kb = 1024                     # the model's bytes
+
 Formats, their quantizations and options come from the format registry
 (`kerakit.formats`). Targets are found by name in ./export and in the
 export/ folder shipped with kerakit, or by path.
@@ -32,7 +36,8 @@ from kerakit import formats
 from kerakit.errors import KerakitError
 
 VERIFY_KEYS = {"atol", "rtol", "max_metric_drop", "max_metric_rel_increase", "samples"}
-TARGET_KEYS = {"description", "layouts", "artifacts", "verify"}
+BUDGET_KEYS = {"ram_kb", "flash_kb"}
+TARGET_KEYS = {"description", "layouts", "artifacts", "verify", "budget"}
 
 
 @dataclass(frozen=True)
@@ -42,6 +47,18 @@ class Verify:
     max_metric_drop: float = 0.01
     max_metric_rel_increase: float = 0.05
     samples: int = 512  # held-out inputs for the numeric comparison (half validation, half test)
+
+
+@dataclass(frozen=True)
+class Budget:
+    """A device's resources in KB (1024 bytes); None: not limited. Checked against each format's `Footprint`."""
+
+    ram_kb: float | None = None
+    flash_kb: float | None = None
+
+    @property
+    def declared(self) -> bool:
+        return self.ram_kb is not None or self.flash_kb is not None
 
 
 @dataclass(frozen=True)
@@ -79,6 +96,7 @@ class Target:
     layouts: tuple[str, ...] = ()
     verify: Verify = field(default_factory=Verify)
     path: Path | None = None
+    budget: Budget = field(default_factory=Budget)
 
 
 def target_dirs() -> list[Path]:
@@ -128,7 +146,21 @@ def parse_target(raw: dict, name: str, path: Path | None = None) -> Target:
         needed = formats.for_layout(layout).name
         if not any(a.format == needed for a in artifacts):
             raise KerakitError(f"{where}: the {layout} layout needs an {needed} artifact.")
-    return Target(name, raw.get("description", ""), artifacts, layouts, verify, path)
+    budget = _parse_budget(raw.get("budget", {}), f"{where} [budget]")
+    unmeasured = sorted({a.format for a in artifacts if not formats.get(a.format).measure})
+    if budget.declared and unmeasured:
+        measured = ", ".join(f.name for f in formats.all_formats() if f.measure)
+        raise KerakitError(f"{where}: a [budget] needs formats that measure their RAM and flash ({measured}); "
+                           f"{', '.join(unmeasured)} do(es) not. Put them in another target.")
+    return Target(name, raw.get("description", ""), artifacts, layouts, verify, path, budget)
+
+
+def _parse_budget(raw: dict, where: str) -> Budget:
+    _check_keys(raw, BUDGET_KEYS, where)
+    for key, value in raw.items():
+        if not isinstance(value, (int, float)) or isinstance(value, bool) or value <= 0:
+            raise KerakitError(f"{where}: invalid {key}={value!r}. Expected a number of KB > 0.")
+    return Budget(**{k: float(v) for k, v in raw.items()})
 
 
 def _parse_verify(raw: dict, where: str) -> Verify:

@@ -9,6 +9,8 @@
   grow at most `max_metric_rel_increase` of its value).
 - Not vacuous: a model that gives the same output for every input proves
   nothing, so that fails too.
+- Fits the device: a format that measures its footprint (`Format.measure`:
+  RAM, flash, MACs) reports it, and a target's `[budget]` bounds it.
 
     check = verify_artifact("runs/demo/export/model_int8.tflite", reference, spec, tolerances)
     check.verdict, check.max_abs_error, check.metric_change
@@ -21,8 +23,8 @@ from pathlib import Path
 
 import numpy as np
 
-from kerakit import metrics, runtime
-from kerakit.export.targets import ArtifactSpec, Verify
+from kerakit import formats, metrics, runtime
+from kerakit.export.targets import ArtifactSpec, Budget, Verify
 from kerakit.runtime import predict_all
 
 CONSTANT_OUTPUT_STD = 1e-6
@@ -71,6 +73,8 @@ class Check:
     metric_change: float | None = None
     verdict: str = "failed"
     reasons: list[str] = field(default_factory=list)
+    footprint: dict | None = None  # Format.measure's figures (ram_bytes, flash_bytes, macs, ...)
+    budget: dict | None = None     # the target's, where it declares one
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -90,8 +94,9 @@ def make_reference(keras_predictor: runtime.Predictor, numeric_inputs, *, split_
     return ref
 
 
-def verify_artifact(path: "str | Path", reference: Reference, spec: ArtifactSpec, tolerances: Verify) -> Check:
-    """Run the artifact through the runtime API and judge it against `reference`."""
+def verify_artifact(path: "str | Path", reference: Reference, spec: ArtifactSpec, tolerances: Verify,
+                    budget: Budget = Budget()) -> Check:
+    """Run the artifact through the runtime API and judge it against `reference` (and `budget`)."""
     check = Check()
     with runtime.load(path) as predictor:
         rows = reference.rows(tolerances.samples)
@@ -106,6 +111,7 @@ def verify_artifact(path: "str | Path", reference: Reference, spec: ArtifactSpec
             _judge_metric(check, predictor, reference, tolerances)
         elif spec.quantized:
             check.reasons.append("a quantized artifact is judged by the task metric, and no labelled data was given")
+    _judge_footprint(check, Path(path), spec, budget)
     check.verdict = "failed" if check.reasons else "verified"
     return check
 
@@ -137,3 +143,27 @@ def _judge_metric(check: Check, predictor, reference: Reference, tolerances: Ver
                            tolerances.max_metric_rel_increase)
     if reason:
         check.reasons.append(reason)
+
+
+def _judge_footprint(check: Check, path: Path, spec: ArtifactSpec, budget: Budget) -> None:
+    """The format's measured RAM, flash and MACs, against the target's budget."""
+    fmt = formats.get(spec.format)
+    if fmt.measure is None:
+        return
+    footprint = fmt.measure(path)
+    check.footprint = footprint.to_dict()
+    if budget.declared:
+        check.budget = {"ram_kb": budget.ram_kb, "flash_kb": budget.flash_kb}
+    over = []
+    if budget.ram_kb is not None and footprint.ram_bytes > budget.ram_kb * 1024:
+        over.append(f"{kb(footprint.ram_bytes)} KB of {footprint.ram_label} (the target allows {budget.ram_kb:g} KB)")
+    if budget.flash_kb is not None and footprint.flash_bytes > budget.flash_kb * 1024:
+        over.append(f"{kb(footprint.flash_bytes)} KB of flash (the target allows {budget.flash_kb:g} KB)")
+    if over:
+        check.reasons.append(f"over budget: needs {' and '.join(over)}; use fewer filters or units, "
+                             "or a target with a larger budget")
+
+
+def kb(n_bytes: int) -> str:
+    """Bytes as KB (1024) with one decimal: 319488 -> '312.0'."""
+    return f"{n_bytes / 1024:.1f}"

@@ -23,9 +23,9 @@ import os
 from pathlib import Path
 
 from kerakit.errors import KerakitError
-from kerakit.formats.base import Format, Option, Predictor, Spec, Variant
+from kerakit.formats.base import Footprint, Format, Option, Predictor, Spec, Variant
 
-__all__ = ["Format", "Option", "Predictor", "Spec", "Variant", "all_formats", "artifact_names", "for_artifact",
+__all__ = ["Footprint", "Format", "Option", "Predictor", "Spec", "Variant", "all_formats", "artifact_names", "for_artifact",
            "for_layout", "for_path", "get", "match", "register", "repository_files"]
 
 # Modules of kerakit.formats, in registration order (also the order a model repository's files are preferred in).
@@ -46,10 +46,9 @@ def _builtins() -> dict[str, Format]:
     global _loaded
     if not _loaded:
         _loaded = True
-        for name in BUILTIN:
-            importlib.import_module(f"kerakit.formats.{name}")
+        modules = [importlib.import_module(f"kerakit.formats.{name}") for name in BUILTIN]
         # Format modules import each other (tflite reads savedmodel's signature name): restore BUILTIN's order.
-        ordered = {name: _REGISTRY[name] for name in BUILTIN}
+        ordered = {m.FORMAT.name: m.FORMAT for m in modules}
         ordered.update(_REGISTRY)
         _REGISTRY.clear()
         _REGISTRY.update(ordered)

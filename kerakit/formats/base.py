@@ -10,7 +10,7 @@ servers know it (Triton platform, server layout).
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
@@ -122,6 +122,23 @@ class Option:
 
 
 @dataclass(frozen=True)
+class Footprint:
+    """What one inference of an artifact needs on its device, as its format measures it (`Format.measure`).
+
+    A target's `[budget]` (`ram_kb`, `flash_kb`) is checked against `ram_bytes` and `flash_bytes`.
+    """
+
+    ram_bytes: int                # working memory the runtime must be given (TFLM: the tensor arena)
+    flash_bytes: int              # read-only bytes the device stores (the model)
+    macs: int | None = None       # multiply-accumulates per inference, to estimate cycles on a clock
+    ram_label: str = "RAM"        # what ram_bytes is, in messages and reports ("tensor arena")
+    details: dict = field(default_factory=dict)  # format-specific facts (ops, how it was measured)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+@dataclass(frozen=True)
 class Format:
     """Everything kerakit knows about one model format; registered with `kerakit.formats.register`.
 
@@ -131,6 +148,11 @@ class Format:
         format (see `kerakit.export.context.ExportContext`); None for formats kerakit only reads.
     settings: `(threads) -> {label: options}`, the runtime settings `kerakit bench` compares;
         the fastest becomes the file's default (saved beside it).
+    measure: `(path) -> Footprint`, the RAM, flash and MACs one inference needs on the device; export
+        records it and checks it against a target's `[budget]`. None: the format measures nothing.
+    timing_note: what `kerakit bench`'s latency of this format means where it is not the device's own
+        ("host timing of ..."); printed with its figures.
+    fixed_threads: bench's threads label for a format without a thread setting.
     """
 
     name: str
@@ -145,6 +167,9 @@ class Format:
     triton_platform: str = ""
     layout: str | None = None  # the model-server layout its float artifact feeds ("tfserving", "triton")
     repository_files: tuple[str, ...] = ()  # its names in a NAME/VERSION/ model repository (Triton, TF Serving)
+    measure: Callable[[Path], Footprint] | None = None
+    timing_note: str = ""
+    fixed_threads: str = "tf-default"  # Keras and SavedModel run on TensorFlow's process-wide thread pools
 
     @property
     def takes_threads(self) -> bool:

@@ -19,11 +19,11 @@ from kerakit.formats.base import Format, Predictor, Spec, Variant
 SIGNATURE = "serving_default"
 
 
-def serving_function(model, inputs: list[Spec], outputs: list[str]):
-    """(function, input_signature): dicts of named tensors in and out."""
+def serving_function(model, inputs: list[Spec], outputs: list[str], batch: int | None = None):
+    """(function, input_signature): dicts of named tensors in and out; `batch` fixes the batch size."""
     import tensorflow as tf
 
-    signature = [{s.name: tf.TensorSpec((None, *s.shape[1:]), s.dtype, name=s.name) for s in inputs}]
+    signature = [{s.name: tf.TensorSpec((batch, *s.shape[1:]), s.dtype, name=s.name) for s in inputs}]
     single = len(inputs) == 1
 
     def serve(features):
@@ -35,11 +35,11 @@ def serving_function(model, inputs: list[Spec], outputs: list[str]):
     return serve, signature
 
 
-def write_savedmodel(model, inputs: list[Spec], outputs: list[str], path: Path) -> None:
-    """The serving SavedModel of a Keras model, written atomically to `path`."""
+def write_savedmodel(model, inputs: list[Spec], outputs: list[str], path: Path, batch: int | None = None) -> None:
+    """The serving SavedModel of a Keras model, written atomically to `path` (dynamic batch unless `batch`)."""
     import keras
 
-    fn, signature = serving_function(model, inputs, outputs)
+    fn, signature = serving_function(model, inputs, outputs, batch)
     archive = keras.export.ExportArchive()
     archive.track(model)
     archive.add_endpoint(SIGNATURE, fn, input_signature=signature)
