@@ -161,6 +161,7 @@ def bench(
         "batches": batches, "threads": threads, "runs": runs_, "warmup": warmup,
         "rows": rows,
         "load_rss_mb": memory,
+        "notes": {r["artifact"]: r["note"] for r in rows if r.get("note")},
         "peak_rss_mb": round(peak_rss_mb(), 1),
         "created": _dt.datetime.now().isoformat(timespec="seconds"),
     }
@@ -192,12 +193,11 @@ def _compare(artifacts: dict[str, Path], pool: dict, batches: list[int], threads
                 feeds = {name: p.validate({k: v[:batch] for k, v in pool.items()}) for name, p in predictors.items()}
                 calls = {name: (lambda p=p, f=feeds[name]: p.run(f)) for name, p in predictors.items()}
                 samples = time_interleaved(calls, runs_, warmup, block=BLOCK)
-                new = [{"artifact": name, "format": p.format, "batch": batch,
-                        "threads": n_threads if formats.get(p.format).takes_threads else "tf-default",
-                        **_stats(samples[name], batch)} for name, p in predictors.items()]
+                new = [_row(name, p.format, batch, n_threads, samples[name]) for name, p in predictors.items()]
                 rows += new
-                log(f"  batch {batch}, threads {n_threads}: "
-                    + ", ".join(f"{r['artifact']} {r['p50_ms']:.3f} ms" for r in new))
+                if new:  # none when no artifact has a thread setting to compare
+                    log(f"  batch {batch}, threads {n_threads}: "
+                        + ", ".join(f"{r['artifact']} {r['p50_ms']:.3f} ms" for r in new))
                 done += 1
                 if progress:
                     progress(done, rounds)
@@ -205,6 +205,14 @@ def _compare(artifacts: dict[str, Path], pool: dict, batches: list[int], threads
             for p in predictors.values():
                 p.close()
     return rows, memory
+
+
+def _row(name: str, format_name: str, batch: int, threads: int, samples: list[int]) -> dict:
+    """One bench row; a format whose timing is not its device's says so (`Format.timing_note`)."""
+    fmt = formats.get(format_name)
+    row = {"artifact": name, "format": format_name, "batch": batch,
+           "threads": threads if fmt.takes_threads else fmt.fixed_threads, **_stats(samples, batch)}
+    return {**row, "note": fmt.timing_note} if fmt.timing_note else row
 
 
 def sweep_settings(path: Path, pool: dict, batches: list[int], threads: list[int], runs_: int, warmup: int,

@@ -265,17 +265,24 @@ def _print_deployment(rows: list[dict], written: dict) -> None:
     from rich.console import Console
     from rich.table import Table
 
+    from kerakit.report import FOOTPRINT_HEADERS, footprint_cells
+
     console = Console(width=max(120, Console().width))
+    devices = any(r.get("footprint") for r in rows)
     if rows:
-        table = Table("artifact", "size", "metric", "change", "p50 ms b1", "samples/s b32", "verdict",
-                      title="deployment", box=None)
+        table = Table("artifact", "size", *(FOOTPRINT_HEADERS if devices else []), "metric", "change", "p50 ms b1",
+                      "samples/s b32", "verdict", title="deployment", box=None)
         for r in rows:
             size = "-" if r["size_bytes"] is None else f"{r['size_bytes'] / 1024:.0f} KiB"
-            table.add_row(r["artifact"], size, "-" if r["metric"] is None else f"{r['metric']:.4f}",
+            p50 = "-" if r["p50_ms_batch1"] is None else f"{r['p50_ms_batch1']:.3f}" + (" †" if r.get("timing_note") else "")
+            table.add_row(r["artifact"], size, *(footprint_cells(r.get("footprint")) if devices else []),
+                          "-" if r["metric"] is None else f"{r['metric']:.4f}",
                           "" if r["verdict"] == "reference" or r["metric_change"] is None else f"{r['metric_change']:+.4f}",
-                          "-" if r["p50_ms_batch1"] is None else f"{r['p50_ms_batch1']:.3f}",
-                          "-" if r["throughput_batch32"] is None else f"{r['throughput_batch32']:,.0f}", r["verdict"])
+                          p50, "-" if r["throughput_batch32"] is None else f"{r['throughput_batch32']:,.0f}", r["verdict"])
         console.print(table)
+    for r in rows:
+        if r.get("timing_note"):
+            console.print(f"† {r['artifact']}: {r['timing_note']}", markup=False)
     for flag in written["flags"]:
         console.print(f"flag: {flag}", markup=False)
     console.print(f"report: {written['html']}  (Markdown: {written['markdown']})", markup=False)
@@ -361,6 +368,8 @@ def _print_bench(result: dict) -> None:
     console = Console(width=max(120, Console().width))
     console.print(table)
     console.print(f"inputs: {result['inputs_from']}; peak RSS {result['peak_rss_mb']:.0f} MiB")
+    for name, note in result.get("notes", {}).items():
+        console.print(f"{name}: {note}", markup=False)
     for name, sweep in result.get("sweep", {}).items():
         console.print(f"{name}: best {sweep['best']} (now its default for serve and runtime.load)")
 
@@ -371,15 +380,21 @@ def _print_export(report) -> None:
 
     metric = (report.keras_metric or {}).get("name") or "metric"
     rows = report.artifacts
+    from kerakit.report import FOOTPRINT_HEADERS, footprint_cells
+
     with_ratio = any("size_vs_tflite_fp32" in r for r in rows)
-    columns = ["artifact", "size", *(["vs tflite fp32"] if with_ratio else []), "max abs err", metric, "change", "verdict"]
+    devices = any(r.get("footprint") for r in rows)
+    columns = ["artifact", "size", *(["vs tflite fp32"] if with_ratio else []), *(FOOTPRINT_HEADERS if devices else []),
+               "max abs err", metric, "change", "verdict"]
     table = Table(*columns, title=f"export -> {report.out}", box=None)
     keras_metric = report.keras_metric
     if keras_metric:
-        table.add_row("keras", "", *([""] if with_ratio else []), "", f"{keras_metric['value']:.4f}", "", "reference")
+        table.add_row("keras", "", *([""] if with_ratio else []), *([""] * 3 if devices else []), "",
+                      f"{keras_metric['value']:.4f}", "", "reference")
     for r in rows:
         size = f"{r['size_bytes'] / 1024:.0f} KiB" if "size_bytes" in r else "-"
         ratio = [f"{r['size_vs_tflite_fp32']:.3f}x" if "size_vs_tflite_fp32" in r else "-"] if with_ratio else []
+        ratio += footprint_cells(r.get("footprint")) if devices else []
         err = f"{r['max_abs_error']:.2e}" if r.get("max_abs_error") is not None else "-"
         value = f"{r['metric']:.4f}" if r.get("metric") is not None else "-"
         change = f"{r['metric_change']:+.4f}" if r.get("metric_change") is not None else "-"

@@ -222,6 +222,9 @@ def deployment_rows(run: runs.Run) -> list[dict]:
         throughput = max((r["throughput_per_s"] for r in mine if r["batch"] == 32), default=None)
         return p50, throughput
 
+    def note(file_name: str) -> str:
+        return next((r["note"] for r in bench_rows if r["artifact"] == file_name and r.get("note")), "")
+
     keras_metric = export.get("keras_metric") or {}
     p50, thr = timing(run.model_path.name)
     rows = [{"artifact": "keras", "format": "keras", "size_bytes": run.model_path.stat().st_size,
@@ -231,7 +234,9 @@ def deployment_rows(run: runs.Run) -> list[dict]:
         p50, thr = timing(Path(r["path"]).name) if r.get("path") else (None, None)
         rows.append({"artifact": r["artifact"], "format": r["format"], "size_bytes": r.get("size_bytes"),
                      "metric": r.get("metric"), "metric_change": r.get("metric_change"), "p50_ms_batch1": p50,
-                     "throughput_batch32": thr, "verdict": r["verdict"], "reasons": r.get("reasons", [])})
+                     "throughput_batch32": thr, "verdict": r["verdict"], "reasons": r.get("reasons", []),
+                     "footprint": r.get("footprint"), "budget": r.get("budget"),
+                     "timing_note": note(Path(r["path"]).name) if r.get("path") else ""})
     return rows
 
 
@@ -459,18 +464,46 @@ def _deployment_section(card: _Card) -> list[str]:
     lines = ["## Deployment", ""]
     if not card.deploy:
         return lines + [f"No export yet: `kerakit export {card.run.path} --target server,edge`.", ""]
-    rows = []
+    rows, devices = [], any(r.get("footprint") for r in card.deploy)
+    timing = {r["artifact"]: r["timing_note"] for r in card.deploy if r.get("timing_note")}
     for r in card.deploy:
         if r["verdict"] not in ("verified", "reference"):
             card.flags.append(f"artifact {r['artifact']}: {r['verdict']} ({'; '.join(r.get('reasons', []))})")
-        rows.append([r["artifact"], _size(r["size_bytes"]), _fmt(r["metric"]),
-                     "" if r["verdict"] == "reference" else _signed(r["metric_change"]),
-                     _fmt(r["p50_ms_batch1"], 3),
+        p50 = _fmt(r["p50_ms_batch1"], 3) + (" †" if r["artifact"] in timing and r["p50_ms_batch1"] else "")
+        rows.append([r["artifact"], _size(r["size_bytes"]), *(footprint_cells(r.get("footprint")) if devices else []),
+                     _fmt(r["metric"]), "" if r["verdict"] == "reference" else _signed(r["metric_change"]), p50,
                      _fmt(None if r["throughput_batch32"] is None else round(r["throughput_batch32"])), r["verdict"]])
+    headers = ["artifact", "size", *(FOOTPRINT_HEADERS if devices else []), card.metric, "change", "p50 ms (batch 1)",
+               "samples/s (batch 32)", "verdict"]
+    notes = [*_footprint_notes(card.deploy), *(f"† {name}: {note}." for name, note in timing.items())]
     return lines + ["Every artifact is checked against the Keras model by `kerakit export`; latency from `kerakit bench` "
-                    "(best thread setting).", "",
-                    _table(["artifact", "size", card.metric, "change", "p50 ms (batch 1)", "samples/s (batch 32)",
-                            "verdict"], rows), ""]
+                    "(best thread setting).", "", _table(headers, rows), "", *(x for note in notes for x in (note, ""))]
+
+
+FOOTPRINT_HEADERS = ["RAM KB", "flash KB", "MACs"]
+
+
+def footprint_cells(footprint: dict | None) -> list[str]:
+    """RAM KB, flash KB and MACs of a measured artifact (KB = 1024 bytes); dashes for the others."""
+    if not footprint:
+        return ["–", "–", "–"]
+    macs = footprint.get("macs")
+    return [f"{footprint['ram_bytes'] / 1024:.1f}", f"{footprint['flash_bytes'] / 1024:.1f}",
+            "–" if macs is None else f"{macs:,}"]
+
+
+def _footprint_notes(deploy: list[dict]) -> list[str]:
+    """What RAM and flash mean for each measured artifact, and the budget it was held to."""
+    notes = []
+    for r in deploy:
+        footprint, budget = r.get("footprint"), r.get("budget") or {}
+        if not footprint:
+            continue
+        limits = ", ".join(f"{budget[k]:g} KB {what}" for k, what in (("ram_kb", "RAM"), ("flash_kb", "flash"))
+                           if budget.get(k) is not None)
+        notes.append(f"{r['artifact']}: RAM is its {footprint['ram_label']} and flash its model's bytes, as measured "
+                     f"in its runtime; MACs per inference" + (f"; the target's budget: {limits}." if limits else "."))
+    return notes
 
 
 def _summary_section(card: _Card) -> list[str]:
