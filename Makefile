@@ -28,12 +28,19 @@ $(CHROMIUM):
 	$(SUDO) apt-get update -qq
 	$(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null
 
-test: $(STAMP) $(CHROMIUM)
-	KERAKIT_CHROMIUM=$(CHROMIUM) $(BIN)/python -m pytest $(PYTEST_ARGS)
+# The mcu target's firmware files are compiled in a test: Debian's g++.
+GXX ?= /usr/bin/g++
+$(GXX):
+	@echo "Installing Debian's g++ for the firmware files' compile test"
+	$(SUDO) apt-get update -qq
+	$(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq g++ >/dev/null
+
+test: $(STAMP) $(CHROMIUM) $(GXX)
+	KERAKIT_CHROMIUM=$(CHROMIUM) CXX=$(GXX) $(BIN)/python -m pytest $(PYTEST_ARGS)
 
 # While iterating: everything but the slow end-to-end cases.
-test-fast: $(STAMP) $(CHROMIUM)
-	KERAKIT_CHROMIUM=$(CHROMIUM) $(BIN)/python -m pytest -m "not slow" $(PYTEST_ARGS)
+test-fast: $(STAMP) $(CHROMIUM) $(GXX)
+	KERAKIT_CHROMIUM=$(CHROMIUM) CXX=$(GXX) $(BIN)/python -m pytest -m "not slow" $(PYTEST_ARGS)
 
 # `make bench BENCH=serve` runs one section (foundation, export, serve, tune).
 bench: $(STAMP)
