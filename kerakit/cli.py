@@ -200,8 +200,8 @@ def evaluate_cmd(ctx, target, overrides, recipe, data_dir, split, as_json) -> No
 
 @cli.command("export")
 @click.argument("source", type=click.Path())
-@click.option("--target", "targets", multiple=True, help="Target name or TOML path (repeat or comma-separate): server, edge, ...")
-@click.option("--format", "formats", multiple=True, help="One artifact by its --format name: savedmodel, tflite, tflite-fp16, tflite-dynamic, tflite-int8, onnx, onnx-dynamic, onnx-int8 (or a registered format's).")
+@click.option("--target", "targets", multiple=True, help="Target name or TOML path (repeat or comma-separate): server, edge, mcu, ...")
+@click.option("--format", "formats", multiple=True, help="One artifact by its --format name: savedmodel, tflite, tflite-fp16, tflite-dynamic, tflite-int8, onnx, onnx-dynamic, onnx-int8, tflite-micro-int8 (or a registered format's).")
 @click.option("--out", type=click.Path(file_okay=False), help="Output directory (default RUN/export).")
 @click.option("--recipe", help="For a .keras file outside a run: the recipe whose data verifies and calibrates.")
 @click.option("--sample", type=click.Path(dir_okay=False), help="For a .keras file outside a run: .npz of inputs by name (+ 'label').")

@@ -5,7 +5,7 @@ import tensorflow as tf
 
 from kerakit.recipe import Input
 
-DESCRIPTION = "Depthwise-separable CNN on the bundled 8x8 digits, made for `--target mcu` (TFLite Micro, 256 KB RAM / 1 MB flash)."
+DESCRIPTION = "Depthwise-separable CNN on the bundled 8x8 digits, sized for `--target mcu` (TFLite Micro)."
 TASK = "classification"
 DATASET = "kerakit_digits"
 INPUTS = [Input("image", shape=(8, 8, 1), dtype="float32")]
