@@ -49,6 +49,7 @@ INSTEAD = {
     "GELU": "use activation='relu' or 'hard_silu'",
     "EXP": "elu, selu, softplus and exponential need int8 EXP: use activation='relu', 'relu6' or 'hard_silu'",
     "LOG": "softplus and log need int8 LOG: use activation='relu' or 'hard_silu'",
+    "SELECT": "selu, elu and tf.where select per element: use activation='relu', 'relu6' or 'hard_silu'",
     "TILE": "repeat values with Concatenate or UpSampling2D instead of tf.tile",
     "TOPK_V2": "sort or rank the scores in firmware, not in the model",
     "REDUCE_PROD": "sum logarithms in float on the host, or drop the product",
@@ -358,7 +359,7 @@ def firmware_files(data: bytes, metadata: dict) -> dict[str, str]:
 
 
 def _guard(facts: dict, file: str) -> str:
-    return re.sub(r"[^0-9A-Z]+", "_", f"{facts['name']}_{file}".upper()).strip("_") + "_"
+    return re.sub(r"[^0-9A-Z]+", "_", f"KERAKIT_{facts['name']}_{file}".upper()).strip("_") + "_"
 
 
 def _model_data_h(facts: dict) -> str:
@@ -405,7 +406,7 @@ def _model_settings_h(facts: dict) -> str:
              f"// MicroMutableOpResolver<kOpCount> with exactly these ops: {', '.join(facts['ops'])}.",
              f"constexpr int kOpCount = {len(facts['ops'])};",
              f"// Multiply-accumulates per inference (conv, depthwise, fully connected): {facts['macs']:,}.",
-             f"constexpr long kMacsPerInference = {facts['macs']}L;", ""]
+             f"constexpr long long kMacsPerInference = {facts['macs']}LL;", ""]
     for t in facts["inputs"]:
         lines += _tensor_lines(t, "input")
     for t in facts["outputs"]:
@@ -420,16 +421,14 @@ def _model_settings_h(facts: dict) -> str:
 def readme_code(facts: dict) -> str:
     """The C++ of README.md: set up the interpreter with exactly the model's ops, then one inference."""
     adds = "\n".join(f"  resolver.{resolver_method(op)}();" for op in facts["ops"])
-    params = ", ".join([f"const {C_TYPES[t['dtype']][0]}* {t['id'][0].lower() + t['id'][1:]}" for t in facts["inputs"]]
-                       + [f"{C_TYPES[t['dtype']][0]}* {t['id'][0].lower() + t['id'][1:]}Out" for t in facts["outputs"]])
-    copy_in = "\n".join(
-        f"  std::memcpy(interpreter->input(k{t['id']}Index)->data.{C_TYPES[t['dtype']][1]}, "
-        f"{t['id'][0].lower() + t['id'][1:]}, k{t['id']}Elements * sizeof({C_TYPES[t['dtype']][0]}));"
-        for t in facts["inputs"])
-    copy_out = "\n".join(
-        f"  std::memcpy({t['id'][0].lower() + t['id'][1:]}Out, interpreter->output(k{t['id']}Index)->data."
-        f"{C_TYPES[t['dtype']][1]}, k{t['id']}Elements * sizeof({C_TYPES[t['dtype']][0]}));"
-        for t in facts["outputs"])
+    var = lambda t, suffix: t["id"][0].lower() + t["id"][1:] + suffix  # noqa: E731  (imageIn: never a keyword)
+    ctype, member = (lambda t: C_TYPES[t["dtype"]][0]), (lambda t: C_TYPES[t["dtype"]][1])
+    params = ", ".join([f"const {ctype(t)}* {var(t, 'In')}" for t in facts["inputs"]]
+                       + [f"{ctype(t)}* {var(t, 'Out')}" for t in facts["outputs"]])
+    copy_in = "\n".join(f"  std::memcpy(interpreter->input(k{t['id']}Index)->data.{member(t)}, {var(t, 'In')}, "
+                        f"k{t['id']}Elements * sizeof({ctype(t)}));" for t in facts["inputs"])
+    copy_out = "\n".join(f"  std::memcpy({var(t, 'Out')}, interpreter->output(k{t['id']}Index)->data.{member(t)}, "
+                         f"k{t['id']}Elements * sizeof({ctype(t)}));" for t in facts["outputs"])
     return f"""#include <cstdint>
 #include <cstring>
 
