@@ -105,7 +105,8 @@ def for_path(path: "str | os.PathLike") -> Format:
     if fmt is not None:
         return fmt
     files = ", ".join(f.suffix for f in all_formats() if f.suffix and f.marker is None)
-    dirs = ", ".join(f"{f.name} ({f.marker})" for f in all_formats() if f.marker)
+    dirs = ", ".join(f"{f.name} ({f'a *{f.suffix} directory with ' if f.suffix else ''}{f.marker})"
+                     for f in all_formats() if f.marker)
     if path.is_dir():
         raise KerakitError(f"Directory {str(path)!r} is not a model directory. Expected one of: {dirs}.")
     raise KerakitError(f"Unsupported model file {str(path)!r}. Expected a {files} file, or a directory: {dirs}.")
