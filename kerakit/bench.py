@@ -15,6 +15,7 @@ data of the right specs; the result says which.
 
 from __future__ import annotations
 
+import contextlib
 import datetime as _dt
 import os
 import time
@@ -145,13 +146,21 @@ def bench(
     batches, threads = sorted(set(int(b) for b in batches)), sorted(set(int(t) for t in threads))
     if not batches or min(batches) < 1 or not threads or min(threads) < 1:
         raise KerakitError(f"Invalid --batch {batches} or --threads {threads}: expected positive integers.")
+    runtime.check_threads(max(threads))
+    run = runs.find_run(paths[0])
+    out = Path(out) if out else (run.bench_dir if run else Path("bench-results"))
+    swept = {p for p in paths if sweep and formats.for_path(p).settings}
+    with contextlib.ExitStack() as locks:  # bench.json's directory, and where swept settings are saved
+        for directory in {runs.owner(out).resolve(), *(runs.owner(p.parent).resolve() for p in swept)}:
+            locks.enter_context(runs.writer(directory, "kerakit bench"))
+        return _bench(paths, batches, threads, runs_, warmup, swept, data_dir, out, log, progress)
+
+
+def _bench(paths, batches, threads, runs_, warmup, swept, data_dir, out: Path, log, progress) -> dict:
     names = _labels(paths)
     with runtime.load(paths[0]) as first:
         specs = first.inputs
     pool, inputs_from = _inputs(paths, specs, data_dir, max(batches))
-    run = runs.find_run(paths[0])
-    out = Path(out) if out else (run.bench_dir if run else Path("bench-results"))
-    runs.ensure_writable_dir(out)
     log(f"Inputs: {inputs_from}.")
 
     rows, memory = _compare(dict(zip(names, paths)), pool, batches, threads, runs_, warmup, log, progress)
@@ -165,11 +174,11 @@ def bench(
         "peak_rss_mb": round(peak_rss_mb(), 1),
         "created": _dt.datetime.now().isoformat(timespec="seconds"),
     }
-    tunable = {name: path for name, path in zip(names, paths) if formats.for_path(path).settings}
-    if sweep and tunable:
+    runs.write_json(out / runs.BENCH_RESULT_FILE, result)  # the figures are safe before anything else can fail
+    if swept:
         result["sweep"] = {name: sweep_settings(path, pool, batches, threads, runs_, warmup, log)
-                           for name, path in tunable.items()}
-    runs.write_json(out / runs.BENCH_RESULT_FILE, result)
+                           for name, path in zip(names, paths) if path in swept}
+        runs.write_json(out / runs.BENCH_RESULT_FILE, result)
     chart(result, out / runs.BENCH_CHART_FILE)
     result["out"] = str(out)
     return result

@@ -100,13 +100,20 @@ def build(
     loaded = load_recipe(recipe)
     run = runs.Run(Path(out) if out else Path("runs") / loaded.name)
     targets = _check_targets(targets)
+    with runs.writer(run.path, "kerakit build"):
+        return _build(loaded, run, targets, tune, max_trials, max_epochs, bench_runs, data_dir, log, overrides)
+
+
+def _build(loaded, run: runs.Run, targets: list[str], tune, max_trials, max_epochs, bench_runs, data_dir, log,
+           overrides: dict) -> dict:
     steps = _Steps(total=4 + bool(tune), log=log)
     hparams = None
     if tune:
         hparams = _tune_step(steps, loaded, run, tune, max_trials, max_epochs, data_dir, log, overrides)
     run = _train_step(steps, loaded, run, hparams, data_dir, log, overrides)
     # What export and bench were last run on, so a rerun redoes only what changed.
-    state = runs.read_json(run.build_state) if run.build_state.exists() else {}
+    state = (runs.load_json(run.build_state, "delete it; the next build exports and benches again")
+             if run.build_state.exists() else {})
     exported = _export_step(steps, run, state, targets, data_dir, log)
     _bench_step(steps, run, state, bench_runs, data_dir, log)
     written = _report_step(steps, run, data_dir, log)
@@ -161,8 +168,12 @@ def _export_step(steps: _Steps, run: runs.Run, state: dict, targets: list[str], 
     key = {"targets": targets, "model_sha256": run.manifest["artifacts"].get(runs.MODEL_FILE)}
     start = steps.start("export", f"targets {', '.join(targets)} -> {run.export_dir}")
     if state.get("export") == key and run.export_report.exists():
-        steps.finish("export", start, "already done")
-        return ExportReport.read(run.export_dir)
+        previous = ExportReport.read(run.export_dir)
+        stale = _stale_artifacts(previous, run.export_dir)
+        if not stale:
+            steps.finish("export", start, "already done")
+            return previous
+        log(f"   export: {'; '.join(stale)}: exporting again")
     state.pop("bench", None)  # new artifacts: their timings are stale
     with _bar("export", log) as (say, advance):
         report = export(run.path, targets=targets, data_dir=data_dir, log=say, progress=advance)
@@ -173,13 +184,27 @@ def _export_step(steps: _Steps, run: runs.Run, state: dict, targets: list[str], 
     return report
 
 
+def _stale_artifacts(report, export_dir: Path) -> list[str]:
+    """Why an earlier export cannot be reused: a failed artifact, or one missing or changed on disk."""
+    stale = []
+    for row in report.artifacts:
+        path = export_dir / Path(row["path"]).name  # where it is now, if the run was copied or moved
+        if row["verdict"] != "verified":
+            stale.append(f"{row['artifact']} failed last time")
+        elif not path.exists():
+            stale.append(f"{path.name} missing")
+        elif not runs.intact(path, row.get("sha256")):
+            stale.append(f"{path.name} changed since it was verified")
+    return stale
+
+
 def _bench_step(steps: _Steps, run: runs.Run, state: dict, bench_runs: int, data_dir: str | None, log) -> None:
     """Bench every artifact of the run, unless they were benched with the same settings since the export."""
     from kerakit.bench import bench as run_bench
 
     start = steps.start("bench", f"every artifact at batch {', '.join(map(str, BENCH_BATCHES))}")
     key = {"batches": list(BENCH_BATCHES), "threads": list(BENCH_THREADS), "runs": bench_runs}
-    if state.get("bench") == key and run.bench_result.exists():
+    if state.get("bench") == key and _readable(run.bench_result):
         steps.finish("bench", start, "already done")
         return
     with _bar("bench", log) as (say, advance):
@@ -188,6 +213,13 @@ def _bench_step(steps: _Steps, run: runs.Run, state: dict, bench_runs: int, data
     state["bench"] = key
     runs.write_json(run.build_state, state)
     steps.finish("bench", start, str(run.bench_result))
+
+
+def _readable(path: Path) -> bool:
+    try:
+        return isinstance(runs.read_json(path).get("rows"), list)
+    except (OSError, ValueError, AttributeError):
+        return False
 
 
 def _report_step(steps: _Steps, run: runs.Run, data_dir: str | None, log) -> dict:

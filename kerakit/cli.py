@@ -18,16 +18,33 @@ from kerakit.tune import TUNERS
 
 
 class _Group(click.Group):
-    """Turns a KerakitError into one line on stderr and exit status 1 (traceback with --debug)."""
+    """Turns a KerakitError, or a full or read-only disk, into one line on stderr and exit status 1
+    (traceback with --debug)."""
 
     def invoke(self, ctx):
         try:
             return super().invoke(ctx)
-        except KerakitError as e:
-            if ctx.params.get("debug") or os.environ.get("KERAKIT_DEBUG"):
+        except Exception as e:
+            message = str(e) if isinstance(e, KerakitError) else _disk_error(e)
+            if message is None or ctx.params.get("debug") or os.environ.get("KERAKIT_DEBUG"):
                 raise
-            click.echo(f"error: {e}", err=True)
+            click.echo(f"error: {message}", err=True)
             ctx.exit(1)
+
+
+def _disk_error(e: BaseException) -> str | None:
+    """The one line for an exception that is the disk's fault, wherever it surfaced (h5py, TensorFlow, ...)."""
+    import errno
+
+    text = str(e)
+    full = getattr(e, "errno", None) in (errno.ENOSPC, errno.EDQUOT) or "No space left on device" in text
+    read_only = getattr(e, "errno", None) == errno.EROFS or "Read-only file system" in text
+    if not (full or read_only):
+        return _disk_error(e.__cause__) if e.__cause__ is not None else None
+    where = f" writing {e.filename}" if getattr(e, "filename", None) else ""
+    what = "No space left on device" if full else "The file system is read-only"
+    return (f"{what}{where}. Free space (or pass another --out) and rerun the same command: every step "
+            "that finished is kept, and an interrupted one resumes or starts again.")
 
 
 def _parse_overrides(pairs: tuple[str, ...]) -> dict[str, str]:
@@ -123,7 +140,7 @@ def train_cmd(ctx, recipe, overrides, out, strategy, data_dir, hparams, overwrit
 @cli.command("tune")
 @click.argument("recipe")
 @click.argument("overrides", nargs=-1)
-@click.option("--tuner", type=click.Choice(TUNERS), default="random", show_default=True)
+@click.option("--tuner", type=click.Choice(list(TUNERS)), default="random", show_default=True)
 @click.option("--max-trials", default=10, show_default=True, type=click.IntRange(min=1), help="Trials for random, grid, bayesian.")
 @click.option("--max-epochs", type=click.IntRange(min=1), help="Hyperband: the most epochs one trial trains.")
 @click.option("--executions-per-trial", default=1, show_default=True, type=click.IntRange(min=1))
@@ -226,7 +243,7 @@ def export_cmd(ctx, source, targets, formats, out, recipe, sample, data_dir, ops
 @click.argument("recipe")
 @click.argument("overrides", nargs=-1)
 @click.option("--target", "targets", default="server,edge", show_default=True, help="Export targets, comma-separated (names or TOML paths).")
-@click.option("--tune", "tuner", type=click.Choice(TUNERS), help="Search hyperparameters first, then train the best.")
+@click.option("--tune", "tuner", type=click.Choice(list(TUNERS)), help="Search hyperparameters first, then train the best.")
 @click.option("--max-trials", default=10, show_default=True, type=click.IntRange(min=1), help="With --tune.")
 @click.option("--max-epochs", type=click.IntRange(min=1), help="With --tune hyperband: the most epochs one trial trains.")
 @click.option("--out", type=click.Path(file_okay=False), help="Run directory (default runs/RECIPE). Rerun to resume.")

@@ -146,6 +146,16 @@ class Recipe:
             typed[key] = _coerce_hparam(key, value, by_name[key])
         return typed
 
+    def build(self, hp, data):
+        """`build_model(hp, data)`, with a recipe bug turned into one line naming the recipe and the error."""
+        try:
+            return self.build_model(hp, data)
+        except KerakitError:
+            raise
+        except Exception as e:
+            raise KerakitError(f"Recipe {self.path}: build_model raised {type(e).__name__}: {str(e)[:300]} "
+                               "(rerun with --debug for the traceback).") from e
+
     def summary(self) -> dict:
         return {
             "name": self.name,
@@ -197,10 +207,12 @@ def _parse_bool(value: Any) -> bool:
 
 def _coerce_hparam(key: str, value: Any, hp) -> Any:
     kind = type(hp).__name__
-    if kind == "Int":
-        typed = coerce(key, value, 0)
-    elif kind == "Float":
-        typed = coerce(key, value, 0.0)
+    if kind in ("Int", "Float"):
+        typed = coerce(key, value, 0 if kind == "Int" else 0.0)
+        if not hp.min_value <= typed <= hp.max_value:  # the model was designed for this range only
+            step = f", step {hp.step}" if getattr(hp, "step", None) else ""
+            raise KerakitError(f"Invalid value {key}={typed}: expected {'an integer' if kind == 'Int' else 'a number'} "
+                               f"from {hp.min_value} to {hp.max_value}{step} (the recipe's search space).")
     elif kind == "Boolean":
         typed = coerce(key, value, False)
     elif kind == "Choice":

@@ -210,11 +210,17 @@ def slices(recipe, x: dict, y, outputs, overall: float) -> list[dict]:
 
 
 def deployment_rows(run: runs.Run) -> list[dict]:
-    """Format x size, metric, change, p50 at batch 1, throughput at batch 32, verdict."""
+    """Format x size, metric, change, p50 at batch 1, throughput at batch 32, verdict.
+
+    An artifact is shown verified only while its file still has the SHA-256 it was verified with.
+    """
+    from kerakit.export import ExportReport
+
     if not run.export_report.exists():
         return []
-    export = runs.read_json(run.export_report)
-    bench_rows = runs.read_json(run.bench_result)["rows"] if run.bench_result.exists() else []
+    export = ExportReport.read(run.export_dir).to_dict()
+    bench_rows = (runs.load_json(run.bench_result, "delete it and rerun `kerakit bench`", ("rows",))["rows"]
+                  if run.bench_result.exists() else [])
 
     def timing(file_name: str) -> tuple[float | None, float | None]:
         mine = [r for r in bench_rows if r["artifact"] == file_name]
@@ -232,9 +238,14 @@ def deployment_rows(run: runs.Run) -> list[dict]:
              "throughput_batch32": thr, "verdict": "reference"}]
     for r in export["artifacts"]:
         p50, thr = timing(Path(r["path"]).name) if r.get("path") else (None, None)
+        verdict, reasons = r["verdict"], r.get("reasons", [])
+        # By name in this run's export/, so a copied or moved run is checked where it is now.
+        if verdict == "verified" and not runs.intact(run.export_dir / Path(r["path"]).name, r.get("sha256")):
+            verdict = "failed"
+            reasons = [f"{Path(r['path']).name} is missing or changed since it was verified: export again"]
         rows.append({"artifact": r["artifact"], "format": r["format"], "size_bytes": r.get("size_bytes"),
                      "metric": r.get("metric"), "metric_change": r.get("metric_change"), "p50_ms_batch1": p50,
-                     "throughput_batch32": thr, "verdict": r["verdict"], "reasons": r.get("reasons", []),
+                     "throughput_batch32": thr, "verdict": verdict, "reasons": reasons,
                      "footprint": r.get("footprint"), "budget": r.get("budget"),
                      "timing_note": note(Path(r["path"]).name) if r.get("path") else ""})
     return rows
@@ -265,9 +276,14 @@ class _Card:
 
 def report(run_path: "str | os.PathLike", data_dir: str | None = None, log=print) -> dict:
     """Write RUN/report/{model_card.md, index.html, *.png}; returns paths and flags."""
+    run = runs.Run.open(run_path)
+    with runs.writer(run.path, "kerakit report"):
+        return _write(run, data_dir, log)
+
+
+def _write(run: runs.Run, data_dir: str | None, log) -> dict:
     import keras
 
-    run = runs.Run.open(run_path)
     card = _gather(run, data_dir)
     target = run.report_dir
     with runs.atomic_dir(target) as tmp:

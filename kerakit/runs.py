@@ -126,6 +126,7 @@ def atomic_dir(path: str | os.PathLike) -> Iterator[Path]:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
+    os.chmod(tmp, 0o777 & ~_umask())  # mkdtemp makes 0700; the directory gets ordinary permissions
     try:
         yield tmp
         old = None
@@ -182,11 +183,50 @@ def read_json(path: str | os.PathLike) -> Any:
         return json.load(f)
 
 
+def load_json(path: str | os.PathLike, fix: str, keys: tuple[str, ...] = ()) -> dict:
+    """A JSON object kerakit wrote, or one line naming the file, what is wrong and `fix` (what to do).
+
+    A file that is torn, hand-edited or replaced by garbage must not become a
+    traceback three steps later: `keys` are the entries the caller needs.
+    """
+    path = Path(path)
+    try:
+        data = read_json(path)
+    except FileNotFoundError:
+        raise KerakitError(f"{path} is missing; {fix}.") from None
+    except UnicodeDecodeError:
+        raise KerakitError(f"{path} is not valid JSON (not UTF-8 text); {fix}.") from None
+    except json.JSONDecodeError as e:
+        raise KerakitError(f"{path} is not valid JSON (line {e.lineno}); {fix}.") from None
+    if not isinstance(data, dict):
+        raise KerakitError(f"{path} holds a JSON {type(data).__name__} where an object is expected; {fix}.")
+    missing = [k for k in keys if k not in data]
+    if missing:
+        raise KerakitError(f"{path} lacks {', '.join(map(repr, missing))}; {fix}.")
+    return data
+
+
 def sha256(path: str | os.PathLike) -> str:
     h = hashlib.sha256()
     with open(path, "rb") as f:
         for chunk in iter(lambda: f.read(1 << 20), b""):
             h.update(chunk)
+    return h.hexdigest()
+
+
+def intact(path: Path, digest: str | None) -> bool:
+    """Whether the file at `path` exists with SHA-256 `digest` (a directory: `tree_sha256`)."""
+    if digest is None or not path.exists():
+        return False
+    return (tree_sha256(path) if path.is_dir() else sha256(path)) == digest
+
+
+def tree_sha256(path: Path) -> str:
+    """One SHA-256 over a directory's files: their relative names and contents, in sorted order."""
+    h = hashlib.sha256()
+    for p in sorted(q for q in path.rglob("*") if q.is_file()):
+        h.update(str(p.relative_to(path)).encode())
+        h.update(sha256(p).encode())
     return h.hexdigest()
 
 
@@ -212,6 +252,79 @@ def ensure_writable_dir(path: str | os.PathLike) -> Path:
             "Pass a writable --out DIR."
         ) from None
     return path
+
+
+LOCK_FILE = ".kerakit.lock"
+# Names the atomic writes above and export's staging give their temporaries: what a killed writer leaves.
+LEFTOVER_MARKS = (".tmp", ".old", ".staging-", ".write-test-")
+_held: dict[Path, list] = {}  # directory -> [lock file descriptor, depth], for re-entrant writers
+
+
+@contextlib.contextmanager
+def writer(path: str | os.PathLike, command: str) -> Iterator[Path]:
+    """Hold `path`'s writer lock while the block runs: one writing kerakit process per directory.
+
+    An advisory `fcntl.flock` on DIR/.kerakit.lock, which the OS releases when
+    the process dies, so a SIGKILL never leaves a stale lock. A second process
+    gets one line naming the holder. Re-entrant within a process (`build`
+    holds it while train, export, bench and report take it again). The first
+    holder also removes what killed writers left behind (temporary files and
+    staging directories), since no other writer can be mid-write.
+
+        with writer("runs/demo", "kerakit export"):
+            ...
+    """
+    path = ensure_writable_dir(path)
+    key = path.resolve()
+    if key in _held:
+        _held[key][1] += 1
+        try:
+            yield path
+        finally:
+            _held[key][1] -= 1
+        return
+    fd = _acquire(path, command)
+    _held[key] = [fd, 1]
+    try:
+        remove_leftovers(path)
+        yield path
+    finally:
+        del _held[key]
+        os.close(fd)  # releases the flock
+
+
+def _acquire(path: Path, command: str) -> int:
+    import datetime as _dt
+    import fcntl
+
+    fd = os.open(path / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o666 & ~_umask())
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        holder = os.read(fd, 4096).decode(errors="replace").strip() or "another process"
+        os.close(fd)
+        raise KerakitError(f"{path} is in use by {holder}. Wait for it to finish, or use another --out.") from None
+    since = _dt.datetime.now().strftime("%H:%M:%S")
+    os.ftruncate(fd, 0)
+    os.pwrite(fd, f"pid {os.getpid()} ({command}, since {since})\n".encode(), 0)
+    return fd
+
+
+def remove_leftovers(path: Path) -> list[Path]:
+    """Delete temporaries that killed writers left in `path` and its direct subdirectories."""
+    found = []
+    for folder in [path, *(p for p in path.iterdir() if p.is_dir() and not p.name.startswith("."))]:
+        for p in folder.iterdir():
+            if p.name.startswith(".") and any(mark in p.name for mark in LEFTOVER_MARKS):
+                shutil.rmtree(p, ignore_errors=True) if p.is_dir() else p.unlink(missing_ok=True)
+                found.append(p)
+    return found
+
+
+def owner(path: str | os.PathLike) -> Path:
+    """The directory whose writer lock covers `path`: the run it lies in, else `path` itself."""
+    run = find_run(path)
+    return run.path if run is not None else Path(path)
 
 
 def is_run(path: str | os.PathLike) -> bool:
@@ -347,15 +460,17 @@ class Run:
     # Contents.
     @property
     def config(self) -> dict:
-        return read_json(self.config_path)
+        return load_json(self.config_path, f"delete {self.path} and train again", ("config", "recipe"))
 
     @property
     def manifest(self) -> dict:
-        return read_json(self.manifest_path)
+        return load_json(self.manifest_path, "delete it and rerun `kerakit train` with the same --out "
+                                             "(it trains the run again)", ("artifacts",))
 
     @property
     def metrics(self) -> dict:
-        return read_json(self.metrics_path)
+        return load_json(self.metrics_path, f"delete {self.manifest_path} and rerun `kerakit train` with the "
+                                            "same --out to evaluate the model again")
 
     def recipe(self):
         """The run's own copy of its recipe, under the recipe's name."""
@@ -372,10 +487,7 @@ class Run:
 
     def verify_artifacts(self) -> dict[str, bool]:
         """Re-hash every artifact listed in the manifest; True where it still matches."""
-        return {
-            name: (self.path / name).exists() and sha256(self.path / name) == digest
-            for name, digest in self.manifest["artifacts"].items()
-        }
+        return {name: intact(self.path / name, digest) for name, digest in self.manifest["artifacts"].items()}
 
     def __repr__(self) -> str:
         return f"Run({str(self.path)!r})"

@@ -11,7 +11,6 @@ float arrays for float models, whatever the file stores.
 
 from __future__ import annotations
 
-import json
 import os
 from pathlib import Path
 from typing import Any
@@ -19,9 +18,10 @@ from typing import Any
 import numpy as np
 
 from kerakit import formats, runs
+from kerakit.errors import KerakitError
 from kerakit.formats.base import Predictor, Spec
 
-__all__ = ["Predictor", "Spec", "detect_format", "first_output", "load", "predict_all", "save_tuned_options",
+__all__ = ["Predictor", "Spec", "check_threads", "detect_format", "first_output", "load", "predict_all", "save_tuned_options",
            "tuned_options"]
 
 
@@ -56,20 +56,34 @@ def first_output(predictor: Predictor, inputs: dict[str, np.ndarray], batch: int
     return next(iter(predict_all(predictor, predictor.validate(inputs), batch).values()))
 
 
+def check_threads(threads: int) -> int:
+    """A thread count this machine can run: at most the cores this process may use."""
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    if threads > cores:
+        raise KerakitError(f"Invalid threads={threads}: this process may use {cores} core(s); pass at most {cores}.")
+    return threads
+
+
 def tuned_options(path: "str | os.PathLike") -> dict:
-    """The runtime settings `kerakit bench` saved for the model at `path` ({} if none or unreadable)."""
+    """The runtime settings `kerakit bench` saved for the model at `path` ({} if there are none)."""
     sidecar = Path(path).parent / runs.RUNTIME_SETTINGS_FILE
     if not sidecar.exists():
         return {}
-    try:
-        return dict(json.loads(sidecar.read_text()).get(Path(path).name, {}).get("options", {}))
-    except (ValueError, AttributeError, TypeError):
-        return {}
+    settings = _settings(sidecar).get(Path(path).name, {})
+    options = settings.get("options", {}) if isinstance(settings, dict) else None
+    if not isinstance(options, dict):
+        raise KerakitError(f"{sidecar} has no options object for {Path(path).name!r}; "
+                           "delete it to re-run the runtime settings sweep (`kerakit bench`).")
+    return dict(options)
 
 
 def save_tuned_options(path: "str | os.PathLike", options: dict, evidence: dict) -> Path:
     """Record the runtime settings to use by default for the model at `path`."""
     sidecar = Path(path).parent / runs.RUNTIME_SETTINGS_FILE
-    current = runs.read_json(sidecar) if sidecar.exists() else {}
+    current = _settings(sidecar) if sidecar.exists() else {}
     current[Path(path).name] = {"options": options, "evidence": evidence}
     return runs.write_json(sidecar, current)
+
+
+def _settings(sidecar: Path) -> dict:
+    return runs.load_json(sidecar, "delete it to re-run the runtime settings sweep (`kerakit bench`)")

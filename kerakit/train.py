@@ -25,9 +25,6 @@ from kerakit import distribute, runs
 from kerakit.errors import KerakitError
 from kerakit.recipe import Recipe, load_recipe
 
-KERAS_BACKUP_STATE = "training_metadata.json"  # written by keras.callbacks.BackupAndRestore
-
-
 @dataclass
 class _Job:
     """One `train` call's request, resolved before TensorFlow starts."""
@@ -62,13 +59,18 @@ def train(
     best_hparams.json); `overrides` win over it.
     """
     job = _setup(recipe, out, strategy, hparams, overrides, started=time.time())
-    if job.chief:
+    if not job.chief:  # a non-chief worker trains in lockstep into a private directory
+        return _train(job, data_dir, verbose, log)
+    with runs.writer(job.run.path, "kerakit train"):
         finished = _check_previous(job.run, job.requested, overwrite, log)
         if finished is not None:
             return finished
         runs.write_json(job.run.config_path, job.requested)
         runs.copy_file(job.recipe.path, job.run.recipe_path)
+        return _train(job, data_dir, verbose, log)
 
+
+def _train(job: "_Job", data_dir: str | None, verbose, log) -> runs.Run:
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     import keras
 
@@ -122,7 +124,7 @@ def _build_model(job: _Job, data, dist):
     for name, value in hp_values.items():
         hp.Fixed(name, value)
     with dist.scope():
-        model = job.recipe.build_model(hp, data)
+        model = job.recipe.build(hp, data)
     _check_model(job.recipe, model)
     distribute.prepare_fit(dist, model, next(iter(data.train)))
     return model, hp
@@ -132,23 +134,29 @@ def _fit(job: _Job, model, data, hp, verbose, log):
     """model.fit with kerakit's callbacks, resuming from the backup; returns (BestCheckpoint, resumed epoch)."""
     import keras
 
-    from kerakit.callbacks import BestCheckpoint
+    from kerakit.callbacks import FIT_DONE, WEIGHTS, BestCheckpoint, Backup, restore_point
 
     recipe, work = job.recipe, job.work
-    resumed_from = resume_epoch(work.backup_dir)
+    resumed_from = restore_point(work.backup_dir, log)
+    best = BestCheckpoint(work.checkpoint_dir, recipe.monitor, recipe.metric_direction)
+    if (work.backup_dir / FIT_DONE).exists() and resumed_from:
+        # Killed after fit returned but before the run was recorded: the last epoch's weights are the model.
+        log(f"{recipe.name} had finished training ({resumed_from} epochs) before it was interrupted; recording it.")
+        if model.optimizer is not None and not model.optimizer.built:
+            model.optimizer.build(model.trainable_variables)
+        model.load_weights(work.backup_dir / WEIGHTS)
+        return best, resumed_from
     if resumed_from:
         log(f"Resuming {recipe.name} from epoch {resumed_from} (backup in {work.backup_dir}).")
-    direction = recipe.metric_direction
-    best = BestCheckpoint(work.checkpoint_dir, recipe.monitor, direction)
     callbacks = [
         best,
-        keras.callbacks.EarlyStopping(recipe.monitor, mode=direction, patience=job.config["patience"]),
+        keras.callbacks.EarlyStopping(recipe.monitor, mode=recipe.metric_direction, patience=job.config["patience"]),
         keras.callbacks.TensorBoard(str(work.logs_dir)),
         keras.callbacks.CSVLogger(str(work.history_path), append=True),
         keras.callbacks.TerminateOnNaN(),
         # Last: an epoch counts as done for resuming only once its history row
         # and best checkpoint are on disk (a kill in between repeats the epoch).
-        keras.callbacks.BackupAndRestore(str(work.backup_dir), double_checkpoint=True),
+        Backup(work.backup_dir, keep=job.chief),
     ]
     if verbose == "auto":
         verbose = 1 if sys.stdout.isatty() else 2
@@ -176,7 +184,10 @@ def _save_model(job: _Job, model, best, data, hp) -> dict:
 
     from kerakit.evaluate import evaluate_model
 
+    from kerakit.callbacks import ensure_space
+
     run = job.run
+    ensure_space(run.path, model)
     with runs.atomic_path(run.model_path) as tmp:
         model.save(tmp)
         if best.path.exists():
@@ -216,7 +227,9 @@ def _finish_run(job: _Job, data, dist, hp, best, resumed_from: int, data_dir: st
         "artifacts": {path.name: runs.sha256(path) for path in artifacts},
     }
     runs.write_json(run.manifest_path, manifest)
+    # Only now: until the manifest is on disk, a rerun resumes from these instead of training again.
     shutil.rmtree(run.checkpoint_dir, ignore_errors=True)
+    shutil.rmtree(run.backup_dir, ignore_errors=True)
 
 
 def _load_hparams(hparams) -> dict:
@@ -235,34 +248,45 @@ def _load_hparams(hparams) -> dict:
 
 
 def _check_previous(run: runs.Run, requested: dict, overwrite: bool, log) -> runs.Run | None:
-    """A finished run with the same request is returned; any other mismatch is an error."""
+    """A finished, intact run with the same request is returned; a damaged one is retrained; any other
+    mismatch is an error."""
+    if overwrite:
+        _clear(run)
+        return None
     if not run.config_path.exists():
         return None
-    previous = runs.read_json(run.config_path)
-    same = {k: previous.get(k) for k in requested} == requested
-    if overwrite:
-        for path in (run.manifest_path, run.model_path, run.metrics_path, run.history_path, run.config_path):
-            path.unlink(missing_ok=True)
-        for path in (run.backup_dir, run.checkpoint_dir, run.logs_dir):
-            shutil.rmtree(path, ignore_errors=True)
-        return None
-    if not same:
-        changed = sorted(
-            k for k in set(previous.get("config", {})) | set(requested["config"])
-            if previous.get("config", {}).get(k) != requested["config"].get(k)
-        )
-        if previous.get("hparams_requested") != requested["hparams_requested"]:
-            changed.append("hparams")
-        if previous.get("recipe") != requested["recipe"]:
-            changed.append("recipe")
+    previous = run.config
+    if {k: previous.get(k) for k in requested} != requested:
         raise KerakitError(
             f"{run.path} already holds a run of {previous.get('recipe')!r} with a different request "
-            f"(changed: {', '.join(changed)}). Use another --out, or --overwrite to replace it."
+            f"(changed: {', '.join(_changed(previous, requested))}). Use another --out, or --overwrite to replace it."
         )
-    if run.manifest_path.exists():
+    if not run.manifest_path.exists():
+        return None
+    damaged = [name for name, ok in run.verify_artifacts().items() if not ok]
+    if not damaged:
         log(f"{run.path} already holds this finished run; nothing to do (use --overwrite to retrain).")
         return runs.Run(run.path)
+    log(f"{run.path}: {', '.join(damaged)} missing or changed since the run was recorded (SHA-256); training again.")
+    _clear(run)
     return None
+
+
+def _clear(run: runs.Run) -> None:
+    for path in (run.manifest_path, run.model_path, run.metrics_path, run.history_path, run.config_path):
+        path.unlink(missing_ok=True)
+    for path in (run.backup_dir, run.checkpoint_dir, run.logs_dir):
+        shutil.rmtree(path, ignore_errors=True)
+
+
+def _changed(previous: dict, requested: dict) -> list[str]:
+    changed = sorted(k for k in set(previous.get("config", {})) | set(requested["config"])
+                     if previous.get("config", {}).get(k) != requested["config"].get(k))
+    if previous.get("hparams_requested") != requested["hparams_requested"]:
+        changed.append("hparams")
+    if previous.get("recipe") != requested["recipe"]:
+        changed.append("recipe")
+    return changed
 
 
 def search_space(recipe: Recipe, data) -> list:
@@ -271,7 +295,7 @@ def search_space(recipe: Recipe, data) -> list:
     import keras_tuner
 
     probe = keras_tuner.HyperParameters()
-    recipe.build_model(probe, data)
+    recipe.build(probe, data)
     keras.backend.clear_session()
     return probe.space
 
@@ -290,14 +314,6 @@ def _check_model(recipe: Recipe, model) -> None:
             f"Recipe {recipe.name}: model inputs {names} do not match INPUTS {expected}. "
             "Build inputs with INPUTS[i].keras() so they carry the recipe's names."
         )
-
-
-def resume_epoch(backup: Path) -> int:
-    meta = Path(backup) / KERAS_BACKUP_STATE
-    try:
-        return int(runs.read_json(meta)["epoch"]) if meta.exists() else 0
-    except (ValueError, KeyError):
-        return 0
 
 
 def _read_history(path: Path) -> list[dict]:

@@ -18,6 +18,7 @@ project in OUT/tuner, the trials table and chart, best_hparams.json (for
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import sys
@@ -30,7 +31,8 @@ from kerakit import metrics, runs
 from kerakit.errors import KerakitError
 from kerakit.recipe import Recipe, load_recipe
 
-TUNERS = ("random", "grid", "bayesian", "hyperband")
+# --tuner names and the keras-tuner classes they run (adding a tuner is one entry here).
+TUNERS = {"random": "RandomSearch", "grid": "GridSearch", "bayesian": "BayesianOptimization", "hyperband": "Hyperband"}
 RECYCLE_AFTER = 10  # trials per worker process
 RECYCLE_EXIT = 75  # EX_TEMPFAIL: "start me again", not a failure
 EPOCHS_FILE = "epochs_run.json"  # in each keras-tuner trial folder
@@ -107,40 +109,59 @@ def tune(
     if role is not None:
         _join(role, oracle)
     plan = _check_request(recipe, out, tuner, max_trials, max_epochs, executions_per_trial, objective, overrides)
+    # The chief (or a search on one machine) is the directory's one writer; workers only train trials.
+    with runs.writer(plan.out.path, "kerakit tune") if role != "worker" else contextlib.nullcontext():
+        return _search(plan, dict(executions_per_trial=executions_per_trial, seed=seed, retrain=retrain,
+                                  overwrite=overwrite, data_dir=data_dir, strategy=strategy, role=role,
+                                  recycle_after=recycle_after, verbose=verbose), overrides, log)
 
+
+def _search(plan: "_Plan", o: dict, overrides: dict, log) -> "TuneResult":
+    """Search (resuming what is there), write the trials and the best, retrain it as a run."""
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     import keras
 
     from kerakit import distribute
     from kerakit.data import load_data
 
-    dist = distribute.make_strategy(strategy) if strategy not in (None, "default") else None
+    role = o["role"]
+    dist = distribute.make_strategy(o["strategy"]) if o["strategy"] not in (None, "default") else None
     # Seeded before the data (its shuffle combines the global seed with its own) and again after:
     # preparing a dataset the first time runs seeded TF ops, and the model's initial weights must
     # not depend on whether TFDS had the data on disk already.
     keras.utils.set_random_seed(plan.config["seed"])
-    data = load_data(plan.recipe, plan.config, data_dir)
+    data = load_data(plan.recipe, plan.config, o["data_dir"])
     keras.utils.set_random_seed(plan.config["seed"])
-    fixed = _check_search(plan, data, role, overwrite)
-    searcher = _make_searcher(plan, data, fixed, executions_per_trial, seed, dist,
-                              recycle_after if role == "worker" else 0, log)
-    if verbose == "auto":
-        verbose = 1 if sys.stdout.isatty() else 0
+    fixed = _check_search(plan, data, role, o["overwrite"])
+    searcher = _make_searcher(plan, data, fixed, o["executions_per_trial"], o["seed"], dist,
+                              o["recycle_after"] if role == "worker" else 0, log)
+    verbose = (1 if sys.stdout.isatty() else 0) if o["verbose"] == "auto" else o["verbose"]
     started = time.time()
     _run_search(plan, searcher, data, role, verbose, log)
     if role == "worker":
         log(f"Worker {os.environ['KERASTUNER_TUNER_ID']}: the oracle has no more trials.")
         return TuneResult(plan.out.path, {}, [], None)
     best, trials = _finish(plan, searcher, started, log)
-
-    run = None
-    if retrain:
-        from kerakit.train import train
-
-        run = train(plan.recipe, plan.out.best_dir, strategy=strategy, data_dir=data_dir,
-                    hparams=plan.out.best_hparams, verbose=verbose, log=log,
-                    **{k: v for k, v in overrides.items() if k in plan.config})
+    run = _retrain_best(plan, best, o, verbose, overrides, log) if o["retrain"] else None
     return TuneResult(plan.out.path, best, trials, run)
+
+
+def _retrain_best(plan: "_Plan", best: dict, o: dict, verbose, overrides: dict, log) -> runs.Run:
+    """Train the best hyperparameters into OUT/best; replace it when a longer search found a new best."""
+    from kerakit.train import train
+
+    previous = runs.Run(plan.out.best_dir)
+    replace = False
+    if previous.config_path.exists():
+        try:
+            replace = previous.config.get("hparams_requested") != runs.read_json(plan.out.best_hparams)
+        except KerakitError:
+            replace = True  # a damaged best/ is trained again
+        if replace:
+            log(f"{previous.path} holds an earlier best; training the new best {best} in its place.")
+    return train(plan.recipe, previous.path, strategy=o["strategy"], data_dir=o["data_dir"],
+                 hparams=plan.out.best_hparams, overwrite=replace, verbose=verbose, log=log,
+                 **{k: v for k, v in overrides.items() if k in plan.config})
 
 
 def _check_request(recipe, out, tuner: str, max_trials: int, max_epochs: int | None, executions_per_trial: int,
@@ -201,7 +222,7 @@ def _make_searcher(plan: _Plan, data, fixed: dict, executions_per_trial: int, se
     for name, value in fixed.items():
         hp.Fixed(name, value)
     common = dict(
-        hypermodel=lambda trial_hp: plan.recipe.build_model(trial_hp, data),
+        hypermodel=lambda trial_hp: plan.recipe.build(trial_hp, data),
         objective=kt.Objective(plan.objective, direction=plan.direction),
         hyperparameters=hp,
         tune_new_entries=True,
@@ -251,21 +272,20 @@ def _make_tuner(name: str, max_trials: int, max_epochs: int | None, common: dict
     import keras
     import keras_tuner as kt
 
-    from kerakit.train import resume_epoch
+    from kerakit.callbacks import Backup, restore_point
 
-    base = {"random": kt.RandomSearch, "grid": kt.GridSearch, "bayesian": kt.BayesianOptimization,
-            "hyperband": kt.Hyperband}[name]
+    base = getattr(kt, TUNERS[name])
 
     class Tuner(base):
         """Adds a BackupAndRestore per trial, so an interrupted trial resumes from its last epoch."""
 
         def run_trial(self, trial, *args, **kwargs):
             backup = os.path.join(self.project_dir, f"trial_{trial.trial_id}", runs.BACKUP_DIR)
-            resumed = resume_epoch(Path(backup))
+            resumed = restore_point(Path(backup), log)
             if resumed:
                 log(f"Trial {trial.trial_id} resumes from epoch {resumed} (interrupted earlier).")
             counter = _EpochCounter(Path(self.project_dir) / f"trial_{trial.trial_id}" / EPOCHS_FILE)
-            callbacks = [*kwargs.pop("callbacks", []), counter, keras.callbacks.BackupAndRestore(backup)]
+            callbacks = [*kwargs.pop("callbacks", []), counter, Backup(backup)]
             return super().run_trial(trial, *args, callbacks=callbacks, **kwargs)
 
         def on_trial_begin(self, trial):

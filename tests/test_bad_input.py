@@ -23,8 +23,13 @@ def _assert_one_clear_line(result, *fragments):
         (["train", "digits_cnn", "epochs=many"], ["epochs='many'", "expected int"]),
         (["train", "digits_cnn", "learning_rat=0.1"], ["Unknown override 'learning_rat'", "learning_rate"]),
         (["evaluate", "no/such/run"], ["does not exist"]),
+        (["train", "digits_cnn", "filters=-16"], ["filters=-16", "from 16 to 64"]),
+        (["train", FIXTURES / "build_model_raises.py"],
+         ["build_model_raises.py: build_model raised KeyError: 'large'", "--debug"]),
+        (["bench", "no/such/model.onnx", "--threads", "999"], ["does not exist"]),
     ],
-    ids=["unknown-recipe", "syntax-error", "missing-build-model", "wrong-type", "unknown-key", "missing-run"],
+    ids=["unknown-recipe", "syntax-error", "missing-build-model", "wrong-type", "unknown-key", "missing-run",
+         "out-of-range-hparam", "build-model-raises", "missing-artifact"],
 )
 def test_bad_input_gets_one_clear_line(args, fragments, tmp_path):
     result = run_cli(*args, "--out", tmp_path / "run") if args[0] == "train" else run_cli(*args)

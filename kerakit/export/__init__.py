@@ -15,6 +15,7 @@ the report says which failed.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import tempfile
 import time
@@ -55,7 +56,7 @@ def export(
     progress(done, total) is called after each artifact is converted and checked.
     A failed artifact does not raise: call `raise_for_failures()` on the result.
     """
-    from kerakit.formats.keras import KerasPredictor, load_keras_model
+    from kerakit.formats.keras import load_keras_model
 
     chosen = [load_target(t) for t in targets] + [format_target(f, opset) for f in formats]
     if not chosen:
@@ -64,7 +65,15 @@ def export(
     model = load_keras_model(model_path)
     name = (recipe and Path(recipe).stem) or (run.manifest["recipe"]["name"] if run else model_path.stem)
     out = Path(out) if out else (run.export_dir if run else model_path.with_name(f"{model_path.stem}_export"))
-    runs.ensure_writable_dir(out)
+    with contextlib.ExitStack() as locks:  # the output's writer, and the run's (its manifest records the export)
+        for directory in {runs.owner(out), *([run.path.resolve()] if run else [])}:
+            locks.enter_context(runs.writer(directory, "kerakit export"))
+        return _export(chosen, run, model_path, model, name, out, recipe, sample, data_dir, log, progress)
+
+
+def _export(chosen, run, model_path: Path, model, name: str, out: Path, recipe, sample, data_dir, log,
+            progress) -> ExportReport:
+    from kerakit.formats.keras import KerasPredictor
 
     keras_predictor = KerasPredictor(model_path, model=model)
     samples = max(t.verify.samples for t in chosen)
@@ -194,15 +203,7 @@ def _size(path: Path) -> int:
 
 
 def _digest(path: Path) -> str:
-    if path.is_file():
-        return runs.sha256(path)
-    import hashlib
-
-    h = hashlib.sha256()
-    for p in sorted(q for q in path.rglob("*") if q.is_file()):
-        h.update(str(p.relative_to(path)).encode())
-        h.update(runs.sha256(p).encode())
-    return h.hexdigest()
+    return runs.tree_sha256(path) if path.is_dir() else runs.sha256(path)
 
 
 def _first_line(e: Exception) -> str:
