@@ -48,6 +48,19 @@ def test_the_best_is_retrained_as_a_run_that_export_takes(tmp_path):
     assert export(run.path, formats=["onnx"], log=lambda m: None).passed
 
 
+def test_a_longer_search_continues_and_retrains_the_new_best_without_overwrite(tmp_path):
+    """max_trials 2 -> 4 on the same search: two new trials, and best/ trained on whatever is best now."""
+    first = kerakit.tune("breast_cancer_mlp", tmp_path, max_trials=2, epochs=2, verbose=0, log=lambda m: None)
+    logs = []
+    longer = kerakit.tune("breast_cancer_mlp", tmp_path, max_trials=4, epochs=2, verbose=0, log=logs.append)
+    assert len(longer.trials) == 4
+    best = json.loads((tmp_path / "best_hparams.json").read_text())
+    assert longer.run.config["hparams_requested"] == best == longer.best_hparams
+    assert all(longer.run.verify_artifacts().values())
+    said = any("holds an earlier best" in line for line in logs)
+    assert said == (longer.best_hparams != first.best_hparams)
+
+
 def test_rerun_resumes_without_repeating_finished_trials(tmp_path):
     first = kerakit.tune("breast_cancer_mlp", tmp_path, max_trials=2, **QUICK)
     logs = []
