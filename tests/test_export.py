@@ -123,6 +123,45 @@ def test_a_model_with_constant_output_fails_as_vacuous(tmp_path):
     assert row["verdict"] == "failed" and "vacuous" in row["reasons"][0]
 
 
+def _input_ignoring_onnx(path, constant: np.ndarray) -> None:
+    """An ONNX model that returns `constant` for every row, whatever the image: built here, not by kerakit."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    graph = helper.make_graph(
+        [helper.make_node("Shape", ["image"], ["shape"], end=1),
+         helper.make_node("Concat", ["shape", "classes"], ["out_shape"], axis=0),
+         helper.make_node("Expand", ["row", "out_shape"], ["probabilities"])],
+        "input_ignoring",
+        [helper.make_tensor_value_info("image", TensorProto.FLOAT, ["batch", 8, 8, 1])],
+        [helper.make_tensor_value_info("probabilities", TensorProto.FLOAT, ["batch", 10])],
+        [numpy_helper.from_array(constant.astype(np.float32).reshape(1, 10), "row"),
+         numpy_helper.from_array(np.array([10], np.int64), "classes")])
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), path)
+
+
+def test_an_artifact_that_ignores_its_input_fails_even_within_atol(tmp_path):
+    """A near-constant softmax: the per-row mean is within atol of every output, and must still fail."""
+    from kerakit.export.verify import make_reference
+
+    inputs = keras.Input((8, 8, 1), name="image")
+    dense = keras.layers.Dense(10, kernel_initializer=keras.initializers.RandomNormal(stddev=1e-3, seed=1),
+                               activation="softmax", name="probabilities")
+    keras.Model(inputs, dense(keras.layers.Flatten()(inputs))).save(tmp_path / "flat.keras")
+    x = {"image": np.random.default_rng(0).random((256, 8, 8, 1), dtype=np.float32)}
+    reference = make_reference(runtime.load(tmp_path / "flat.keras"), x)
+    keras_out = reference.numeric_outputs["probabilities"]
+    _input_ignoring_onnx(tmp_path / "ignoring.onnx", keras_out.mean(axis=0))
+
+    tolerances = Verify(atol=1e-3)
+    ignoring = verify_artifact(tmp_path / "ignoring.onnx", reference, ArtifactSpec("onnx"), tolerances)
+    assert ignoring.within_tolerance and ignoring.max_abs_error < 1e-3  # what atol alone would have passed
+    assert ignoring.verdict == "failed" and "no closer to Keras than a constant" in ignoring.reasons[0]
+    assert ignoring.error_vs_constant == pytest.approx(1.0, abs=0.01)
+
+    real = export(tmp_path / "flat.keras", formats=["onnx"], log=lambda m: None).row("onnx")
+    assert real["verdict"] == "verified" and real["error_vs_constant"] < 0.01
+
+
 def test_cli_exits_non_zero_keeps_the_figures_and_marks_the_manifest(tmp_path):
     _constant_model(tmp_path / "constant.keras")
     result = run_cli("export", tmp_path / "constant.keras", "--format", "onnx", "--recipe", "digits_cnn")

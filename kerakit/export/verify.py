@@ -8,7 +8,9 @@
   metric may drop at most `max_metric_drop`; an error metric such as MAE may
   grow at most `max_metric_rel_increase` of its value).
 - Not vacuous: a model that gives the same output for every input proves
-  nothing, so that fails too.
+  nothing, so that fails too; and an artifact must be much closer to Keras
+  than the best constant (its mean error at most 25 % of the per-output
+  mean's), so an artifact that ignores its input fails even within atol.
 - Fits the device: a format that measures its footprint (`Format.measure`:
   RAM, flash, MACs) reports it, and a target's `[budget]` bounds it.
 
@@ -28,6 +30,9 @@ from kerakit.export.targets import ArtifactSpec, Budget, Verify
 from kerakit.runtime import predict_all
 
 CONSTANT_OUTPUT_STD = 1e-6
+# An artifact's mean error against Keras, as a fraction of the error of the best constant (the per-output
+# mean of Keras's outputs) at most: an input-ignoring artifact fails even where atol would let it pass.
+MAX_ERROR_VS_CONSTANT = 0.25
 
 
 @dataclass
@@ -67,6 +72,7 @@ class Reference:
 class Check:
     max_abs_error: float | None = None
     max_rel_error: float | None = None
+    error_vs_constant: float | None = None  # mean abs error / that of a constant predictor, worst output
     within_tolerance: bool | None = None
     numeric_examples: int | None = None
     metric: float | None = None
@@ -117,7 +123,7 @@ def verify_artifact(path: "str | Path", reference: Reference, spec: ArtifactSpec
 
 
 def _compare(check: Check, got: dict, expected: dict, spec: ArtifactSpec, tolerances: Verify) -> None:
-    abs_errors, rel_errors, close = [], [], True
+    abs_errors, rel_errors, vs_constant, close = [], [], [], True
     for name, want in expected.items():
         have = got[name].astype(np.float64).reshape(want.shape)
         want = want.astype(np.float64)
@@ -127,7 +133,16 @@ def _compare(check: Check, got: dict, expected: dict, spec: ArtifactSpec, tolera
         close &= bool(np.all(diff <= tolerances.atol + tolerances.rtol * np.abs(want)))
         if float(want.std(axis=0).max()) < CONSTANT_OUTPUT_STD:
             check.reasons.append(f"vacuous check: the Keras model gives the same {name!r} for all {len(want)} inputs")
+            continue
+        constant = float(np.abs(want - want.mean(axis=0)).mean())
+        vs_constant.append(float(diff.mean()) / constant)
+        if vs_constant[-1] > MAX_ERROR_VS_CONSTANT:
+            check.reasons.append(
+                f"output {name!r} is no closer to Keras than a constant: mean abs error {diff.mean():.3g} is "
+                f"{vs_constant[-1]:.0%} of the constant per-output mean's {constant:.3g} "
+                f"(at most {MAX_ERROR_VS_CONSTANT:.0%} allowed)")
     check.max_abs_error, check.max_rel_error, check.within_tolerance = max(abs_errors), max(rel_errors), close
+    check.error_vs_constant = round(max(vs_constant), 6) if vs_constant else None
     if not spec.quantized and not close:
         check.reasons.append(
             f"max abs error {check.max_abs_error:.3g} exceeds atol={tolerances.atol:g} + rtol={tolerances.rtol:g}*|keras|"
