@@ -94,6 +94,20 @@ def cli(ctx, debug: bool) -> None:
     """
 
 
+def _custom_objects_option(command):
+    """`--custom-objects MODULE` (repeatable) for commands that load a .keras file; kept in the environment,
+    so worker processes (`serve --workers`) load the same classes."""
+    def remember(ctx, param, modules):
+        if modules:
+            from kerakit.formats.keras import CUSTOM_OBJECTS_ENV
+
+            current = [m for m in os.environ.get(CUSTOM_OBJECTS_ENV, "").split(",") if m]
+            os.environ[CUSTOM_OBJECTS_ENV] = ",".join(dict.fromkeys([*current, *modules]))
+
+    return click.option("--custom-objects", multiple=True, metavar="MODULE", expose_value=False, callback=remember,
+                        help="Module defining custom Keras classes the model needs (repeatable), e.g. my_pkg.layers.")(command)
+
+
 def _needs_tensorflow(ctx, start_devices: bool = True) -> None:
     if ctx.find_root().params.get("debug"):
         os.environ["KERAKIT_DEBUG"] = "1"
@@ -195,6 +209,7 @@ def _print_trials(result) -> None:
 
 
 @cli.command("evaluate")
+@_custom_objects_option
 @click.argument("target", type=click.Path())
 @click.argument("overrides", nargs=-1)
 @click.option("--recipe", help="Recipe whose test split to use (needed for a .keras file outside a run).")
@@ -216,6 +231,7 @@ def evaluate_cmd(ctx, target, overrides, recipe, data_dir, split, as_json) -> No
 
 
 @cli.command("export")
+@_custom_objects_option
 @click.argument("source", type=click.Path())
 @click.option("--target", "targets", multiple=True, help="Target name or TOML path (repeat or comma-separate): server, edge, mcu, ...")
 @click.option("--format", "formats", multiple=True, help="One artifact by its --format name: savedmodel, tflite, tflite-fp16, tflite-dynamic, tflite-int8, onnx, onnx-dynamic, onnx-int8, tflite-micro-int8 (or a registered format's).")
@@ -266,6 +282,7 @@ def build_cmd(ctx, recipe, overrides, targets, tuner, max_trials, max_epochs, ou
 
 
 @cli.command("report")
+@_custom_objects_option
 @click.argument("run", type=click.Path(file_okay=False))
 @click.option("--data-dir", help="TFDS data directory.")
 @click.pass_context
@@ -306,6 +323,7 @@ def _print_deployment(rows: list[dict], written: dict) -> None:
 
 
 @cli.command("drift")
+@_custom_objects_option
 @click.argument("run", type=click.Path(file_okay=False))
 @click.option("--data", required=True, type=click.Path(dir_okay=False), help="A `kerakit serve` request log (.jsonl), or model inputs (.npz by input name, .npy, .csv).")
 @click.option("--psi", "psi_threshold", default=0.2, show_default=True, type=click.FloatRange(min=0), help="Population stability index above which a series drifts.")
@@ -353,6 +371,7 @@ def _int_list(text: str, option: str) -> list[int]:
 
 
 @cli.command("bench")
+@_custom_objects_option
 @click.argument("artifacts", nargs=-1, required=True, type=click.Path())
 @click.option("--batch", "batches", default="1,8,32", show_default=True, help="Batch sizes to sweep.")
 @click.option("--threads", default="1,2", show_default=True, help="Thread counts for ONNX Runtime and LiteRT.")
@@ -442,6 +461,7 @@ def _print_metrics(metrics: dict) -> None:
 
 
 @cli.command("serve")
+@_custom_objects_option
 @click.argument("source", required=False, metavar="[ARTIFACT_OR_RUN]", type=click.Path())
 @click.option("--name", help="Model name in URLs (default: the run's recipe, else the file name).")
 @click.option("--model-dir", type=click.Path(file_okay=False), help="Also serve every NAME/VERSION/model.* in DIR (Triton/TF Serving layout).")

@@ -20,7 +20,9 @@ Optional names: NAME (default: the file name), SPLITS, CLASS_NAMES, METRIC
 (the number the run is judged by everywhere: accuracy or macro_f1 for
 classification, mae, mse, rmse or r2 for regression; default accuracy / mae;
 the model must log it under that name, e.g. metrics=["mae"]),
-`representative_sample(data, n)` for int8 calibration, and for the report
+`representative_sample(data, n)` for int8 calibration, CUSTOM_OBJECTS
+({name: class} the saved model needs to load; a recipe that imports its
+decorated layers needs none), and for the report
 SLICES = {"name": fn(features, labels) -> bool mask} (subsets of the test
 split whose metric is checked against the overall one, SLICE_MARGIN apart)
 and FEATURE_NAMES (of a tabular input, for attributions).
@@ -105,6 +107,7 @@ class Recipe:
     slices: dict[str, Callable] = field(default_factory=dict)
     slice_margin: float = 0.05
     feature_names: list[str] | None = None  # of a tabular (rank-1) input, for attributions
+    custom_objects: dict[str, Any] = field(default_factory=dict)  # CUSTOM_OBJECTS: classes its model needs to load
     module: ModuleType | None = None
 
     @property
@@ -314,6 +317,13 @@ def _import_file(path: Path) -> ModuleType:
     return module
 
 
+def _custom_objects(module: ModuleType, path: Path) -> dict:
+    objects = getattr(module, "CUSTOM_OBJECTS", {})
+    if not isinstance(objects, dict) or not all(isinstance(k, str) for k in objects):
+        raise KerakitError(f"Recipe {path}: CUSTOM_OBJECTS must be a dict of name -> class, e.g. {{'Scale': Scale}}.")
+    return objects
+
+
 def _from_module(module: ModuleType, path: Path) -> Recipe:
     missing = [name for name in REQUIRED if not hasattr(module, name)]
     if missing:
@@ -359,6 +369,7 @@ def _from_module(module: ModuleType, path: Path) -> Recipe:
         slices=slices,
         slice_margin=float(margin),
         feature_names=getattr(module, "FEATURE_NAMES", None),
+        custom_objects=_custom_objects(module, path),
         module=module,
     )
 

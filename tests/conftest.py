@@ -18,8 +18,8 @@ KERAKIT = [str(Path(sys.executable).parent / "kerakit")]
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-# Not test modules: recipes that are broken on purpose, and a format only some tests register.
-collect_ignore = ["fixtures", "toy_format.py"]
+# Not test modules: recipes that are broken on purpose, a format and a layer only some tests use.
+collect_ignore = ["fixtures", "toy_format.py", "custom_scale.py"]
 
 
 @pytest.fixture(scope="session", autouse=True)

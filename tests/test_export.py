@@ -3,6 +3,7 @@
 import json
 import os
 import shutil
+from pathlib import Path
 
 import keras
 import numpy as np
@@ -184,8 +185,12 @@ def test_a_users_keras_file_exports_with_a_sample_file(digits_run, tmp_path):
     np.savez(tmp_path / "sample.npz", image=x["image"], label=y)
     report = export(model_path, formats=["onnx", "tflite-int8"], sample=tmp_path / "sample.npz", log=lambda m: None)
     assert report.passed, report.artifacts
-    assert "--sample" in report.inputs_from
-    assert report.keras_metric["value"] == pytest.approx(digits_run.metrics["accuracy"])
+    assert "--sample" in report.inputs_from and "180 of its 360 rows calibrate int8, the other 180 verify" \
+        in report.inputs_from
+    with runtime.load(model_path) as keras_model:  # judged on the held-out half only
+        held_out = keras_model.predict({"image": x["image"][180:]})["probabilities"]
+    assert report.keras_metric["value"] == pytest.approx(float((held_out.argmax(1) == y[180:]).mean()))
+    assert report.row("tflite-int8")["numeric_examples"] == 180
 
 
 def test_without_data_float_formats_verify_on_random_inputs_and_quantized_cannot_be_judged(digits_run, tmp_path):
@@ -296,3 +301,19 @@ def test_only_inputs_with_very_different_feature_ranges_keep_a_float_prefix():
     tokens = {"tokens": rng.integers(0, 100, (50, 16)).astype(np.int32)}
     assert not needs_float_inputs(images) and not needs_float_inputs(tokens)
     assert needs_float_inputs(tabular)
+
+
+def test_a_custom_layer_loads_with_custom_objects_and_is_named_without(tmp_path):
+    from custom_scale import Scale
+
+    inputs = keras.Input((4,), name="x")
+    keras.Model(inputs, keras.layers.Dense(3, name="y")(Scale(3.0)(inputs))).save(tmp_path / "scaled.keras")
+    env = {"PYTHONPATH": os.pathsep.join(filter(None, [str(Path(__file__).parent), os.environ.get("PYTHONPATH")]))}
+    without = run_cli("export", tmp_path / "scaled.keras", "--format", "onnx", env=env)
+    assert without.returncode == 1 and "Traceback" not in without.stderr
+    assert "uses the custom class 'Scale', which is not known here: pass --custom-objects MODULE" in without.stderr
+    with_module = run_cli("export", tmp_path / "scaled.keras", "--format", "onnx", "--custom-objects", "custom_scale",
+                          env=env)
+    assert with_module.returncode == 0, with_module.stderr[-2000:]
+    report = json.loads((tmp_path / "scaled_export" / "export_report.json").read_text())
+    assert report["artifacts"][0]["verdict"] == "verified"

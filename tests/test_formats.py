@@ -1,6 +1,7 @@
 """The format registry: each format's facts live in its own module, and a new format is one file."""
 
 import json
+import os
 from pathlib import Path
 
 import numpy as np
@@ -10,7 +11,8 @@ from conftest import Server, run_cli
 from kerakit import formats, runtime
 from kerakit.errors import KerakitError
 
-TOY = {"KERAKIT_FORMATS": "toy_format", "PYTHONPATH": str(Path(__file__).parent)}
+TOY = {"KERAKIT_FORMATS": "toy_format",
+       "PYTHONPATH": os.pathsep.join(filter(None, [str(Path(__file__).parent), os.environ.get("PYTHONPATH")]))}
 
 
 def test_the_registry_knows_every_shipped_format_and_its_files():

@@ -69,23 +69,30 @@ def _from_sample(sample, inputs) -> VerificationData:
     labels = arrays.pop("label", None)
     check_names(arrays, inputs, f"--sample {sample}")
     task = None if labels is None else "classification" if labels.dtype.kind in "iu" else "regression"
+    # Disjoint halves: int8 is judged on rows its calibration never saw (a quantizer that clips
+    # outside the calibration range must not look perfect on the rows that set the range).
+    n = len(next(iter(arrays.values())))
+    cut = min(CALIBRATION_SAMPLES, n // 2)
+    held = {k: v[cut:] for k, v in arrays.items()}
     return VerificationData(
-        numeric=arrays, eval_inputs=arrays if labels is not None else None, eval_labels=labels, task=task,
-        calibration=arrays,
-        inputs_from=f"--sample {sample}: {len(next(iter(arrays.values())))} inputs"
-                    + (" with labels" if labels is not None else " (no labels: no metric)"))
+        numeric=held, eval_inputs=held if labels is not None else None,
+        eval_labels=labels[cut:] if labels is not None else None, task=task,
+        calibration={k: v[:cut] for k, v in arrays.items()},
+        inputs_from=f"--sample {sample}: {cut} of its {n} rows calibrate int8, the other {n - cut} verify"
+                    + (" (with labels)" if labels is not None else " (no labels: no metric)"))
 
 
 def _random(inputs: list[Spec], samples: int) -> VerificationData:
     rng = np.random.default_rng(0)
     arrays = {}
     for s in inputs:
-        shape = (samples, *s.shape[1:])
+        shape = (samples + CALIBRATION_SAMPLES, *s.shape[1:])
         if None in shape:
             raise KerakitError(f"Input {s.name!r} has a dynamic shape {s.shape}: pass --recipe or --sample to verify.")
         arrays[s.name] = (rng.random(shape).astype(s.dtype) if np.dtype(s.dtype).kind == "f"
                           else rng.integers(0, 10, shape).astype(s.dtype))
-    return VerificationData(numeric=arrays, calibration=arrays,
+    return VerificationData(numeric={k: v[CALIBRATION_SAMPLES:] for k, v in arrays.items()},
+                            calibration={k: v[:CALIBRATION_SAMPLES] for k, v in arrays.items()},
                             inputs_from=f"random inputs of the model's shapes ({samples}; no --recipe or --sample given)")
 
 
