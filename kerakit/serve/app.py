@@ -19,7 +19,7 @@ import kerakit.serve.tfserving as tfserving
 from kerakit import runtime
 from kerakit.errors import KerakitError
 from kerakit.request_log import RequestLog
-from kerakit.serve import openapi
+import kerakit.serve.openapi as openapi
 from kerakit.serve.http import Context, internal, no_route
 from kerakit.serve.models import Model, ModelEntry, ServeOptions
 
@@ -40,7 +40,7 @@ def create_app(entries: list[ModelEntry], options: ServeOptions | None = None) -
     async def lifespan(app):
         grpc_server = None
         if options.grpc_address:
-            from kerakit.serve import grpc_v2  # grpc only where it is served
+            import kerakit.serve.grpc_v2 as grpc_v2  # grpc only where it is served
 
             grpc_server = await grpc_v2.start(ctx, options.grpc_address)
         yield

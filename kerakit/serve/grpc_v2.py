@@ -22,7 +22,7 @@ import grpc
 import numpy as np
 
 from kerakit.dtypes import V2_TYPES
-from kerakit.serve import kserve_v2
+import kerakit.serve.kserve_v2 as kserve_v2
 from kerakit.serve.context import Serving
 from kerakit.serve.decoding import to_array
 from kerakit.serve.kserve_v2 import Wanted, check_datatype, check_shape, output_array

@@ -140,7 +140,7 @@ def check_parameters(params, where: str, known: dict[str, type]) -> dict:
                              f"got {type(value).__name__}.")
         kind = known.get(key)
         if kind is bool and not isinstance(value, bool):
-            raise BadRequest(f"{where}: parameter {key!r} must be true or false, got {str(value)[:20]}.")
+            raise BadRequest(f"{where}: {key} must be true or false, got {str(value)[:20]}.")
         if kind is int and (not isinstance(value, int) or isinstance(value, bool) or value < 0):
-            raise BadRequest(f"{where}: parameter {key!r} must be a non-negative integer, got {str(value)[:20]}.")
+            raise BadRequest(f"{where}: {key} must be a non-negative integer, got {str(value)[:20]}.")
     return params
