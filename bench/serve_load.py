@@ -307,18 +307,20 @@ def rest_vs_bare(model: Path, bodies, n: int, concurrency: int, rounds: int) -> 
     import requests
 
     kerakit = _Server(model)
-    answer = requests.post(kerakit.url + "/v2/models/m/infer", data=bodies[0][0], headers=bodies[0][1]).content
-    with tempfile.NamedTemporaryFile(suffix=".json") as fixed:
-        fixed.write(answer)
-        fixed.flush()
-        bare = _Server(model, command=[sys.executable, "-c", BARE_APP, fixed.name])
-        try:
-            url = "/v2/models/m/infer"
-            result = _alternate({"kerakit": lambda: load(kerakit.url + url, bodies, n, concurrency),
-                                 "bare": lambda: load(bare.url + url, bodies, n, concurrency)}, rounds)
-        finally:
-            bare.stop()
-            kerakit.stop()
+    try:
+        answer = requests.post(kerakit.url + "/v2/models/m/infer", data=bodies[0][0], headers=bodies[0][1]).content
+        with tempfile.NamedTemporaryFile(suffix=".json") as fixed:
+            fixed.write(answer)
+            fixed.flush()
+            bare = _Server(model, command=[sys.executable, "-c", BARE_APP, fixed.name])
+            try:
+                url = "/v2/models/m/infer"
+                result = _alternate({"kerakit": lambda: load(kerakit.url + url, bodies, n, concurrency),
+                                     "bare": lambda: load(bare.url + url, bodies, n, concurrency)}, rounds)
+            finally:
+                bare.stop()
+    finally:
+        kerakit.stop()
     ratio = result["kerakit"]["requests_per_s"] / result["bare"]["requests_per_s"]
     return {"kerakit_rest": result["kerakit"], "bare_starlette_endpoint": result["bare"],
             "answer_bytes": len(answer), "ratio": round(ratio, 3), "goal": ">= 0.7", "meets_goal": ratio >= 0.7}
