@@ -240,7 +240,8 @@ PLACES = (("request log", ("request_log",)), ("metrics (prometheus_client)", ("p
           ("JSON encode/decode", ("json/", "_json", "orjson", "rapidjson")),
           ("numpy conversion", ("numpy", "method 'tolist'", "method 'astype'", "built-in method numpy")),
           ("kerakit request handling", ("kerakit/serve",)),
-          ("inference hand-off (executor, futures)", ("concurrent/futures", "run_in_executor", "threading")),
+          ("inference hand-off (executor, futures)", ("concurrent/futures", "run_in_executor", "threading",
+                                                     "SimpleQueue", "_thread.lock")),
           ("Starlette routing and responses", ("starlette",)), ("uvicorn and httptools (HTTP)", ("uvicorn", "httptools")),
           ("event loop and sockets (uvloop, asyncio)", ("uvloop", "asyncio", "selector", "socket")))
 
