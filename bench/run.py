@@ -23,7 +23,10 @@ Figures are ratios measured within one run (this machine is shared and noisy):
 - serve (serve.json): `kerakit serve` under load on loopback, for both
   models; see bench/serve_load.py. Server overhead per request (HTTP p50 minus
   bare runtime p50, target < 1 ms), requests/s and p50/p99 at concurrency 16
-  with and without dynamic batching (target >= 2x with it), errors (target 0).
+  with and without dynamic batching (target >= 2x with it), errors (target 0);
+  under "limits": REST vs a bare Starlette endpoint on the same uvicorn (goal >= 0.7),
+  gRPC vs REST (goal >= 1.5 for digits_mobilenet), RSS after 200 requests of 3.8 MB
+  (digits_cnn, goal <= 1.5x before), and a profile of the server's event loop.
 - tune (tune.json): peak RSS after trial 20 vs after trial 5 of a random
   search (target <= 1.10x); Hyperband vs random search, best val_accuracy
   against epochs spent (target: within 1 point using <= 0.5x the epochs);
@@ -382,7 +385,7 @@ def _write(name: str, results: dict) -> None:
 
 
 def serve(run_path: Path) -> dict:
-    from serve_load import serve_load
+    from serve_load import limits, serve_load
 
     from kerakit.data import load_data
     from kerakit.export import export
@@ -392,7 +395,9 @@ def serve(run_path: Path) -> dict:
     if not (run.export_dir / "model.onnx").exists():
         export(run.path, targets=["server"], log=lambda m: None)
     x, _ = load_data(run.recipe(), run.config["config"]).arrays("test")
-    return serve_load(run.export_dir / "model.onnx", next(iter(x.values())), run.config["recipe"])
+    model, x_test = run.export_dir / "model.onnx", next(iter(x.values()))
+    return {**serve_load(model, x_test, run.config["recipe"]),
+            "limits": limits(model, x_test, with_memory=run.config["recipe"] == "digits_cnn")}
 
 
 SECTIONS = ("foundation", "export", "serve", "tune")

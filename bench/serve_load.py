@@ -12,6 +12,19 @@ aiohttp client in this one (both share this machine's cores):
 
 Requests carry JSON tensors for small inputs and the binary tensor data
 extension (what tritonclient sends) for large ones.
+
+`limits` measures kerakit against the limits of its design, each a ratio within one run
+(3 alternating rounds, median), client on the same cores:
+
+- rest_vs_bare_endpoint: kerakit REST requests/s at concurrency 16 over a bare Starlette
+  endpoint on the same uvicorn (uvloop, httptools) that reads the body and returns a
+  fixed JSON body of the size kerakit answers: the HTTP stack's ceiling. Goal >= 0.7.
+- grpc_vs_rest: KServe v2 gRPC (raw_input_contents, grpc.aio client) over REST with
+  binary tensors, requests/s at concurrency 16. Goal >= 1.5 for digits_mobilenet.
+- memory: server RSS before and after 200 requests of ~3.8 MB (binary tensors).
+  Goal: after <= 1.5x before.
+- profile: cProfile of the server's event-loop thread under the REST load, its own
+  time grouped by where it goes (HTTP, JSON, numpy, inference hand-off, metrics, log).
 """
 
 from __future__ import annotations
@@ -38,13 +51,14 @@ def _free_port() -> int:
 
 
 class _Server:
-    def __init__(self, model: Path, *args: str):
+    def __init__(self, model: Path, *args: str, command: list[str] | None = None):
         import requests
 
-        self.port = _free_port()
+        self.port, self.grpc_port = _free_port(), _free_port()
         self.url = f"http://127.0.0.1:{self.port}"
-        self.proc = subprocess.Popen([KERAKIT, "serve", str(model), "--name", "m", "--no-log", "--port",
-                                      str(self.port), *args], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        command = command or [KERAKIT, "serve", str(model), "--name", "m", "--no-log", "--grpc-port", str(self.grpc_port)]
+        self.proc = subprocess.Popen([*command, "--port", str(self.port), *args],
+                                     stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
         for _ in range(600):
             try:
                 if requests.get(self.url + "/v2/health/ready", timeout=1).ok:
@@ -60,9 +74,18 @@ class _Server:
 
         return requests.get(self.url + "/metrics").text
 
+    def rss_mb(self) -> float:
+        import psutil
+
+        return psutil.Process(self.proc.pid).memory_info().rss / 2**20
+
     def stop(self) -> None:
-        self.proc.terminate()
-        self.proc.wait(20)
+        self.proc.send_signal(2)  # SIGINT: uvicorn shuts down cleanly (and a profiled server writes its profile)
+        try:
+            self.proc.wait(30)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait(10)
 
 
 def request_body(x: np.ndarray) -> tuple[bytes, dict]:
@@ -179,3 +202,200 @@ def serve_load(model: Path, x_test: np.ndarray, recipe: str, requests_: int = 50
         "targets": {"overhead < 1 ms": overhead < 1.0, "0 errors": errors == 0,
                     "batching on >= 2x requests/s at concurrency 16": ratio >= 2.0},
     }
+
+
+# --------------------------------------------------------------------------- limits
+
+BARE_APP = """
+import sys, uvicorn
+from starlette.applications import Starlette
+from starlette.responses import Response
+from starlette.routing import Route
+body = open(sys.argv[1], "rb").read()
+async def endpoint(request):
+    await request.body()
+    return Response(body, media_type="application/json")
+async def ready(request):
+    return Response(b'{"ready":true}', media_type="application/json")
+app = Starlette(routes=[Route("/v2/models/m/infer", endpoint, methods=["POST"]), Route("/v2/health/ready", ready)])
+uvicorn.run(app, host="127.0.0.1", port=int(sys.argv[3]), log_level="warning", access_log=False,
+            loop="uvloop", http="httptools")
+"""
+
+PROFILED = """
+import cProfile, sys
+from kerakit.serve import ServeOptions, resolve, serve
+entries = resolve(sys.argv[1], name="m")
+profile = cProfile.Profile()
+profile.enable()
+try:
+    serve(entries, ServeOptions(), port=int(sys.argv[4]), announce=lambda m: None)
+finally:
+    profile.disable()
+    profile.dump_stats(sys.argv[2])
+"""
+
+# Where the event loop's own time goes: the first pattern that matches a function's file or name.
+PLACES = (("request log", ("request_log",)), ("metrics (prometheus_client)", ("prometheus_client",)),
+          ("JSON encode/decode", ("json/", "_json", "orjson", "rapidjson")),
+          ("numpy conversion", ("numpy", "method 'tolist'", "method 'astype'", "built-in method numpy")),
+          ("kerakit request handling", ("kerakit/serve",)),
+          ("inference hand-off (executor, futures)", ("concurrent/futures", "run_in_executor", "threading",
+                                                     "SimpleQueue", "_thread.lock")),
+          ("Starlette routing and responses", ("starlette",)), ("uvicorn and httptools (HTTP)", ("uvicorn", "httptools")),
+          ("event loop and sockets (uvloop, asyncio)", ("uvloop", "asyncio", "selector", "socket")))
+
+
+def _grpc_request(x: np.ndarray):
+    from kerakit.serve.proto import oip_messages_pb2 as pb
+
+    request = pb.ModelInferRequest(model_name="m")
+    request.inputs.add(name="image", datatype="FP32", shape=list(x.shape))
+    request.raw_input_contents.append(x.astype(np.float32).tobytes())
+    return request
+
+
+async def _grpc_load(target: str, messages: list, n: int, concurrency: int) -> dict:
+    import grpc
+
+    from kerakit.serve.proto import oip_service_pb2_grpc as pb_grpc
+
+    latencies: list[int] = []
+    todo = iter(range(n))
+    async with grpc.aio.insecure_channel(target) as channel:
+        stub = pb_grpc.GRPCInferenceServiceStub(channel)
+
+        async def worker():
+            for i in todo:
+                start = time.perf_counter_ns()
+                await stub.ModelInfer(messages[i % len(messages)])
+                latencies.append(time.perf_counter_ns() - start)
+
+        for _ in range(min(50, n)):
+            await stub.ModelInfer(messages[0])
+        start = time.perf_counter()
+        await asyncio.gather(*(worker() for _ in range(concurrency)))
+        wall = time.perf_counter() - start
+    ms = np.array(latencies) / 1e6
+    return {"requests": n, "concurrency": concurrency, "requests_per_s": round(n / wall, 1),
+            "p50_ms": round(float(np.percentile(ms, 50)), 3), "p99_ms": round(float(np.percentile(ms, 99)), 3)}
+
+
+def _binary_body(x: np.ndarray) -> tuple[bytes, dict]:
+    raw = x.astype(np.float32).tobytes()
+    header = json.dumps({"inputs": [{"name": "image", "shape": list(x.shape), "datatype": "FP32",
+                                     "parameters": {"binary_data_size": len(raw)}}],
+                         "outputs": [{"name": "probabilities", "parameters": {"binary_data": True}}]}).encode()
+    return header + raw, {"inference-header-content-length": str(len(header)), "content-type": "application/octet-stream"}
+
+
+def _median(rounds: list[dict]) -> dict:
+    return sorted(rounds, key=lambda d: d["requests_per_s"])[len(rounds) // 2]
+
+
+def _alternate(runs: dict, rounds: int) -> dict:
+    """Each named run `rounds` times, the order alternating; the median round of each."""
+    results = {name: [] for name in runs}
+    for r in range(rounds):
+        for name in (list(runs) if r % 2 == 0 else list(runs)[::-1]):
+            results[name].append(runs[name]())
+    return {name: _median(v) | {"rounds": [d["requests_per_s"] for d in v]} for name, v in results.items()}
+
+
+def rest_vs_bare(model: Path, bodies, n: int, concurrency: int, rounds: int) -> dict:
+    import tempfile
+
+    import requests
+
+    kerakit = _Server(model)
+    try:
+        answer = requests.post(kerakit.url + "/v2/models/m/infer", data=bodies[0][0], headers=bodies[0][1]).content
+        with tempfile.NamedTemporaryFile(suffix=".json") as fixed:
+            fixed.write(answer)
+            fixed.flush()
+            bare = _Server(model, command=[sys.executable, "-c", BARE_APP, fixed.name])
+            try:
+                url = "/v2/models/m/infer"
+                result = _alternate({"kerakit": lambda: load(kerakit.url + url, bodies, n, concurrency),
+                                     "bare": lambda: load(bare.url + url, bodies, n, concurrency)}, rounds)
+            finally:
+                bare.stop()
+    finally:
+        kerakit.stop()
+    ratio = result["kerakit"]["requests_per_s"] / result["bare"]["requests_per_s"]
+    return {"kerakit_rest": result["kerakit"], "bare_starlette_endpoint": result["bare"],
+            "answer_bytes": len(answer), "ratio": round(ratio, 3), "goal": ">= 0.7", "meets_goal": ratio >= 0.7}
+
+
+def grpc_vs_rest(model: Path, x_test: np.ndarray, n: int, concurrency: int, rounds: int) -> dict:
+    rows = [x_test[i:i + 1] for i in range(min(64, len(x_test)))]
+    bodies, messages = [_binary_body(x) for x in rows], [_grpc_request(x) for x in rows]
+    server = _Server(model)
+    try:
+        target = f"127.0.0.1:{server.grpc_port}"
+        result = _alternate({"grpc": lambda: asyncio.run(_grpc_load(target, messages, n, concurrency)),
+                             "rest": lambda: load(server.url + "/v2/models/m/infer", bodies, n, concurrency)}, rounds)
+    finally:
+        server.stop()
+    ratio = result["grpc"]["requests_per_s"] / result["rest"]["requests_per_s"]
+    return {"grpc": result["grpc"], "rest_binary": result["rest"], "ratio": round(ratio, 3), "goal": ">= 1.5"}
+
+
+def memory(model: Path, x_test: np.ndarray, requests_: int = 200, megabytes: float = 3.8) -> dict:
+    import requests
+
+    per_row = x_test[:1].astype(np.float32).nbytes
+    rows = int(megabytes * 1e6 // per_row)
+    x = np.resize(x_test.astype(np.float32), (rows, *x_test.shape[1:]))
+    body, headers = _binary_body(x)
+    server = _Server(model, "--max-batch-rows", str(rows), "--max-body-mb", "8", "--max-elements", str(x.size))
+    try:
+        for _ in range(20):  # steady state of small requests first
+            requests.post(server.url + "/v2/models/m/infer", data=_binary_body(x[:1])[0], headers=headers)
+        before = server.rss_mb()
+        session = requests.Session()
+        for _ in range(requests_):
+            assert session.post(server.url + "/v2/models/m/infer", data=body, headers=headers).status_code == 200
+        time.sleep(1.0)
+        after = server.rss_mb()
+    finally:
+        server.stop()
+    return {"requests": requests_, "request_mb": round(len(body) / 1e6, 2), "rows_per_request": rows,
+            "rss_before_mb": round(before, 1), "rss_after_mb": round(after, 1), "ratio": round(after / before, 3),
+            "goal": "<= 1.5", "meets_goal": after / before <= 1.5}
+
+
+def profile(model: Path, bodies, n: int, concurrency: int) -> dict:
+    import pstats
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as tmp:
+        out = Path(tmp) / "serve.prof"
+        server = _Server(model, command=[sys.executable, "-c", PROFILED, str(model), str(out)])
+        try:
+            load(server.url + "/v2/models/m/infer", bodies, n, concurrency)
+        finally:
+            server.stop()
+        stats = pstats.Stats(str(out)).stats
+    shares: dict[str, float] = {}
+    total = 0.0
+    for (filename, _, function), (_, _, own, _, _) in stats.items():
+        where = f"{filename} {function}"
+        place = next((name for name, patterns in PLACES if any(p in where for p in patterns)), "other")
+        shares[place] = shares.get(place, 0.0) + own
+        total += own
+    top = sorted(((own, f"{Path(f).name}:{fn}") for (f, _, fn), (_, _, own, _, _) in stats.items()), reverse=True)[:12]
+    return {"requests": n, "event_loop_seconds": round(total, 2),
+            "share_of_event_loop_time": {k: round(v / total, 3) for k, v in sorted(shares.items(), key=lambda kv: -kv[1])},
+            "top_functions_own_seconds": {name: round(own, 3) for own, name in top}}
+
+
+def limits(model: Path, x_test: np.ndarray, requests_: int = 3000, concurrency: int = 16, rounds: int = 3,
+           with_memory: bool = True) -> dict:
+    bodies = [request_body(x_test[i:i + 1]) for i in range(min(64, len(x_test)))]
+    out = {"rest_vs_bare_endpoint": rest_vs_bare(model, bodies, requests_, concurrency, rounds),
+           "grpc_vs_rest": grpc_vs_rest(model, x_test, requests_, concurrency, rounds),
+           "profile": profile(model, bodies, requests_, concurrency)}
+    if with_memory:
+        out["memory"] = memory(model, x_test)
+    return out

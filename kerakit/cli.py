@@ -87,7 +87,7 @@ def cli(ctx, debug: bool) -> None:
     kerakit evaluate runs/demo              test-split metrics of a run
     kerakit export runs/demo --target edge  export and verify deployment artifacts
     kerakit bench runs/demo                 latency of every format side by side
-    kerakit serve runs/demo                 HTTP inference: KServe v2 and TF Serving REST
+    kerakit serve runs/demo                 inference: KServe v2 (HTTP, gRPC) and TF Serving REST
     kerakit build digits_cnn --target server,edge   train, export, verify, bench, report
     kerakit report runs/demo                model card: HTML + Markdown
     kerakit drift runs/demo --data runs/demo/requests.jsonl   inputs vs training data
@@ -467,19 +467,23 @@ def _print_metrics(metrics: dict) -> None:
 @click.option("--model-dir", type=click.Path(file_okay=False), help="Also serve every NAME/VERSION/model.* in DIR (Triton/TF Serving layout).")
 @click.option("--host", default="127.0.0.1", show_default=True, help="Address to bind (0.0.0.0 exposes the server to the network).")
 @click.option("--port", default=8000, show_default=True, type=click.IntRange(0, 65535))
+@click.option("--grpc-port", default=8001, show_default=True, type=click.IntRange(0, 65535), help="KServe v2 gRPC (inference.GRPCInferenceService) on the same host.")
+@click.option("--no-grpc", is_flag=True, help="Serve no gRPC.")
 @click.option("--workers", default=1, show_default=True, type=click.IntRange(min=1), help="Server processes, each with its own copy of the models.")
 @click.option("--max-batch", default=1, show_default=True, type=click.IntRange(min=1), help="Dynamic batching: merge concurrent requests up to this many rows (1 = off).")
 @click.option("--batch-wait-ms", default=1.0, show_default=True, type=click.FloatRange(min=0), help="How long a batch waits for more requests.")
-@click.option("--threads", type=click.IntRange(min=0), help="Runtime threads per model (default: the setting `kerakit bench` saved).")
-@click.option("--max-body-mb", default=4.0, show_default=True, type=click.FloatRange(min=0.001), help="Largest request body accepted (413 above).")
+@click.option("--max-batch-rows", default=1024, show_default=True, type=click.IntRange(min=1), help="Most rows in one request (413 above; max_batch_size in /config).")
+@click.option("--threads", type=click.IntRange(min=0), help="Runtime threads per model, at most the cores available (default: the setting `kerakit bench` saved).")
+@click.option("--max-body-mb", default=4.0, show_default=True, type=click.FloatRange(min=0.001), help="Largest request body accepted, after decompression (413 above).")
 @click.option("--max-elements", default=1_000_000, show_default=True, type=click.IntRange(min=1), help="Most numbers in one request (413 above).")
+@click.option("--keep-alive-s", default=5.0, show_default=True, type=click.FloatRange(min=0.1), help="Close idle HTTP connections after this long.")
 @click.option("--log", "log_path", type=click.Path(dir_okay=False), help="Request log (JSON lines) for `kerakit drift` (default RUN/requests.jsonl when serving a run's model).")
 @click.option("--no-log", is_flag=True, help="Write no request log.")
 @click.option("--log-inputs", is_flag=True, help="Log raw input values too, not only per-row summary statistics.")
 @click.pass_context
-def serve_cmd(ctx, source, name, model_dir, host, port, workers, max_batch, batch_wait_ms, threads, max_body_mb,
-              max_elements, log_path, no_log, log_inputs) -> None:
-    """Serve models over HTTP: KServe v2 (Triton clients) and TF Serving REST, plus /metrics."""
+def serve_cmd(ctx, source, name, model_dir, host, port, grpc_port, no_grpc, workers, max_batch, batch_wait_ms,
+              max_batch_rows, threads, max_body_mb, max_elements, keep_alive_s, log_path, no_log, log_inputs) -> None:
+    """Serve models: KServe v2 over HTTP and gRPC (Triton and KServe clients), TF Serving REST, /metrics."""
     from kerakit import runs
     from kerakit.serve import ServeOptions, resolve, serve
 
@@ -489,10 +493,13 @@ def serve_cmd(ctx, source, name, model_dir, host, port, workers, max_batch, batc
         log_path = str(run.request_log) if run is not None else None
     if any(Path(e.path).suffix == ".keras" or Path(e.path).is_dir() for e in entries):
         _needs_tensorflow(ctx)
+    grpc_host = f"[{host}]" if ":" in host else host
     options = ServeOptions(max_body_bytes=int(max_body_mb * 1024 * 1024), max_elements=max_elements,
-                           max_batch=max_batch, batch_wait_ms=batch_wait_ms, threads=threads,
-                           log_path=None if no_log else log_path, log_inputs=log_inputs)
-    serve(entries, options, host=host, port=port, workers=workers, announce=lambda m: click.echo(m, err=True))
+                           max_batch=max_batch, max_batch_rows=max_batch_rows, batch_wait_ms=batch_wait_ms,
+                           threads=threads, log_path=None if no_log else log_path, log_inputs=log_inputs,
+                           grpc_address=None if no_grpc else f"{grpc_host}:{grpc_port}")
+    serve(entries, options, host=host, port=port, workers=workers, keep_alive_s=keep_alive_s,
+          announce=lambda m: click.echo(m, err=True))
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -16,7 +16,9 @@ A record holds summary statistics, not raw data (raw inputs only with `raw=True`
 from __future__ import annotations
 
 import datetime as _dt
+import errno
 import json
+import os
 from pathlib import Path
 
 import numpy as np
@@ -28,7 +30,10 @@ STATS = ("mean", "std", "min", "max")  # the keys of row_statistics, in record o
 
 def row_statistics(x: np.ndarray) -> dict[str, np.ndarray]:
     """Per-row mean, std, min, max of one input (any rank; first axis = rows)."""
-    flat = np.asarray(x).reshape(len(x), -1).astype(np.float64)
+    flat = np.asarray(x).reshape(len(x), -1)
+    if flat.dtype.kind in "OUS":  # strings: statistics of their lengths
+        flat = np.frompyfunc(len, 1, 1)(flat)
+    flat = flat.astype(np.float64)
     return {"mean": flat.mean(1), "std": flat.std(1), "min": flat.min(1), "max": flat.max(1)}
 
 
@@ -41,7 +46,9 @@ def row_summary(x: np.ndarray, raw: bool = False) -> dict:
 
 
 def output_summary(y: np.ndarray) -> dict:
-    """Per row: the predicted class and its score for a vector output, else the value."""
+    """Per row: the predicted class and its score for a vector output, else the value (text for strings)."""
+    if y.dtype.kind in "OUS":
+        return {"text": [str(v)[:100] for v in y.reshape(len(y), -1)[:, 0]]}
     flat = y.reshape(len(y), -1).astype(np.float64)
     if flat.shape[1] > 1:
         return {"class": flat.argmax(1).tolist(), "score": np.round(flat.max(1), 6).tolist()}
@@ -49,14 +56,24 @@ def output_summary(y: np.ndarray) -> dict:
 
 
 class RequestLog:
-    """Appends one JSON line per answered inference request (summary statistics, not raw data)."""
+    """Appends one JSON line per answered inference request (summary statistics, not raw data).
+
+    Each record is one `write(2)` on an O_APPEND descriptor, so several workers
+    never interleave lines. A write that fails (a full disk) raises OSError; one
+    that stops part-way leaves a torn line, which the next record starts after a
+    newline, so `read` can skip it and keep every whole record.
+    """
 
     def __init__(self, path: str, raw: bool = False):
         self.path = Path(path)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        # Line-buffered, O_APPEND: each record is one write, whole lines even with several workers.
-        self._file = open(self.path, "a", buffering=1, encoding="utf-8")
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            self._fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+        except OSError as e:
+            raise KerakitError(f"Cannot write the request log {str(self.path)!r}: {e.strerror}. "
+                               "Pass --log with a writable file, or --no-log.") from None
         self.raw = raw
+        self._torn = False
 
     def write(self, model: str, version: str, protocol: str, inputs: dict[str, np.ndarray],
               outputs: dict[str, np.ndarray], seconds: float) -> None:
@@ -65,10 +82,15 @@ class RequestLog:
                   "rows": len(next(iter(inputs.values()))), "latency_ms": round(seconds * 1000, 3),
                   "inputs": {k: row_summary(v, self.raw) for k, v in inputs.items()},
                   "outputs": {k: output_summary(v) for k, v in outputs.items()}}
-        self._file.write(json.dumps(record) + "\n")
+        line = ("\n" if self._torn else "") + json.dumps(record) + "\n"
+        data = line.encode()
+        written = os.write(self._fd, data)
+        self._torn = written < len(data)
+        if self._torn:
+            raise OSError(errno.ENOSPC, f"only {written} of {len(data)} bytes written")
 
     def close(self) -> None:
-        self._file.close()
+        os.close(self._fd)
 
 
 def read(path: "str | Path", max_features: int = 64) -> tuple[dict, dict, str]:
@@ -77,29 +99,45 @@ def read(path: "str | Path", max_features: int = 64) -> tuple[dict, dict, str]:
     series: "INPUT.STAT" -> every row's value of that statistic; with raw values
     logged, also "INPUT[i]" -> feature i of a rank-1 input of at most `max_features`.
     predictions: {"classes": [...]} or {"values": [...]} from each record's first output.
+    Torn lines (not JSON: a write cut short by a full disk or a kill) are skipped and
+    counted in the description; a JSON line that is not a record is an error.
     """
     series: dict[str, list] = {}
     predictions: dict[str, list] = {}
-    records = 0
-    with open(path, encoding="utf-8") as f:
+    records = torn = 0
+    with open(path, encoding="utf-8", errors="replace") as f:
         for number, line in enumerate(f, 1):
             if not line.strip():
                 continue
             try:
                 record = json.loads(line)
-                for name, summary in record["inputs"].items():
-                    for stat in STATS:
-                        series.setdefault(f"{name}.{stat}", []).extend(summary[stat])
-                    if "values" in summary:
-                        values = np.asarray(summary["values"])
-                        for i in range(values.shape[1] if values.ndim == 2 and values.shape[1] <= max_features else 0):
-                            series.setdefault(f"{name}[{i}]", []).extend(values[:, i].tolist())
-                output = next(iter(record["outputs"].values()))
-                key = "classes" if "class" in output else "values"
-                predictions.setdefault(key, []).extend(output["class" if key == "classes" else "value"])
-                records += 1
-            except (ValueError, KeyError, TypeError, AttributeError, StopIteration):
+            except ValueError:
+                torn += 1
+                continue
+            try:
+                _add(record, series, predictions, max_features)
+            except (ValueError, KeyError, TypeError, AttributeError, StopIteration, IndexError):
                 raise KerakitError(f"{str(path)}:{number} is not a `kerakit serve` request log record.") from None
+            records += 1
+    if not records:
+        raise KerakitError(f"{str(path)} holds no `kerakit serve` request log records"
+                           + (f" ({torn} unreadable lines)." if torn else "."))
     rows = len(next(iter(series.values()), []))
+    skipped = f" (skipped {torn} torn line{'s' if torn != 1 else ''})" if torn else ""
     return ({k: np.asarray(v, dtype=np.float64) for k, v in series.items()},
-            {k: np.asarray(v) for k, v in predictions.items()}, f"{rows} rows from {records} logged requests")
+            {k: np.asarray(v) for k, v in predictions.items()}, f"{rows} rows from {records} logged requests{skipped}")
+
+
+def _add(record: dict, series: dict, predictions: dict, max_features: int) -> None:
+    for name, summary in record["inputs"].items():
+        for stat in STATS:
+            series.setdefault(f"{name}.{stat}", []).extend(summary[stat])
+        if "values" in summary:
+            values = np.asarray(summary["values"])
+            for i in range(values.shape[1] if values.ndim == 2 and values.shape[1] <= max_features else 0):
+                series.setdefault(f"{name}[{i}]", []).extend(values[:, i].tolist())
+    output = next(iter(record["outputs"].values()))
+    if "text" in output:  # a string output: nothing to compare
+        return
+    key = "classes" if "class" in output else "values"
+    predictions.setdefault(key, []).extend(output["class" if key == "classes" else "value"])

@@ -72,11 +72,12 @@ class Server:
     """`kerakit serve ...` on a free loopback port, ready when constructed."""
 
     def __init__(self, *args, log_dir: Path, timeout: float = 90, env: dict | None = None):
-        self.port = free_port()
+        self.port, self.grpc_port = free_port(), free_port()  # never the default 8001: servers run side by side
         self.url = f"http://127.0.0.1:{self.port}"
         self.stderr_path = log_dir / f"serve-{self.port}.stderr"
         self._stderr = open(self.stderr_path, "w")
-        self.proc = subprocess.Popen([*KERAKIT, "serve", *map(str, args), "--port", str(self.port)],
+        grpc = [] if "--no-grpc" in map(str, args) else ["--grpc-port", str(self.grpc_port)]
+        self.proc = subprocess.Popen([*KERAKIT, "serve", *map(str, args), "--port", str(self.port), *grpc],
                                      stdout=subprocess.DEVNULL, stderr=self._stderr, env={**os.environ, **(env or {})})
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:

@@ -140,7 +140,7 @@ BAD = [
     (V2, _v2(parameters={"binary_data_size": 256}), {}, 400, "runs past"),
     (V2, json.dumps({"inputs": [GOOD, GOOD]}), {}, 400, "given twice"),
     (V2, json.dumps({"inputs": [GOOD], "outputs": [{"name": "logits"}]}), {}, 400, "Unknown output 'logits'"),
-    (V2, json.dumps({"inputs": [GOOD], "parameters": [1]}), {}, 400, "'parameters' of the request must be an object"),
+    (V2, json.dumps({"inputs": [GOOD], "parameters": [1]}), {}, 400, "request: 'parameters' must be an object"),
     (TF, json.dumps({"instances": [[[[0.5]] * 8] * 8], "inputs": []}), {}, 400, "exactly one of"),
     (TF, json.dumps({"instances": []}), {}, 400, "non-empty list"),
     (TF, json.dumps({"instances": [{"pixels": 1}]}), {}, 400, "model's inputs are ['image']"),

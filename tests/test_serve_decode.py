@@ -113,8 +113,8 @@ def test_v2_binary_and_json_tensors_mix(two_inputs):
 
 def test_v2_encode_answers_binary_outputs_where_asked(two_inputs):
     result = {"a_out": np.array([[1, 2]], np.float32), "ids_out": np.array([[1, 2, 3]], np.int64)}
-    request = {"id": "r2", "outputs": [{"name": "a_out", "parameters": {"binary_data": True}}, {"name": "ids_out"}]}
-    content, headers = kserve_v2.encode(two_inputs, request, result)
+    wanted = [kserve_v2.Wanted("a_out", binary=True), kserve_v2.Wanted("ids_out")]
+    content, headers = kserve_v2.encode(two_inputs, {"id": "r2", "outputs": wanted}, result)
     n = int(headers["inference-header-content-length"])
     response = json.loads(content[:n])
     assert headers["content-type"] == "application/octet-stream" and response["id"] == "r2"
@@ -123,7 +123,10 @@ def test_v2_encode_answers_binary_outputs_where_asked(two_inputs):
     assert response["outputs"][1]["data"] == [1, 2, 3]
     np.testing.assert_array_equal(np.frombuffer(content[n:], np.float32), [1, 2])
 
-    content, headers = kserve_v2.encode(two_inputs, {}, result)
+    _, context = kserve_v2.decode(two_inputs, v2({"name": "a", "shape": [1, 2], "datatype": "FP32", "data": [1, 2]},
+                                                  {"name": "ids", "shape": [1, 3], "datatype": "INT64", "data": [1, 2, 3]}),
+                                  None, LIMIT)
+    content, headers = kserve_v2.encode(two_inputs, context, result)
     assert headers == {"content-type": "application/json"}
     assert [o["name"] for o in json.loads(content)["outputs"]] == ["a_out", "ids_out"]
 
@@ -137,7 +140,7 @@ V2_BAD = [
     (b"[1, 2]", None, 400, "must be a JSON object with 'inputs'"),
     (b"{}", None, 400, "request: missing 'inputs'"),
     (json.dumps({"inputs": {"x": 1}}).encode(), None, 400, "'inputs' must be list, got dict"),
-    (v2(x_tensor(), parameters=[1]), None, 400, "'parameters' of the request must be an object"),
+    (v2(x_tensor(), parameters=[1]), None, 400, "request: 'parameters' must be an object"),
     (v2(x_tensor(name="pixels")), None, 400, "Unknown input 'pixels'; model 'one' takes ['x']"),
     (v2({"shape": [1, 4]}), None, 400, "inputs[0]: missing 'name'"),
     (v2(x_tensor(), x_tensor()), None, 400, "Input 'x' is given twice"),

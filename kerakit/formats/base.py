@@ -84,7 +84,10 @@ class Predictor:
 
 
 def _checked(spec: Spec, value: np.ndarray) -> np.ndarray:
-    if value.dtype.kind not in "biuf":
+    if spec.dtype == "object":  # a string input: text in, as ONNX Runtime takes it
+        if value.dtype.kind not in "OU" or not all(isinstance(v, str) for v in value.flat):
+            raise KerakitError(f"Input {spec.name!r} has dtype {value.dtype}; expected strings.")
+    elif value.dtype.kind not in "biuf":
         raise KerakitError(f"Input {spec.name!r} has dtype {value.dtype}; expected numeric {spec.dtype}.")
     if value.ndim != len(spec.shape):
         raise KerakitError(

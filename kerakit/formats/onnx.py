@@ -21,9 +21,10 @@ from kerakit.formats.savedmodel import SIGNATURE
 MIN_OPSET, MAX_OPSET, DEFAULT_OPSET = 13, 18, 17  # 13: per-channel QDQ; 18: tf2onnx 1.17's newest
 OPTIMIZATION = ("disable", "basic", "extended", "all")
 PREFIX_OPS = {"Sub", "Add", "Mul", "Div", "Sqrt", "Reciprocal", "Max", "Min", "Cast", "Identity"}
-TYPES = {"tensor(float)": "float32", "tensor(double)": "float64", "tensor(int32)": "int32",
-         "tensor(int64)": "int64", "tensor(int8)": "int8", "tensor(uint8)": "uint8",
-         "tensor(float16)": "float16", "tensor(bool)": "bool"}
+# ONNX tensor types -> kerakit's dtype names (numpy's; strings are object arrays, as ORT takes them).
+TYPES = {"tensor(float)": "float32", "tensor(double)": "float64", "tensor(float16)": "float16",
+         "tensor(bool)": "bool", "tensor(string)": "object",
+         **{f"tensor({t})": t for t in ("int8", "int16", "int32", "int64", "uint8", "uint16", "uint32", "uint64")}}
 
 
 def check_opset(opset) -> int:

@@ -1,4 +1,5 @@
-"""The ASGI app (every protocol's routes over one model table) and `serve`, which runs it."""
+"""The ASGI app (every protocol's routes over one model table, and the gRPC service beside it)
+and `serve`, which runs it under uvicorn."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ from dataclasses import asdict
 
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
+from starlette.responses import JSONResponse
 from starlette.routing import Route
 
 import kerakit.serve.kserve_v2 as kserve_v2
@@ -17,6 +19,7 @@ import kerakit.serve.tfserving as tfserving
 from kerakit import runtime
 from kerakit.errors import KerakitError
 from kerakit.request_log import RequestLog
+import kerakit.serve.openapi as openapi
 from kerakit.serve.http import Context, internal, no_route
 from kerakit.serve.models import Model, ModelEntry, ServeOptions
 
@@ -26,7 +29,8 @@ CONFIG_ENV = "KERAKIT_SERVE_CONFIG"  # how `--workers N` hands the model list to
 
 
 def create_app(entries: list[ModelEntry], options: ServeOptions | None = None) -> Starlette:
-    """The Starlette app serving `entries` (loaded now, before the first request)."""
+    """The Starlette app serving `entries` (loaded now, before the first request); with
+    `options.grpc_address`, its lifespan runs the KServe v2 gRPC service in the same event loop."""
     options = options or ServeOptions()
     models = {e.name: Model(e, options) for e in entries}
     log = RequestLog(options.log_path, options.log_inputs) if options.log_path else None
@@ -34,7 +38,14 @@ def create_app(entries: list[ModelEntry], options: ServeOptions | None = None) -
 
     @asynccontextmanager
     async def lifespan(app):
+        grpc_server = None
+        if options.grpc_address:
+            import kerakit.serve.grpc_v2 as grpc_v2  # grpc only where it is served
+
+            grpc_server = await grpc_v2.start(ctx, options.grpc_address)
         yield
+        if grpc_server is not None:
+            await grpc_server.stop(5)
         for model in models.values():
             model.close()
         if log is not None:
@@ -43,6 +54,12 @@ def create_app(entries: list[ModelEntry], options: ServeOptions | None = None) -
     routes = [Route("/metrics", ctx.metrics_endpoint)]
     for protocol in PROTOCOLS:
         routes += protocol.routes(ctx)
+    document = openapi.document(sorted(models))
+
+    async def openapi_json(request):
+        return JSONResponse(document)
+
+    routes.append(Route("/openapi.json", openapi_json))
     app = Starlette(routes=routes, lifespan=lifespan,
                     exception_handlers={HTTPException: no_route, Exception: internal})
     app.state.models = models
@@ -55,24 +72,46 @@ def app_from_env() -> Starlette:
     return create_app([ModelEntry(**e) for e in config["entries"]], ServeOptions(**config["options"]))
 
 
-def check_port(host: str, port: int) -> None:
+def check_port(host: str, port: int, option: str = "--port") -> None:
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     with socket.socket(family, socket.SOCK_STREAM) as s:
         s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             s.bind((host, port))
         except OSError as e:
-            raise KerakitError(f"Cannot listen on {host}:{port}: {e.strerror}. Pass another --port or --host.") from None
+            raise KerakitError(f"Cannot listen on {host}:{port}: {e.strerror}. Pass another {option} or --host.") from None
+
+
+def cores() -> int:
+    """The cores this process may run on (its CPU affinity, which containers and taskset narrow)."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
+
+def check_options(options: ServeOptions) -> None:
+    """Refuse settings the machine cannot honour, before any model is loaded."""
+    if options.threads is not None and options.threads > cores():
+        raise KerakitError(f"--threads {options.threads} is more than the {cores()} cores available to this process; "
+                           f"pass at most {cores()} (or 0 for the runtime's own choice).")
+    if options.max_batch > options.max_batch_rows:
+        raise KerakitError(f"--max-batch {options.max_batch} is above --max-batch-rows {options.max_batch_rows}; "
+                           "a merged batch cannot be larger than what one request may carry.")
 
 
 def serve(entries: list[ModelEntry], options: ServeOptions, host: str = "127.0.0.1", port: int = 8000,
-          workers: int = 1, announce=print) -> None:
-    """Load the models, then serve until interrupted."""
+          workers: int = 1, announce=print, keep_alive_s: float = 5.0) -> None:
+    """Load the models, then serve until interrupted (gRPC too, when `options.grpc_address` is set);
+    idle HTTP connections are closed after `keep_alive_s`."""
     import uvicorn
 
+    check_options(options)
     check_port(host, port)
+    if options.grpc_address:
+        grpc_host, _, grpc_port = options.grpc_address.rpartition(":")
+        check_port(grpc_host.strip("[]"), int(grpc_port), "--grpc-port")
+    if options.log_path:
+        RequestLog(options.log_path).close()  # one clear line now if it cannot be written, not one per worker
     common = dict(host=host, port=port, log_level="warning", access_log=False, loop="uvloop", http="httptools",
-                  timeout_graceful_shutdown=5)
+                  timeout_graceful_shutdown=5, timeout_keep_alive=keep_alive_s)
     if workers > 1:
         for e in entries:  # fail here, once, rather than in every worker
             runtime.detect_format(e.path)
@@ -95,5 +134,8 @@ def banner(entries: list[ModelEntry], host: str, port: int, workers: int, option
     for e in entries:
         lines.append(f"  {e.name} (version {e.version}): {e.path}")
         lines += [f"    {p.TITLE + ':':<{width}} POST {p.infer_url(url, e.name)}" for p in PROTOCOLS]
-    lines.append(f"  metrics: {url}/metrics" + (f"   request log: {options.log_path}" if options.log_path else ""))
+    if options.grpc_address:
+        lines.append(f"  KServe v2 gRPC: {options.grpc_address} (inference.GRPCInferenceService)")
+    lines.append(f"  metrics: {url}/metrics   OpenAPI: {url}/openapi.json"
+                 + (f"   request log: {options.log_path}" if options.log_path else ""))
     return "\n".join(lines)

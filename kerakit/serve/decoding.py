@@ -34,6 +34,8 @@ def to_array(value: Any, dtype: str, what: str) -> np.ndarray:
     except (ValueError, TypeError, OverflowError):
         raise BadRequest(f"{what}: data is ragged or not numeric (nested lists must be rectangular).") from None
     kind = np.dtype(dtype).kind
+    if kind in "iu" and array.dtype.kind in "fO":
+        array = _big_integers(value, array)
     allowed = {"f": "fiu", "i": "iu", "u": "iu", "b": "b"}.get(kind, "")
     if array.dtype.kind not in allowed:
         found = {"U": "strings", "S": "bytes", "O": "mixed, null or out-of-range values", "b": "booleans",
@@ -45,6 +47,20 @@ def to_array(value: Any, dtype: str, what: str) -> np.ndarray:
             raise BadRequest(f"{what}: values outside the {dtype} range [{info.min}, {info.max}].")
     with np.errstate(over="ignore", invalid="ignore"):
         return array.astype(dtype, copy=False)
+
+
+def _big_integers(value: Any, array: np.ndarray) -> np.ndarray:
+    """Integers numpy could not hold in one dtype (uint64 beyond int64, with small ones) as exact uint64."""
+    try:
+        exact = np.array(value, dtype=object)
+    except ValueError:
+        return array
+    flat = list(exact.flat)
+    if not flat or not all(isinstance(v, int) and not isinstance(v, bool) for v in flat):
+        return array
+    if min(flat) < 0 or max(flat) > np.iinfo(np.uint64).max:
+        return np.array(value, dtype=object)  # refused below as out of range
+    return exact.astype(np.uint64)
 
 
 def require(obj: Any, key: str, kind: type, where: str):

@@ -7,14 +7,20 @@
     GET  /v2/models/NAME[/versions/V]/config      Triton's model configuration, as JSON
     POST /v2/models/NAME[/versions/V]/infer       JSON tensors, or the binary tensor data extension
 
-    inputs, request = decode(model, body, header_length=None, max_elements=10**6)
-    content, headers = encode(model, request, await model.infer(inputs))
+    inputs, context = decode(model, body, header_length=None, max_elements=10**6)
+    content, headers = encode(model, context, await model.infer(inputs))
+
+Every datatype of the protocol (BOOL, UINT8-64, INT8-64, FP16/32/64, BYTES) in JSON and
+binary form, in and out; non-finite outputs in JSON as "NaN"/"Infinity"/"-Infinity"
+(`kerakit.serve.tensors`); Triton's classification extension (`parameters.classification`
+of an output: its top classes as "score:index:label" BYTES).
 """
 
 from __future__ import annotations
 
 import json
 import math
+from dataclasses import dataclass
 from importlib.metadata import version as package_version
 
 import numpy as np
@@ -26,10 +32,12 @@ from kerakit.dtypes import NUMPY_TO_V2, TRITON_TYPES, V2_TYPES
 from kerakit.serve.decoding import parse_json, require, to_array
 from kerakit.serve.http import Context
 from kerakit.serve.models import BadRequest, Model
+from kerakit.serve.tensors import check_parameters, classify, from_raw, json_values, strings, to_raw, v2_datatype
 
 TITLE = "KServe v2"
 PROTOCOL = "v2"  # its label in metrics and the request log
 HEADER_LENGTH = "inference-header-content-length"  # the binary tensor data extension
+EXTENSIONS = ["binary_tensor_data", "classification"]
 
 
 def infer_url(url: str, name: str) -> str:
@@ -38,38 +46,50 @@ def infer_url(url: str, name: str) -> str:
 
 # --------------------------------------------------------------------------- metadata
 
+def tensor_metadata(specs) -> list[dict]:
+    return [{"name": s.name, "datatype": NUMPY_TO_V2[s.dtype], "shape": [-1 if d is None else d for d in s.shape]}
+            for s in specs.values()]
+
+
 def model_metadata(model: Model) -> dict:
     """GET /v2/models/NAME."""
-    def tensors(specs):
-        return [{"name": s.name, "datatype": NUMPY_TO_V2.get(s.dtype, s.dtype.upper()),
-                 "shape": [-1 if d is None else d for d in s.shape]} for s in specs.values()]
-
     return {"name": model.name, "versions": [model.version], "platform": model.platform,
-            "inputs": tensors(model.inputs), "outputs": tensors(model.outputs)}
+            "inputs": tensor_metadata(model.inputs), "outputs": tensor_metadata(model.outputs)}
 
 
 def model_config(model: Model) -> dict:
-    """Triton's model configuration, as JSON (GET /v2/models/NAME/config)."""
+    """Triton's model configuration, as JSON (GET /v2/models/NAME/config); max_batch_size is what
+    the server accepts per request (--max-batch-rows)."""
     def tensors(specs):
-        return [{"name": s.name, "data_type": TRITON_TYPES.get(s.dtype, s.dtype),
+        return [{"name": s.name, "data_type": TRITON_TYPES[s.dtype],
                  "dims": [-1 if d is None else d for d in s.shape[1:]]} for s in specs.values()]
 
-    return {"name": model.name, "platform": model.platform, "max_batch_size": max(model.max_batch, 0),
+    return {"name": model.name, "platform": model.platform, "max_batch_size": model.max_rows,
             "input": tensors(model.inputs), "output": tensors(model.outputs)}
 
 
 # --------------------------------------------------------------------------- requests and responses
 
+@dataclass(frozen=True)
+class Wanted:
+    """One output the request asked for: as binary data, and/or classified (Triton's class_count)."""
+
+    name: str
+    binary: bool = False
+    class_count: int = 0
+
+
 def decode(model: Model, body: bytes, header_length: str | None, max_elements: int) -> tuple[dict, dict]:
-    """A v2 infer request -> (checked inputs, request JSON); `header_length` is the
+    """A v2 infer request -> (checked inputs, {"id", "outputs": [Wanted]}); `header_length` is the
     Inference-Header-Content-Length header, present when binary tensors follow the JSON."""
     body, binary = _split(body, header_length)
     request = parse_json(body)
     if not isinstance(request, dict):
         raise BadRequest(f"The request must be a JSON object with 'inputs', got {type(request).__name__}.")
     items = require(request, "inputs", list, "request")
-    if not isinstance(request.get("parameters", {}), dict):
-        raise BadRequest("'parameters' of the request must be an object, e.g. {\"binary_data_output\": true}.")
+    params = check_parameters(request.get("parameters"), "request", {"binary_data_output": bool})
+    if "id" in request and not isinstance(request["id"], str):
+        raise BadRequest(f"'id' must be a string, got {type(request['id']).__name__}.")
     arrays: dict[str, np.ndarray] = {}
     offset = 0
     for i, item in enumerate(items):
@@ -81,8 +101,8 @@ def decode(model: Model, body: bytes, header_length: str | None, max_elements: i
         arrays[name], offset = _tensor(item, model.inputs[name].dtype, f"input {name!r}", binary, offset, max_elements)
     if offset != len(binary):
         raise BadRequest(f"{len(binary) - offset} bytes of binary data are not claimed by any input's binary_data_size.")
-    _check_outputs(request, model)
-    return model.check(arrays, max_elements), request
+    wanted = wanted_outputs(request.get("outputs"), model, bool(params.get("binary_data_output", False)))
+    return model.check(arrays, max_elements), {"id": request.get("id"), "outputs": wanted}
 
 
 def _split(body: bytes, header_length: str | None) -> tuple[bytes, bytes]:
@@ -92,80 +112,90 @@ def _split(body: bytes, header_length: str | None) -> tuple[bytes, bytes]:
     try:
         n = int(header_length)
     except ValueError:
-        raise BadRequest(f"Inference-Header-Content-Length {header_length!r} is not an integer.") from None
+        raise BadRequest(f"Inference-Header-Content-Length {header_length[:30]!r} is not an integer.") from None
     if not 0 <= n <= len(body):
         raise BadRequest(f"Inference-Header-Content-Length {n} is outside the body's {len(body)} bytes.")
-    return body[:n], body[n:]
+    return body[:n], memoryview(body)[n:]
 
 
-def _tensor(item: dict, model_dtype: str, where: str, binary: bytes, offset: int,
-            max_elements: int) -> tuple[np.ndarray, int]:
-    """One request input as an array, and the binary data offset after it."""
-    shape = require(item, "shape", list, where)
+def check_shape(shape, where: str, max_elements: int) -> int:
+    """The element count of a request tensor's shape (400 if not a shape, 413 over the limit)."""
     if not all(isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in shape):
         raise BadRequest(f"{where}: shape must be a list of non-negative integers, got {str(shape)[:100]}.")
     count = math.prod(shape)
     if count > max_elements:
         raise BadRequest(f"{where}: shape {shape} has {count} elements; the limit is {max_elements} (--max-elements).", 413)
-    datatype = require(item, "datatype", str, where)
-    expected = NUMPY_TO_V2.get(model_dtype, model_dtype)
+    return count
+
+
+def check_datatype(datatype: str, model_dtype: str, where: str) -> str:
+    expected = NUMPY_TO_V2[model_dtype]
     if datatype != expected:
-        raise BadRequest(f"{where}: datatype {datatype[:20]!r} does not match the model's {expected}.")
-    dtype = V2_TYPES[datatype]
-    params = item.get("parameters") or {}
-    if not isinstance(params, dict):
-        raise BadRequest(f"{where}: 'parameters' must be an object.")
+        known = "" if datatype in V2_TYPES else f" (datatypes: {', '.join(V2_TYPES)})"
+        raise BadRequest(f"{where}: datatype {datatype[:20]!r} does not match the model's {expected}{known}.")
+    return datatype
+
+
+def _tensor(item: dict, model_dtype: str, where: str, binary, offset: int,
+            max_elements: int) -> tuple[np.ndarray, int]:
+    """One request input as an array, and the binary data offset after it."""
+    shape = require(item, "shape", list, where)
+    count = check_shape(shape, where, max_elements)
+    datatype = check_datatype(require(item, "datatype", str, where), model_dtype, where)
+    params = check_parameters(item.get("parameters"), where, {"binary_data_size": int})
     if "binary_data_size" in params:
         size = params["binary_data_size"]
-        if not isinstance(size, int) or isinstance(size, bool) or size < 0:
-            raise BadRequest(f"{where}: binary_data_size must be a non-negative integer.")
         if offset + size > len(binary):
             raise BadRequest(f"{where}: binary_data_size {size} runs past the {len(binary)} bytes of binary data.")
-        itemsize = np.dtype(dtype).itemsize
-        if size != count * itemsize:
-            raise BadRequest(f"{where}: {size} bytes of binary data, but shape {shape} of {datatype} needs {count * itemsize}.")
-        return np.frombuffer(binary, dtype=dtype, count=count, offset=offset).reshape(shape), offset + size
+        return from_raw(binary[offset:offset + size], datatype, shape, where), offset + size
     if "data" not in item:
         raise BadRequest(f"{where}: missing 'data' (or parameters.binary_data_size with binary data).")
-    array = to_array(item["data"], dtype, where)
+    array = strings(item["data"], where) if datatype == "BYTES" else to_array(item["data"], V2_TYPES[datatype], where)
     if array.size != count:
         raise BadRequest(f"{where}: data has {array.size} elements but shape {shape} needs {count}.")
     return array.reshape(shape), offset
 
 
-def _check_outputs(request: dict, model: Model) -> None:
-    outputs = request.get("outputs")
+def wanted_outputs(outputs, model: Model, default_binary: bool) -> list[Wanted]:
+    """The request's `outputs` (every output of the model when absent), checked."""
     if outputs is None:
-        return
+        return [Wanted(n, default_binary) for n in model.outputs]
     if not isinstance(outputs, list):
         raise BadRequest("'outputs' must be a list of {\"name\": ...} objects.")
+    wanted = []
     for i, out in enumerate(outputs):
-        out_name = require(out, "name", str, f"outputs[{i}]")
-        if out_name not in model.outputs:
-            raise BadRequest(f"Unknown output {out_name[:100]!r}; model {model.name!r} has {sorted(model.outputs)}.")
+        name = require(out, "name", str, f"outputs[{i}]")
+        if name not in model.outputs:
+            raise BadRequest(f"Unknown output {name[:100]!r}; model {model.name!r} has {sorted(model.outputs)}.")
+        params = check_parameters(out.get("parameters"), f"outputs[{i}]",
+                                  {"binary_data": bool, "classification": int})
+        wanted.append(Wanted(name, params.get("binary_data", default_binary), params.get("classification", 0)))
+    return wanted
 
 
-def encode(model: Model, request: dict, result: dict[str, np.ndarray]) -> tuple[bytes, dict]:
+def output_array(model: Model, want: Wanted, result: dict[str, np.ndarray]) -> np.ndarray:
+    """An output as answered: the model's array, or its top classes when classification was asked."""
+    value = result[want.name]
+    return classify(value, want.class_count, model.labels, f"output {want.name!r}") if want.class_count else value
+
+
+def encode(model: Model, context: dict, result: dict[str, np.ndarray]) -> tuple[bytes, dict]:
     """The v2 response body and headers; binary outputs where the request asked for them."""
-    wanted = request.get("outputs") or [{"name": n} for n in model.outputs]
-    default_binary = bool((request.get("parameters") or {}).get("binary_data_output", False))
     outputs, chunks = [], []
-    for out in wanted:
-        value = result[out["name"]]
-        entry = {"name": out["name"], "datatype": NUMPY_TO_V2.get(value.dtype.name, value.dtype.name.upper()),
-                 "shape": list(value.shape)}
-        params = out.get("parameters") if isinstance(out.get("parameters"), dict) else {}
-        if params.get("binary_data", default_binary):
-            raw = np.ascontiguousarray(value).tobytes()
+    for want in context["outputs"]:
+        value = output_array(model, want, result)
+        entry = {"name": want.name, "datatype": v2_datatype(value), "shape": list(value.shape)}
+        if want.binary:
+            raw = to_raw(value)
             entry["parameters"] = {"binary_data_size": len(raw)}
             chunks.append(raw)
         else:
-            entry["data"] = value.ravel().tolist()
+            entry["data"] = json_values(value.ravel())
         outputs.append(entry)
     response = {"model_name": model.name, "model_version": model.version, "outputs": outputs}
-    if "id" in request and isinstance(request["id"], str):
-        response["id"] = request["id"]
-    header = json.dumps(response).encode()
+    if context.get("id") is not None:
+        response["id"] = context["id"]
+    header = json.dumps(response, allow_nan=False).encode()
     if not chunks:
         return header, {"content-type": "application/json"}
     return header + b"".join(chunks), {"content-type": "application/octet-stream",
@@ -178,8 +208,8 @@ def routes(ctx: Context) -> list[Route]:
     def decode_request(model: Model, body: bytes, request: Request):
         return decode(model, body, request.headers.get(HEADER_LENGTH), ctx.options.max_elements)
 
-    def encode_response(model: Model, request_json: dict, outputs: dict) -> Response:
-        content, headers = encode(model, request_json, outputs)
+    def encode_response(model: Model, context: dict, outputs: dict) -> Response:
+        content, headers = encode(model, context, outputs)
         return Response(content, headers=headers)
 
     async def infer(request: Request) -> Response:
@@ -187,7 +217,7 @@ def routes(ctx: Context) -> list[Route]:
 
     async def server_metadata(request: Request) -> Response:
         return JSONResponse({"name": "kerakit", "version": package_version("kerakit"),
-                             "extensions": ["binary_tensor_data"]})
+                             "extensions": EXTENSIONS})
 
     async def live(request: Request) -> Response:
         return JSONResponse({"live": True})

@@ -3,10 +3,13 @@
     GET  /v1/models/NAME[/versions/V]              model status
     GET  /v1/models/NAME[/versions/V]/metadata     the serving_default signature
     POST /v1/models/NAME[/versions/V]:predict      {"instances": rows} or {"inputs": columns}
+    POST /v1/models/NAME[/versions/V]:classify, :regress   501, naming :predict (not served here)
 
     inputs, kind = decode(model, b'{"instances": [[1, 2, 3]]}', max_elements=10**6)
     encode(await model.infer(inputs), kind)
     # -> {'predictions': [[0.1, 0.9]]}
+
+Non-finite outputs are answered as "NaN", "Infinity", "-Infinity" (see `kerakit.serve.tensors`).
 """
 
 from __future__ import annotations
@@ -18,8 +21,9 @@ from starlette.routing import Route
 
 from kerakit.dtypes import tf_type
 from kerakit.serve.decoding import parse_json, to_array
-from kerakit.serve.http import Context
+from kerakit.serve.http import Context, error
 from kerakit.serve.models import BadRequest, Model, rows
+from kerakit.serve.tensors import json_values, strings
 
 TITLE = "TF Serving"
 PROTOCOL = "tfserving"  # its label in metrics and the request log
@@ -67,7 +71,8 @@ def decode(model: Model, body: bytes, max_elements: int) -> tuple[dict, str]:
         columns, kind = _columns_of_rows(request["instances"], names), "row"
     else:
         columns, kind = _columns(request["inputs"], names), "columnar"
-    arrays = {n: to_array(columns[n], model.inputs[n].dtype, f"input {n!r}") for n in names}
+    arrays = {n: strings(columns[n], f"input {n!r}") if model.inputs[n].dtype == "object"
+              else to_array(columns[n], model.inputs[n].dtype, f"input {n!r}") for n in names}
     return model.check(arrays, max_elements), kind
 
 
@@ -100,11 +105,11 @@ def encode(result: dict[str, np.ndarray], kind: str) -> dict:
     """The response JSON, in the format the request came in."""
     if kind == "row":
         if len(result) == 1:
-            return {"predictions": next(iter(result.values())).tolist()}
-        return {"predictions": [{k: v[i].tolist() for k, v in result.items()} for i in range(rows(result))]}
+            return {"predictions": json_values(next(iter(result.values())))}
+        return {"predictions": [{k: json_values(v[i]) for k, v in result.items()} for i in range(rows(result))]}
     if len(result) == 1:
-        return {"outputs": next(iter(result.values())).tolist()}
-    return {"outputs": {k: v.tolist() for k, v in result.items()}}
+        return {"outputs": json_values(next(iter(result.values())))}
+    return {"outputs": {k: json_values(v) for k, v in result.items()}}
 
 
 # --------------------------------------------------------------------------- routes
@@ -114,13 +119,19 @@ def routes(ctx: Context) -> list[Route]:
         return decode(model, body, ctx.options.max_elements)
 
     def encode_response(model: Model, kind: str, outputs: dict) -> Response:
-        return JSONResponse(encode(outputs, kind))
+        return JSONResponse(encode(outputs, kind))  # json_values left no NaN for JSONResponse to refuse
 
     async def predict(request: Request) -> Response:
         return await ctx.answer(request, PROTOCOL, decode_request, encode_response)
 
+    async def other_verb(request: Request) -> Response:
+        verb = request.path_params["verb"][:30]
+        return error(f"TF Serving's :{verb} is not supported; this server answers :predict "
+                     f"(POST /v1/models/NAME:predict with 'instances' or 'inputs').", 501)
+
     table = []
     for prefix in ("/v1/models/{name}", "/v1/models/{name}/versions/{version}"):
         table += [Route(prefix, ctx.describe(model_status)), Route(prefix + "/metadata", ctx.describe(model_metadata)),
-                  Route(prefix + ":predict", predict, methods=["POST"])]
+                  Route(prefix + ":predict", predict, methods=["POST"]),
+                  Route(prefix + ":{verb}", other_verb, methods=["POST"])]
     return table
