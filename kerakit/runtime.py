@@ -21,7 +21,7 @@ from kerakit import formats, runs
 from kerakit.errors import KerakitError
 from kerakit.formats.base import Predictor, Spec
 
-__all__ = ["Predictor", "Spec", "check_threads", "detect_format", "first_output", "load", "predict_all", "save_tuned_options",
+__all__ = ["Predictor", "Spec", "check_threads", "cores", "detect_format", "first_output", "load", "predict_all", "save_tuned_options",
            "tuned_options"]
 
 
@@ -56,11 +56,15 @@ def first_output(predictor: Predictor, inputs: dict[str, np.ndarray], batch: int
     return next(iter(predict_all(predictor, predictor.validate(inputs), batch).values()))
 
 
+def cores() -> int:
+    """The cores this process may run on (its CPU affinity, which containers and taskset narrow)."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
+
 def check_threads(threads: int) -> int:
     """A thread count this machine can run: at most the cores this process may use."""
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-    if threads > cores:
-        raise KerakitError(f"Invalid threads={threads}: this process may use {cores} core(s); pass at most {cores}.")
+    if threads > cores():
+        raise KerakitError(f"Invalid threads={threads}: this process may use {cores()} core(s); pass at most {cores()}.")
     return threads
 
 

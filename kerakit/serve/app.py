@@ -82,16 +82,12 @@ def check_port(host: str, port: int, option: str = "--port") -> None:
             raise KerakitError(f"Cannot listen on {host}:{port}: {e.strerror}. Pass another {option} or --host.") from None
 
 
-def cores() -> int:
-    """The cores this process may run on (its CPU affinity, which containers and taskset narrow)."""
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
-
-
 def check_options(options: ServeOptions) -> None:
     """Refuse settings the machine cannot honour, before any model is loaded."""
-    if options.threads is not None and options.threads > cores():
-        raise KerakitError(f"--threads {options.threads} is more than the {cores()} cores available to this process; "
-                           f"pass at most {cores()} (or 0 for the runtime's own choice).")
+    cores = runtime.cores()
+    if options.threads is not None and options.threads > cores:
+        raise KerakitError(f"--threads {options.threads} is more than the {cores} cores available to this process; "
+                           f"pass at most {cores} (or 0 for the runtime's own choice).")
     if options.max_batch > options.max_batch_rows:
         raise KerakitError(f"--max-batch {options.max_batch} is above --max-batch-rows {options.max_batch_rows}; "
                            "a merged batch cannot be larger than what one request may carry.")
