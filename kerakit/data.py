@@ -92,11 +92,6 @@ class Data:
         label = self.info.features[self.recipe.label_key] if self.recipe.label_key in self.info.features else None
         return list(label.names) if isinstance(label, tfds.features.ClassLabel) else None
 
-    @property
-    def num_classes(self) -> int | None:
-        names = self.class_names
-        return len(names) if names else None
-
     def features(self, split: str = "train", name: str | None = None) -> tf.data.Dataset:
         """Batched model inputs of a split without labels, unshuffled.
 

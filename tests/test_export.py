@@ -280,6 +280,17 @@ def test_every_recipe_exports_for_server_and_edge(name, tmp_path):
         assert abs(_row(report, "tflite-int8")["metric_change"]) <= 0.01
 
 
+def test_verify_samples_in_a_target_sets_how_many_held_out_rows_are_compared(digits_run, tmp_path):
+    target = tmp_path / "few.toml"
+    target.write_text('[[artifacts]]\nformat = "onnx"\n[verify]\nsamples = 64\n')
+    report = export(digits_run.path, targets=[str(target)], out=tmp_path / "out", log=lambda m: None)
+    assert report.row("onnx")["numeric_examples"] == 64 and report.passed
+    with pytest.raises(KerakitError, match=r"invalid samples=0. Expected an integer >= 1"):
+        load_target_text = '[[artifacts]]\nformat = "onnx"\n[verify]\nsamples = 0\n'
+        (tmp_path / "none.toml").write_text(load_target_text)
+        load_target(str(tmp_path / "none.toml"))
+
+
 def test_a_target_file_by_path_with_uint8_io(digits_run, tmp_path):
     target = tmp_path / "mcu.toml"
     target.write_text('description = "uint8 microcontroller"\n[[artifacts]]\nformat = "tflite"\n'

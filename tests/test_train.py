@@ -96,7 +96,7 @@ def test_unknown_override_lists_config_keys_and_hyperparameters(tmp_path):
 
 def test_nan_loss_stops_with_a_clear_error(tmp_path):
     with pytest.raises(KerakitError, match=r"loss became (nan|inf) in epoch 1 with learning_rate=1e\+30"):
-        kerakit.train("diabetes_mlp", tmp_path, learning_rate=1e30, epochs=3, verbose=0)
+        kerakit.train(FIXTURES / "diverges.py", tmp_path, learning_rate=1e30, epochs=3, verbose=0)
     assert not (tmp_path / "manifest.json").exists()
     assert not (tmp_path / "backup").exists(), "no resume from NaN weights"
 
