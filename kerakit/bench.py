@@ -149,6 +149,7 @@ def bench(
     runtime.check_threads(max(threads))
     run = runs.find_run(paths[0])
     out = Path(out) if out else (run.bench_dir if run else Path("bench-results"))
+    runs.ensure_writable_dir(out)
     swept = {p for p in paths if sweep and formats.for_path(p).settings}
     with contextlib.ExitStack() as locks:  # bench.json's directory, and where swept settings are saved
         for directory in {runs.owner(out).resolve(), *(runs.owner(p.parent).resolve() for p in swept)}:

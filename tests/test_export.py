@@ -275,7 +275,15 @@ def test_every_recipe_exports_for_server_and_edge(name, tmp_path):
     with tfds.testing.mock_data(num_examples=256) if mocked else contextlib.nullcontext():
         run = kerakit.train(name, tmp_path / "run", verbose=0, **({"epochs": 2} if mocked else {}))
         report = export(run.path, targets=["server", "edge"], log=lambda m: None)
-    assert [r["verdict"] for r in report.artifacts] == ["verified"] * 5, report.artifacts
+    if not mocked:
+        assert [r["verdict"] for r in report.artifacts] == ["verified"] * 5, report.artifacts
+    else:  # random mock data: the model learns nothing and its outputs barely vary
+        float_rows = [r for r in report.artifacts if r["quantization"] == "none"]
+        assert [r["verdict"] for r in float_rows] == ["verified", "verified"], float_rows
+        for r in report.artifacts:  # int8 cannot resolve that variation: kerakit must not vouch for it
+            assert r["verdict"] == "verified" or all("no closer to Keras than a constant" in reason
+                                                     for reason in r["reasons"]), r
+        assert report.row("onnx-int8")["verdict"] == "failed"
     if name == "breast_cancer_mlp":
         assert abs(_row(report, "tflite-int8")["metric_change"]) <= 0.01
 

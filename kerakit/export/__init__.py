@@ -65,6 +65,7 @@ def export(
     model = load_keras_model(model_path)
     name = (recipe and Path(recipe).stem) or (run.manifest["recipe"]["name"] if run else model_path.stem)
     out = Path(out) if out else (run.export_dir if run else model_path.with_name(f"{model_path.stem}_export"))
+    runs.ensure_writable_dir(out)
     with contextlib.ExitStack() as locks:  # the output's writer, and the run's (its manifest records the export)
         for directory in {runs.owner(out), *([run.path.resolve()] if run else [])}:
             locks.enter_context(runs.writer(directory, "kerakit export"))
