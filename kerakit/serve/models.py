@@ -115,7 +115,6 @@ def discover(model_dir: "str | os.PathLike") -> list[ModelEntry]:
         raise KerakitError(f"Model directory {str(root)!r} does not exist.")
     root = root.resolve()
     files = formats.repository_files()
-    markers = {f.marker for f in formats.all_formats() if f.marker}  # a marker file: the directory is the model
     entries = []
     for child in sorted(root.iterdir()):
         if not child.is_dir() or not NAME_PATTERN.fullmatch(child.name):
@@ -124,7 +123,7 @@ def discover(model_dir: "str | os.PathLike") -> list[ModelEntry]:
         for version in reversed(versions):
             found = [version / f for f in files if (version / f).exists()]
             if found:
-                model = version if found[0].name in markers else found[0]
+                model = version if formats.match(version) is not None else found[0]  # e.g. saved_model.pb in it
                 if not model.resolve().is_relative_to(root):  # a symlink pointing out of the repository
                     raise KerakitError(f"Model {child.name!r} resolves outside {str(root)!r}; refusing to serve it.")
                 entries.append(ModelEntry(child.name, str(model), version.name))
