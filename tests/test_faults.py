@@ -192,7 +192,7 @@ def _kill_when(proc: subprocess.Popen, ready, timeout: float = 300) -> bool:
 @pytest.mark.slow
 def test_a_torn_training_backup_resumes_from_the_previous_epoch_or_starts_over(tmp_path):
     out = tmp_path / "run"
-    args = ["train", "digits_cnn", "epochs=12", "patience=100", "--out", out]
+    args = ["train", "digits_cnn", "epochs=6", "patience=100", "--out", out]
     proc = _start(*args)
     assert _kill_when(proc, lambda: (out / "backup" / "training_metadata.json.bkp").exists())
     latest = out / "backup" / "latest.weights.h5"
