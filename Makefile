@@ -9,10 +9,12 @@ BENCH ?=
 
 .PHONY: demo test test-fast bench venv lock clean
 
-$(STAMP): pyproject.toml constraints.txt
+$(STAMP): pyproject.toml constraints.txt kserve-sdk.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade "pip>=24"
 	$(BIN)/python -m pip install -q -c constraints.txt -e '.[test]'
+	rm -rf $(VENV)/kserve-sdk
+	$(BIN)/python -m pip install -q --no-deps --target $(VENV)/kserve-sdk -r kserve-sdk.txt
 	touch $@
 
 venv: $(STAMP)

@@ -4,18 +4,24 @@ The datatype table (every KServe v2 datatype, JSON and binary, in and out) and t
 non-finite table (NaN, +Inf, -Inf outputs) are tests here; the models are tiny ONNX
 graphs built in this module, so no training is needed.
 
-The kserve SDK 0.21 cannot be installed with the pinned stack (it requires
+The kserve SDK 0.21 cannot be installed into the pinned environment (it declares
 protobuf<7 and psutil<6; TensorFlow 2.21 and grpcio-tools 1.85 here use protobuf
-7.36, and psutil is 7.2): its cases run when it is importable, e.g. with
-`pip install --no-deps --target DIR kserve==0.21.0` plus its pure-Python
-dependencies on PYTHONPATH, and are skipped otherwise, with that reason.
+7.36, and psutil is 7.2), though it runs with them: `make` installs it with
+`--no-deps` into `.venv/kserve-sdk` (kserve-sdk.txt pins it and the pure-Python
+dependencies the venv lacks), and its calls run in a worker process that appends
+that directory to sys.path, after the venv's own packages (tests/kserve_client.py).
 """
 
 import asyncio
 import json
+import multiprocessing
+import sys
+from concurrent.futures import ProcessPoolExecutor
+from pathlib import Path
 
 import numpy as np
 import pytest
+import kserve_client
 import requests
 from conftest import Server
 from onnx import TensorProto, helper, save_model
@@ -142,67 +148,73 @@ class TritonAio(Triton):
 
 
 class KServe:
-    """The kserve SDK's InferenceRESTClient (KServe v2 over REST); it has no metadata call."""
+    """The kserve SDK's InferenceRESTClient (KServe v2 over REST), in its own process
+    (tests/kserve_client.py says why); it has no metadata call."""
 
-    def __init__(self, url):
-        self.url = url
+    def __init__(self, url, worker):
+        self.url, self.worker = url, worker
 
-    def call(self, method, *args, **kwargs):
-        import httpx
-        from kserve import InferenceRESTClient, RESTConfig
-
-        async def run():
-            client = InferenceRESTClient(RESTConfig(protocol="v2", timeout=30))
-            try:
-                return await getattr(client, method)(self.url, *args, **kwargs)
-            finally:
-                await client.close()
-
+    def run(self, function, *args):
         try:
-            return asyncio.run(run())
-        except httpx.HTTPStatusError as e:
+            return self.worker.submit(function, self.url, *args).result(timeout=120)
+        except kserve_client.ServerError as e:
             raise ClientError(str(e)) from None
 
     def health(self, model):
-        return self.call("is_server_live"), self.call("is_server_ready"), self.call("is_model_ready", model)
-
-    def metadata(self, model):
-        pytest.skip("the kserve SDK's InferenceRESTClient has no model metadata call")
+        return self.run(kserve_client.health, model)
 
     def infer(self, model, inputs, outputs, binary=True, request_id="", compression=None):
-        from kserve import InferInput, InferRequest
-        from kserve.protocol.infer_type import RequestedOutput
-
-        if compression:
-            pytest.skip("the kserve SDK's InferenceRESTClient sends no compressed bodies")
-        tensors = []
-        for name, (array, datatype) in inputs.items():
-            t = InferInput(name, list(array.shape), datatype)
-            t.set_data_from_numpy(array, binary_data=binary)
-            tensors.append(t)
-        wanted = [RequestedOutput(n, {"binary_data": binary, **({"classification": k} if k else {})})
-                  for n, k in outputs]
-        request = InferRequest(model, tensors, request_id=request_id or None, request_outputs=wanted)
-        response = self.call("infer", request, model_name=model)
-        return {o.name: o.as_numpy() for o in response.outputs}, response.id or ""
+        assert not compression, "the kserve SDK sends no compressed bodies (CAN says so)"
+        return self.run(kserve_client.infer, model, inputs, outputs, binary, request_id)
 
     def close(self):
         pass
 
 
-CLIENTS = ["tritonclient.http", "tritonclient.grpc", "tritonclient.grpc.aio", "kserve"]
+KSERVE_SDK = Path(sys.prefix) / "kserve-sdk"
 
 
-@pytest.fixture(params=CLIENTS)
+@pytest.fixture(scope="module")
+def kserve_worker():
+    """One process with the kserve SDK that `make` installed apart (see the module docstring)."""
+    assert KSERVE_SDK.is_dir(), f"{KSERVE_SDK} is missing: run `make venv` (it installs kserve-sdk.txt there)"
+    with ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn"),
+                             initializer=kserve_client.use_sdk, initargs=(str(KSERVE_SDK),)) as worker:
+        yield worker
+
+
+# What each client can send. A case a client cannot express is not generated for it
+# (rather than skipped): the gRPC clients always send raw contents, so their typed
+# (JSON-like) contents are tested by test_grpc_typed_contents_and_status_codes; the
+# kserve SDK has no metadata call, sends no compressed bodies and refuses FP16 as JSON
+# (which test_fp16_json_and_strict_json_parsers sends by hand).
+ALL = {"metadata", "json", "fp16-json", "compression"}
+CAN = {"tritonclient.http": ALL, "tritonclient.grpc": {"metadata", "compression"},
+       "tritonclient.grpc.aio": {"metadata", "compression"}, "kserve": {"json"}}
+CLIENTS = list(CAN)
+
+
+def clients(*needs, **params):
+    """pytest params over the clients that can do `needs`, crossed with `params` (name -> values);
+    a combination that needs "json" (form="json") or "fp16-json" is kept only for clients that can."""
+    combos = [{}]
+    for name, values in params.items():
+        combos = [{**c, name: v} for c in combos for v in values]
+    out = []
+    for name in CLIENTS:
+        for combo in combos:
+            wants = set(needs) | ({"json"} if combo.get("form") == "json" else set())
+            wants |= {"fp16-json"} if combo.get("form") == "json" and combo.get("datatype") == "FP16" else set()
+            if wants <= CAN[name]:
+                out.append(pytest.param(name, *combo.values(), id="-".join([name, *map(str, combo.values())])))
+    return out
+
+
+@pytest.fixture
 def client(request, server):
     name = request.param
     if name == "kserve":
-        try:
-            import kserve  # noqa: F401
-        except Exception as e:  # noqa: BLE001 - not installable with the pinned stack (see the module docstring)
-            pytest.skip(f"kserve SDK not importable ({type(e).__name__}: {e}); it requires protobuf<7 and psutil<6, "
-                        "the pinned stack has protobuf 7.36 and psutil 7.2")
-        c = KServe(server.url)
+        c = KServe(server.url, request.getfixturevalue("kserve_worker"))
     elif name == "tritonclient.grpc.aio":
         import tritonclient.grpc
 
@@ -241,26 +253,27 @@ def same(got: np.ndarray, want: np.ndarray) -> None:
     np.testing.assert_array_equal(got, want)
 
 
-def test_health_and_metadata(client):
+@pytest.mark.parametrize("client", clients(), indirect=True)
+def test_health(client):
     assert client.health("t-fp32") == (True, True, True)
     assert client.health("nope")[2] is False
+
+
+@pytest.mark.parametrize("client", clients("metadata"), indirect=True)
+def test_metadata(client):
     for datatype in V2_TYPES:
         assert client.metadata(typed(datatype)) == [{"name": "x", "datatype": datatype, "shape": [-1, 3]}]
 
 
-@pytest.mark.parametrize("form", ["binary", "json"])
-@pytest.mark.parametrize("datatype", list(V2_TYPES))
+@pytest.mark.parametrize("client, datatype, form", clients(datatype=list(V2_TYPES), form=["binary", "json"]),
+                         indirect=["client"])
 def test_every_datatype_round_trips(client, datatype, form):
-    if form == "json" and isinstance(client, Triton) and client.grpc:
-        pytest.skip("tritonclient.grpc always sends raw contents (typed contents: test_grpc_typed_contents)")
-    if form == "json" and datatype == "FP16" and isinstance(client, KServe):
-        pytest.skip("the kserve SDK refuses to send FP16 as JSON (the server takes it: test_fp16_json)")
     x = sample(datatype)
     out, _ = client.infer(typed(datatype), {"x": (x, datatype)}, [("y", 0)], binary=form == "binary")
     same(out["y"], x)
 
 
-@pytest.mark.parametrize("form", ["binary", "json"])
+@pytest.mark.parametrize("client, form", clients(form=["binary", "json"]), indirect=["client"])
 def test_non_finite_outputs_reach_the_client_as_floats(client, form):
     x = np.array([[1.0, 0.0, -1.0]], np.float32)  # log: 0, -inf, nan; 1/x: 1, +inf, -1
     out, _ = client.infer("nonfinite", {"x": (x, "FP32")}, [("log", 0), ("inverse", 0)], binary=form == "binary")
@@ -268,7 +281,7 @@ def test_non_finite_outputs_reach_the_client_as_floats(client, form):
     np.testing.assert_array_equal(out["inverse"], np.array([[1, np.inf, -1]], np.float32))
 
 
-@pytest.mark.parametrize("form", ["binary", "json"])
+@pytest.mark.parametrize("client, form", clients(form=["binary", "json"]), indirect=["client"])
 def test_classification_answers_the_top_classes_with_labels(client, form):
     x = np.array([[0.1, 0.7, 0.05, 0.15], [0.5, 0.2, 0.25, 0.05]], np.float32)
     out, _ = client.infer("scores", {"x": (x, "FP32")}, [("y", 2)], binary=form == "binary")
@@ -276,19 +289,22 @@ def test_classification_answers_the_top_classes_with_labels(client, form):
     assert got == [["0.700000:1:dog", "0.150000:3:bird"], ["0.500000:0:cat", "0.250000:2:fish"]]
 
 
+@pytest.mark.parametrize("client", clients(), indirect=True)
 def test_request_id_is_echoed(client):
     x = sample("INT32")
     _, request_id = client.infer("t-int32", {"x": (x, "INT32")}, [("y", 0)], request_id="req-42")
     assert request_id == "req-42"
 
 
-@pytest.mark.parametrize("algorithm", ["gzip", "deflate"])
+@pytest.mark.parametrize("client, algorithm", clients("compression", algorithm=["gzip", "deflate"]),
+                         indirect=["client"])
 def test_compressed_requests_and_answers(client, algorithm):
     x = np.tile(sample("FP64"), (4, 1))
     out, _ = client.infer("t-fp64", {"x": (x, "FP64")}, [("y", 0)], compression=algorithm)
     same(out["y"], x)
 
 
+@pytest.mark.parametrize("client", clients(), indirect=True)
 @pytest.mark.parametrize("case, fragment", [
     ("unknown model", "Unknown model 'nope'"),
     ("wrong datatype", "does not match the model's FP32"),
