@@ -56,6 +56,26 @@ def run_cli(*args, env=None, timeout=300, cwd=ROOT):
                           timeout=timeout, env=full_env, cwd=cwd)
 
 
+class CliResult:
+    """What a run of the command line left: exit status, stdout, stderr."""
+
+    def __init__(self, returncode: int, stdout: str, stderr: str):
+        self.returncode, self.stdout, self.stderr = returncode, stdout, stderr
+
+
+def cli_in_process(*args, env=None) -> CliResult:
+    """The same command line as `run_cli`, in this process (click's CliRunner): the
+    error-path tests need the CLI's messages and exit status, not a fresh interpreter,
+    which costs 7-9 s of TensorFlow start-up each. Uncaught exceptions propagate."""
+    from click.testing import CliRunner
+
+    from kerakit.cli import cli
+
+    result = CliRunner(env={k: str(v) for k, v in (env or {}).items()}).invoke(
+        cli, [str(a) for a in args], prog_name="kerakit", catch_exceptions=False)
+    return CliResult(result.exit_code, result.stdout, result.stderr)
+
+
 def copy_recipe(name: str, dest: Path) -> Path:
     target = dest / f"{name}.py"
     shutil.copyfile(ROOT / "recipes" / f"{name}.py", target)

@@ -2,7 +2,7 @@
 
 import pytest
 
-from conftest import FIXTURES, run_cli
+from conftest import FIXTURES, cli_in_process, run_cli
 
 
 def _assert_one_clear_line(result, *fragments):
@@ -32,19 +32,19 @@ def _assert_one_clear_line(result, *fragments):
          "out-of-range-hparam", "build-model-raises", "missing-artifact"],
 )
 def test_bad_input_gets_one_clear_line(args, fragments, tmp_path):
-    result = run_cli(*args, "--out", tmp_path / "run") if args[0] == "train" else run_cli(*args)
+    result = cli_in_process(*args, "--out", tmp_path / "run") if args[0] == "train" else cli_in_process(*args)
     _assert_one_clear_line(result, *fragments)
 
 
 def test_unwritable_out_is_named(tmp_path):
     blocker = tmp_path / "a-file"
     blocker.write_text("")
-    result = run_cli("train", "digits_cnn", "--out", blocker / "run")
+    result = cli_in_process("train", "digits_cnn", "--out", blocker / "run")
     _assert_one_clear_line(result, "Cannot write to output directory", str(blocker / "run"))
 
 
 def test_dataset_unavailable_offline(tmp_path):
-    result = run_cli("train", "mnist_cnn", "--out", tmp_path / "run", "--data-dir", tmp_path / "empty")
+    result = cli_in_process("train", "mnist_cnn", "--out", tmp_path / "run", "--data-dir", tmp_path / "empty")
     _assert_one_clear_line(result, "Dataset 'mnist' is not available", "--data-dir", "bundled recipe")
 
 

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import requests
 
-from conftest import run_cli
+from conftest import cli_in_process
 from kerakit.drift import compare_series, proportions_psi, psi, summarize
 
 RNG = np.random.default_rng(0)
@@ -97,11 +97,11 @@ def test_inputs(run_dir):
 def test_drift_passes_held_out_data_and_catches_a_shift(run_dir, test_inputs, tmp_path):
     np.savez(tmp_path / "same.npz", image=test_inputs)
     np.savez(tmp_path / "shifted.npz", image=np.clip(test_inputs * 0.6 + 0.25, 0, 1))  # washed-out scans
-    same = run_cli("drift", run_dir, "--data", tmp_path / "same.npz", "--json")
+    same = cli_in_process("drift", run_dir, "--data", tmp_path / "same.npz", "--json")
     assert same.returncode == 0, same.stderr
     assert not json.loads(same.stdout)["drift"]
     assert (run_dir / "data_profile.json").exists()
-    shifted = run_cli("drift", run_dir, "--data", tmp_path / "shifted.npz")
+    shifted = cli_in_process("drift", run_dir, "--data", tmp_path / "shifted.npz")
     assert shifted.returncode == 3, shifted.stderr
     assert "DRIFT" in shifted.stdout and "image.mean" in shifted.stdout.splitlines()[-1]
 
@@ -121,21 +121,21 @@ def test_drift_reads_the_server_request_log(run_dir, test_inputs, tmp_path):
                 assert r.status_code == 200
         finally:
             server.stop()
-    same = run_cli("drift", run_dir, "--data", logs["same"])
+    same = cli_in_process("drift", run_dir, "--data", logs["same"])
     assert same.returncode == 0 and "no drift" in same.stdout, same.stdout + same.stderr
     assert "360 rows from 45 logged requests" in same.stdout
-    shifted = run_cli("drift", run_dir, "--data", logs["shifted"])
+    shifted = cli_in_process("drift", run_dir, "--data", logs["shifted"])
     assert shifted.returncode == 3 and "DRIFT" in shifted.stdout
 
 
 def test_a_profile_from_an_older_kerakit_is_recomputed(run_dir, test_inputs, tmp_path):
     np.savez(tmp_path / "same.npz", image=test_inputs)
-    assert run_cli("drift", run_dir, "--data", tmp_path / "same.npz").returncode == 0  # the profile exists
+    assert cli_in_process("drift", run_dir, "--data", tmp_path / "same.npz").returncode == 0  # the profile exists
     profile = json.loads((run_dir / "data_profile.json").read_text())
     stale = {**profile, "version": 1, "series": {k: {**v, "proportions": [1.0] + [0.0] * (len(v["proportions"]) - 1)}
                                                   for k, v in profile["series"].items()}}
     (run_dir / "data_profile.json").write_text(json.dumps(stale))
-    r = run_cli("drift", run_dir, "--data", tmp_path / "same.npz")
+    r = cli_in_process("drift", run_dir, "--data", tmp_path / "same.npz")
     assert r.returncode == 0, r.stdout + r.stderr
     assert json.loads((run_dir / "data_profile.json").read_text()) == profile
 
@@ -152,6 +152,6 @@ def test_drift_bad_data_is_one_clear_line(run_dir, tmp_path, data, fragment):
     np.savez(tmp_path / "wrong.npz", pixels=np.zeros((40, 8, 8, 1), np.float32))
     np.savez(tmp_path / "few.npz", image=np.zeros((5, 8, 8, 1), np.float32))
     (tmp_path / "inputs.txt").write_text("1,2\n")
-    r = run_cli("drift", run_dir, "--data", tmp_path / data)
+    r = cli_in_process("drift", run_dir, "--data", tmp_path / data)
     assert r.returncode == 1 and r.stderr.startswith("error: ") and fragment in r.stderr, r.stderr
     assert len(r.stderr.strip().splitlines()) == 1

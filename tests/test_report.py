@@ -8,7 +8,7 @@ import os
 
 import pytest
 
-from conftest import ROOT, run_cli
+from conftest import ROOT, cli_in_process, run_cli
 
 
 @pytest.fixture(scope="module")
@@ -122,5 +122,5 @@ def test_regression_report_judges_by_the_recipes_metric_mae(tmp_path):
 
 
 def test_report_of_a_missing_run_is_one_line(tmp_path):
-    r = run_cli("report", tmp_path / "nope")
+    r = cli_in_process("report", tmp_path / "nope")
     assert r.returncode == 1 and "does not exist" in r.stderr
