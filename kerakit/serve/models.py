@@ -14,7 +14,7 @@ import asyncio
 import os
 import re
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -57,6 +57,7 @@ class ModelEntry:
     name: str
     path: str
     version: str = VERSION
+    options: dict = field(default_factory=dict)  # runtime settings (a run's deployment choice)
 
 
 # --------------------------------------------------------------------------- what to serve
@@ -72,7 +73,9 @@ def resolve(source: "str | os.PathLike | None" = None, name: str | None = None,
             model_dir: "str | os.PathLike | None" = None) -> list[ModelEntry]:
     """The models to serve: one artifact or run, and/or every model of a repository directory.
 
-    A run directory serves its exported ONNX model (`RUN/export/model.onnx`).
+    A run directory serves its deployment choice for batch 1 (`RUN/deployment.json`, written by
+    `kerakit bench RUN`: the fastest verified artifact on this machine, with its settings); a run
+    never benched serves its exported ONNX model (`RUN/export/model.onnx`).
     A model directory is a Triton/TF Serving layout, NAME/VERSION/{model.onnx,
     model.tflite, saved_model.pb, ...}; the highest numeric version is served.
     """
@@ -94,7 +97,12 @@ def resolve(source: "str | os.PathLike | None" = None, name: str | None = None,
 
 
 def _source_entry(path: Path, name: str | None) -> ModelEntry:
-    if path.is_dir() and runs.is_run(path):
+    options = {}
+    if path.is_dir() and runs.is_run(path) and runs.Run(path).deployment.exists():
+        from kerakit import deployment
+
+        path, options = deployment.artifact(path, 1)
+    elif path.is_dir() and runs.is_run(path):
         onnx = runs.Run(path).export_dir / formats.get("onnx").variant("none").filename
         if not onnx.exists():
             raise KerakitError(f"Run {str(path)!r} has no exported ONNX model ({onnx}). "
@@ -105,7 +113,7 @@ def _source_entry(path: Path, name: str | None) -> ModelEntry:
         run = runs.find_run(path)
         name = run.config.get("recipe") if run is not None else None
         name = name or (path.stem if path.suffix else path.name)
-    return ModelEntry(check_name(name), str(path))
+    return ModelEntry(check_name(name), str(path), options=options)
 
 
 def discover(model_dir: "str | os.PathLike") -> list[ModelEntry]:
@@ -142,7 +150,8 @@ class Model:
     def __init__(self, entry: ModelEntry, options: ServeOptions):
         self.name, self.version, self.path = entry.name, entry.version, entry.path
         takes_threads = formats.for_path(entry.path).takes_threads
-        load_options = {"threads": options.threads} if options.threads is not None and takes_threads else {}
+        load_options = {**entry.options,
+                        **({"threads": options.threads} if options.threads is not None and takes_threads else {})}
         self.predictor = runtime.load(entry.path, **load_options)
         self.format = self.predictor.format
         self.platform = formats.get(self.format).triton_platform  # Triton's name, also what v2 metadata reports
