@@ -322,7 +322,7 @@ def sweep_deployment(run: runs.Run, pool: dict, batches: list[int], threads: lis
                               batches, log)
              for name in candidates if formats.for_path(candidates[name]).settings}
     choices = {b: _choice(table[b], configs) for b in batches}
-    deployment.write(run, choices, vars(rule))
+    deployment.write(run, choices, vars(rule), runtime.cores())
     for b, c in choices.items():
         log(f"  batch {b}: deploy {c['artifact']} ({c['setting']}) {c['p50_ms']:.3f} ms{_pm(c)}"
             + (f", {c['beat'][0]['ratio']:.2f}x faster than {c['beat'][0]['artifact']}" if c["beat"] else ""))

@@ -41,11 +41,9 @@ def candidates(run: runs.Run) -> dict[str, Path]:
     return found
 
 
-def machine() -> dict:
-    """What the choice was measured on: a different machine should run `kerakit bench` again."""
-    from kerakit.runtime import cores
-
-    return {"cpu": cpu_model(), "cores": cores(), "machine": platform.machine(), "host": platform.node()}
+def machine(cores: int) -> dict:
+    """What the choice was measured on (`cores`: those the process may use); another machine benches again."""
+    return {"cpu": cpu_model(), "cores": cores, "machine": platform.machine(), "host": platform.node()}
 
 
 def cpu_model() -> str:
@@ -59,10 +57,10 @@ def cpu_model() -> str:
     return platform.processor() or "unknown"
 
 
-def write(run: runs.Run, batches: dict[int, dict], rule: dict) -> Path:
-    """Record the choice per batch size: {batch: {artifact, config, options, p50_ms, precision, beat}}."""
+def write(run: runs.Run, batches: dict[int, dict], rule: dict, cores: int) -> Path:
+    """Record the choice per batch size: {batch: {artifact, setting, options, p50_ms, precision, beat}}."""
     return runs.write_json(run.deployment, {
-        "machine": machine(), "stop_rule": rule,
+        "machine": machine(cores), "stop_rule": rule,
         "created": _dt.datetime.now().isoformat(timespec="seconds"),
         "batches": {str(b): choice for b, choice in sorted(batches.items())},
     })
