@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import contextlib
 import datetime as _dt
+import json
 import os
 import time
 from pathlib import Path
@@ -185,7 +186,10 @@ def _bench(paths, batches, threads, rule: StopRule, warmup, swept, deploy, data_
     pool, inputs_from = _inputs(paths, specs, data_dir, max(batches))
     log(f"Inputs: {inputs_from}.")
 
-    rows, memory = _compare(dict(zip(names, paths)), pool, batches, threads, rule, warmup, log, progress)
+    swept_result, deployed, measured = {}, None, {}
+    if deploy is not None:  # first: its figures stand in for the comparison's wherever the settings are the same
+        swept_result, deployed, measured = sweep_deployment(deploy, pool, batches, threads, rule, warmup, log)
+    rows, memory = _compare(dict(zip(names, paths)), pool, batches, threads, rule, warmup, log, progress, measured)
     result = {
         "artifacts": {name: str(path) for name, path in zip(names, paths)},
         "inputs_from": inputs_from,
@@ -199,7 +203,7 @@ def _bench(paths, batches, threads, rule: StopRule, warmup, swept, deploy, data_
     }
     runs.write_json(out / runs.BENCH_RESULT_FILE, result)  # the figures are safe before anything else can fail
     if deploy is not None:
-        result["sweep"], result["deployment"] = sweep_deployment(deploy, pool, batches, threads, rule, warmup, log)
+        result["sweep"], result["deployment"] = swept_result, deployed
     elif swept:
         result["sweep"] = {name: sweep_settings(path, pool, batches, threads, rule, warmup, log)
                            for name, path in zip(names, paths) if path in swept}
@@ -210,25 +214,38 @@ def _bench(paths, batches, threads, rule: StopRule, warmup, swept, deploy, data_
     return result
 
 
+def _setting_key(path: Path, options: dict) -> tuple[str, str]:
+    return str(path.resolve()), json.dumps(options, sort_keys=True)
+
+
 def _compare(artifacts: dict[str, Path], pool: dict, batches: list[int], threads: list[int], rule: StopRule,
-             warmup: int, log, progress) -> tuple[list[dict], dict]:
-    """Every artifact at every (threads, batch), interleaved; rows of figures and RSS per loaded model."""
+             warmup: int, log, progress, measured: dict | None = None) -> tuple[list[dict], dict]:
+    """Every artifact at every (threads, batch), interleaved; rows of figures and RSS per loaded model.
+
+    measured: {(path, options): {batch: stats}} already taken by the sweep, reused for the same settings.
+    """
     rows, memory = [], {}
     rounds, done = len(threads) * len(batches), 0
     for n_threads in threads:
-        predictors = {}
+        predictors, reused = {}, {}
         for name, path in artifacts.items():
-            if n_threads != threads[0] and not formats.for_path(path).takes_threads:
+            fmt = formats.for_path(path)
+            if n_threads != threads[0] and not fmt.takes_threads:
                 continue  # one pass is all a format without a thread setting has
+            options = {**runtime.tuned_options(path), **({"threads": n_threads} if fmt.takes_threads else {})}
+            reused[name] = (measured or {}).get(_setting_key(path, options))
+            if reused[name] is not None and name in memory:
+                continue
             before = rss_mb()
             predictors[name] = _open(path, n_threads)
             memory.setdefault(name, round(rss_mb() - before, 1))
         try:
             for batch in batches:
-                feeds = {name: p.validate({k: v[:batch] for k, v in pool.items()}) for name, p in predictors.items()}
-                calls = {name: (lambda p=p, f=feeds[name]: p.run(f)) for name, p in predictors.items()}
-                timed = measure(calls, rule, warmup)
-                new = [_row(name, p.format, batch, n_threads, timed[name]) for name, p in predictors.items()]
+                timing = {name: p for name, p in predictors.items() if reused.get(name) is None}
+                feeds = {name: p.validate({k: v[:batch] for k, v in pool.items()}) for name, p in timing.items()}
+                timed = measure({name: (lambda p=p, f=feeds[name]: p.run(f)) for name, p in timing.items()}, rule, warmup)
+                new = [_row(name, formats.for_path(artifacts[name]).name, batch, n_threads,
+                            timed[name] if name in timed else reused[name][batch]) for name in reused]
                 rows += new
                 if new:  # none when no artifact has a thread setting to compare
                     log(f"  batch {batch}, threads {n_threads}: "
@@ -246,11 +263,12 @@ def _pm(stats: dict) -> str:
     return f" +-{stats['precision']:.0%}" if stats.get("precision") is not None else ""
 
 
-def _row(name: str, format_name: str, batch: int, threads: int, timed: Timed) -> dict:
+def _row(name: str, format_name: str, batch: int, threads: int, timed: "Timed | dict") -> dict:
     """One bench row; a format whose timing is not its device's says so (`Format.timing_note`)."""
     fmt = formats.get(format_name)
+    stats = timed if isinstance(timed, dict) else _stats(timed, batch)
     row = {"artifact": name, "format": format_name, "batch": batch,
-           "threads": threads if fmt.takes_threads else fmt.fixed_threads, **_stats(timed, batch)}
+           "threads": threads if fmt.takes_threads else fmt.fixed_threads, **stats}
     return {**row, "note": fmt.timing_note} if fmt.timing_note else row
 
 
@@ -308,12 +326,15 @@ def _save_best(path: Path, configs: dict, table: dict, batches: list[int], log) 
 
 
 def sweep_deployment(run: runs.Run, pool: dict, batches: list[int], threads: list[int], rule: StopRule,
-                     warmup: int, log) -> tuple[dict, dict]:
-    """Every verified artifact of `run` x every setting, per batch size, pruning losers; writes deployment.json."""
+                     warmup: int, log) -> tuple[dict, dict, dict]:
+    """Every verified artifact of `run` x every setting, per batch size, pruning losers; writes deployment.json.
+
+    Returns the per-file sweeps, the choice per batch size, and every figure by (path, options).
+    """
     candidates = deployment.candidates(run)
     if not candidates:
         log(f"  no verified artifact in {run.export_dir}: no {run.deployment.name} written")
-        return {}, {}
+        return {}, {}, {}
     settings = {name: _configs(path, threads) for name, path in candidates.items()}
     configs = {(name, k): (candidates[name], o) for name, c in settings.items() for k, o in c.items()}
     table = _sweep_table(configs, pool, batches, StopRule(**{**vars(rule), "prune": True}), warmup)
@@ -326,7 +347,8 @@ def sweep_deployment(run: runs.Run, pool: dict, batches: list[int], threads: lis
     for b, c in choices.items():
         log(f"  batch {b}: deploy {c['artifact']} ({c['setting']}) {c['p50_ms']:.3f} ms{_pm(c)}"
             + (f", {c['beat'][0]['ratio']:.2f}x faster than {c['beat'][0]['artifact']}" if c["beat"] else ""))
-    return sweep, {str(b): c for b, c in choices.items()}
+    measured = {_setting_key(path, options): {b: table[b][key] for b in batches} for key, (path, options) in configs.items()}
+    return sweep, {str(b): c for b, c in choices.items()}, measured
 
 
 def _choice(rows: dict[tuple[str, str], dict], configs: dict) -> dict:

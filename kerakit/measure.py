@@ -4,8 +4,9 @@
     timed = measure({"a": call_a, "b": call_b}, rule, warmup=5)
     timed["a"].samples_ns, timed["a"].precision, timed["a"].stopped
 
-Calls run in blocks of `block` (ten by default), the callables' blocks in a
-fresh random order each round, so machine noise hits them alike. After each
+Calls run in blocks of `block` (ten by default; fewer for a call so slow
+that ten would take over 50 ms, judged by its warm-up calls), the callables'
+blocks in a fresh random order each round, so machine noise hits them alike. After each
 round every configuration still running is checked: its p50 is known within
 `precision` (the half-width of a 95 % bootstrap interval over its blocks,
 relative to the p50) -> "precise"; its time budget is spent -> "budget"; it
@@ -23,7 +24,9 @@ from typing import Callable, Hashable
 
 import numpy as np
 
-BLOCK = 10          # consecutive calls of one configuration within a round
+BLOCK = 10          # consecutive calls of one configuration within a round, at most
+WARMUP_S = 0.25    # untimed calls stop at `warmup` or once this much time went into them
+BLOCK_S = 0.05      # ... and fewer where ten would take longer than this (a slow model needs few calls)
 BOOTSTRAP = 200     # resamples of the blocks per interval
 CONFIDENCE = 0.95
 
@@ -71,19 +74,25 @@ class Timed:
 def measure(calls: dict[Hashable, Callable[[], object]], rule: StopRule, warmup: int = 5,
             block: int = BLOCK, seed: int = 0) -> dict[Hashable, Timed]:
     """Time every callable until `rule` stops it; returns their samples and the precision reached."""
+    clock = time.perf_counter_ns
+    warm: dict[Hashable, list[int]] = {k: [] for k in calls}
     for _ in range(warmup):
-        for call in calls.values():
-            call()
+        for key, call in calls.items():
+            if sum(warm[key]) < WARMUP_S * 1e9:  # a slow model is warm after a call or two
+                start = clock()
+                call()
+                warm[key].append(clock() - start)
+    sizes = {k: max(1, min(block, int(BLOCK_S * 1e9 / np.median(w)))) if w else block for k, w in warm.items()}
     timed = {k: Timed() for k in calls}
     running, order = list(calls), list(calls)
-    shuffle, rng, clock = random.Random(seed).shuffle, np.random.default_rng(seed), time.perf_counter_ns
+    shuffle, rng = random.Random(seed).shuffle, np.random.default_rng(seed)
     while running:
         shuffle(order)
         for key in order:
             if key not in running:
                 continue
             call, t = calls[key], timed[key]
-            n = min(block, rule.max_calls - len(t.samples_ns))
+            n = min(sizes[key], rule.max_calls - len(t.samples_ns))
             began = clock()
             for _ in range(n):
                 start = clock()

@@ -97,7 +97,7 @@ def test_bench_times_openvino_and_sweeps_its_settings(x86_run):
     rows = [r for r in result["rows"] if r["format"] == "openvino"]
     assert {(r["artifact"], r["batch"]) for r in rows} == {(a, b) for a in ("model.openvino", "model_bf16.openvino")
                                                            for b in (1, 8)}
-    assert all(r["p50_ms"] > 0 and r["stopped"] in ("precise", "budget", "calls") for r in rows)
+    assert all(r["p50_ms"] > 0 and r["stopped"] in ("precise", "budget", "calls", "pruned") for r in rows)
     assert set(result["sweep"]["model.openvino"]["configs"]) == {"hint=latency,threads=auto", "hint=latency,threads=1",
                                                                   "hint=throughput,threads=auto",
                                                                   "hint=throughput,threads=1"}

@@ -31,6 +31,27 @@ PRECISIONS = {"none": "f32", "bf16": "bf16"}  # quantization -> inference precis
 RT_INFO = ["kerakit", "inference_precision"]
 
 
+def import_openvino():
+    """`openvino`, with its usage telemetry off.
+
+    `import openvino` and every `convert_model` send usage events to Google
+    Analytics (the openvino-telemetry package) unless a consent file says no,
+    from a forked process: kerakit never phones home for its user, and a fork
+    taken while a run's writer lock is held keeps that lock for as long as the
+    child lives (the next `kerakit bench` in the same process found its run
+    "in use"). OpenVINO's converter falls back to its own no-op stub when
+    openvino_telemetry cannot be imported, which a None entry in sys.modules
+    makes so.
+    """
+    import sys
+
+    if "openvino" not in sys.modules:
+        sys.modules.setdefault("openvino_telemetry", None)  # type: ignore[assignment]
+    import openvino
+
+    return openvino
+
+
 def check_source(source) -> str:
     if source not in SOURCES:
         raise KerakitError(f"Invalid source={source!r} for openvino. Expected one of {', '.join(SOURCES)}.")
@@ -40,7 +61,7 @@ def check_source(source) -> str:
 # --------------------------------------------------------------------------- conversion
 
 def convert(context, spec, path: Path) -> None:
-    import openvino as ov
+    ov = import_openvino()
 
     if spec.option("source") == "onnx":
         from kerakit.formats.onnx import DEFAULT_OPSET, write_onnx
@@ -68,7 +89,7 @@ class OpenVinoPredictor(Predictor):
 
     def __init__(self, path: Path, threads: int = 0, hint: str = "latency", precision: str | None = None):
         super().__init__(path)
-        import openvino as ov
+        ov = import_openvino()
 
         if hint not in HINTS:
             raise KerakitError(f"Invalid hint={hint!r}. Expected one of {', '.join(HINTS)}.")
