@@ -300,7 +300,7 @@ def fp32_peak_gflops() -> dict:
             "boost makes the true peak higher, so the fraction below is an upper bound)"}
 
 
-def deployment_figures(run_path: Path, runs_: int = 200) -> dict:
+def deployment_figures(run_path: Path, runs_: int = 200, export_first: bool = True) -> dict:
     """`kerakit bench RUN` as build runs it (its time, the deployment it writes), then in one process:
     serve's default vs the fastest verified configuration per batch size, OpenVINO f32/bf16 vs ONNX, and
     the achieved GFLOP/s at batch 32 over the CPU's fp32 peak."""
@@ -313,7 +313,8 @@ def deployment_figures(run_path: Path, runs_: int = 200) -> dict:
     from kerakit.runs import Run
 
     run = Run.open(run_path)
-    export(run.path, targets=["server", "edge", "x86"], log=lambda m: None)
+    if export_first:
+        export(run.path, targets=["server", "edge", "x86"], log=lambda m: None)
     start = time.perf_counter()
     result = bench_artifacts([run.path], batches=BENCH_BATCHES, threads=BENCH_THREADS, runs_=100, warmup=10,
                              log=lambda m: None)

@@ -114,3 +114,24 @@ def test_timing_stops_once_the_p50_is_known_and_prunes_what_cannot_win():
     assert timed["slow"].stopped in ("precise", "pruned") and len(timed["slow"].samples_ns) <= 60
     budget = measure({"x": sleeper(0.002)}, StopRule(precision=1e-9, budget_s=0.1, max_calls=10**6), warmup=0)["x"]
     assert budget.stopped == "budget" and budget.spent_s < 0.2 and budget.precision is not None
+
+
+def test_a_corrupt_deployment_file_is_named_with_what_to_do(x86_run):
+    run, _, _ = x86_run
+    saved = run.deployment.read_text()
+    try:
+        run.deployment.write_text("garbage")
+        with pytest.raises(KerakitError, match=r"deployment.json is not valid JSON \(line 1\); rerun `kerakit bench RUN`"):
+            resolve(run.path)
+    finally:
+        run.deployment.write_text(saved)
+
+
+def test_openvino_bf16_asks_for_bf16_and_runs_it_where_the_cpu_has_it(x86_run):
+    import openvino as ov
+
+    run, _, _ = x86_run
+    has_bf16 = "BF16" in ov.Core().get_property("CPU", "OPTIMIZATION_CAPABILITIES")
+    with runtime.load(run.export_dir / "model_bf16.openvino") as p, runtime.load(run.export_dir / "model.openvino") as f:
+        assert (p.requested_precision, p.precision) == ("bf16", "bf16" if has_bf16 else "f32")
+        assert (f.requested_precision, f.precision) == ("f32", "f32")

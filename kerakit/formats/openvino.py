@@ -105,7 +105,7 @@ class OpenVinoPredictor(Predictor):
         if threads:
             config["INFERENCE_NUM_THREADS"] = int(threads)
         self.compiled = core.compile_model(model, "CPU", config)
-        self.precision = str(self.compiled.get_property("INFERENCE_PRECISION_HINT"))  # what the CPU runs
+        self.precision = self.compiled.get_property("INFERENCE_PRECISION_HINT").to_string()  # what the CPU runs: f32, bf16
         self.requested_precision = requested
         self.inputs = [_spec(p) for p in model.inputs]
         self.outputs = [_spec(p) for p in model.outputs]
