@@ -15,6 +15,7 @@ device (`Format.timing_note`, e.g. TFLite Micro) is not a candidate either.
 from __future__ import annotations
 
 import datetime as _dt
+import json
 import os
 import platform
 from pathlib import Path
@@ -85,6 +86,20 @@ def choose(run: runs.Run, batch: int | None = None) -> dict:
         raise KerakitError(f"{run.deployment} names {choice['artifact']!r}, which is no longer a verified "
                            f"artifact of the run (missing, changed or failed verification); {FIX}.")
     return {**choice, "path": str(path)}
+
+
+def by_batch(run: runs.Run) -> list[list]:
+    """[[batch, path, options], ...] for each benched batch size above the smallest whose choice differs from
+    the one below it: where a server switches artifact or settings as its batches grow."""
+    table = {int(b): c for b, c in read(run)["batches"].items()}
+    switches, previous = [], None
+    for batch in sorted(table):
+        choice = choose(run, batch)
+        key = (choice["artifact"], json.dumps(choice.get("options", {}), sort_keys=True))
+        if previous is not None and key != previous:
+            switches.append([batch, choice["path"], dict(choice.get("options", {}))])
+        previous = key
+    return switches
 
 
 def artifact(run: "runs.Run | str | os.PathLike", batch: int | None = None) -> tuple[Path, dict]:

@@ -135,3 +135,28 @@ def test_openvino_bf16_asks_for_bf16_and_runs_it_where_the_cpu_has_it(x86_run):
     with runtime.load(run.export_dir / "model_bf16.openvino") as p, runtime.load(run.export_dir / "model.openvino") as f:
         assert (p.requested_precision, p.precision) == ("bf16", "bf16" if has_bf16 else "f32")
         assert (f.requested_precision, f.precision) == ("f32", "f32")
+
+
+def test_serve_switches_to_the_choice_for_larger_batches(x86_run):
+    run, _, _ = x86_run
+    saved = run.deployment.read_text()
+    try:
+        choices = json.loads(saved)
+        one = choices["batches"]["1"]
+        other = "model_bf16.openvino" if one["artifact"] == "model.openvino" else "model.openvino"
+        choices["batches"]["8"] = {**one, "artifact": other, "options": {"hint": "throughput", "threads": 1}}
+        run.deployment.write_text(json.dumps(choices))
+        entry, = resolve(run.path)
+        model = Model(entry, ServeOptions())
+        try:
+            assert model.predictor_for(1).path.name == one["artifact"]
+            assert model.predictor_for(7).path.name == one["artifact"]
+            big = model.predictor_for(8)
+            assert big.path.name == other and str(big.compiled.get_property("PERFORMANCE_HINT")) == "THROUGHPUT"
+            x = np.random.default_rng(3).random((9, 8, 8, 1)).astype(np.float32)
+            np.testing.assert_allclose(model.run({"image": x})["probabilities"],
+                                       big.run({"image": x})["probabilities"], atol=1e-6)
+        finally:
+            model.close()
+    finally:
+        run.deployment.write_text(saved)
