@@ -233,7 +233,7 @@ def evaluate_cmd(ctx, target, overrides, recipe, data_dir, split, as_json) -> No
 @cli.command("export")
 @_custom_objects_option
 @click.argument("source", type=click.Path())
-@click.option("--target", "targets", multiple=True, help="Target name or TOML path (repeat or comma-separate): server, edge, mcu, ...")
+@click.option("--target", "targets", multiple=True, help="Target name or TOML path (repeat or comma-separate): server, edge, mcu, x86, ...")
 @click.option("--format", "formats", multiple=True, help="One artifact by its --format name: savedmodel, tflite, tflite-fp16, tflite-dynamic, tflite-int8, onnx, onnx-dynamic, onnx-int8, tflite-micro-int8 (or a registered format's).")
 @click.option("--out", type=click.Path(file_okay=False), help="Output directory (default RUN/export).")
 @click.option("--recipe", help="For a .keras file outside a run: the recipe whose data verifies and calibrates.")
@@ -374,14 +374,15 @@ def _int_list(text: str, option: str) -> list[int]:
 @_custom_objects_option
 @click.argument("artifacts", nargs=-1, required=True, type=click.Path())
 @click.option("--batch", "batches", default="1,8,32", show_default=True, help="Batch sizes to sweep.")
-@click.option("--threads", default="1,2", show_default=True, help="Thread counts for ONNX Runtime and LiteRT.")
+@click.option("--threads", default="1,2", show_default=True, help="Thread counts for ONNX Runtime, LiteRT and OpenVINO.")
 @click.option("--runs", "runs_", default=200, show_default=True, type=click.IntRange(min=5), help="Most timed calls per artifact and setting.")
 @click.option("--precision", default=0.03, show_default=True, type=click.FloatRange(0, 1, min_open=True, max_open=True),
               help="Stop timing a figure once its p50 is known within +-this fraction (95 %, bootstrap over blocks).")
 @click.option("--budget", "budget_s", default=1.0, show_default=True, type=click.FloatRange(0, min_open=True),
               help="... or after this many seconds of timing it.")
 @click.option("--warmup", default=20, show_default=True, type=click.IntRange(min=0), help="Untimed calls first.")
-@click.option("--no-sweep", "--no-onnx-sweep", "no_sweep", is_flag=True, help="Skip comparing runtime settings (ONNX: optimization level x threads).")
+@click.option("--no-sweep", "--no-onnx-sweep", "no_sweep", is_flag=True, help="Skip comparing runtime settings (ONNX: optimization level x threads; OpenVINO: hint x threads) "
+              "and, for a run, writing its deployment.json.")
 @click.option("--out", type=click.Path(file_okay=False), help="Where bench.json and bench.png go (default RUN/bench).")
 @click.option("--data-dir", help="TFDS data directory.")
 @click.pass_context
