@@ -20,6 +20,14 @@ Figures are ratios measured within one run (this machine is shared and noisy):
   SavedModel signature; those defaults vs the best ONNX setting of the sweep
   (target <= 1.1x); LiteRT int8 vs float32 (target <= 0.6x); the bench
   harness (`Predictor.run`) vs a bare `session.run` loop (target <= 1.03).
+- deployment (deployment.json), same two models, after exporting server, edge
+  and x86: the wall time of `kerakit bench RUN` as build runs it (goal <= 90 s
+  for digits_mobilenet on a quiet machine) with every figure's precision; the
+  deployment it wrote; then interleaved in one process: serve's default (the
+  batch-1 choice) / the fastest verified configuration, at batch 1 and 32 (goal
+  <= 1.10); OpenVINO f32 and bf16 vs ONNX fp32 (same threads); the fastest
+  verified artifact's GFLOP/s at batch 32 (MACs from the ONNX graph) over the
+  CPU's fp32 peak computed from its flags (goal >= 0.5 for MobileNetV3).
 - serve (serve.json): `kerakit serve` under load on loopback, for both
   models; see bench/serve_load.py. Server overhead per request (HTTP p50 minus
   bare runtime p50, target < 1 ms), requests/s and p50/p99 at concurrency 16
@@ -246,6 +254,113 @@ def inference(run_path: Path, runs_: int = 200) -> dict:
     return out
 
 
+# --------------------------------------------------------------------------- deployment (issue 15b)
+# Kept apart from inference(): the int8 and wrapper figures of the same section live there.
+
+def graph_macs(onnx_path: Path) -> int:
+    """Multiply-accumulates of one row, from the ONNX graph: Conv (per output element, Cin/group x kernel)
+    and MatMul/Gemm, with shapes from ONNX shape inference at batch 1."""
+    import numpy as np
+    import onnx
+    from onnx import numpy_helper, shape_inference
+
+    model = onnx.load(str(onnx_path))
+    for value in model.graph.input:
+        dims = value.type.tensor_type.shape.dim
+        if dims and not dims[0].HasField("dim_value"):
+            dims[0].dim_value = 1
+    graph = shape_inference.infer_shapes(model).graph
+    shapes = {v.name: [d.dim_value for d in v.type.tensor_type.shape.dim]
+              for v in [*graph.value_info, *graph.input, *graph.output]}
+    shapes.update({t.name: list(numpy_helper.to_array(t).shape) for t in graph.initializer})
+    macs = 0
+    for node in graph.node:
+        if node.op_type == "Conv":
+            w, out = shapes[node.input[1]], shapes[node.output[0]]
+            macs += int(np.prod(out)) * int(np.prod(w[1:]))  # w: (Cout, Cin/group, kH, kW)
+        elif node.op_type in ("MatMul", "Gemm"):  # rows x K x N; a reshape's output may have no static rows: 1
+            a, b = shapes.get(node.input[0], []), shapes[node.input[1]]
+            macs += int(np.prod([d or 1 for d in a[:-1]])) * int(b[0]) * int(b[-1])
+    return macs
+
+
+def fp32_peak_gflops() -> dict:
+    """The CPU's fp32 peak computed from its flags (not measured): cores x FMA pipes x lanes x 2 x clock."""
+    from kerakit import runtime
+
+    info = Path("/proc/cpuinfo").read_text()
+    flags = set(next(l for l in info.splitlines() if l.startswith("flags")).split(":", 1)[1].split())
+    mhz = float(next(l for l in info.splitlines() if l.startswith("cpu MHz")).split(":", 1)[1])
+    lanes = 16 if "avx512f" in flags else 8 if "avx2" in flags else 4
+    fma_pipes = 2 if "fma" in flags else 1  # x86 cores with FMA have two FMA-capable pipes (Zen 2+, Haswell+)
+    cores = runtime.cores()
+    peak = cores * fma_pipes * lanes * 2 * mhz / 1e3
+    return {"gflops": round(peak, 1), "source": f"computed from /proc/cpuinfo: {cores} cores x {fma_pipes} FMA pipes x "
+            f"{lanes} fp32 lanes ({'avx512f' if lanes == 16 else 'avx2'}) x 2 x {mhz:.0f} MHz (nominal clock; "
+            "boost makes the true peak higher, so the fraction below is an upper bound)"}
+
+
+def deployment_figures(run_path: Path, runs_: int = 200, export_first: bool = True) -> dict:
+    """`kerakit bench RUN` as build runs it (its time, the deployment it writes), then in one process:
+    serve's default vs the fastest verified configuration per batch size, OpenVINO f32/bf16 vs ONNX, and
+    the achieved GFLOP/s at batch 32 over the CPU's fp32 peak."""
+    from kerakit import deployment, formats, runtime
+    from kerakit.bench import bench as bench_artifacts
+    from kerakit.bench import time_interleaved
+    from kerakit.build import BENCH_BATCHES, BENCH_THREADS
+    from kerakit.data import load_data
+    from kerakit.export import export
+    from kerakit.runs import Run
+
+    run = Run.open(run_path)
+    if export_first:
+        export(run.path, targets=["server", "edge", "x86"], log=lambda m: None)
+    start = time.perf_counter()
+    result = bench_artifacts([run.path], batches=BENCH_BATCHES, threads=BENCH_THREADS, runs_=100, warmup=10,
+                             log=lambda m: None)
+    bench_s = time.perf_counter() - start
+    x_test, _ = load_data(run.recipe(), run.config["config"]).arrays("test")
+    serve_default = runtime.load(run.path)  # what `kerakit serve RUN` loads: the batch-1 choice
+    ov = {q: formats.get("openvino").load(run.export_dir / n, threads=max(BENCH_THREADS))
+          for q, n in (("f32", "model.openvino"), ("bf16", "model_bf16.openvino"))}
+    onnx = formats.get("onnx").load(run.export_dir / "model.onnx", threads=max(BENCH_THREADS))
+    macs = graph_macs(run.export_dir / "model.onnx")
+    peak = fp32_peak_gflops()
+    out = {"recipe": run.config["recipe"], "bench_step_s": round(bench_s, 1), "bench_reported_s": result["seconds"],
+           "precision": {f"{r['artifact']} b{r['batch']} t{r['threads']}": r["precision"] for r in result["rows"]},
+           "deployment": {b: {k: c[k] for k in ("artifact", "setting", "p50_ms", "precision")}
+                          for b, c in result["deployment"].items()},
+           "machine": deployment.machine(runtime.cores()), "macs_per_row": macs, "fp32_peak": peak,
+           "openvino_precision_run": {q: p.precision for q, p in ov.items()}, "batches": {}}
+    for batch in BENCH_BATCHES:
+        x = {k: v[:batch] for k, v in x_test.items()}
+        fastest = runtime.load(run.path, batch=batch)  # the fastest verified configuration at this batch size
+        calls = {"serve_default": serve_default, "fastest_verified": fastest, "openvino_f32": ov["f32"],
+                 "openvino_bf16": ov["bf16"], "onnx": onnx}
+        feeds = {k: p.validate(x) for k, p in calls.items()}
+        p50 = _p50s(time_interleaved({k: (lambda p=p, f=feeds[k]: p.run(f)) for k, p in calls.items()},
+                                     runs_ * 2, warmup=20, block=10))
+        fastest.close()
+        out["batches"][str(batch)] = {
+            "p50_ms": {k: round(v, 4) for k, v in p50.items()},
+            "serve_default_vs_fastest_verified": round(p50["serve_default"] / p50["fastest_verified"], 3),
+            "openvino_f32_vs_onnx": round(p50["openvino_f32"] / p50["onnx"], 3),
+            "openvino_bf16_vs_onnx": round(p50["openvino_bf16"] / p50["onnx"], 3),
+            "fastest_gflops": round(2 * macs * batch / (p50["fastest_verified"] / 1e3) / 1e9, 1),
+        }
+    for p in (serve_default, onnx, *ov.values()):
+        p.close()
+    b32 = out["batches"].get("32", {})
+    out["fraction_of_fp32_peak_b32"] = round(b32.get("fastest_gflops", 0) / peak["gflops"], 3)
+    out["goals"] = {
+        "serve default / fastest verified <= 1.10 (b1 and b32)":
+            all(b["serve_default_vs_fastest_verified"] <= 1.10 for b in out["batches"].values()),
+        "fastest verified at b32 >= 0.5 of the fp32 peak (MobileNetV3)": out["fraction_of_fp32_peak_b32"] >= 0.5,
+        "bench step <= 90 s (digits_mobilenet, quiet machine)": bench_s <= 90,
+    }
+    return out
+
+
 def tune_memory(trials: int = 20) -> dict:
     """RSS after each finished trial of a 20-trial random search on digits_cnn, in this process."""
     import kerakit
@@ -431,6 +546,7 @@ def main(sections: list[str]) -> None:
             if "export" in sections:
                 _write("export.json", {"machine": machine, "models": [export_sizes(p) for p in trained]})
                 _write("inference.json", {"machine": machine, "models": [inference(p) for p in trained]})
+                _write("deployment.json", {"machine": machine, "models": [deployment_figures(p) for p in trained]})
             if "serve" in sections:
                 _write("serve.json", {"machine": machine, "models": [serve(p) for p in trained]})
     if "tune" in sections:

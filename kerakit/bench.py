@@ -2,21 +2,31 @@
 
     from kerakit.bench import bench
     result = bench(["runs/demo"], batches=[1, 32], threads=[1, 2])
-    result["sweep"]["model.onnx"]["best_options"]   # the settings `serve` and `runtime.load` now use
+    result["deployment"]["1"]["artifact"]   # the fastest verified artifact at batch 1: what `serve` runs
 
 For every (batch size, thread count) the artifacts are timed in interleaved
-rounds (ten calls each, in a random order per round), so machine noise hits
-them alike. Each call
-is timed with `time.perf_counter_ns` around `Predictor.run` on inputs
-validated once beforehand, i.e. what a bare runtime loop costs. Inputs come
-from the run's test split when the artifacts belong to a run, otherwise random
-data of the right specs; the result says which.
+blocks of ten calls, in a random order per round, so machine noise hits them
+alike, until each figure's p50 is known within `precision` (95 % bootstrap
+over blocks), its time budget is spent, or it made `runs_` calls
+(`kerakit.measure`); every figure says the precision it reached. Each call is
+timed with `time.perf_counter_ns` around `Predictor.run` on inputs validated
+once beforehand, i.e. what a bare runtime loop costs. Inputs come from the
+run's test split when the artifacts belong to a run, otherwise random data of
+the right specs; the result says which.
+
+The sweep: every runtime setting a format offers (ONNX: optimization level x
+threads; OpenVINO: performance hint x threads; LiteRT: threads). For a run
+directory it covers every verified artifact of the run at every batch size,
+prunes settings that cannot win, and writes the fastest per batch size to the
+run's deployment.json (`kerakit.deployment`); each swept file's best setting
+over all batch sizes becomes its own default (runtime.json beside it).
 """
 
 from __future__ import annotations
 
 import contextlib
 import datetime as _dt
+import json
 import os
 import time
 from pathlib import Path
@@ -24,10 +34,11 @@ from typing import Callable, Iterable
 
 import numpy as np
 
-from kerakit import formats, runs, runtime
+from kerakit import deployment, formats, runs, runtime
 from kerakit.errors import KerakitError
+from kerakit.measure import StopRule, Timed, measure
 
-BLOCK = 10  # consecutive calls per artifact within a round
+BLOCK = 10  # consecutive calls per artifact within a round (time_interleaved)
 
 
 def expand(paths: Iterable["str | os.PathLike"]) -> list[Path]:
@@ -85,12 +96,14 @@ def _open(path: Path, threads: int) -> runtime.Predictor:
     return runtime.load(path, **({"threads": threads} if fmt.takes_threads else {}))
 
 
-def _stats(samples_ns: list[int], batch: int) -> dict:
-    ms = np.asarray(samples_ns, dtype=np.float64) / 1e6
+def _stats(samples: "list[int] | Timed", batch: int) -> dict:
+    timed = samples if isinstance(samples, Timed) else Timed(samples_ns=list(samples))
+    ms = np.asarray(timed.samples_ns, dtype=np.float64) / 1e6
     p50 = round(float(np.percentile(ms, 50)), 4)  # throughput below agrees with the p50 as reported
     return {"p50_ms": p50, "p90_ms": round(float(np.percentile(ms, 90)), 4),
             "p99_ms": round(float(np.percentile(ms, 99)), 4), "mean_ms": round(float(ms.mean()), 4),
-            "throughput_per_s": round(batch / (p50 / 1e3), 1), "calls": len(ms)}
+            "throughput_per_s": round(batch / (p50 / 1e3), 1), "calls": len(ms),
+            "precision": timed.precision, "stopped": timed.stopped}
 
 
 def time_interleaved(calls: dict[str, Callable[[], object]], runs_: int, warmup: int,
@@ -130,6 +143,8 @@ def bench(
     runs_: int = 200,
     warmup: int = 20,
     sweep: bool = True,
+    precision: float = 0.03,
+    budget_s: float = 1.0,
     data_dir: str | None = None,
     out: "str | os.PathLike | None" = None,
     log: Callable[[str], None] = print,
@@ -137,38 +152,49 @@ def bench(
 ) -> dict:
     """Benchmark artifacts side by side; write bench.json and bench.png to `out`.
 
-    sweep: also compare each artifact's runtime settings where its format has
-    some to compare (ONNX: optimization level x threads), and save the fastest
-    as that file's default. progress(done, total) is called after each
-    (threads, batch) round, for a progress bar.
+    runs_: the most timed calls per figure; precision / budget_s: stop a figure
+    sooner once its p50 is known within +-precision (95 %), or after budget_s
+    seconds of timing. sweep: also compare each artifact's runtime settings
+    where its format has some; for a run directory, write its deployment.json.
+    progress(done, total) is called after each (threads, batch) round.
     """
     paths = expand(artifacts)
     batches, threads = sorted(set(int(b) for b in batches)), sorted(set(int(t) for t in threads))
     if not batches or min(batches) < 1 or not threads or min(threads) < 1:
         raise KerakitError(f"Invalid --batch {batches} or --threads {threads}: expected positive integers.")
+    if not 0 < precision < 1 or budget_s <= 0:
+        raise KerakitError(f"Invalid precision={precision} or budget={budget_s}: expected 0 < precision < 1 "
+                           "(0.03 = +-3 %) and a positive number of seconds.")
     runtime.check_threads(max(threads))
     run = runs.find_run(paths[0])
     out = Path(out) if out else (run.bench_dir if run else Path("bench-results"))
     runs.ensure_writable_dir(out)
     swept = {p for p in paths if sweep and formats.for_path(p).settings}
+    deploy = next((runs.Run(Path(a)) for a in artifacts if sweep and runs.is_run(a)), None)
+    rule = StopRule(precision=precision, budget_s=budget_s, max_calls=runs_)
     with contextlib.ExitStack() as locks:  # bench.json's directory, and where swept settings are saved
         for directory in {runs.owner(out).resolve(), *(runs.owner(p.parent).resolve() for p in swept)}:
             locks.enter_context(runs.writer(directory, "kerakit bench"))
-        return _bench(paths, batches, threads, runs_, warmup, swept, data_dir, out, log, progress)
+        return _bench(paths, batches, threads, rule, warmup, swept, deploy, data_dir, out, log, progress)
 
 
-def _bench(paths, batches, threads, runs_, warmup, swept, data_dir, out: Path, log, progress) -> dict:
+def _bench(paths, batches, threads, rule: StopRule, warmup, swept, deploy, data_dir, out: Path, log, progress) -> dict:
+    started = time.perf_counter()
     names = _labels(paths)
     with runtime.load(paths[0]) as first:
         specs = first.inputs
     pool, inputs_from = _inputs(paths, specs, data_dir, max(batches))
     log(f"Inputs: {inputs_from}.")
 
-    rows, memory = _compare(dict(zip(names, paths)), pool, batches, threads, runs_, warmup, log, progress)
+    swept_result, deployed, measured = {}, None, {}
+    if deploy is not None:  # first: its figures stand in for the comparison's wherever the settings are the same
+        swept_result, deployed, measured = sweep_deployment(deploy, pool, batches, threads, rule, warmup, log)
+    rows, memory = _compare(dict(zip(names, paths)), pool, batches, threads, rule, warmup, log, progress, measured)
     result = {
         "artifacts": {name: str(path) for name, path in zip(names, paths)},
         "inputs_from": inputs_from,
-        "batches": batches, "threads": threads, "runs": runs_, "warmup": warmup,
+        "batches": batches, "threads": threads, "runs": rule.max_calls, "warmup": warmup,
+        "stop_rule": vars(rule),
         "rows": rows,
         "load_rss_mb": memory,
         "notes": {r["artifact"]: r["note"] for r in rows if r.get("note")},
@@ -176,38 +202,54 @@ def _bench(paths, batches, threads, runs_, warmup, swept, data_dir, out: Path, l
         "created": _dt.datetime.now().isoformat(timespec="seconds"),
     }
     runs.write_json(out / runs.BENCH_RESULT_FILE, result)  # the figures are safe before anything else can fail
-    if swept:
-        result["sweep"] = {name: sweep_settings(path, pool, batches, threads, runs_, warmup, log)
+    if deploy is not None:
+        result["sweep"], result["deployment"] = swept_result, deployed
+    elif swept:
+        result["sweep"] = {name: sweep_settings(path, pool, batches, threads, rule, warmup, log)
                            for name, path in zip(names, paths) if path in swept}
-        runs.write_json(out / runs.BENCH_RESULT_FILE, result)
+    result["seconds"] = round(time.perf_counter() - started, 1)
+    runs.write_json(out / runs.BENCH_RESULT_FILE, result)
     chart(result, out / runs.BENCH_CHART_FILE)
     result["out"] = str(out)
     return result
 
 
-def _compare(artifacts: dict[str, Path], pool: dict, batches: list[int], threads: list[int], runs_: int,
-             warmup: int, log, progress) -> tuple[list[dict], dict]:
-    """Every artifact at every (threads, batch), interleaved; rows of figures and RSS per loaded model."""
+def _setting_key(path: Path, options: dict) -> tuple[str, str]:
+    return str(path.resolve()), json.dumps(options, sort_keys=True)
+
+
+def _compare(artifacts: dict[str, Path], pool: dict, batches: list[int], threads: list[int], rule: StopRule,
+             warmup: int, log, progress, measured: dict | None = None) -> tuple[list[dict], dict]:
+    """Every artifact at every (threads, batch), interleaved; rows of figures and RSS per loaded model.
+
+    measured: {(path, options): {batch: stats}} already taken by the sweep, reused for the same settings.
+    """
     rows, memory = [], {}
     rounds, done = len(threads) * len(batches), 0
     for n_threads in threads:
-        predictors = {}
+        predictors, reused = {}, {}
         for name, path in artifacts.items():
-            if n_threads != threads[0] and not formats.for_path(path).takes_threads:
+            fmt = formats.for_path(path)
+            if n_threads != threads[0] and not fmt.takes_threads:
                 continue  # one pass is all a format without a thread setting has
+            options = {**runtime.tuned_options(path), **({"threads": n_threads} if fmt.takes_threads else {})}
+            reused[name] = (measured or {}).get(_setting_key(path, options))
+            if reused[name] is not None and name in memory:
+                continue
             before = rss_mb()
             predictors[name] = _open(path, n_threads)
             memory.setdefault(name, round(rss_mb() - before, 1))
         try:
             for batch in batches:
-                feeds = {name: p.validate({k: v[:batch] for k, v in pool.items()}) for name, p in predictors.items()}
-                calls = {name: (lambda p=p, f=feeds[name]: p.run(f)) for name, p in predictors.items()}
-                samples = time_interleaved(calls, runs_, warmup, block=BLOCK)
-                new = [_row(name, p.format, batch, n_threads, samples[name]) for name, p in predictors.items()]
+                timing = {name: p for name, p in predictors.items() if reused.get(name) is None}
+                feeds = {name: p.validate({k: v[:batch] for k, v in pool.items()}) for name, p in timing.items()}
+                timed = measure({name: (lambda p=p, f=feeds[name]: p.run(f)) for name, p in timing.items()}, rule, warmup)
+                new = [_row(name, formats.for_path(artifacts[name]).name, batch, n_threads,
+                            timed[name] if name in timed else reused[name][batch]) for name in reused]
                 rows += new
                 if new:  # none when no artifact has a thread setting to compare
                     log(f"  batch {batch}, threads {n_threads}: "
-                        + ", ".join(f"{r['artifact']} {r['p50_ms']:.3f} ms" for r in new))
+                        + ", ".join(f"{r['artifact']} {r['p50_ms']:.3f} ms{_pm(r)}" for r in new))
                 done += 1
                 if progress:
                     progress(done, rounds)
@@ -217,38 +259,111 @@ def _compare(artifacts: dict[str, Path], pool: dict, batches: list[int], threads
     return rows, memory
 
 
-def _row(name: str, format_name: str, batch: int, threads: int, samples: list[int]) -> dict:
+def _pm(stats: dict) -> str:
+    return f" +-{stats['precision']:.0%}" if stats.get("precision") is not None else ""
+
+
+def _row(name: str, format_name: str, batch: int, threads: int, timed: "Timed | dict") -> dict:
     """One bench row; a format whose timing is not its device's says so (`Format.timing_note`)."""
     fmt = formats.get(format_name)
+    stats = timed if isinstance(timed, dict) else _stats(timed, batch)
     row = {"artifact": name, "format": format_name, "batch": batch,
-           "threads": threads if fmt.takes_threads else fmt.fixed_threads, **_stats(samples, batch)}
+           "threads": threads if fmt.takes_threads else fmt.fixed_threads, **stats}
     return {**row, "note": fmt.timing_note} if fmt.timing_note else row
 
 
-def sweep_settings(path: Path, pool: dict, batches: list[int], threads: list[int], runs_: int, warmup: int,
-                   log: Callable[[str], None] = print) -> dict:
-    """Every runtime setting the format offers, interleaved; the best becomes the file's default."""
+def _configs(path: Path, threads: list[int]) -> dict[str, dict]:
+    """The runtime settings to compare for one artifact: its format's, else its thread counts, else one."""
     fmt = formats.for_path(path)
-    configs = fmt.settings(threads)
-    predictors = {key: fmt.load(path, **options) for key, options in configs.items()}
+    if fmt.settings:
+        return fmt.settings(threads)
+    if fmt.takes_threads:
+        return {f"threads={t}": {"threads": t} for t in threads}
+    return {fmt.fixed_threads: {}}
+
+
+def _sweep_table(configs: dict[tuple[str, str], tuple[Path, dict]], pool: dict, batches: list[int],
+                 rule: StopRule, warmup: int) -> dict[int, dict[tuple[str, str], dict]]:
+    """{batch: {(artifact, setting): stats}}: every configuration timed against the others, per batch size."""
+    predictors = {}
     try:
+        for key, (path, options) in configs.items():
+            predictors[key] = formats.for_path(path).load(path, **options)
         table = {}
         for batch in batches:
             feeds = {k: p.validate({n: v[:batch] for n, v in pool.items()}) for k, p in predictors.items()}
-            samples = time_interleaved({k: (lambda p=p, f=feeds[k]: p.run(f)) for k, p in predictors.items()},
-                                       runs_, warmup, block=BLOCK)
-            table[batch] = {k: _stats(v, batch) for k, v in samples.items()}
+            timed = measure({k: (lambda p=p, f=feeds[k]: p.run(f)) for k, p in predictors.items()}, rule, warmup)
+            table[batch] = {k: _stats(v, batch) for k, v in timed.items()}
     finally:
         for p in predictors.values():
             p.close()
-    # Best = lowest p50 summed over batch sizes relative to each batch's fastest: fair across batch sizes.
-    score = {k: sum(table[b][k]["p50_ms"] / min(r["p50_ms"] for r in table[b].values()) for b in batches)
-             for k in configs}
+    return table
+
+
+def _best_setting(table: dict, batches: list[int], names: list[str]) -> tuple[str, dict]:
+    """A file's best setting over all batch sizes: p50 relative to each batch's fastest, summed."""
+    score = {k: sum(table[b][k]["p50_ms"] / min(table[b][j]["p50_ms"] for j in names) for b in batches) for k in names}
     best = min(score, key=score.get)
-    runtime.save_tuned_options(path, configs[best], {"score": round(score[best], 4), "batches": batches})
-    log(f"  {fmt.name} best for {path.name}: {best} (saved as its default in {runs.RUNTIME_SETTINGS_FILE})")
+    return best, {k: round(v, 4) for k, v in score.items()}
+
+
+def sweep_settings(path: Path, pool: dict, batches: list[int], threads: list[int], rule: StopRule, warmup: int,
+                   log: Callable[[str], None] = print) -> dict:
+    """Every runtime setting the format offers, interleaved; the best becomes the file's default."""
+    configs = formats.for_path(path).settings(threads)
+    table = _sweep_table({(path.name, k): (path, o) for k, o in configs.items()}, pool, batches, rule, warmup)
+    table = {b: {k[1]: v for k, v in rows.items()} for b, rows in table.items()}
+    return _save_best(path, configs, table, batches, log)
+
+
+def _save_best(path: Path, configs: dict, table: dict, batches: list[int], log) -> dict:
+    best, score = _best_setting(table, batches, list(configs))
+    runtime.save_tuned_options(path, configs[best], {"score": score[best], "batches": batches})
+    log(f"  {formats.for_path(path).name} best for {path.name}: {best} (saved as its default in "
+        f"{runs.RUNTIME_SETTINGS_FILE})")
     return {"configs": {k: {str(b): table[b][k] for b in batches} for k in configs}, "best": best,
-            "best_options": configs[best], "score": {k: round(v, 4) for k, v in score.items()}}
+            "best_options": configs[best], "score": score}
+
+
+def sweep_deployment(run: runs.Run, pool: dict, batches: list[int], threads: list[int], rule: StopRule,
+                     warmup: int, log) -> tuple[dict, dict, dict]:
+    """Every verified artifact of `run` x every setting, per batch size, pruning losers; writes deployment.json.
+
+    Returns the per-file sweeps, the choice per batch size, and every figure by (path, options).
+    """
+    candidates = deployment.candidates(run)
+    if not candidates:
+        log(f"  no verified artifact in {run.export_dir}: no {run.deployment.name} written")
+        return {}, {}, {}
+    settings = {name: _configs(path, threads) for name, path in candidates.items()}
+    configs = {(name, k): (candidates[name], o) for name, c in settings.items() for k, o in c.items()}
+    table = _sweep_table(configs, pool, batches, StopRule(**{**vars(rule), "prune": True}), warmup)
+    sweep = {name: _save_best(candidates[name], settings[name],
+                              {b: {k[1]: v for k, v in rows.items() if k[0] == name} for b, rows in table.items()},
+                              batches, log)
+             for name in candidates if formats.for_path(candidates[name]).settings}
+    choices = {b: _choice(table[b], configs) for b in batches}
+    deployment.write(run, choices, vars(rule), runtime.cores())
+    for b, c in choices.items():
+        log(f"  batch {b}: deploy {c['artifact']} ({c['setting']}) {c['p50_ms']:.3f} ms{_pm(c)}"
+            + (f", {c['beat'][0]['ratio']:.2f}x faster than {c['beat'][0]['artifact']}" if c["beat"] else ""))
+    measured = {_setting_key(path, options): {b: table[b][key] for b in batches} for key, (path, options) in configs.items()}
+    return sweep, {str(b): c for b, c in choices.items()}, measured
+
+
+def _choice(rows: dict[tuple[str, str], dict], configs: dict) -> dict:
+    """The fastest configuration, and the best figure of every other artifact it beat."""
+    (artifact, setting), stats = min(rows.items(), key=lambda kv: kv[1]["p50_ms"])
+    others: dict[str, dict] = {}
+    for (name, k), r in rows.items():
+        if name != artifact and (name not in others or r["p50_ms"] < others[name]["p50_ms"]):
+            others[name] = {"artifact": name, "setting": k, "p50_ms": r["p50_ms"], "precision": r["precision"],
+                            "stopped": r["stopped"], "ratio": round(r["p50_ms"] / stats["p50_ms"], 3)}
+    return {"artifact": artifact, "format": formats.for_path(configs[(artifact, setting)][0]).name,
+            "setting": setting, "options": configs[(artifact, setting)][1], "p50_ms": stats["p50_ms"],
+            "precision": stats["precision"], "stopped": stats["stopped"],
+            "throughput_per_s": stats["throughput_per_s"],
+            "beat": sorted(others.values(), key=lambda o: o["p50_ms"])}
 
 
 def chart(result: dict, path: Path) -> Path:

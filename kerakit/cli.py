@@ -233,7 +233,7 @@ def evaluate_cmd(ctx, target, overrides, recipe, data_dir, split, as_json) -> No
 @cli.command("export")
 @_custom_objects_option
 @click.argument("source", type=click.Path())
-@click.option("--target", "targets", multiple=True, help="Target name or TOML path (repeat or comma-separate): server, edge, mcu, ...")
+@click.option("--target", "targets", multiple=True, help="Target name or TOML path (repeat or comma-separate): server, edge, mcu, x86, ...")
 @click.option("--format", "formats", multiple=True, help="One artifact by its --format name: savedmodel, tflite, tflite-fp16, tflite-dynamic, tflite-int8, onnx, onnx-dynamic, onnx-int8, tflite-micro-int8 (or a registered format's).")
 @click.option("--out", type=click.Path(file_okay=False), help="Output directory (default RUN/export).")
 @click.option("--recipe", help="For a .keras file outside a run: the recipe whose data verifies and calibrates.")
@@ -374,21 +374,26 @@ def _int_list(text: str, option: str) -> list[int]:
 @_custom_objects_option
 @click.argument("artifacts", nargs=-1, required=True, type=click.Path())
 @click.option("--batch", "batches", default="1,8,32", show_default=True, help="Batch sizes to sweep.")
-@click.option("--threads", default="1,2", show_default=True, help="Thread counts for ONNX Runtime and LiteRT.")
-@click.option("--runs", "runs_", default=200, show_default=True, type=click.IntRange(min=5), help="Timed calls per artifact and setting.")
+@click.option("--threads", default="1,2", show_default=True, help="Thread counts for ONNX Runtime, LiteRT and OpenVINO.")
+@click.option("--runs", "runs_", default=200, show_default=True, type=click.IntRange(min=5), help="Most timed calls per artifact and setting.")
+@click.option("--precision", default=0.03, show_default=True, type=click.FloatRange(0, 1, min_open=True, max_open=True),
+              help="Stop timing a figure once its p50 is known within +-this fraction (95 %, bootstrap over blocks).")
+@click.option("--budget", "budget_s", default=1.0, show_default=True, type=click.FloatRange(0, min_open=True),
+              help="... or after this many seconds of timing it.")
 @click.option("--warmup", default=20, show_default=True, type=click.IntRange(min=0), help="Untimed calls first.")
-@click.option("--no-sweep", "--no-onnx-sweep", "no_sweep", is_flag=True, help="Skip comparing runtime settings (ONNX: optimization level x threads).")
+@click.option("--no-sweep", "--no-onnx-sweep", "no_sweep", is_flag=True, help="Skip comparing runtime settings (ONNX: optimization level x threads; OpenVINO: hint x threads) "
+              "and, for a run, writing its deployment.json.")
 @click.option("--out", type=click.Path(file_okay=False), help="Where bench.json and bench.png go (default RUN/bench).")
 @click.option("--data-dir", help="TFDS data directory.")
 @click.pass_context
-def bench_cmd(ctx, artifacts, batches, threads, runs_, warmup, no_sweep, out, data_dir) -> None:
+def bench_cmd(ctx, artifacts, batches, threads, runs_, precision, budget_s, warmup, no_sweep, out, data_dir) -> None:
     """Latency/throughput of ARTIFACTS side by side (files, SavedModels, or a run = all its formats)."""
     from kerakit.bench import bench
 
     batches, threads = _int_list(batches, "--batch"), _int_list(threads, "--threads")
     _needs_tensorflow(ctx)
-    result = bench(artifacts, batches=batches, threads=threads, runs_=runs_, warmup=warmup,
-                   sweep=not no_sweep, data_dir=data_dir, out=out)
+    result = bench(artifacts, batches=batches, threads=threads, runs_=runs_, warmup=warmup, precision=precision,
+                   budget_s=budget_s, sweep=not no_sweep, data_dir=data_dir, out=out)
     _print_bench(result)
 
 
@@ -396,18 +401,32 @@ def _print_bench(result: dict) -> None:
     from rich.console import Console
     from rich.table import Table
 
-    table = Table("artifact", "batch", "threads", "p50 ms", "p90 ms", "p99 ms", "mean ms", "samples/s",
+    table = Table("artifact", "batch", "threads", "p50 ms", "±", "p90 ms", "p99 ms", "mean ms", "samples/s", "calls",
                   title=f"bench -> {result['out']}", box=None)
     for r in sorted(result["rows"], key=lambda r: (r["batch"], str(r["threads"]), r["p50_ms"])):
-        table.add_row(r["artifact"], str(r["batch"]), str(r["threads"]), f"{r['p50_ms']:.3f}", f"{r['p90_ms']:.3f}",
-                      f"{r['p99_ms']:.3f}", f"{r['mean_ms']:.3f}", f"{r['throughput_per_s']:,.0f}")
+        table.add_row(r["artifact"], str(r["batch"]), str(r["threads"]), f"{r['p50_ms']:.3f}", _precision(r),
+                      f"{r['p90_ms']:.3f}", f"{r['p99_ms']:.3f}", f"{r['mean_ms']:.3f}", f"{r['throughput_per_s']:,.0f}",
+                      str(r["calls"]))
     console = Console(width=max(120, Console().width))
     console.print(table)
     console.print(f"inputs: {result['inputs_from']}; peak RSS {result['peak_rss_mb']:.0f} MiB")
     for name, note in result.get("notes", {}).items():
         console.print(f"{name}: {note}", markup=False)
+    console.print(f"± = half-width of the p50's 95 % interval (bootstrap over blocks of calls); "
+                  f"{result['seconds']:.0f} s in all")
     for name, sweep in result.get("sweep", {}).items():
-        console.print(f"{name}: best {sweep['best']} (now its default for serve and runtime.load)")
+        console.print(f"{name}: best {sweep['best']} (now its default when the file is loaded)")
+    for batch, c in result.get("deployment", {}).items():
+        beat = c["beat"][0] if c["beat"] else None
+        console.print(f"deploy at batch {batch}: {c['artifact']} ({c['setting']}) {c['p50_ms']:.3f} ms {_precision(c)}"
+                      + (f"; next {beat['artifact']} ({beat['setting']}) is {beat['ratio']:.2f}x slower" if beat else ""),
+                      markup=False)
+    if result.get("deployment"):
+        console.print("(written to the run's deployment.json: what `kerakit serve RUN` and runtime.load(RUN) use)")
+
+
+def _precision(stats: dict) -> str:
+    return f"±{stats['precision']:.1%}" if stats.get("precision") is not None else "-"
 
 
 def _print_export(report) -> None:

@@ -19,6 +19,8 @@ Every other module asks a `Run` for its paths instead of spelling file names:
                          runtime.json (ONNX settings `kerakit bench` found best),
                          tfserving/ and triton/ layouts
       bench/             `kerakit bench`: bench.json, bench.png
+      deployment.json    `kerakit bench`: per batch size, the fastest verified artifact on this
+                         machine and its runtime settings (what `serve RUN`, `runtime.load(RUN)` use)
       report/            `kerakit report`: model_card.md, index.html, figures
       data_profile.json  training-split summary that `kerakit drift` compares against
       requests.jsonl     `kerakit serve` request log (when serving this run's model)
@@ -70,6 +72,7 @@ SEARCH_DIR = "search"
 DATA_PROFILE_FILE = "data_profile.json"
 REQUEST_LOG_FILE = "requests.jsonl"
 BUILD_STATE_FILE = "build.json"
+DEPLOYMENT_FILE = "deployment.json"
 
 # Files that also live in directories that are not a run (`--out` of export, bench, ...).
 EXPORT_REPORT_FILE = "export_report.json"
@@ -436,6 +439,10 @@ class Run:
     @property
     def bench_chart(self) -> Path:
         return self.bench_dir / BENCH_CHART_FILE
+
+    @property
+    def deployment(self) -> Path:
+        return self.path / DEPLOYMENT_FILE
 
     @property
     def report_dir(self) -> Path:

@@ -30,12 +30,20 @@ def detect_format(path: "str | os.PathLike") -> str:
     return formats.for_path(path).name
 
 
-def load(path: "str | os.PathLike", **options: Any) -> Predictor:
+def load(path: "str | os.PathLike", *, batch: int | None = None, **options: Any) -> Predictor:
     """Open a model for inference; `options` go to the format's predictor (threads, ...).
 
-    Settings that `kerakit bench` found fastest for this file (saved beside it)
-    are the defaults; explicit options win.
+    A run directory opens its deployment choice (`kerakit.deployment`): the
+    fastest verified artifact `kerakit bench RUN` measured on this machine for
+    `batch` (default: the smallest batch size benched), with its settings.
+    For a file, the settings `kerakit bench` found fastest for it (saved beside
+    it) are the defaults. Explicit options win.
     """
+    if Path(path).is_dir() and runs.is_run(path):
+        from kerakit import deployment
+
+        path, chosen = deployment.artifact(path, batch)
+        return formats.for_path(path).load(path, **{**chosen, **options})
     fmt = formats.for_path(path)
     return fmt.load(path, **{**tuned_options(path), **options})
 

@@ -4,7 +4,7 @@
 >>> formats.get("onnx").variant("int8").filename
 'model_int8.onnx'
 >>> [f.name for f in formats.all_formats()]
-['onnx', 'tflite', 'keras', 'savedmodel', 'tflite-micro']
+['onnx', 'tflite', 'keras', 'savedmodel', 'tflite-micro', 'openvino']
 
 Export, targets, runtime, bench, serve and the server layouts ask the registry
 instead of knowing formats. Adding a format is one new file in this package
@@ -29,7 +29,7 @@ __all__ = ["Footprint", "Format", "Option", "Predictor", "Spec", "Variant", "all
            "for_layout", "for_path", "get", "match", "register", "repository_files"]
 
 # Modules of kerakit.formats, in registration order (also the order a model repository's files are preferred in).
-BUILTIN = ("onnx", "tflite", "keras", "savedmodel", "tflite_micro")
+BUILTIN = ("onnx", "tflite", "keras", "savedmodel", "tflite_micro", "openvino")
 PLUGINS_ENV = "KERAKIT_FORMATS"  # more format modules to import, comma-separated
 
 _REGISTRY: dict[str, Format] = {}

@@ -14,7 +14,7 @@ import asyncio
 import os
 import re
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -57,6 +57,8 @@ class ModelEntry:
     name: str
     path: str
     version: str = VERSION
+    options: dict = field(default_factory=dict)  # runtime settings (a run's deployment choice)
+    by_batch: list = field(default_factory=list)  # [[rows, path, options], ...]: other choices from `rows` rows up
 
 
 # --------------------------------------------------------------------------- what to serve
@@ -72,7 +74,9 @@ def resolve(source: "str | os.PathLike | None" = None, name: str | None = None,
             model_dir: "str | os.PathLike | None" = None) -> list[ModelEntry]:
     """The models to serve: one artifact or run, and/or every model of a repository directory.
 
-    A run directory serves its exported ONNX model (`RUN/export/model.onnx`).
+    A run directory serves its deployment choice for batch 1 (`RUN/deployment.json`, written by
+    `kerakit bench RUN`: the fastest verified artifact on this machine, with its settings); a run
+    never benched serves its exported ONNX model (`RUN/export/model.onnx`).
     A model directory is a Triton/TF Serving layout, NAME/VERSION/{model.onnx,
     model.tflite, saved_model.pb, ...}; the highest numeric version is served.
     """
@@ -94,7 +98,13 @@ def resolve(source: "str | os.PathLike | None" = None, name: str | None = None,
 
 
 def _source_entry(path: Path, name: str | None) -> ModelEntry:
-    if path.is_dir() and runs.is_run(path):
+    options, by_batch = {}, []
+    if path.is_dir() and runs.is_run(path) and runs.Run(path).deployment.exists():
+        from kerakit import deployment
+
+        by_batch = deployment.by_batch(runs.Run(path))
+        path, options = deployment.artifact(path, 1)
+    elif path.is_dir() and runs.is_run(path):
         onnx = runs.Run(path).export_dir / formats.get("onnx").variant("none").filename
         if not onnx.exists():
             raise KerakitError(f"Run {str(path)!r} has no exported ONNX model ({onnx}). "
@@ -105,7 +115,7 @@ def _source_entry(path: Path, name: str | None) -> ModelEntry:
         run = runs.find_run(path)
         name = run.config.get("recipe") if run is not None else None
         name = name or (path.stem if path.suffix else path.name)
-    return ModelEntry(check_name(name), str(path))
+    return ModelEntry(check_name(name), str(path), options=options, by_batch=by_batch)
 
 
 def discover(model_dir: "str | os.PathLike") -> list[ModelEntry]:
@@ -141,9 +151,9 @@ class Model:
 
     def __init__(self, entry: ModelEntry, options: ServeOptions):
         self.name, self.version, self.path = entry.name, entry.version, entry.path
-        takes_threads = formats.for_path(entry.path).takes_threads
-        load_options = {"threads": options.threads} if options.threads is not None and takes_threads else {}
-        self.predictor = runtime.load(entry.path, **load_options)
+        self.predictor = _load(entry.path, entry.options, options.threads)
+        # A run's deployment may choose another artifact or setting for larger batches: loaded beside it.
+        self.routes = [(int(n), _load(p, o, options.threads)) for n, p, o in sorted(entry.by_batch, key=lambda r: -int(r[0]))]
         self.format = self.predictor.format
         self.platform = formats.get(self.format).triton_platform  # Triton's name, also what v2 metadata reports
         self.inputs = {s.name: s for s in self.predictor.inputs}
@@ -157,7 +167,8 @@ class Model:
         self.queue: asyncio.Queue | None = None
         self.batch_sizes: list[int] = []  # rows per model call, when batching (for metrics)
         # Warm up: the first call of every runtime is slow.
-        self.predictor.run({s.name: _zeros(s) for s in self.predictor.inputs})
+        for predictor in (self.predictor, *(p for _, p in self.routes)):
+            predictor.run({s.name: _zeros(s) for s in self.predictor.inputs})
 
     def check(self, batch: dict[str, np.ndarray], max_elements: int) -> dict[str, np.ndarray]:
         """`batch` validated and cast for this model, or a BadRequest saying what is wrong."""
@@ -238,17 +249,29 @@ class Model:
                 fut.set_result({k: v[start:start + n] for k, v in out.items()})
             start += n
 
+    def predictor_for(self, n: int):
+        """The predictor for a call of `n` rows: the deployment's choice for the largest batch size <= n."""
+        return next((p for rows_from, p in self.routes if n >= rows_from), self.predictor)
+
     def run(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         """The runtime call, in slices of RUN_ROWS rows (see there) for a larger batch."""
         n = rows(batch)
         if n <= RUN_ROWS:
-            return self.predictor.run(batch)
-        parts = [self.predictor.run({k: v[i:i + RUN_ROWS] for k, v in batch.items()}) for i in range(0, n, RUN_ROWS)]
+            return self.predictor_for(n).run(batch)
+        predictor = self.predictor_for(RUN_ROWS)
+        parts = [predictor.run({k: v[i:i + RUN_ROWS] for k, v in batch.items()}) for i in range(0, n, RUN_ROWS)]
         return {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
 
     def close(self) -> None:
         self.executor.shutdown(wait=False)
-        self.predictor.close()
+        for predictor in (self.predictor, *(p for _, p in self.routes)):
+            predictor.close()
+
+
+def _load(path: str, options: dict, threads: int | None):
+    """The model at `path` with its chosen settings; --threads wins where the format takes threads."""
+    explicit = {"threads": threads} if threads is not None and formats.for_path(path).takes_threads else {}
+    return runtime.load(path, **{**options, **explicit})
 
 
 def check_servable(name: str, predictor) -> None:

@@ -1,0 +1,148 @@
+"""OpenVINO IR on the OpenVINO runtime (CPU): `model.openvino/` holds `model.xml` and `model.bin`.
+
+Two precisions, both stored as float32 weights (`save_model(compress_to_fp16=False)`):
+
+- `openvino` (quantization "none"): f32 inference, verified at the target's float tolerance.
+- `openvino-bf16`: the same IR with bf16 as its inference precision hint, recorded in the IR's
+  rt_info (`kerakit.inference_precision`) and applied when kerakit compiles it. bf16 changes the
+  numbers, so export judges it like a quantized format, by the task metric. On a CPU without
+  bf16 (no AVX512_BF16 / AMX) OpenVINO runs it in f32; `Predictor.precision` says what it runs.
+
+The IR is converted from the serving SavedModel (default) or from the float ONNX file
+(`source = "onnx"` in a target). Runtime settings: `threads` (INFERENCE_NUM_THREADS, 0 = OpenVINO's
+choice) and `hint` (PERFORMANCE_HINT: latency | throughput); `kerakit bench` sweeps both.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from kerakit import runs
+from kerakit.errors import KerakitError
+from kerakit.formats import register
+from kerakit.formats.base import Format, Option, Predictor, Spec, Variant
+
+XML, BIN = "model.xml", "model.bin"
+SOURCES = ("savedmodel", "onnx")
+HINTS = ("latency", "throughput")
+PRECISIONS = {"none": "f32", "bf16": "bf16"}  # quantization -> inference precision hint
+RT_INFO = ["kerakit", "inference_precision"]
+
+
+def import_openvino():
+    """`openvino`, with its usage telemetry off.
+
+    `import openvino` and every `convert_model` send usage events to Google
+    Analytics (the openvino-telemetry package) unless a consent file says no,
+    from a forked process: kerakit never phones home for its user, and a fork
+    taken while a run's writer lock is held keeps that lock for as long as the
+    child lives (the next `kerakit bench` in the same process found its run
+    "in use"). OpenVINO's converter falls back to its own no-op stub when
+    openvino_telemetry cannot be imported, which a None entry in sys.modules
+    makes so.
+    """
+    import sys
+
+    if "openvino" not in sys.modules:
+        sys.modules.setdefault("openvino_telemetry", None)  # type: ignore[assignment]
+    import openvino
+
+    return openvino
+
+
+def check_source(source) -> str:
+    if source not in SOURCES:
+        raise KerakitError(f"Invalid source={source!r} for openvino. Expected one of {', '.join(SOURCES)}.")
+    return source
+
+
+# --------------------------------------------------------------------------- conversion
+
+def convert(context, spec, path: Path) -> None:
+    ov = import_openvino()
+
+    if spec.option("source") == "onnx":
+        from kerakit.formats.onnx import DEFAULT_OPSET, write_onnx
+
+        source = context.intermediate(f"float-{DEFAULT_OPSET}.onnx",
+                                      lambda p: write_onnx(context.savedmodel(), DEFAULT_OPSET, p))
+    else:
+        source = context.savedmodel()
+    model = ov.convert_model(str(source))
+    model.set_rt_info(PRECISIONS[spec.quantization], RT_INFO)
+    with runs.atomic_dir(path) as tmp:
+        ov.save_model(model, str(tmp / XML), compress_to_fp16=False)  # weights stay f32 for both precisions
+
+
+# --------------------------------------------------------------------------- runtime
+
+class OpenVinoPredictor(Predictor):
+    """A `model.openvino/` IR compiled for the CPU, with one infer request reused for every call.
+
+    threads: INFERENCE_NUM_THREADS (0 = OpenVINO's choice); hint: "latency" | "throughput";
+    precision: "f32" | "bf16" overrides the precision recorded in the IR.
+    """
+
+    format = "openvino"
+
+    def __init__(self, path: Path, threads: int = 0, hint: str = "latency", precision: str | None = None):
+        super().__init__(path)
+        ov = import_openvino()
+
+        if hint not in HINTS:
+            raise KerakitError(f"Invalid hint={hint!r}. Expected one of {', '.join(HINTS)}.")
+        if precision not in (None, *PRECISIONS.values()):
+            raise KerakitError(f"Invalid precision={precision!r}. Expected one of {', '.join(PRECISIONS.values())}.")
+        core = ov.Core()
+        try:
+            model = core.read_model(str(Path(path) / XML))
+        except Exception as e:  # OpenVINO raises RuntimeError for unreadable IR
+            raise KerakitError(f"Cannot load OpenVINO model {str(path)!r}: {str(e)[:200]} (truncated or corrupt?).") from e
+        requested = precision or (model.get_rt_info(RT_INFO).astype(str) if model.has_rt_info(RT_INFO) else "f32")
+        config = {"PERFORMANCE_HINT": hint.upper(), "INFERENCE_PRECISION_HINT": requested}
+        if threads:
+            config["INFERENCE_NUM_THREADS"] = int(threads)
+        self.compiled = core.compile_model(model, "CPU", config)
+        self.precision = self.compiled.get_property("INFERENCE_PRECISION_HINT").to_string()  # what the CPU runs: f32, bf16
+        self.requested_precision = requested
+        self.inputs = [_spec(p) for p in model.inputs]
+        self.outputs = [_spec(p) for p in model.outputs]
+        self._request = self.compiled.create_infer_request()
+        self._tensor = ov.Tensor
+        self._input_names = [s.name for s in self.inputs]
+        self._output_names = [s.name for s in self.outputs]
+
+    def _run(self, batch):
+        request, tensor = self._request, self._tensor
+        for i, name in enumerate(self._input_names):  # shared memory: no copy of the inputs
+            request.set_input_tensor(i, tensor(np.ascontiguousarray(batch[name]), shared_memory=True))
+        request.infer()
+        # The request's output buffers are reused by the next call: hand back copies.
+        return {name: request.get_output_tensor(i).data.copy() for i, name in enumerate(self._output_names)}
+
+
+def _spec(port) -> Spec:
+    shape = tuple(None if d.is_dynamic else d.get_length() for d in port.get_partial_shape())
+    return Spec(port.get_any_name(), shape, np.dtype(port.get_element_type().to_dtype()).name)
+
+
+def settings(threads: list[int]) -> dict[str, dict]:
+    """Both performance hints x thread counts (0: OpenVINO's own choice)."""
+    return {f"hint={hint},threads={t or 'auto'}": {"hint": hint, "threads": t}
+            for hint in HINTS for t in sorted({0, *threads})}
+
+
+FORMAT = register(Format(
+    name="openvino",
+    suffix=".openvino",
+    marker=XML,
+    predictor=OpenVinoPredictor,
+    variants=(Variant("none", "openvino", "model.openvino"),
+              Variant("bf16", "openvino-bf16", "model_bf16.openvino")),
+    options={"source": Option("savedmodel", check_source, f"what the IR is converted from: {' | '.join(SOURCES)}")},
+    convert=convert,
+    runtime_options=("threads", "hint", "precision"),
+    settings=settings,
+))
