@@ -17,7 +17,7 @@ import numpy as np
 
 from kerakit import runs
 from kerakit.errors import KerakitError
-from kerakit.metrics import task_metrics
+from kerakit.metrics import forecast_metrics, task_metrics
 from kerakit.recipe import Recipe, load_recipe
 
 
@@ -51,8 +51,17 @@ def evaluate(
     with model:
         x, y = data.arrays(split)
         outputs = runtime.predict_all(model, x)
-        metrics = task_metrics(recipe.task, y, outputs[model.outputs[0].name], data.class_names)
+        metrics = _task_metrics(data, x, y, outputs[model.outputs[0].name])
     return {"format": fmt, **metrics, "split": split, "examples": int(len(y))}
+
+
+def _task_metrics(data, x: dict, y, outputs) -> dict:
+    """The task's metrics; a forecast adds MAE, RMSE and MASE beside the seasonal-naive forecast's."""
+    metrics = task_metrics(data.recipe.task, y, outputs, data.class_names)
+    if data.recipe.series is not None:
+        metrics["forecast"] = {**forecast_metrics(y, outputs, *data.forecast_baseline(x)),
+                               "season": data.recipe.series.season, "horizon": data.recipe.series.horizon}
+    return metrics
 
 
 def _resolve(target: Path, recipe, overrides) -> tuple[Path, Recipe, dict]:
@@ -80,10 +89,10 @@ def _resolve(target: Path, recipe, overrides) -> tuple[Path, Recipe, dict]:
 
 def evaluate_model(model, data, split: str = "test") -> dict:
     """Task metrics of `model` on one split of `data` (a `kerakit.data.Data`)."""
-    x, y = data.arrays(split)
-    x = data.model_input(x)
+    named, y = data.arrays(split)
+    x = data.model_input(named)
     predictions = np.asarray(model.predict(x, batch_size=256, verbose=0))
-    metrics = task_metrics(data.recipe.task, y, predictions, data.class_names)
+    metrics = _task_metrics(data, named, y, predictions)
     metrics["split"] = split
     metrics["examples"] = int(len(y))
     if getattr(model, "compiled", False) and model.loss is not None:

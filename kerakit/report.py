@@ -357,7 +357,26 @@ def _data_section(card: _Card) -> list[str]:
         lines += ["", "Class balance:", "", _table(["class", "train", "train %", "test", "test %"], [
             [n, int(a), f"{100 * a / train_counts.sum():.1f}", int(b), f"{100 * b / test_counts.sum():.1f}"]
             for n, a, b in zip(names, train_counts, test_counts)])]
-    return lines + [""]
+    return lines + _quality_lines(card) + [""]
+
+
+def _quality_lines(card: _Card) -> list[str]:
+    """Per-feature data quality of each tabular (rank-1) input; constant, duplicate and shifted features flagged."""
+    from kerakit.quality import feature_quality
+
+    lines = []
+    for spec in (i for i in card.recipe.inputs if len(i.shape) == 1 and np.dtype(i.dtype).kind == "f"):
+        x_train, _ = card.data.arrays("train")
+        names = card.recipe.feature_names if len(card.recipe.inputs) == 1 else None
+        rows = feature_quality(x_train[spec.name], card.x_test[spec.name], names)
+        for r in rows:
+            for flag in r["flags"]:
+                card.flags.append(f"feature {spec.name}[{r['feature']}]: {flag}")
+        lines += ["", f"Data quality of `{spec.name}` (train; PSI and KS of test against train, as `kerakit drift`):",
+                  "", _table(["feature", "missing", "min", "median", "max", "PSI", "KS", "flag"], [
+                      [r["feature"], r["missing"], _fmt(r["min"]), _fmt(r["median"]), _fmt(r["max"]),
+                       _fmt(r["psi"], 3), _fmt(r["ks"], 3), ", ".join(r["flags"])] for r in rows])]
+    return lines
 
 
 def _training_section(card: _Card) -> list[str]:
@@ -382,6 +401,8 @@ def _metrics_section(card: _Card) -> list[str]:
     recorded = card.run.metrics
     lines = ["## Test metrics", "", _table(["metric", "value"], [[k, _fmt(v)] for k, v in recorded.items()
                                                                  if isinstance(v, (int, float))]), ""]
+    if "forecast" in recorded:
+        return lines + _forecast_lines(card, recorded["forecast"])
     if card.recipe.task != "classification" or "per_class" not in recorded:
         return lines
     margin = card.recipe.slice_margin
@@ -398,6 +419,22 @@ def _metrics_section(card: _Card) -> list[str]:
     return lines + ["Per class (flagged when recall is more than the slice margin below overall accuracy):", "",
                     _table(["class", "precision", "recall", "f1", "support", "flag"], rows), "",
                     f"![confusion matrix]({confusion.name})", ""]
+
+
+def _forecast_lines(card: _Card, forecast: dict) -> list[str]:
+    """The model beside the seasonal-naive forecast; flagged when it does not beat it."""
+    model, naive = forecast["model"], forecast["seasonal_naive"]
+    if not forecast["beats_naive"]:
+        card.flags.append(f"forecast: test MAE {model['mae']:.4g} does not beat the seasonal-naive forecast's "
+                          f"{naive['mae']:.4g} (the value {forecast['season']} steps earlier)")
+    return [f"Forecast {forecast['horizon']} step(s) ahead against the seasonal-naive forecast (the value one season, "
+            f"{forecast['season']} steps, before the target); MASE divides MAE by the training series' mean absolute "
+            f"seasonal difference ({_fmt(forecast['mase_scale'])}):", "",
+            _table(["forecast", "MAE", "RMSE", "MASE"], [
+                [name, _fmt(r["mae"]), _fmt(r["rmse"]), _fmt(r["mase"])]
+                for name, r in (("model", model), ("seasonal naive", naive))]),
+            "", "The model beats the seasonal-naive forecast." if forecast["beats_naive"]
+            else "**The model does not beat the seasonal-naive forecast.**", ""]
 
 
 def _slices_section(card: _Card) -> list[str]:
@@ -528,12 +565,23 @@ def _summary_section(card: _Card) -> list[str]:
     lines = ["## Summary", "", _table(["", " "], [
         ["task", card.recipe.task],
         [f"test {card.metric}", f"{_fmt(card.overall)} on {len(np.asarray(card.y_test))} examples"],
+        *_cv_rows(card),
         ["artifacts verified", f"{sum(r['verdict'] == 'verified' for r in deploy[1:])} of {len(deploy) - 1}" if deploy else "not exported"],
         ["flags", "none" if not flags else f"{len(flags)} (below)"],
     ])]
     if flags:
         lines += ["", *[f"- ⚠ {f}" for f in flags]]
     return lines + [""]
+
+
+def _cv_rows(card: _Card) -> list[list[str]]:
+    """The k-fold figure of `kerakit cv ... --out RUN/cv`, beside the test figure, when the run has one."""
+    summary = runs.CrossValidation(card.run.cv_dir).summary()
+    if summary is None:
+        return []
+    return [[f"cross-validated {summary['metric']}",
+             f"{_fmt(summary['mean'])} ± {_fmt(summary['std'])} over {summary['folds']} folds ({summary['scheme']}, "
+             f"held-out fold of the train+val examples)"]]
 
 
 def _strategy(strategy) -> str:
