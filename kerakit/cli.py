@@ -172,7 +172,7 @@ def train_cmd(ctx, recipe, overrides, out, strategy, data_dir, hparams, overwrit
               help="A worker process restarts after this many trials, bounding memory (0: never).")
 @click.option("--cv", "cv", default=0, type=click.IntRange(min=0), metavar="K",
               help="Score each trial by K-fold cross-validation (the mean over the folds' held-out parts): "
-                   "each trial then costs K fits. 0: the recipe's val split.")
+                   "each trial then costs K fits. 0: the recipe's val split. Not with hyperband.")
 @click.pass_context
 def tune_cmd(ctx, recipe, overrides, tuner, max_trials, max_epochs, executions_per_trial, objective, out,
              no_retrain, overwrite, data_dir, strategy, workers, role, oracle, recycle_after, cv) -> None:

@@ -75,11 +75,11 @@ def _check_request(cv: runs.CrossValidation, request: dict, overwrite: bool) -> 
                 shutil.rmtree(path, ignore_errors=True) if path.is_dir() else path.unlink(missing_ok=True)
     elif cv.cv_file.exists():
         previous = runs.load_json(cv.cv_file, f"delete it and rerun `kerakit cv` with --out {cv.path}")
-        previous = previous.get("request", {})
-        changed = sorted(k for k in request if previous.get(k) != request[k])
+        changed = sorted(k for k in request if previous.get("request", {}).get(k) != request[k])
         if changed:
             raise KerakitError(f"{cv.path} holds a different cross-validation (changed: {', '.join(changed)}). "
                                "Use another --out, or --overwrite to start this one from scratch.")
+        return  # the same request: a finished summary stays readable while it is checked again
     runs.write_json(cv.cv_file, {"request": request})
 
 

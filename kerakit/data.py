@@ -177,7 +177,10 @@ def load_data(recipe: Recipe, config: dict, data_dir: str | None = None, fold: "
     data = Data(recipe=recipe, config=config, info=builder.info, raw=raw, fingerprint={})
     data.fingerprint = fingerprint(name, str(builder.info.version), splits, raw)
     if recipe.series is not None:
-        data.fingerprint["split_by"] = SPLIT_BY_TIME
+        times = {split: data.target_times(split) for split in raw}
+        data.fingerprint.update(split_by=SPLIT_BY_TIME, windows={k: int(len(t)) for k, t in times.items()},
+                                target_times={k: [int(t.min()), int(t.max())] if len(t) else None
+                                              for k, t in times.items()})
 
     for split, ds in raw.items():
         seed = config["seed"] if split == "train" else None

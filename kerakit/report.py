@@ -348,6 +348,7 @@ def _data_section(card: _Card) -> list[str]:
         ["fingerprint (sha256 of the first records of each split)",
          ", ".join(f"{k} `{v[:16]}`" for k, v in d.get("sha256", {}).items())],
         ["inputs", ", ".join(f"`{i.name}` {tuple(i.shape)} {i.dtype}" for i in card.recipe.inputs)],
+        *_series_rows(card.recipe, d),
     ])]
     if card.recipe.task == "classification":
         names = _class_names(card)
@@ -358,6 +359,17 @@ def _data_section(card: _Card) -> list[str]:
             [n, int(a), f"{100 * a / train_counts.sum():.1f}", int(b), f"{100 * b / test_counts.sum():.1f}"]
             for n, a, b in zip(names, train_counts, test_counts)])]
     return lines + _quality_lines(card) + [""]
+
+
+def _series_rows(recipe: Recipe, d: dict) -> list[list[str]]:
+    """A forecasting recipe's windows and the split by time, with each split's first and last target time."""
+    if recipe.series is None or "split_by" not in d:
+        return []
+    s = recipe.series
+    spans = ", ".join(f"{k}: {d['windows'].get(k)} windows, targets {v[0]}..{v[1]}" if v else f"{k}: none"
+                      for k, v in d.get("target_times", {}).items())
+    return [["windows", f"{s.window} steps -> the value {s.horizon} step(s) later; season {s.season} steps"],
+            ["split by", d["split_by"]], [f"target `{s.time_key}` per split", spans]]
 
 
 def _quality_lines(card: _Card) -> list[str]:
@@ -579,9 +591,11 @@ def _cv_rows(card: _Card) -> list[list[str]]:
     summary = runs.CrossValidation(card.run.cv_dir).summary()
     if summary is None:
         return []
+    same = summary.get("request", {}).get("config") == card.run.config.get("config")
     return [[f"cross-validated {summary['metric']}",
              f"{_fmt(summary['mean'])} ± {_fmt(summary['std'])} over {summary['folds']} folds ({summary['scheme']}, "
-             f"held-out fold of the train+val examples)"]]
+             f"held-out fold of the train+val examples" + ("" if same else "; **with another config than this run**")
+             + ")"]]
 
 
 def _strategy(strategy) -> str:

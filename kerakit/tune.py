@@ -122,6 +122,8 @@ def tune(
     if cv:
         from kerakit.folds import check_folds
 
+        if tuner == "hyperband":  # its trials continue from a parent trial's weights: one per fold does not exist
+            raise KerakitError("--cv works with --tuner random, grid or bayesian, not hyperband.")
         plan.cv = check_folds(cv)
     # The chief (or a search on one machine) is the directory's one writer; workers only train trials.
     with runs.writer(plan.out.path, "kerakit tune") if role != "worker" else contextlib.nullcontext():

@@ -5,7 +5,7 @@ import tensorflow as tf
 
 from kerakit.recipe import Input
 
-DESCRIPTION = "Digits with the architecture as a hyperparameter: MLP, CNN or separable CNN (kerakit tune picks one)."
+DESCRIPTION = "MLP, CNN or separable CNN on the bundled digits: the architecture is a hyperparameter (tune picks)."
 TASK = "classification"
 DATASET = "kerakit_digits"
 INPUTS = [Input("image", shape=(8, 8, 1), dtype="float32")]

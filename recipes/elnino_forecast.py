@@ -5,7 +5,7 @@ import tensorflow as tf
 
 from kerakit.recipe import Input
 
-DESCRIPTION = "Conv1D forecast of next month's El Nino sea temperature (statsmodels series, split by time, offline)."
+DESCRIPTION = "Conv1D forecast of monthly El Nino sea temperature (statsmodels series, split by time, offline)."
 TASK = "forecasting"
 DATASET = "kerakit_elnino"  # registered by kerakit.datasets: 732 months, train = first 80 %, test = last 20 %
 WINDOW = 24  # months the model sees

@@ -84,7 +84,7 @@ def test_cv_prints_mean_and_std_and_the_report_shows_it_beside_test_with_a_data_
 
 def test_tune_selects_an_architecture_and_the_trials_table_shows_each_familys_own_hyperparameters(tmp_path):
     own = {"mlp": {"mlp_units", "mlp_layers"}, "cnn": {"cnn_filters"}, "separable": {"sep_filters"}}
-    result = kerakit.tune("digits_select", tmp_path / "search", max_trials=4, epochs=1, retrain=False, verbose=0,
+    result = kerakit.tune("digits_select", tmp_path / "search", max_trials=3, epochs=1, retrain=False, verbose=0,
                           log=lambda m: None)
     assert result.best_hparams["arch"] in own
     for trial in result.trials:

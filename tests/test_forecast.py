@@ -29,7 +29,7 @@ def test_seasonal_naive_figures_match_a_hand_computation():
     assert r["seasonal_naive"]["mase"] == pytest.approx(1.0)
     assert r["model"]["mae"] == pytest.approx(3 / 8) and r["model"]["mase"] == pytest.approx(0.25)
     assert r["beats_naive"] is True
-    assert metrics.forecast_metrics(targets, naive + 0.1, naive, scale)["beats_naive"] is False
+    assert metrics.forecast_metrics(targets, naive - 0.1, naive, scale)["beats_naive"] is False  # further off
 
 
 def test_the_series_is_split_by_time_and_windows_never_cross_a_split():
@@ -44,7 +44,14 @@ def test_the_series_is_split_by_time_and_windows_never_cross_a_split():
         x, y = data.arrays(split)
         assert len(y) == len(t) == len(data.series_values(split)) - recipe.series.window - recipe.series.horizon + 1
     assert times["train"].max() < times["val"].min() < times["test"].min()
-    assert "time" in data.fingerprint["split_by"]
+    assert "time" in data.fingerprint["split_by"]  # recorded in the manifest
+    assert data.fingerprint["target_times"]["train"][1] < data.fingerprint["target_times"]["val"][0]
+
+    from kerakit.folds import Fold
+
+    fold = load_data(recipe, recipe.resolve_config({})[0], fold=Fold(1, 3, seed=0))  # forward chaining
+    train, held_out = fold.target_times("train"), fold.target_times("val")
+    assert train.min() == times["train"].min() and train.max() < held_out.min() and held_out.max() < times["test"].min()
 
 
 @pytest.fixture(scope="module")
@@ -99,3 +106,13 @@ def test_build_forecast_for_server_and_edge_verifies_every_artifact(tmp_path):
     export = runs.read_json(out / "export" / "export_report.json")
     assert export["artifacts"] and all(a["verdict"] == "verified" for a in export["artifacts"])
     assert "| seasonal naive |" in (out / "report" / "model_card.md").read_text()
+
+
+def test_a_forecasting_recipe_whose_window_cannot_see_a_season_back_is_refused(tmp_path):
+    from kerakit.recipe import load_recipe
+    from tests.conftest import ROOT
+
+    text = (ROOT / "recipes" / "elnino_forecast.py").read_text().replace("WINDOW = 24", "WINDOW = 6")
+    (tmp_path / "short.py").write_text(text)
+    with pytest.raises(kerakit.KerakitError, match=r"WINDOW >= SEASON - HORIZON \+ 1 \(= 12\)"):
+        load_recipe(tmp_path / "short.py")
