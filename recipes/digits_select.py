@@ -52,4 +52,4 @@ def _cnn(inputs, filters, conv):
     x = conv(filters, 3, padding="same", activation="relu")(inputs)
     x = conv(filters * 2, 3, padding="same", activation="relu")(x)
     x = keras.layers.MaxPooling2D()(x)
-    return keras.layers.GlobalAveragePooling2D()(x) if conv is keras.layers.SeparableConv2D else keras.layers.Flatten()(x)
+    return keras.layers.Flatten()(x)
