@@ -17,6 +17,7 @@ import numpy as np
 
 from kerakit import runs
 from kerakit.errors import KerakitError
+from kerakit.folds import from_record
 from kerakit.metrics import forecast_metrics, task_metrics
 from kerakit.recipe import Recipe, load_recipe
 
@@ -34,7 +35,7 @@ def evaluate(
     An artifact inside a run (RUN/export/model_int8.tflite) is evaluated on
     that run's recipe and config; one from elsewhere needs `recipe=`.
     """
-    model_path, recipe, config = _resolve(Path(target), recipe, overrides)
+    model_path, recipe, config, fold = _resolve(Path(target), recipe, overrides)
     if split not in recipe.splits:
         raise KerakitError(f"Invalid split={split!r}. Expected one of {', '.join(recipe.splits)}.")
     from kerakit import runtime
@@ -45,7 +46,7 @@ def evaluate(
 
     from kerakit.data import load_data
 
-    data = load_data(recipe, config, data_dir)
+    data = load_data(recipe, config, data_dir, fold=fold)
     if fmt == "keras":
         return {"format": fmt, **evaluate_model(model, data, split)}
     with model:
@@ -64,7 +65,8 @@ def _task_metrics(data, x: dict, y, outputs) -> dict:
     return metrics
 
 
-def _resolve(target: Path, recipe, overrides) -> tuple[Path, Recipe, dict]:
+def _resolve(target: Path, recipe, overrides) -> tuple[Path, Recipe, dict, Any]:
+    """The model file, its recipe and config, and (for a `kerakit cv` fold run) its fold."""
     if not target.exists():
         raise KerakitError(f"{str(target)!r} does not exist. Expected a run directory or a model file.")
     run = runs.find_run(target)
@@ -81,10 +83,10 @@ def _resolve(target: Path, recipe, overrides) -> tuple[Path, Recipe, dict]:
     if recipe is not None:
         recipe = load_recipe(recipe)
         config, _ = recipe.resolve_config(overrides)
-    else:
-        recipe = run.recipe()
-        config = {**run.config["config"], **recipe.resolve_config(overrides)[0]} if overrides else run.config["config"]
-    return model_path, recipe, config
+        return model_path, recipe, config, None
+    recipe = run.recipe()
+    config = {**run.config["config"], **recipe.resolve_config(overrides)[0]} if overrides else run.config["config"]
+    return model_path, recipe, config, from_record(run.config.get("fold"))
 
 
 def evaluate_model(model, data, split: str = "test") -> dict:

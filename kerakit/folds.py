@@ -35,6 +35,13 @@ class Fold:
         return {"index": self.index + 1, "folds": self.folds, "seed": self.seed, "scheme": SCHEMES[task]}
 
 
+def from_record(record: dict | None) -> Fold | None:
+    """The Fold a fold run recorded in its config.json (`fold`, as `Fold.to_dict` wrote it), or None."""
+    if not record:
+        return None
+    return Fold(index=int(record["index"]) - 1, folds=int(record["folds"]), seed=int(record["seed"]))
+
+
 def check_folds(folds: int, n: int | None = None) -> int:
     if isinstance(folds, bool) or not isinstance(folds, int) or folds < 2:
         raise KerakitError(f"Invalid folds={folds!r}. Expected an integer >= 2 (5 is usual).")

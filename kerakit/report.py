@@ -34,6 +34,7 @@ from typing import Any
 import numpy as np
 
 from kerakit import metrics, runs, runtime
+from kerakit.folds import from_record
 from kerakit.formats.keras import KerasPredictor
 from kerakit.recipe import Recipe
 
@@ -304,7 +305,8 @@ def _gather(run: runs.Run, data_dir: str | None) -> _Card:
     from kerakit.data import load_data
 
     recipe = run.recipe()
-    data = load_data(recipe, run.config["config"], data_dir)
+    # A fold run of `kerakit cv` is described with its own fold's train and val parts.
+    data = load_data(recipe, run.config["config"], data_dir, fold=from_record(run.config.get("fold")))
     x_test, y_test = data.arrays("test")
     predictor = KerasPredictor(run.model_path, model=run.load_model())  # eager calls: no retracing per input size
     outputs = runtime.first_output(predictor, x_test)

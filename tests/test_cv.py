@@ -70,6 +70,9 @@ def test_cv_prints_mean_and_std_and_the_report_shows_it_beside_test_with_a_data_
     assert len(rows) == 2 and sum(r["held_out_examples"] for r in rows) == 455  # train + val, each once
     assert summary["mean"] == pytest.approx(np.mean([r["held_out_accuracy"] for r in rows]))
     assert summary["std"] == pytest.approx(np.std([r["held_out_accuracy"] for r in rows], ddof=1))
+    # A fold run is evaluated on its own fold: its val split is the held-out part it was scored on.
+    fold = runs.CrossValidation(run.path / "cv").fold_dir(2)
+    assert kerakit.evaluate(fold, split="val")["accuracy"] == pytest.approx(rows[1]["held_out_accuracy"])
     again = kerakit.cross_validate(recipe, run.path / "cv", folds=2, epochs=2, verbose=0, log=lines.append)
     assert again["rows"] == rows and any("already holds this finished run" in line for line in lines)
     with pytest.raises(kerakit.KerakitError, match="changed: config"):
