@@ -85,7 +85,7 @@ def _check_request(cv: runs.CrossValidation, request: dict, overwrite: bool) -> 
 
 def _row(index: int, run: runs.Run, metric: str) -> dict:
     metrics, manifest = run.metrics, run.manifest
-    sizes = manifest["data"]["sizes"]
+    sizes = manifest["data"].get("windows") or manifest["data"]["sizes"]  # a series counts windows, not time steps
     return {"fold": index, "train_examples": sizes.get("train"), "held_out_examples": metrics["held_out"]["examples"],
             f"held_out_{metric}": metrics["held_out"][metric], f"test_{metric}": metrics[metric],
             "epochs": manifest["training"]["epochs_run"], "best_epoch": manifest["training"]["best_epoch"]}
