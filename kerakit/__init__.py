@@ -8,6 +8,7 @@ Importing kerakit (and `kerakit --help`) does not import TensorFlow: each
 command imports it when it needs it.
 """
 
+from kerakit.cv import cross_validate
 from kerakit.errors import KerakitError
 from kerakit.evaluate import evaluate  # the functions shadow their modules' names on purpose
 from kerakit.recipe import Input, Recipe, list_recipes, load_recipe
@@ -17,4 +18,4 @@ from kerakit.tune import tune
 
 __version__ = "0.1.0"
 
-__all__ = ["Input", "KerakitError", "Recipe", "Run", "evaluate", "list_recipes", "load_recipe", "train", "tune"]
+__all__ = ["Input", "KerakitError", "Recipe", "Run", "cross_validate", "evaluate", "list_recipes", "load_recipe", "train", "tune"]

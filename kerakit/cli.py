@@ -84,6 +84,7 @@ def cli(ctx, debug: bool) -> None:
     kerakit recipes                         list recipes
     kerakit train digits_cnn epochs=5       train a recipe (key=value overrides)
     kerakit tune digits_cnn --tuner hyperband --max-epochs 9   search hyperparameters
+    kerakit cv digits_cnn --folds 5         k-fold cross-validation: mean ± std of the metric
     kerakit evaluate runs/demo              test-split metrics of a run
     kerakit export runs/demo --target edge  export and verify deployment artifacts
     kerakit bench runs/demo                 latency of every format side by side
@@ -169,9 +170,12 @@ def train_cmd(ctx, recipe, overrides, out, strategy, data_dir, hparams, overwrit
 @click.option("--oracle", help="HOST:PORT of the chief's oracle (the chief binds it; 127.0.0.1 unless told otherwise).")
 @click.option("--recycle-after", default=10, show_default=True, type=click.IntRange(min=0),
               help="A worker process restarts after this many trials, bounding memory (0: never).")
+@click.option("--cv", "cv", default=0, type=click.IntRange(min=0), metavar="K",
+              help="Score each trial by K-fold cross-validation (the mean over the folds' held-out parts): "
+                   "each trial then costs K fits. 0: the recipe's val split. Not with hyperband.")
 @click.pass_context
 def tune_cmd(ctx, recipe, overrides, tuner, max_trials, max_epochs, executions_per_trial, objective, out,
-             no_retrain, overwrite, data_dir, strategy, workers, role, oracle, recycle_after) -> None:
+             no_retrain, overwrite, data_dir, strategy, workers, role, oracle, recycle_after, cv) -> None:
     """Search RECIPE's hyperparameters with keras-tuner (key=value fixes a value for the whole search)."""
     from kerakit.tune import tune
 
@@ -185,7 +189,7 @@ def tune_cmd(ctx, recipe, overrides, tuner, max_trials, max_epochs, executions_p
     result = tune(recipe, out, tuner=tuner, max_trials=max_trials, max_epochs=max_epochs,
                   executions_per_trial=executions_per_trial, objective=objective, retrain=not no_retrain,
                   overwrite=overwrite, data_dir=data_dir, strategy=strategy, workers=workers, role=role,
-                  oracle=oracle, recycle_after=recycle_after, **overrides)
+                  oracle=oracle, recycle_after=recycle_after, cv=cv, **overrides)
     if role == "worker":
         return
     _print_trials(result)
@@ -206,6 +210,45 @@ def _print_trials(result) -> None:
                       *(f"{t[n]:.4g}" if isinstance(t.get(n), float) else str(t.get(n, "")) for n in names))
     Console(width=max(120, Console().width)).print(table)
     print(f"best hyperparameters: {result.best_hparams} -> {result.path / 'best_hparams.json'}")
+
+
+@cli.command("cv")
+@click.argument("recipe")
+@click.argument("overrides", nargs=-1)
+@click.option("--folds", default=5, show_default=True, type=click.IntRange(min=2), help="Number of folds (K).")
+@click.option("--out", type=click.Path(file_okay=False),
+              help="Directory (default runs/RECIPE-cvK; RUN/cv puts the figure in RUN's report). Rerun to resume.")
+@click.option("--data-dir", help="TFDS data directory.")
+@click.option("--hparams", type=click.Path(dir_okay=False), help="JSON of hyperparameter values, e.g. best_hparams.json.")
+@click.option("--overwrite", is_flag=True, help="Start over in --out.")
+@click.pass_context
+def cv_cmd(ctx, recipe, overrides, folds, out, data_dir, hparams, overwrite) -> None:
+    """K-fold cross-validation of RECIPE: one run per fold, then the mean ± std of its metric.
+
+    Folds come from the train and val splits together (stratified for
+    classification, contiguous forward-chaining for a time series); the test
+    split is left alone. Rerun the same command to resume after an interruption.
+    """
+    from kerakit.cv import cross_validate
+
+    overrides = _parse_overrides(overrides)
+    _needs_tensorflow(ctx)
+    summary = cross_validate(recipe, out, folds=folds, data_dir=data_dir, hparams=hparams, overwrite=overwrite,
+                             **overrides)
+    _print_cv(summary)
+
+
+def _print_cv(summary: dict) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    rows = summary["rows"]
+    table = Table(*rows[0], title=f"cross-validation -> {summary['path']}", box=None)
+    for r in rows:
+        table.add_row(*(f"{v:.4f}" if isinstance(v, float) else str(v) for v in r.values()))
+    Console(width=max(120, Console().width)).print(table)
+    print(f"{summary['metric']} {summary['mean']:.4f} ± {summary['std']:.4f} (mean ± std over {summary['folds']} "
+          f"{summary['scheme']} folds; test: {summary['test_mean']:.4f} ± {summary['test_std']:.4f})")
 
 
 @cli.command("evaluate")

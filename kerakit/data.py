@@ -23,9 +23,12 @@ import tensorflow_datasets as tfds
 
 from kerakit import datasets as bundled
 from kerakit.errors import KerakitError
+from kerakit.folds import Fold, fold_masks
 from kerakit.recipe import Recipe
 
 AUTOTUNE = tf.data.AUTOTUNE
+SPLIT_BY_TIME = ("time: each split is a contiguous stretch of the series (train, then val, then test); windows "
+                 "are cut within a split, so none spans a boundary, and only train's windows are shuffled")
 FINGERPRINT_RECORDS = 256
 
 
@@ -110,6 +113,33 @@ class Data:
             raise KerakitError(f"Split {split!r} ({self.recipe.splits[split]}) of {self.recipe.dataset} is empty.")
         return {k: np.concatenate([x[k] for x in xs]) for k in xs[0]}, np.concatenate(ys)
 
+    # ---------------------------------------------------------------- forecasting recipes
+
+    def series_values(self, split: str) -> np.ndarray:
+        """A split's series as preprocessed values, in time order (forecasting recipes)."""
+        recipe, config = self.recipe, self.config
+        values = self.raw[split].map(lambda example: recipe.preprocess(example, config))
+        return np.fromiter(values.as_numpy_iterator(), dtype=np.float64)
+
+    def target_times(self, split: str) -> np.ndarray:
+        """The timestamp of each window's target, in the order of `arrays(split)` (forecasting recipes)."""
+        series = self.recipe.series
+        times = self.raw[split].map(lambda example: example[series.time_key])
+        targets = windows(times, series.window, series.horizon).map(lambda w: w[-1])
+        return np.fromiter(targets.as_numpy_iterator(), dtype=np.int64)
+
+    def forecast_baseline(self, x: dict) -> tuple[np.ndarray, float]:
+        """(the seasonal-naive forecast of each window in `x`, MASE's scale from the training series).
+
+        The naive forecast repeats the value one season before the target; the
+        scale is the mean absolute seasonal difference over the training split.
+        """
+        series = self.recipe.series
+        naive = np.asarray(x[self.recipe.inputs[0].name])[:, series.naive_index, 0]
+        train = self.series_values("train")
+        scale = float(np.abs(train[series.season:] - train[:-series.season]).mean())
+        return naive, scale
+
     def representative_sample(self, n: int = 300) -> dict[str, np.ndarray]:
         """Up to `n` training inputs, unshuffled: the int8 calibration set.
 
@@ -121,8 +151,12 @@ class Data:
         return batches[0]
 
 
-def load_data(recipe: Recipe, config: dict, data_dir: str | None = None) -> Data:
-    """Prepare (if needed) and load the recipe's dataset as train/val/test pipelines."""
+def load_data(recipe: Recipe, config: dict, data_dir: str | None = None, fold: "Fold | None" = None) -> Data:
+    """Prepare (if needed) and load the recipe's dataset as train/val/test pipelines.
+
+    fold: cross-validation (`kerakit.folds`): train and val become fold `fold.index`'s training part and
+    held-out part of the recipe's train and val splits together; test stays the recipe's test split.
+    """
     data_dir = data_dir or default_data_dir()
     name = recipe.dataset
     try:
@@ -137,17 +171,67 @@ def load_data(recipe: Recipe, config: dict, data_dir: str | None = None) -> Data
         split: builder.as_dataset(split=spec, shuffle_files=False)
         for split, spec in recipe.splits.items()
     }
+    splits = dict(recipe.splits)
+    if fold is not None:
+        raw, splits = _fold_splits(recipe, raw, fold)
     data = Data(recipe=recipe, config=config, info=builder.info, raw=raw, fingerprint={})
-    data.fingerprint = fingerprint(name, str(builder.info.version), recipe.splits, raw)
-
-    def fn(example):
-        return recipe.preprocess(example, config)
+    data.fingerprint = fingerprint(name, str(builder.info.version), splits, raw)
+    if recipe.series is not None:
+        times = {split: data.target_times(split) for split in raw}
+        data.fingerprint.update(split_by=SPLIT_BY_TIME, windows={k: int(len(t)) for k, t in times.items()},
+                                target_times={k: [int(t.min()), int(t.max())] if len(t) else None
+                                              for k, t in times.items()})
 
     for split, ds in raw.items():
         seed = config["seed"] if split == "train" else None
+        ds, fn = _examples(recipe, config, ds)
         data.pipelines[split] = pipeline(ds, fn, config["batch_size"], shuffle_seed=seed,
                                          shuffle_buffer=config["shuffle_buffer"])
     return data
+
+
+def _fold_splits(recipe: Recipe, raw: dict, fold: Fold) -> tuple[dict, dict]:
+    """train/val replaced by one fold of train+val (test untouched), and how each split is now defined."""
+    pool = raw["train"].concatenate(raw["val"])
+    labels = None
+    if recipe.task == "classification":
+        labels = np.fromiter(pool.map(lambda example: example[recipe.label_key]).as_numpy_iterator(), dtype=np.int64)
+        n = len(labels)
+    else:
+        n = int(pool.reduce(0, lambda count, _: count + 1))
+    masks = fold_masks(recipe.task, n, fold, labels)
+    described = f"{recipe.splits['train']} + {recipe.splits['val']}, {fold.to_dict(recipe.task)['scheme']} fold {fold.index + 1} of {fold.folds}"
+    raw = dict(raw)
+    for split, mask in (("train", masks[0]), ("val", masks[1])):
+        keep = tf.constant(mask)
+        raw[split] = pool.enumerate().filter(lambda i, _, keep=keep: keep[i]).map(lambda _, example: example)
+    splits = {"train": f"{described}: training part", "val": f"{described}: held-out part",
+              "test": recipe.splits["test"]}
+    return raw, splits
+
+
+def _examples(recipe: Recipe, config: dict, ds: tf.data.Dataset):
+    """(dataset, fn mapping one of its elements to (inputs, label)): TFDS examples, or a series' windows."""
+    if recipe.series is None:
+        return ds, lambda example: recipe.preprocess(example, config)
+    series, name = recipe.series, recipe.inputs[0].name
+    values = ds.map(lambda example: tf.cast(recipe.preprocess(example, config), tf.float32))
+
+    def split_window(w):
+        return {name: tf.expand_dims(w[:series.window], -1)}, w[-1]
+
+    # Windows are cut within one split: no window spans a split boundary, so train < val < test in time.
+    return windows(values, series.window, series.horizon), split_window
+
+
+def windows(series: tf.data.Dataset, window: int, horizon: int) -> tf.data.Dataset:
+    """Sliding windows over a series in time order, shift 1: `window` values, then the value `horizon` steps
+    after the last (the target) as the window's last element; the horizon-1 values in between are dropped."""
+    span = window + horizon
+    cut = series.window(span, shift=1, drop_remainder=True).flat_map(lambda w: w.batch(span, drop_remainder=True))
+    if horizon == 1:
+        return cut
+    return cut.map(lambda w: tf.concat([w[:window], w[-1:]], axis=0))
 
 
 def _prepare(builder, name: str, data_dir: str) -> None:

@@ -7,9 +7,12 @@ runs the real TFDS path (prepare -> TFRecord -> tf.data) with no network:
     kerakit_wine           13 features, 3 classes, 178 rows
     kerakit_breast_cancer  30 features, 2 classes, 569 rows
     kerakit_diabetes       10 features, regression target, 442 rows
+    kerakit_elnino         monthly El Nino sea surface temperature, 732 months 1950-2010 (statsmodels)
 
 Each has a fixed `train`/`test` split (80/20, seeded, stratified where there
-are classes), so every machine sees the same test set.
+are classes), so every machine sees the same test set. The time series is
+split by time instead: `train` is the first 80 % of the weeks and `test` the
+last 20 %, each in time order (TFDS shuffling is off for it).
 """
 
 from __future__ import annotations
@@ -115,4 +118,48 @@ class KerakitDiabetes(_SklearnDataset):
         return {"features": x.astype(np.float32), "label": np.float32(y)}
 
 
-BUNDLED = ("kerakit_digits", "kerakit_wine", "kerakit_breast_cancer", "kerakit_diabetes")
+class KerakitElnino(tfds.core.GeneratorBasedBuilder):
+    """Monthly El Nino sea surface temperature, from the copy that ships inside statsmodels.
+
+    One example per month, in time order: `time` (days since 1970-01-01, the
+    month's first day) and `temperature` (degrees C, averaged over the Nino
+    region), January 1950 to December 2010.
+    """
+
+    VERSION = tfds.core.Version("1.0.0")
+    RELEASE_NOTES = {"1.0.0": "First release: statsmodels elnino as one monthly series, 80/20 split by time."}
+
+    def _info(self) -> tfds.core.DatasetInfo:
+        return self.dataset_info_from_configs(
+            description="Monthly El Nino sea surface temperature (C), 1950-2010 (statsmodels.datasets.elnino).",
+            features=tfds.features.FeaturesDict({
+                "time": tfds.features.Scalar(dtype=np.int64),
+                "temperature": tfds.features.Scalar(dtype=np.float32),
+            }),
+            homepage="https://www.statsmodels.org/stable/datasets/generated/elnino.html",
+            disable_shuffling=True,  # a series: examples stay in time order
+        )
+
+    def _split_generators(self, dl_manager):
+        times, values = elnino_series()
+        cut = int(round(len(values) * (1 - TEST_FRACTION)))
+        return {"train": self._generate_examples(times[:cut], values[:cut]),
+                "test": self._generate_examples(times[cut:], values[cut:])}
+
+    def _generate_examples(self, times, values):
+        for t, v in zip(times, values):
+            yield int(t), {"time": np.int64(t), "temperature": np.float32(v)}
+
+
+def elnino_series() -> tuple[np.ndarray, np.ndarray]:
+    """statsmodels' elnino table (a row per year, a column per month) as one series: (days since 1970-01-01, C)."""
+    from statsmodels.datasets import elnino
+
+    frame = elnino.load_pandas().data
+    years = frame["YEAR"].to_numpy(dtype=int)
+    months = np.array([f"{y:04d}-{m:02d}" for y in years for m in range(1, 13)], dtype="datetime64[M]")
+    days = (months.astype("datetime64[D]") - np.datetime64("1970-01-01", "D")).astype(np.int64)
+    return days, frame.drop(columns="YEAR").to_numpy(dtype=np.float64).reshape(-1)
+
+
+BUNDLED = ("kerakit_digits", "kerakit_wine", "kerakit_breast_cancer", "kerakit_diabetes", "kerakit_elnino")

@@ -81,9 +81,10 @@ def profile(run_path: "str | os.PathLike", data_dir: str | None = None, refresh:
         if stored.get("version") == PROFILE_VERSION:
             return stored
     from kerakit.data import load_data
+    from kerakit.folds import from_record
 
     recipe = run.recipe()
-    data = load_data(recipe, run.config["config"], data_dir)
+    data = load_data(recipe, run.config["config"], data_dir, fold=from_record(run.config.get("fold")))
     x, _ = data.arrays("train")
     from kerakit import runtime
     from kerakit.formats.keras import KerasPredictor

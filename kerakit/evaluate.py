@@ -17,7 +17,8 @@ import numpy as np
 
 from kerakit import runs
 from kerakit.errors import KerakitError
-from kerakit.metrics import task_metrics
+from kerakit.folds import from_record
+from kerakit.metrics import forecast_metrics, task_metrics
 from kerakit.recipe import Recipe, load_recipe
 
 
@@ -34,7 +35,7 @@ def evaluate(
     An artifact inside a run (RUN/export/model_int8.tflite) is evaluated on
     that run's recipe and config; one from elsewhere needs `recipe=`.
     """
-    model_path, recipe, config = _resolve(Path(target), recipe, overrides)
+    model_path, recipe, config, fold = _resolve(Path(target), recipe, overrides)
     if split not in recipe.splits:
         raise KerakitError(f"Invalid split={split!r}. Expected one of {', '.join(recipe.splits)}.")
     from kerakit import runtime
@@ -45,17 +46,27 @@ def evaluate(
 
     from kerakit.data import load_data
 
-    data = load_data(recipe, config, data_dir)
+    data = load_data(recipe, config, data_dir, fold=fold)
     if fmt == "keras":
         return {"format": fmt, **evaluate_model(model, data, split)}
     with model:
         x, y = data.arrays(split)
         outputs = runtime.predict_all(model, x)
-        metrics = task_metrics(recipe.task, y, outputs[model.outputs[0].name], data.class_names)
+        metrics = _task_metrics(data, x, y, outputs[model.outputs[0].name])
     return {"format": fmt, **metrics, "split": split, "examples": int(len(y))}
 
 
-def _resolve(target: Path, recipe, overrides) -> tuple[Path, Recipe, dict]:
+def _task_metrics(data, x: dict, y, outputs) -> dict:
+    """The task's metrics; a forecast adds MAE, RMSE and MASE beside the seasonal-naive forecast's."""
+    metrics = task_metrics(data.recipe.task, y, outputs, data.class_names)
+    if data.recipe.series is not None:
+        metrics["forecast"] = {**forecast_metrics(y, outputs, *data.forecast_baseline(x)),
+                               "season": data.recipe.series.season, "horizon": data.recipe.series.horizon}
+    return metrics
+
+
+def _resolve(target: Path, recipe, overrides) -> tuple[Path, Recipe, dict, Any]:
+    """The model file, its recipe and config, and (for a `kerakit cv` fold run) its fold."""
     if not target.exists():
         raise KerakitError(f"{str(target)!r} does not exist. Expected a run directory or a model file.")
     run = runs.find_run(target)
@@ -72,18 +83,18 @@ def _resolve(target: Path, recipe, overrides) -> tuple[Path, Recipe, dict]:
     if recipe is not None:
         recipe = load_recipe(recipe)
         config, _ = recipe.resolve_config(overrides)
-    else:
-        recipe = run.recipe()
-        config = {**run.config["config"], **recipe.resolve_config(overrides)[0]} if overrides else run.config["config"]
-    return model_path, recipe, config
+        return model_path, recipe, config, None
+    recipe = run.recipe()
+    config = {**run.config["config"], **recipe.resolve_config(overrides)[0]} if overrides else run.config["config"]
+    return model_path, recipe, config, from_record(run.config.get("fold"))
 
 
 def evaluate_model(model, data, split: str = "test") -> dict:
     """Task metrics of `model` on one split of `data` (a `kerakit.data.Data`)."""
-    x, y = data.arrays(split)
-    x = data.model_input(x)
+    named, y = data.arrays(split)
+    x = data.model_input(named)
     predictions = np.asarray(model.predict(x, batch_size=256, verbose=0))
-    metrics = task_metrics(data.recipe.task, y, predictions, data.class_names)
+    metrics = _task_metrics(data, named, y, predictions)
     metrics["split"] = split
     metrics["examples"] = int(len(y))
     if getattr(model, "compiled", False) and model.loss is not None:

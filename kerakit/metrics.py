@@ -28,10 +28,11 @@ import numpy as np
 from kerakit.errors import KerakitError
 
 # The metric a recipe is judged by when it declares no METRIC.
-TASK_DEFAULTS = {"classification": "accuracy", "regression": "mae"}
+TASK_DEFAULTS = {"classification": "accuracy", "regression": "mae", "forecasting": "mae"}
 
 # The single numbers `task_metrics` computes per task: the allowed METRIC values.
-TASK_SCALARS = {"classification": ("accuracy", "macro_f1"), "regression": ("mae", "mse", "rmse", "r2")}
+TASK_SCALARS = {"classification": ("accuracy", "macro_f1"), "regression": ("mae", "mse", "rmse", "r2"),
+                "forecasting": ("mae", "mse", "rmse")}
 
 # Which way is better: "max" for a score, "min" for an error.
 DIRECTIONS = {"accuracy": "max", "macro_f1": "max", "mae": "min", "mse": "min", "rmse": "min", "r2": "max"}
@@ -74,13 +75,13 @@ def task_metrics(task: str, labels, outputs, class_names=None) -> dict:
     """Every metric of `task` for model `outputs` against `labels` (per-class rows for classification)."""
     if task == "classification":
         return classification_metrics(labels, outputs, class_names)
-    return regression_metrics(labels, outputs)
+    return regression_metrics(labels, outputs)  # a forecast is a regression on the next values
 
 
 def score(task: str, metric: str, labels, outputs, class_names=None) -> float:
     """The one number of `metric` (the recipe's METRIC) for model `outputs` against `labels`."""
     check_metric(task, metric)
-    if task == "regression":
+    if task in ("regression", "forecasting"):
         return regression_metrics(labels, outputs)[metric]
     return classification_metrics(labels, outputs, class_names)[metric]
 
@@ -156,3 +157,26 @@ def regression_metrics(y_true, predictions) -> dict:
         "rmse": float(np.sqrt((err ** 2).mean())),
         "r2": float(1 - (err ** 2).sum() / ss_tot) if ss_tot > 0 else float("nan"),
     }
+
+
+def forecast_metrics(y_true, predictions, naive, scale: float) -> dict:
+    """MAE, RMSE and MASE of a forecast and of the seasonal-naive forecast on the same targets.
+
+    `naive` is the seasonal-naive forecast of each target (the value one
+    season earlier); `scale` is MASE's denominator, the mean absolute
+    seasonal difference |y[t] - y[t - season]| over the training series
+    (Hyndman & Koehler, 2006). A model that does not beat the naive MAE has
+    `beats_naive` False.
+
+    >>> r = forecast_metrics([3, 5], [2.5, 5.5], naive=[1, 4], scale=2.0)
+    >>> r["model"]["mae"], r["model"]["mase"], r["seasonal_naive"]["mae"], r["beats_naive"]
+    (0.5, 0.25, 1.5, True)
+    """
+    y_true = np.asarray(y_true, dtype=np.float64).reshape(-1)
+    rows = {}
+    for name, forecast in (("model", predictions), ("seasonal_naive", naive)):
+        err = np.asarray(forecast, dtype=np.float64).reshape(-1) - y_true
+        mae = float(np.abs(err).mean())
+        rows[name] = {"mae": mae, "rmse": float(np.sqrt((err ** 2).mean())),
+                      "mase": mae / scale if scale > 0 else float("nan")}
+    return {**rows, "mase_scale": float(scale), "beats_naive": rows["model"]["mae"] < rows["seasonal_naive"]["mae"]}

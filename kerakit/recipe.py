@@ -3,7 +3,7 @@
 A recipe is a plain Python file that reads top to bottom:
 
     DESCRIPTION = "Small CNN on scikit-learn's 8x8 digits (bundled, offline)."
-    TASK = "classification"              # or "regression"
+    TASK = "classification"              # or "regression", "forecasting"
     DATASET = "kerakit_digits"           # any TFDS name
     INPUTS = [Input("image", shape=(8, 8, 1), dtype="float32")]
     DEFAULTS = dict(epochs=40, batch_size=64)
@@ -27,6 +27,13 @@ SLICES = {"name": fn(features, labels) -> bool mask} (subsets of the test
 split whose metric is checked against the overall one, SLICE_MARGIN apart)
 and FEATURE_NAMES (of a tabular input, for attributions).
 
+A "forecasting" recipe reads a series in time order: its `preprocess(example,
+config)` returns one time step's value (a float scalar), kerakit cuts the
+windows in tf.data, and it declares WINDOW (past steps the model sees; its one
+input has shape (WINDOW, 1)), SEASON (steps per season: the seasonal-naive
+baseline and MASE) and optionally HORIZON (steps ahead, default 1) and TIME
+(the example key holding the timestamp, default "time").
+
 With no search, `hp`'s `default=` values build the model; under `kerakit tune`
 the same calls define the search space.
 """
@@ -45,7 +52,7 @@ from typing import Any, Callable
 from kerakit import metrics
 from kerakit.errors import KerakitError
 
-TASKS = ("classification", "regression")
+TASKS = ("classification", "regression", "forecasting")
 
 # Every recipe gets these; a recipe's DEFAULTS add keys or change values.
 BASE_DEFAULTS: dict[str, Any] = {
@@ -83,6 +90,22 @@ class Input:
         return keras.Input(shape=tuple(self.shape), dtype=self.dtype, name=self.name)
 
 
+@dataclass(frozen=True)
+class Series:
+    """How a forecasting recipe cuts its series: `window` past steps predict the value `horizon` steps after
+    the last; `season` steps make a season (the seasonal-naive forecast repeats the value one season back)."""
+
+    window: int
+    horizon: int
+    season: int
+    time_key: str = "time"
+
+    @property
+    def naive_index(self) -> int:
+        """Where in a window the seasonal-naive forecast reads: the value `season` steps before the target."""
+        return self.window - 1 + self.horizon - self.season
+
+
 @dataclass
 class Recipe:
     """A loaded recipe. Build one with `load_recipe(name_or_path)`."""
@@ -108,6 +131,7 @@ class Recipe:
     slice_margin: float = 0.05
     feature_names: list[str] | None = None  # of a tabular (rank-1) input, for attributions
     custom_objects: dict[str, Any] = field(default_factory=dict)  # CUSTOM_OBJECTS: classes its model needs to load
+    series: "Series | None" = None  # forecasting: window, horizon, season, time key
     module: ModuleType | None = None
 
     @property
@@ -370,8 +394,29 @@ def _from_module(module: ModuleType, path: Path) -> Recipe:
         slice_margin=float(margin),
         feature_names=getattr(module, "FEATURE_NAMES", None),
         custom_objects=_custom_objects(module, path),
+        series=_series(module, path, inputs) if task == "forecasting" else None,
         module=module,
     )
+
+
+def _series(module: ModuleType, path: Path, inputs: list) -> Series:
+    """A forecasting recipe's WINDOW, HORIZON, SEASON and TIME, checked against each other and its INPUTS."""
+    values = {}
+    for name, default in (("WINDOW", None), ("HORIZON", 1), ("SEASON", None)):
+        value = getattr(module, name, default)
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise KerakitError(f"Recipe {path}: a forecasting recipe needs {name} = an integer >= 1, got {value!r}.")
+        values[name] = value
+    series = Series(values["WINDOW"], values["HORIZON"], values["SEASON"], str(getattr(module, "TIME", "time")))
+    if series.horizon > series.season or series.naive_index < 0:
+        raise KerakitError(
+            f"Recipe {path}: WINDOW={series.window}, HORIZON={series.horizon}, SEASON={series.season}: the seasonal-"
+            f"naive baseline needs HORIZON <= SEASON and WINDOW >= SEASON - HORIZON + 1 "
+            f"(= {series.season - series.horizon + 1}), so the value one season before the target is in the window.")
+    if len(inputs) != 1 or tuple(inputs[0].shape) != (series.window, 1):
+        raise KerakitError(f"Recipe {path}: a forecasting recipe has one input of shape (WINDOW, 1) = "
+                           f"({series.window}, 1), got {[tuple(i.shape) for i in inputs]}.")
+    return series
 
 
 def _metric(module: ModuleType, path: Path, task: str) -> tuple[str, str]:

@@ -34,6 +34,7 @@ from typing import Any
 import numpy as np
 
 from kerakit import metrics, runs, runtime
+from kerakit.folds import from_record
 from kerakit.formats.keras import KerasPredictor
 from kerakit.recipe import Recipe
 
@@ -304,7 +305,8 @@ def _gather(run: runs.Run, data_dir: str | None) -> _Card:
     from kerakit.data import load_data
 
     recipe = run.recipe()
-    data = load_data(recipe, run.config["config"], data_dir)
+    # A fold run of `kerakit cv` is described with its own fold's train and val parts.
+    data = load_data(recipe, run.config["config"], data_dir, fold=from_record(run.config.get("fold")))
     x_test, y_test = data.arrays("test")
     predictor = KerasPredictor(run.model_path, model=run.load_model())  # eager calls: no retracing per input size
     outputs = runtime.first_output(predictor, x_test)
@@ -348,6 +350,7 @@ def _data_section(card: _Card) -> list[str]:
         ["fingerprint (sha256 of the first records of each split)",
          ", ".join(f"{k} `{v[:16]}`" for k, v in d.get("sha256", {}).items())],
         ["inputs", ", ".join(f"`{i.name}` {tuple(i.shape)} {i.dtype}" for i in card.recipe.inputs)],
+        *_series_rows(card.recipe, d),
     ])]
     if card.recipe.task == "classification":
         names = _class_names(card)
@@ -357,7 +360,37 @@ def _data_section(card: _Card) -> list[str]:
         lines += ["", "Class balance:", "", _table(["class", "train", "train %", "test", "test %"], [
             [n, int(a), f"{100 * a / train_counts.sum():.1f}", int(b), f"{100 * b / test_counts.sum():.1f}"]
             for n, a, b in zip(names, train_counts, test_counts)])]
-    return lines + [""]
+    return lines + _quality_lines(card) + [""]
+
+
+def _series_rows(recipe: Recipe, d: dict) -> list[list[str]]:
+    """A forecasting recipe's windows and the split by time, with each split's first and last target time."""
+    if recipe.series is None or "split_by" not in d:
+        return []
+    s = recipe.series
+    spans = ", ".join(f"{k}: {d['windows'].get(k)} windows, targets {v[0]}..{v[1]}" if v else f"{k}: none"
+                      for k, v in d.get("target_times", {}).items())
+    return [["windows", f"{s.window} steps -> the value {s.horizon} step(s) later; season {s.season} steps"],
+            ["split by", d["split_by"]], [f"target `{s.time_key}` per split", spans]]
+
+
+def _quality_lines(card: _Card) -> list[str]:
+    """Per-feature data quality of each tabular (rank-1) input; constant, duplicate and shifted features flagged."""
+    from kerakit.quality import feature_quality
+
+    lines = []
+    for spec in (i for i in card.recipe.inputs if len(i.shape) == 1 and np.dtype(i.dtype).kind == "f"):
+        x_train, _ = card.data.arrays("train")
+        names = card.recipe.feature_names if len(card.recipe.inputs) == 1 else None
+        rows = feature_quality(x_train[spec.name], card.x_test[spec.name], names)
+        for r in rows:
+            for flag in r["flags"]:
+                card.flags.append(f"feature {spec.name}[{r['feature']}]: {flag}")
+        lines += ["", f"Data quality of `{spec.name}` (train; PSI and KS of test against train, as `kerakit drift`):",
+                  "", _table(["feature", "missing", "min", "median", "max", "PSI", "KS", "flag"], [
+                      [r["feature"], r["missing"], _fmt(r["min"]), _fmt(r["median"]), _fmt(r["max"]),
+                       _fmt(r["psi"], 3), _fmt(r["ks"], 3), ", ".join(r["flags"])] for r in rows])]
+    return lines
 
 
 def _training_section(card: _Card) -> list[str]:
@@ -382,6 +415,8 @@ def _metrics_section(card: _Card) -> list[str]:
     recorded = card.run.metrics
     lines = ["## Test metrics", "", _table(["metric", "value"], [[k, _fmt(v)] for k, v in recorded.items()
                                                                  if isinstance(v, (int, float))]), ""]
+    if "forecast" in recorded:
+        return lines + _forecast_lines(card, recorded["forecast"])
     if card.recipe.task != "classification" or "per_class" not in recorded:
         return lines
     margin = card.recipe.slice_margin
@@ -398,6 +433,22 @@ def _metrics_section(card: _Card) -> list[str]:
     return lines + ["Per class (flagged when recall is more than the slice margin below overall accuracy):", "",
                     _table(["class", "precision", "recall", "f1", "support", "flag"], rows), "",
                     f"![confusion matrix]({confusion.name})", ""]
+
+
+def _forecast_lines(card: _Card, forecast: dict) -> list[str]:
+    """The model beside the seasonal-naive forecast; flagged when it does not beat it."""
+    model, naive = forecast["model"], forecast["seasonal_naive"]
+    if not forecast["beats_naive"]:
+        card.flags.append(f"forecast: test MAE {model['mae']:.4g} does not beat the seasonal-naive forecast's "
+                          f"{naive['mae']:.4g} (the value {forecast['season']} steps earlier)")
+    return [f"Forecast {forecast['horizon']} step(s) ahead against the seasonal-naive forecast (the value one season, "
+            f"{forecast['season']} steps, before the target); MASE divides MAE by the training series' mean absolute "
+            f"seasonal difference ({_fmt(forecast['mase_scale'])}):", "",
+            _table(["forecast", "MAE", "RMSE", "MASE"], [
+                [name, _fmt(r["mae"]), _fmt(r["rmse"]), _fmt(r["mase"])]
+                for name, r in (("model", model), ("seasonal naive", naive))]),
+            "", "The model beats the seasonal-naive forecast." if forecast["beats_naive"]
+            else "**The model does not beat the seasonal-naive forecast.**", ""]
 
 
 def _slices_section(card: _Card) -> list[str]:
@@ -528,12 +579,25 @@ def _summary_section(card: _Card) -> list[str]:
     lines = ["## Summary", "", _table(["", " "], [
         ["task", card.recipe.task],
         [f"test {card.metric}", f"{_fmt(card.overall)} on {len(np.asarray(card.y_test))} examples"],
+        *_cv_rows(card),
         ["artifacts verified", f"{sum(r['verdict'] == 'verified' for r in deploy[1:])} of {len(deploy) - 1}" if deploy else "not exported"],
         ["flags", "none" if not flags else f"{len(flags)} (below)"],
     ])]
     if flags:
         lines += ["", *[f"- ⚠ {f}" for f in flags]]
     return lines + [""]
+
+
+def _cv_rows(card: _Card) -> list[list[str]]:
+    """The k-fold figure of `kerakit cv ... --out RUN/cv`, beside the test figure, when the run has one."""
+    summary = runs.CrossValidation(card.run.cv_dir).summary()
+    if summary is None:
+        return []
+    same = summary.get("request", {}).get("config") == card.run.config.get("config")
+    return [[f"cross-validated {summary['metric']}",
+             f"{_fmt(summary['mean'])} ± {_fmt(summary['std'])} over {summary['folds']} folds ({summary['scheme']}, "
+             f"held-out fold of the train+val examples" + ("" if same else "; **with another config than this run**")
+             + ")"]]
 
 
 def _strategy(strategy) -> str:

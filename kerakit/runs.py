@@ -26,6 +26,7 @@ Every other module asks a `Run` for its paths instead of spelling file names:
       requests.jsonl     `kerakit serve` request log (when serving this run's model)
       build.json         what `kerakit build` last exported and benched (skips them on a rerun)
       search/            `kerakit build --tune`: the search, laid out as a `Search`
+      cv/                `kerakit cv ... --out RUN/cv`: a `CrossValidation`, shown in the report
 
 A search directory (`kerakit tune --out OUT`, or RUN/search):
 
@@ -36,6 +37,14 @@ A search directory (`kerakit tune --out OUT`, or RUN/search):
       best_hparams.json  the best trial's hyperparameters (kerakit train --hparams ...)
       best/              the best hyperparameters retrained as a normal run
       distributed/       chief and worker logs of `--workers N`
+
+A cross-validation directory (`kerakit cv RECIPE --folds K --out OUT`):
+
+    OUT/
+      fold-1/ ... fold-K/  one run per fold, laid out as a `Run` (each resumes like `kerakit train`)
+      folds.csv            one row per finished fold
+      cv.json              the request, then (written last: finished once it has `mean`) the per-fold
+                           table and the mean and standard deviation of the recipe's metric
 
 Every file is written to a temporary name beside its target and renamed into
 place, so a killed process leaves the old file or the new one, never half.
@@ -92,6 +101,12 @@ TRIALS_PNG_FILE = "trials.png"
 BEST_HPARAMS_FILE = "best_hparams.json"
 BEST_DIR = "best"
 DISTRIBUTED_DIR = "distributed"
+
+# A cross-validation directory.
+CV_DIR = "cv"
+CV_FILE = "cv.json"
+FOLDS_CSV_FILE = "folds.csv"
+FOLD_DIR = "fold-{index}"  # 1-based
 
 
 @contextlib.contextmanager
@@ -464,6 +479,10 @@ class Run:
     def search_dir(self) -> Path:
         return self.path / SEARCH_DIR
 
+    @property
+    def cv_dir(self) -> Path:
+        return self.path / CV_DIR
+
     # Contents.
     @property
     def config(self) -> dict:
@@ -563,3 +582,41 @@ class Search:
 
     def __repr__(self) -> str:
         return f"Search({str(self.path)!r})"
+
+
+@dataclass
+class CrossValidation:
+    """A directory written by `kerakit cv` (or RUN/cv): one run per fold, the table, the summary.
+
+        result = kerakit.cross_validate("breast_cancer_mlp", "runs/cv", folds=3)
+        cv = CrossValidation(result["path"])
+        cv.summary()["mean"] == result["mean"], Run.open(cv.fold_dir(1)).is_finished
+        # -> (True, True)
+    """
+
+    path: Path
+
+    def __post_init__(self):
+        self.path = Path(self.path)
+
+    @property
+    def cv_file(self) -> Path:
+        return self.path / CV_FILE
+
+    @property
+    def folds_csv(self) -> Path:
+        return self.path / FOLDS_CSV_FILE
+
+    def fold_dir(self, index: int) -> Path:
+        """The run of fold `index` (1-based)."""
+        return self.path / FOLD_DIR.format(index=index)
+
+    def summary(self) -> dict | None:
+        """cv.json of a finished cross-validation (it has a `mean`), else None."""
+        if not self.cv_file.is_file():
+            return None
+        data = load_json(self.cv_file, f"delete it and rerun `kerakit cv` with --out {self.path}")
+        return data if "mean" in data else None
+
+    def __repr__(self) -> str:
+        return f"CrossValidation({str(self.path)!r})"

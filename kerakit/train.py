@@ -36,6 +36,7 @@ class _Job:
     requested: dict  # what config.json records; a rerun on the same directory must match it
     strategy: str
     run: runs.Run
+    fold: Any  # kerakit.folds.Fold: train on one cross-validation fold (None: the recipe's splits)
     work: runs.Run  # where training writes: the run itself, or a private directory on a non-chief worker
     chief: bool
     started: float
@@ -51,14 +52,17 @@ def train(
     overwrite: bool = False,
     verbose: "int | str" = "auto",
     log: Callable[[str], None] = print,
+    fold: Any = None,
     **overrides: Any,
 ) -> runs.Run:
     """Train `recipe` with `overrides` (config keys or hyperparameter names) into `out`.
 
     hparams: a dict or a JSON file of hyperparameter values (e.g. a tuner's
-    best_hparams.json); `overrides` win over it.
+    best_hparams.json); `overrides` win over it. fold: a `kerakit.folds.Fold`
+    (what `kerakit cv` passes): train on that fold's training part, pick the
+    best epoch on its held-out part, and record the metric there too.
     """
-    job = _setup(recipe, out, strategy, hparams, overrides, started=time.time())
+    job = _setup(recipe, out, strategy, hparams, overrides, started=time.time(), fold=fold)
     if not job.chief:  # a non-chief worker trains in lockstep into a private directory
         return _train(job, data_dir, verbose, log)
     with runs.writer(job.run.path, "kerakit train"):
@@ -81,7 +85,7 @@ def _train(job: "_Job", data_dir: str | None, verbose, log) -> runs.Run:
     # preparing a dataset the first time runs seeded TF ops, and the model's initial weights must
     # not depend on whether TFDS had the data on disk already.
     keras.utils.set_random_seed(job.config["seed"])
-    data = load_data(job.recipe, job.config, data_dir)
+    data = load_data(job.recipe, job.config, data_dir, fold=job.fold)
     keras.utils.set_random_seed(job.config["seed"])
     model, hp = _build_model(job, data, dist)
     try:
@@ -97,7 +101,7 @@ def _train(job: "_Job", data_dir: str | None, verbose, log) -> runs.Run:
     return job.run
 
 
-def _setup(recipe, out, strategy, hparams, overrides: dict, started: float) -> _Job:
+def _setup(recipe, out, strategy, hparams, overrides: dict, started: float, fold=None) -> _Job:
     """Resolve the recipe, config, hyperparameters and directories; nothing is written yet."""
     recipe = load_recipe(recipe)
     config, hp_overrides = recipe.resolve_config(overrides)
@@ -108,9 +112,12 @@ def _setup(recipe, out, strategy, hparams, overrides: dict, started: float) -> _
     # Non-chief workers train in lockstep but keep their files out of the run.
     workdir = out if chief else Path(tempfile.mkdtemp(prefix="kerakit-worker-"))
     runs.ensure_writable_dir(workdir)
-    return _Job(recipe=recipe, config=config, hp_values=hp_values, hp_overrides=hp_overrides,
-                requested={"config": config, "hparams_requested": hp_values, "recipe": recipe.name},
-                strategy=strategy_name, run=runs.Run(out), work=runs.Run(workdir), chief=chief, started=started)
+    requested = {"config": config, "hparams_requested": hp_values, "recipe": recipe.name}
+    if fold is not None:
+        requested["fold"] = fold.to_dict(recipe.task)
+    return _Job(recipe=recipe, config=config, hp_values=hp_values, hp_overrides=hp_overrides, requested=requested,
+                strategy=strategy_name, run=runs.Run(out), fold=fold, work=runs.Run(workdir), chief=chief,
+                started=started)
 
 
 def _build_model(job: _Job, data, dist):
@@ -196,6 +203,9 @@ def _save_model(job: _Job, model, best, data, hp) -> dict:
     model = keras.saving.load_model(run.model_path)
     _dedupe_history(run.history_path)
     metrics = evaluate_model(model, data, "test")
+    if job.fold is not None:  # the fold's figure: the recipe's metric on its held-out part
+        held_out = evaluate_model(model, data, "val")
+        metrics["held_out"] = {job.recipe.metric: held_out[job.recipe.metric], "examples": held_out["examples"]}
     runs.write_json(run.metrics_path, metrics)
     runs.write_json(run.config_path, {**job.requested, "hparams": dict(hp.values)})
     return metrics

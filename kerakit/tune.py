@@ -34,8 +34,10 @@ from kerakit.recipe import Recipe, load_recipe
 # --tuner names and the keras-tuner classes they run (adding a tuner is one entry here).
 TUNERS = {"random": "RandomSearch", "grid": "GridSearch", "bayesian": "BayesianOptimization", "hyperband": "Hyperband"}
 RECYCLE_AFTER = 10  # trials per worker process
+FAMILY_HP = "arch"  # the hyperparameter that picks a model family (see recipes/digits_select.py)
 RECYCLE_EXIT = 75  # EX_TEMPFAIL: "start me again", not a failure
 EPOCHS_FILE = "epochs_run.json"  # in each keras-tuner trial folder
+FOLDS_FILE = "cv_folds.json"  # in each keras-tuner trial folder, with --cv: the objective of each finished fold
 
 
 @dataclass
@@ -62,6 +64,7 @@ class _Plan:
     max_epochs: int | None
     objective: str
     direction: str
+    cv: int = 0  # folds per trial (0: the recipe's train/val split)
 
 
 def tune(
@@ -82,6 +85,7 @@ def tune(
     role: str | None = None,
     oracle: str | None = None,
     recycle_after: int = RECYCLE_AFTER,
+    cv: int = 0,
     verbose: "int | str" = "auto",
     log: Callable[[str], None] = print,
     **overrides: Any,
@@ -100,7 +104,13 @@ def tune(
     TensorFlow keeps ~10 MB per model a process has built and fitted, even
     after clear_session, so a worker exits after `recycle_after` trials and
     the launcher starts a fresh one in its place (0: never).
+
+    cv=K scores each trial by K-fold cross-validation (`kerakit.folds`, on the
+    recipe's train and val splits together): the objective is the mean of the
+    folds' best held-out values, so each trial costs K fits.
     """
+    if cv and (workers or role):
+        raise KerakitError("--cv runs in one process; do not combine it with --workers or --role.")
     if workers:
         return _launch(recipe, out, workers, dict(
             tuner=tuner, max_trials=max_trials, max_epochs=max_epochs, executions_per_trial=executions_per_trial,
@@ -109,6 +119,12 @@ def tune(
     if role is not None:
         _join(role, oracle)
     plan = _check_request(recipe, out, tuner, max_trials, max_epochs, executions_per_trial, objective, overrides)
+    if cv:
+        from kerakit.folds import check_folds
+
+        if tuner == "hyperband":  # its trials continue from a parent trial's weights: one per fold does not exist
+            raise KerakitError("--cv works with --tuner random, grid or bayesian, not hyperband.")
+        plan.cv = check_folds(cv)
     # The chief (or a search on one machine) is the directory's one writer; workers only train trials.
     with runs.writer(plan.out.path, "kerakit tune") if role != "worker" else contextlib.nullcontext():
         return _search(plan, dict(executions_per_trial=executions_per_trial, seed=seed, retrain=retrain,
@@ -131,10 +147,11 @@ def _search(plan: "_Plan", o: dict, overrides: dict, log) -> "TuneResult":
     # not depend on whether TFDS had the data on disk already.
     keras.utils.set_random_seed(plan.config["seed"])
     data = load_data(plan.recipe, plan.config, o["data_dir"])
+    folds = _fold_data(plan, o["data_dir"])
     keras.utils.set_random_seed(plan.config["seed"])
     fixed = _check_search(plan, data, role, o["overwrite"])
     searcher = _make_searcher(plan, data, fixed, o["executions_per_trial"], o["seed"], dist,
-                              o["recycle_after"] if role == "worker" else 0, log)
+                              o["recycle_after"] if role == "worker" else 0, log, folds)
     verbose = (1 if sys.stdout.isatty() else 0) if o["verbose"] == "auto" else o["verbose"]
     started = time.time()
     _run_search(plan, searcher, data, role, verbose, log)
@@ -144,6 +161,15 @@ def _search(plan: "_Plan", o: dict, overrides: dict, log) -> "TuneResult":
     best, trials = _finish(plan, searcher, started, log)
     run = _retrain_best(plan, best, o, verbose, overrides, log) if o["retrain"] else None
     return TuneResult(plan.out.path, best, trials, run)
+
+
+def _fold_data(plan: "_Plan", data_dir: str | None) -> list:
+    """With --cv K: the K folds' data (each fold's train and held-out parts as train and val)."""
+    from kerakit.data import load_data
+    from kerakit.folds import Fold
+
+    return [load_data(plan.recipe, plan.config, data_dir, fold=Fold(k, plan.cv, plan.config["seed"]))
+            for k in range(plan.cv)]
 
 
 def _retrain_best(plan: "_Plan", best: dict, o: dict, verbose, overrides: dict, log) -> runs.Run:
@@ -194,6 +220,8 @@ def _check_search(plan: _Plan, data, role: str | None, overwrite: bool) -> dict:
                         key=lambda h: h["name"]),
         "max_epochs": plan.max_epochs if plan.tuner == "hyperband" else None,
     }
+    if plan.cv:
+        search["cv_folds"] = plan.cv
     out = plan.out
     if role == "worker":
         return fixed  # the chief owns the directory's search record
@@ -214,15 +242,16 @@ def _check_search(plan: _Plan, data, role: str | None, overwrite: bool) -> dict:
 
 
 def _make_searcher(plan: _Plan, data, fixed: dict, executions_per_trial: int, seed: int | None, dist,
-                   recycle_after: int, log):
+                   recycle_after: int, log, folds: list | None = None):
     """The keras-tuner tuner over the recipe's own build_model, resuming the project in OUT/tuner."""
     import keras_tuner as kt
 
     hp = kt.HyperParameters()
     for name, value in fixed.items():
         hp.Fixed(name, value)
+    current = {"data": data}  # the data build_model adapts to: a fold's, under --cv
     common = dict(
-        hypermodel=lambda trial_hp: plan.recipe.build(trial_hp, data),
+        hypermodel=lambda trial_hp: plan.recipe.build(trial_hp, current["data"]),
         objective=kt.Objective(plan.objective, direction=plan.direction),
         hyperparameters=hp,
         tune_new_entries=True,
@@ -233,7 +262,8 @@ def _make_searcher(plan: _Plan, data, fixed: dict, executions_per_trial: int, se
         distribution_strategy=dist,
         overwrite=False,
     )
-    return _make_tuner(plan.tuner, plan.max_trials, plan.max_epochs, common, log, recycle_after=recycle_after)
+    return _make_tuner(plan.tuner, plan.max_trials, plan.max_epochs, common, log, recycle_after=recycle_after,
+                       folds=folds, current=current)
 
 
 def _run_search(plan: _Plan, searcher, data, role: str | None, verbose, log) -> None:
@@ -268,7 +298,8 @@ def _finish(plan: _Plan, searcher, started: float, log) -> tuple[dict, list[dict
     return best, trials
 
 
-def _make_tuner(name: str, max_trials: int, max_epochs: int | None, common: dict, log, recycle_after: int = 0):
+def _make_tuner(name: str, max_trials: int, max_epochs: int | None, common: dict, log, recycle_after: int = 0,
+                folds: list | None = None, current: dict | None = None):
     import keras
     import keras_tuner as kt
 
@@ -277,10 +308,16 @@ def _make_tuner(name: str, max_trials: int, max_epochs: int | None, common: dict
     base = getattr(kt, TUNERS[name])
 
     class Tuner(base):
-        """Adds a BackupAndRestore per trial, so an interrupted trial resumes from its last epoch."""
+        """Adds a BackupAndRestore per trial, so an interrupted trial resumes from its last epoch; with
+        folds, fits each fold in turn (finished folds kept across a resume) and reports their mean."""
 
         def run_trial(self, trial, *args, **kwargs):
-            backup = os.path.join(self.project_dir, f"trial_{trial.trial_id}", runs.BACKUP_DIR)
+            if not folds:
+                return self._fit(trial, runs.BACKUP_DIR, *args, **kwargs)
+            return _run_folds(self, trial, folds, current, kwargs)
+
+        def _fit(self, trial, backup_name: str, *args, **kwargs):
+            backup = os.path.join(self.project_dir, f"trial_{trial.trial_id}", backup_name)
             resumed = restore_point(Path(backup), log)
             if resumed:
                 log(f"Trial {trial.trial_id} resumes from epoch {resumed} (interrupted earlier).")
@@ -330,6 +367,27 @@ def _make_tuner(name: str, max_trials: int, max_epochs: int | None, common: dict
         return Tuner(**kwargs)
     except RuntimeError as e:  # keras-tuner cannot reload an incompatible project
         raise KerakitError(f"Cannot resume the search: {e}") from e
+
+
+def _run_folds(tuner, trial, folds: list, current: dict, kwargs: dict) -> list[dict]:
+    """Fit `trial` on each fold in turn (a fold finished before an interruption is kept); the folds' metrics,
+    which keras-tuner averages into the trial's score."""
+    from keras_tuner.src.engine import tuner_utils
+
+    state = Path(tuner.project_dir) / f"trial_{trial.trial_id}" / FOLDS_FILE
+    done = runs.read_json(state) if state.exists() else {}
+    whole = current["data"]
+    try:
+        for k, fold in enumerate(folds, start=1):
+            if str(k) not in done:
+                current["data"] = fold  # build_model adapts to this fold's training part
+                histories = tuner._fit(trial, f"{runs.BACKUP_DIR}-fold{k}", fold.train,
+                                       **{**kwargs, "validation_data": fold.val})
+                done[str(k)] = tuner_utils.convert_to_metrics_dict(histories, tuner.oracle.objective)
+                runs.write_json(state, done)
+    finally:
+        current["data"] = whole
+    return [done[str(k)] for k in range(1, len(folds) + 1)]
 
 
 ROLES = ("chief", "worker")
@@ -453,7 +511,10 @@ def _launch(recipe, out, workers: int, options: dict, overrides: dict, log) -> T
 def trials_table(searcher, objective: str) -> list[dict]:
     rows = []
     for trial_id, trial in sorted(searcher.oracle.trials.items()):
-        values = {k: v for k, v in trial.hyperparameters.values.items() if not k.startswith("tuner/")}
+        hps = trial.hyperparameters
+        # Only the hyperparameters this trial's model used: one family's under hp.conditional_scope, not another's.
+        active = {hp.name for hp in hps.space if hps.is_active(hp)}
+        values = {k: v for k, v in hps.values.items() if not k.startswith("tuner/") and k in active}
         counted = Path(searcher.project_dir) / f"trial_{trial_id}" / EPOCHS_FILE
         rows.append({"trial": trial_id, "status": trial.status, "score": trial.score,
                      "epochs": runs.read_json(counted)["epochs"] if counted.exists() else None, **values})
@@ -481,12 +542,16 @@ def _plot(path: Path, trials: list[dict], objective: str, direction: str) -> Non
     fig, ax = plt.subplots(figsize=(7, 4), dpi=120)
     if scored:
         xs, ys = zip(*scored)
-        ax.scatter(xs, ys, label=objective)
+        # A recipe choosing between families (hp.Choice("arch", ...)) gets one colour per family.
+        families = [trials[i].get(FAMILY_HP) for i in xs]
+        for family in dict.fromkeys(families):
+            mine = [(x, y) for x, y, f in zip(xs, ys, families) if f == family]
+            ax.scatter(*zip(*mine), label=objective if family is None else f"{FAMILY_HP}={family}")
         best, line = None, []
         for y in ys:
             best = y if best is None else (max(best, y) if direction == "max" else min(best, y))
             line.append(best)
-        ax.step(xs, line, where="post", color="C1", label="best so far")
+        ax.step(xs, line, where="post", color="black", label="best so far")
     ax.set_xlabel("trial")
     ax.set_ylabel(objective)
     ax.set_title(f"{objective} per trial")

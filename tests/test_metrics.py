@@ -58,7 +58,7 @@ def test_a_metric_the_task_does_not_compute_is_refused_naming_the_allowed_ones(t
 def test_every_task_default_is_a_metric_the_task_computes():
     for task, metric in metrics.TASK_DEFAULTS.items():
         assert metrics.check_metric(task, metric) == metric
-    assert metrics.TASK_DEFAULTS == {"classification": "accuracy", "regression": "mae"}
+    assert metrics.TASK_DEFAULTS == {"classification": "accuracy", "regression": "mae", "forecasting": "mae"}
 
 
 @pytest.mark.parametrize("name, expected", [

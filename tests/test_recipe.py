@@ -12,6 +12,8 @@ SHIPPED = {
     "diabetes_mlp": ("regression", "kerakit_diabetes"),
     "mnist_cnn": ("classification", "mnist"),
     "imdb_text": ("classification", "imdb_reviews"),
+    "elnino_forecast": ("forecasting", "kerakit_elnino"),
+    "digits_select": ("classification", "kerakit_digits"),
 }
 
 

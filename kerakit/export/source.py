@@ -40,11 +40,13 @@ def verification_data(run, recipe, sample: "str | os.PathLike | None", data_dir:
 
 def _from_recipe(run, recipe, data_dir, inputs, samples) -> VerificationData:
     from kerakit.data import load_data
+    from kerakit.folds import from_record
     from kerakit.recipe import load_recipe
 
     loaded = load_recipe(recipe) if recipe is not None else run.recipe()
     config = run.config["config"] if recipe is None else loaded.resolve_config({})[0]
-    data = load_data(loaded, config, data_dir)
+    fold = from_record(run.config.get("fold")) if recipe is None else None  # a `kerakit cv` fold run: its own fold
+    data = load_data(loaded, config, data_dir, fold=fold)
     val_x, _ = data.arrays("val")
     test_x, test_y = data.arrays("test")
     half = -(-samples // 2)
