@@ -47,7 +47,8 @@ def expand(paths: Iterable["str | os.PathLike"]) -> list[Path]:
     return found
 
 
-def _inputs(artifacts: list[Path], specs: list[runtime.Spec], data_dir: str | None, n: int) -> tuple[dict, str]:
+def _inputs(artifacts: list[Path], specs: list[runtime.Spec], data_dir: str | None, n: int,
+            input_shapes: dict | None = None) -> tuple[dict, str]:
     owners = {None if r is None else r.path for r in map(runs.find_run, artifacts)}
     run = runs.find_run(artifacts[0]) if len(owners) == 1 and None not in owners else None
     if run is not None:
@@ -57,10 +58,9 @@ def _inputs(artifacts: list[Path], specs: list[runtime.Spec], data_dir: str | No
         x, _ = load_data(recipe, run.config["config"], data_dir).arrays("test")
         reps = -(-n // len(next(iter(x.values()))))
         return {k: np.concatenate([v] * reps)[:n] for k, v in x.items()}, f"test split of {recipe.name} ({run.path})"
-    rng = np.random.default_rng(0)
-    arrays = {s.name: (rng.random((n, *s.shape[1:])).astype(s.dtype) if np.dtype(s.dtype).kind == "f"
-                       else rng.integers(0, 10, (n, *s.shape[1:])).astype(s.dtype)) for s in specs}
-    return arrays, "random data of the models' input specs (artifacts are not from one run)"
+    arrays = runtime.example_inputs(specs, input_shapes, n, seed=0)
+    shapes = ", ".join(f"{k}={'x'.join(map(str, v.shape[1:]))}" for k, v in arrays.items())
+    return arrays, f"random data of the models' input specs ({shapes}; artifacts are not from one run)"
 
 
 def rss_mb() -> float:
@@ -132,6 +132,7 @@ def bench(
     sweep: bool = True,
     data_dir: str | None = None,
     out: "str | os.PathLike | None" = None,
+    input_shapes: "dict[str, tuple] | None" = None,
     log: Callable[[str], None] = print,
     progress: Callable[[int, int], None] | None = None,
 ) -> dict:
@@ -140,7 +141,9 @@ def bench(
     sweep: also compare each artifact's runtime settings where its format has
     some to compare (ONNX: optimization level x threads), and save the fastest
     as that file's default. progress(done, total) is called after each
-    (threads, batch) round, for a progress bar.
+    (threads, batch) round, for a progress bar. input_shapes: the sizes of
+    dimensions a model leaves open, for random inputs ({"image": (1, 64, 64, 3)});
+    a run's models take its test split instead.
     """
     paths = expand(artifacts)
     batches, threads = sorted(set(int(b) for b in batches)), sorted(set(int(t) for t in threads))
@@ -154,14 +157,15 @@ def bench(
     with contextlib.ExitStack() as locks:  # bench.json's directory, and where swept settings are saved
         for directory in {runs.owner(out).resolve(), *(runs.owner(p.parent).resolve() for p in swept)}:
             locks.enter_context(runs.writer(directory, "kerakit bench"))
-        return _bench(paths, batches, threads, runs_, warmup, swept, data_dir, out, log, progress)
+        return _bench(paths, batches, threads, runs_, warmup, swept, data_dir, out, log, progress, input_shapes)
 
 
-def _bench(paths, batches, threads, runs_, warmup, swept, data_dir, out: Path, log, progress) -> dict:
+def _bench(paths, batches, threads, runs_, warmup, swept, data_dir, out: Path, log, progress,
+           input_shapes=None) -> dict:
     names = _labels(paths)
     with runtime.load(paths[0]) as first:
         specs = first.inputs
-    pool, inputs_from = _inputs(paths, specs, data_dir, max(batches))
+    pool, inputs_from = _inputs(paths, specs, data_dir, max(batches), input_shapes)
     log(f"Inputs: {inputs_from}.")
 
     rows, memory = _compare(dict(zip(names, paths)), pool, batches, threads, runs_, warmup, log, progress)

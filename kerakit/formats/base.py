@@ -70,6 +70,13 @@ class Predictor:
     def _run(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:  # pragma: no cover
         raise NotImplementedError
 
+    def keras_outputs(self) -> list[str] | None:
+        """The output names in the Keras model's order, where the file records it (kerakit's metadata).
+
+        `outputs` follow the runtime's order (by name for LiteRT and SavedModel), which is not Keras's.
+        """
+        return None
+
     def close(self) -> None:
         pass
 

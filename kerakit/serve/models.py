@@ -14,7 +14,7 @@ import asyncio
 import os
 import re
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -50,6 +50,7 @@ class ServeOptions:
     log_path: str | None = None
     log_inputs: bool = False
     grpc_address: str | None = None  # "host:port" of the KServe v2 gRPC service; None: no gRPC
+    input_shapes: dict = field(default_factory=dict)  # {input: shape} for warming up a dynamic model
 
 
 @dataclass
@@ -156,8 +157,13 @@ class Model:
         self.executor = ThreadPoolExecutor(1, thread_name_prefix=f"infer-{self.name}")
         self.queue: asyncio.Queue | None = None
         self.batch_sizes: list[int] = []  # rows per model call, when batching (for metrics)
-        # Warm up: the first call of every runtime is slow.
-        self.predictor.run({s.name: _zeros(s) for s in self.predictor.inputs})
+        # Warm up (the first call of every runtime is slow) at a real size: a model with open dimensions
+        # needs --input-shape, since a made-up 1x1 image can break it.
+        shapes = {k: v for k, v in options.input_shapes.items() if k in self.inputs}
+        try:
+            self.predictor.run(runtime.example_inputs(self.predictor.inputs, shapes))
+        except KerakitError as e:
+            raise KerakitError(f"Cannot serve model {self.name!r}: {e}") from None
 
     def check(self, batch: dict[str, np.ndarray], max_elements: int) -> dict[str, np.ndarray]:
         """`batch` validated and cast for this model, or a BadRequest saying what is wrong."""
@@ -270,11 +276,6 @@ def class_names(path: str) -> list[str] | None:
         if labels.is_file():
             return labels.read_text(encoding="utf-8", errors="replace").splitlines()
     return None
-
-
-def _zeros(spec) -> np.ndarray:
-    shape = (1, *[d or 1 for d in spec.shape[1:]])
-    return np.full(shape, "", dtype=object) if spec.dtype == "object" else np.zeros(shape, spec.dtype)
 
 
 def rows(batch: dict[str, np.ndarray]) -> int:
