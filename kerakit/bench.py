@@ -204,10 +204,12 @@ def _compare(artifacts: dict[str, Path], pool: dict, batches: list[int], threads
             memory.setdefault(name, round(rss_mb() - before, 1))
         try:
             for batch in batches:
-                feeds = {name: p.validate({k: v[:batch] for k, v in pool.items()}) for name, p in predictors.items()}
-                calls = {name: (lambda p=p, f=feeds[name]: p.run(f)) for name, p in predictors.items()}
+                # A model converted for a fixed batch (an LSTM's TFLite file: 1) is timed at that batch only.
+                fitting = {n: p for n, p in predictors.items() if p.fixed_batch in (None, batch)}
+                feeds = {name: p.validate({k: v[:batch] for k, v in pool.items()}) for name, p in fitting.items()}
+                calls = {name: (lambda p=p, f=feeds[name]: p.run(f)) for name, p in fitting.items()}
                 samples = time_interleaved(calls, runs_, warmup, block=BLOCK)
-                new = [_row(name, p.format, batch, n_threads, samples[name]) for name, p in predictors.items()]
+                new = [_row(name, p.format, batch, n_threads, samples[name]) for name, p in fitting.items()]
                 rows += new
                 if new:  # none when no artifact has a thread setting to compare
                     log(f"  batch {batch}, threads {n_threads}: "

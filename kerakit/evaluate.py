@@ -79,13 +79,14 @@ def evaluate_sample(path: Path, sample: "str | os.PathLike", metric_output: str 
         raise KerakitError(f"--sample {str(sample)!r} has no labels: add 'label' (or 'label:OUTPUT') to evaluate.")
     with runtime.load(path) as model:
         name = runtime.metric_output(model, metric_output)
-        labels = data.labels_by_output(name, [s.name for s in model.outputs])
+        labels = data.labels_by_output(runtime.metric_output(model), [s.name for s in model.outputs])
+        if name not in labels:
+            raise KerakitError(f"--sample {str(sample)!r} has no labels for output {name!r} "
+                               f"(it labels {', '.join(labels)}): add 'label:{name}'.")
         outputs = runtime.predict_all(model, model.validate(data.inputs))
         per_output = {k: task_metrics(task_of(y), y, outputs[k]) for k, y in labels.items()}
         fmt = model.format
-    head = per_output.get(name) or next(iter(per_output.values()))
-    result = {"format": fmt, "output": name if name in per_output else next(iter(per_output)), **head,
-              "split": f"--sample {sample}", "examples": data.size}
+    result = {"format": fmt, "output": name, **per_output[name], "split": f"--sample {sample}", "examples": data.size}
     if len(per_output) > 1:
         result["outputs"] = per_output
     return result

@@ -41,10 +41,8 @@ def load(path: "str | os.PathLike", **options: Any) -> Predictor:
 
 
 def predict_all(predictor: Predictor, inputs: dict[str, np.ndarray], batch: int = 256) -> dict[str, np.ndarray]:
-    """Run many inputs in batches of `batch` (or the model's fixed batch size); outputs concatenated by name."""
+    """Run many inputs in batches of `batch`; outputs concatenated by name."""
     n = len(next(iter(inputs.values())))
-    fixed = {s.shape[0] for s in predictor.inputs if s.shape and s.shape[0] is not None}
-    batch = min(batch, *fixed) if fixed else batch
     parts: dict[str, list] = {}
     for start in range(0, n, batch):
         out = predictor.predict({k: v[start : start + batch] for k, v in inputs.items()})

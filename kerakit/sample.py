@@ -3,8 +3,7 @@
     np.savez("data.npz", image=x, label=y)                      # y labels the metric output
     np.savez("data.npz", a=xa, b=xb, **{"label:probs": y1, "label:score": y2})   # one per output
 
-`label` belongs to the output the metric is computed on (the first Keras
-output, or `--metric-output`); `label:NAME` to output NAME. Integer labels
+`label` belongs to the first Keras output; `label:NAME` to output NAME. Integer labels
 mean classification, float labels regression.
 """
 
@@ -23,23 +22,23 @@ LABEL = "label"
 @dataclass
 class Sample:
     inputs: dict[str, np.ndarray]
-    labels: dict[str | None, np.ndarray]  # by output name; None: the metric output, whichever it is
+    labels: dict[str | None, np.ndarray]  # by output name; None: the first Keras output's
 
     @property
     def size(self) -> int:
         return len(next(iter(self.inputs.values())))
 
-    def labels_by_output(self, metric_output: str, outputs: list[str]) -> dict[str, np.ndarray]:
-        """Labels by output name, `label` given to `metric_output`; an unknown `label:NAME` is an error."""
+    def labels_by_output(self, first_output: str, outputs: list[str]) -> dict[str, np.ndarray]:
+        """Labels by output name, `label` given to `first_output`; an unknown `label:NAME` is an error."""
         unknown = sorted(k for k in self.labels if k is not None and k not in outputs)
         if unknown:
             raise KerakitError(f"--sample has labels for {', '.join(f'label:{k}' for k in unknown)}; "
                                f"the model's outputs are {', '.join(outputs)}.")
         found = {k: v for k, v in self.labels.items() if k is not None}
         if None in self.labels:
-            if metric_output in found:
-                raise KerakitError(f"--sample has both 'label' and 'label:{metric_output}'; keep one.")
-            found[metric_output] = self.labels[None]
+            if first_output in found:
+                raise KerakitError(f"--sample has both 'label' and 'label:{first_output}'; keep one.")
+            found[first_output] = self.labels[None]
         return found
 
 

@@ -245,11 +245,12 @@ class Model:
             start += n
 
     def run(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        """The runtime call, in slices of RUN_ROWS rows (see there) for a larger batch."""
-        n = rows(batch)
-        if n <= RUN_ROWS:
+        """The runtime call, in slices of RUN_ROWS rows (see there) for a larger batch, or of the
+        model's fixed batch size (a recurrent model's TFLite file takes one row at a time)."""
+        n, step = rows(batch), self.predictor.fixed_batch or RUN_ROWS
+        if n <= step:
             return self.predictor.run(batch)
-        parts = [self.predictor.run({k: v[i:i + RUN_ROWS] for k, v in batch.items()}) for i in range(0, n, RUN_ROWS)]
+        parts = [self.predictor.run({k: v[i:i + step] for k, v in batch.items()}) for i in range(0, n, step)]
         return {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
 
     def close(self) -> None:
