@@ -36,10 +36,11 @@ EXPECTED = {
     "near_constant": {"savedmodel": V, "onnx": V, "tflite-int8": (F, "no closer to Keras than a constant"),
                       "tflite-fp16": V, "onnx-int8": (F, "no closer to Keras than a constant")},
     "exact_gelu": {"savedmodel": V, "onnx": V, "tflite-int8": V, "tflite-fp16": V, "onnx-int8": V},
-    "mobilenet_v3_small": {"savedmodel": V, "onnx": V, "tflite-int8": V, "tflite-fp16": V, "onnx-int8": V},
-    "efficientnet_b0": {"savedmodel": V, "onnx": V, "tflite-int8": V, "tflite-fp16": V, "onnx-int8": V},
+    "mobilenet_v3_small": {"savedmodel": V, "onnx": V, "tflite-int8": (F, "no closer to Keras than a constant"),
+                           "tflite-fp16": V, "onnx-int8": (F, "no closer to Keras than a constant")},
 }
-SLOW = {"mobilenet_v3_small", "efficientnet_b0", "bidirectional_gru"}  # the rest: ~100 s
+SLOW = {"mobilenet_v3_small", "bidirectional_gru"}  # the rest: ~100 s
+# EfficientNetB0 (32x32) is left out: its export took 446 s on a shared 2-core machine.
 # Recurrent models: TFLite builtins need a fixed batch (`batch = 1` on the artifact).
 RNN_EDGE = """description = "edge for LSTM/GRU: TFLite at batch 1"
 [[artifacts]]
@@ -103,10 +104,18 @@ def build(name):
         h = keras.layers.Dense(16, activation="gelu")(x)
         return keras.Model(x, keras.layers.Dense(3, name="logits")(h)), {"x": rng.normal(size=(ROWS, 8))}
     app = {"mobilenet_v3_small": keras.applications.MobileNetV3Small,
-           "efficientnet_b0": keras.applications.EfficientNetB0}[name]
-    model = app(input_shape=(32, 32, 3), weights=None, classes=4, include_top=True,
-                **({"minimalistic": True} if name == "mobilenet_v3_small" else {}))
-    return model, {model.inputs[0].name: rng.random((ROWS, 32, 32, 3)) * 255}
+           "efficientnet_b0": keras.applications.EfficientNetB0}[name]  # B0: by hand, see SLOW
+    # With fresh BatchNorm statistics, random weights shrink activations to ~1e-11 by the last block:
+    # one answer for every input, which the vacuous check fails. One training-mode pass (momentum 0)
+    # gives every BatchNorm its batch's statistics, as a trained model's are.
+    backbone = app(input_shape=(32, 32, 3), weights=None, include_top=False, pooling="avg")
+    images = rng.random((ROWS, 32, 32, 3)) * 255
+    for layer in backbone.layers:
+        if isinstance(layer, keras.layers.BatchNormalization):
+            layer.momentum = 0.0
+    backbone(images[:64].astype("float32"), training=True)
+    x = keras.Input((32, 32, 3), name="image")
+    return keras.Model(x, keras.layers.Dense(4, name="logits")(backbone(x))), {"image": images}
 
 
 def _labels(model, inputs):
@@ -227,11 +236,11 @@ def test_artifacts_agree_with_keras_in_their_own_runtimes_on_fresh_inputs(export
         got = _independent(Path(row["path"]), fresh)
         assert set(got) == set(want), artifact
         for k in want:
-            tol = 1e-4 if row["quantization"] == "none" else 5e-3 if row["quantization"] == "float16" else None
-            if tol is not None:
-                np.testing.assert_allclose(got[k], want[k], atol=tol, rtol=1e-3, err_msg=f"{artifact} {k}")
-            else:  # int8: the same answer (argmax) on most rows, and the output in Keras's range
-                assert np.abs(got[k] - want[k]).max() < 0.5 * (np.abs(want[k]).max() + 1e-3), f"{artifact} {k}"
+            if row["quantization"] == "none":
+                np.testing.assert_allclose(got[k], want[k], atol=1e-4, rtol=1e-3, err_msg=f"{artifact} {k}")
+            else:  # judged by the metric: within a share of Keras's range (fp16 5 %, int8 50 %)
+                share = 0.05 if row["quantization"] == "float16" else 0.5
+                assert np.abs(got[k] - want[k]).max() <= share * (np.abs(want[k]).max() + 1e-3), f"{artifact} {k}"
 
 
 @pytest.mark.parametrize("name", MODELS)
@@ -305,3 +314,20 @@ def test_every_labelled_output_is_judged_and_reported_by_name(exported):
     assert result["output"] == "a_score" and "mae" in result and set(result["outputs"]) == {"z_probs", "a_score"}
     with pytest.raises(KerakitError, match="Invalid --metric-output 'nope'. This model's outputs: a_score, z_probs"):
         evaluate(rows["tflite-fp16"]["path"], sample=sample, metric_output="nope")
+
+
+def test_readme_shows_this_table():
+    """README's "Bring your own model" table: one row per model, each cell starting with this verdict."""
+    from pathlib import Path
+
+    text = (Path(__file__).resolve().parent.parent / "README.md").read_text()
+    section = text[text.index("## Bring your own model"):text.index("## When things go wrong")]
+    header = next(line for line in section.splitlines() if line.startswith("| model |"))
+    artifacts = [c.strip() for c in header.strip("|").split("|")][1:]
+    rows = {}
+    for line in section.splitlines():
+        if line.startswith("| `"):
+            cells = [c.strip() for c in line.strip("|").split("|")]
+            rows[cells[0].strip("`")] = {a: c.split()[0].rstrip(",:") for a, c in zip(artifacts, cells[1:])}
+    assert rows == {m: {a: (v if isinstance(v, str) else v[0]) for a, v in table.items()}
+                    for m, table in EXPECTED.items()}
