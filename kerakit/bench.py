@@ -58,7 +58,8 @@ def expand(paths: Iterable["str | os.PathLike"]) -> list[Path]:
     return found
 
 
-def _inputs(artifacts: list[Path], specs: list[runtime.Spec], data_dir: str | None, n: int) -> tuple[dict, str]:
+def _inputs(artifacts: list[Path], specs: list[runtime.Spec], data_dir: str | None, n: int,
+            input_shapes: dict | None = None) -> tuple[dict, str]:
     owners = {None if r is None else r.path for r in map(runs.find_run, artifacts)}
     run = runs.find_run(artifacts[0]) if len(owners) == 1 and None not in owners else None
     if run is not None:
@@ -68,10 +69,9 @@ def _inputs(artifacts: list[Path], specs: list[runtime.Spec], data_dir: str | No
         x, _ = load_data(recipe, run.config["config"], data_dir).arrays("test")
         reps = -(-n // len(next(iter(x.values()))))
         return {k: np.concatenate([v] * reps)[:n] for k, v in x.items()}, f"test split of {recipe.name} ({run.path})"
-    rng = np.random.default_rng(0)
-    arrays = {s.name: (rng.random((n, *s.shape[1:])).astype(s.dtype) if np.dtype(s.dtype).kind == "f"
-                       else rng.integers(0, 10, (n, *s.shape[1:])).astype(s.dtype)) for s in specs}
-    return arrays, "random data of the models' input specs (artifacts are not from one run)"
+    arrays = runtime.example_inputs(specs, input_shapes, n, seed=0)
+    shapes = ", ".join(f"{k}={'x'.join(map(str, v.shape[1:]))}" for k, v in arrays.items())
+    return arrays, f"random data of the models' input specs ({shapes}; artifacts are not from one run)"
 
 
 def rss_mb() -> float:
@@ -147,6 +147,7 @@ def bench(
     budget_s: float = 1.0,
     data_dir: str | None = None,
     out: "str | os.PathLike | None" = None,
+    input_shapes: "dict[str, tuple] | None" = None,
     log: Callable[[str], None] = print,
     progress: Callable[[int, int], None] | None = None,
 ) -> dict:
@@ -157,6 +158,8 @@ def bench(
     seconds of timing. sweep: also compare each artifact's runtime settings
     where its format has some; for a run directory, write its deployment.json.
     progress(done, total) is called after each (threads, batch) round.
+    input_shapes: the sizes of dimensions a model leaves open, for random
+    inputs ({"image": (1, 64, 64, 3)}); a run's models take its test split instead.
     """
     paths = expand(artifacts)
     batches, threads = sorted(set(int(b) for b in batches)), sorted(set(int(t) for t in threads))
@@ -175,15 +178,16 @@ def bench(
     with contextlib.ExitStack() as locks:  # bench.json's directory, and where swept settings are saved
         for directory in {runs.owner(out).resolve(), *(runs.owner(p.parent).resolve() for p in swept)}:
             locks.enter_context(runs.writer(directory, "kerakit bench"))
-        return _bench(paths, batches, threads, rule, warmup, swept, deploy, data_dir, out, log, progress)
+        return _bench(paths, batches, threads, rule, warmup, swept, deploy, data_dir, out, log, progress, input_shapes)
 
 
-def _bench(paths, batches, threads, rule: StopRule, warmup, swept, deploy, data_dir, out: Path, log, progress) -> dict:
+def _bench(paths, batches, threads, rule: StopRule, warmup, swept, deploy, data_dir, out: Path, log, progress,
+           input_shapes=None) -> dict:
     started = time.perf_counter()
     names = _labels(paths)
     with runtime.load(paths[0]) as first:
         specs = first.inputs
-    pool, inputs_from = _inputs(paths, specs, data_dir, max(batches))
+    pool, inputs_from = _inputs(paths, specs, data_dir, max(batches), input_shapes)
     log(f"Inputs: {inputs_from}.")
 
     swept_result, deployed, measured = {}, None, {}
@@ -241,11 +245,14 @@ def _compare(artifacts: dict[str, Path], pool: dict, batches: list[int], threads
             memory.setdefault(name, round(rss_mb() - before, 1))
         try:
             for batch in batches:
-                timing = {name: p for name, p in predictors.items() if reused.get(name) is None}
+                # A model converted for a fixed batch (an LSTM's TFLite file: 1) is timed at that batch only.
+                known = {n: r[batch] for n, r in reused.items() if r is not None and batch in r}
+                timing = {n: p for n, p in predictors.items() if n not in known and p.fixed_batch in (None, batch)}
                 feeds = {name: p.validate({k: v[:batch] for k, v in pool.items()}) for name, p in timing.items()}
                 timed = measure({name: (lambda p=p, f=feeds[name]: p.run(f)) for name, p in timing.items()}, rule, warmup)
                 new = [_row(name, formats.for_path(artifacts[name]).name, batch, n_threads,
-                            timed[name] if name in timed else reused[name][batch]) for name in reused]
+                            timed[name] if name in timed else known[name]) for name in reused
+                       if name in timed or name in known]
                 rows += new
                 if new:  # none when no artifact has a thread setting to compare
                     log(f"  batch {batch}, threads {n_threads}: "
@@ -291,8 +298,10 @@ def _sweep_table(configs: dict[tuple[str, str], tuple[Path, dict]], pool: dict, 
             predictors[key] = formats.for_path(path).load(path, **options)
         table = {}
         for batch in batches:
-            feeds = {k: p.validate({n: v[:batch] for n, v in pool.items()}) for k, p in predictors.items()}
-            timed = measure({k: (lambda p=p, f=feeds[k]: p.run(f)) for k, p in predictors.items()}, rule, warmup)
+            # A model converted for a fixed batch (an LSTM's TFLite file: 1) is timed at that batch only.
+            fitting = {k: p for k, p in predictors.items() if p.fixed_batch in (None, batch)}
+            feeds = {k: p.validate({n: v[:batch] for n, v in pool.items()}) for k, p in fitting.items()}
+            timed = measure({k: (lambda p=p, f=feeds[k]: p.run(f)) for k, p in fitting.items()}, rule, warmup)
             table[batch] = {k: _stats(v, batch) for k, v in timed.items()}
     finally:
         for p in predictors.values():
@@ -302,6 +311,7 @@ def _sweep_table(configs: dict[tuple[str, str], tuple[Path, dict]], pool: dict, 
 
 def _best_setting(table: dict, batches: list[int], names: list[str]) -> tuple[str, dict]:
     """A file's best setting over all batch sizes: p50 relative to each batch's fastest, summed."""
+    batches = [b for b in batches if all(k in table[b] for k in names)]  # a fixed-batch file: its batch only
     score = {k: sum(table[b][k]["p50_ms"] / min(table[b][j]["p50_ms"] for j in names) for b in batches) for k in names}
     best = min(score, key=score.get)
     return best, {k: round(v, 4) for k, v in score.items()}
@@ -321,7 +331,7 @@ def _save_best(path: Path, configs: dict, table: dict, batches: list[int], log) 
     runtime.save_tuned_options(path, configs[best], {"score": score[best], "batches": batches})
     log(f"  {formats.for_path(path).name} best for {path.name}: {best} (saved as its default in "
         f"{runs.RUNTIME_SETTINGS_FILE})")
-    return {"configs": {k: {str(b): table[b][k] for b in batches} for k in configs}, "best": best,
+    return {"configs": {k: {str(b): table[b][k] for b in batches if k in table[b]} for k in configs}, "best": best,
             "best_options": configs[best], "score": score}
 
 
@@ -347,7 +357,8 @@ def sweep_deployment(run: runs.Run, pool: dict, batches: list[int], threads: lis
     for b, c in choices.items():
         log(f"  batch {b}: deploy {c['artifact']} ({c['setting']}) {c['p50_ms']:.3f} ms{_pm(c)}"
             + (f", {c['beat'][0]['ratio']:.2f}x faster than {c['beat'][0]['artifact']}" if c["beat"] else ""))
-    measured = {_setting_key(path, options): {b: table[b][key] for b in batches} for key, (path, options) in configs.items()}
+    measured = {_setting_key(path, options): {b: table[b][key] for b in batches if key in table[b]}
+                for key, (path, options) in configs.items()}
     return sweep, {str(b): c for b, c in choices.items()}, measured
 
 

@@ -258,15 +258,18 @@ def _print_cv(summary: dict) -> None:
 @click.option("--recipe", help="Recipe whose test split to use (needed for a .keras file outside a run).")
 @click.option("--data-dir", help="TFDS data directory.")
 @click.option("--split", default="test", show_default=True, help="Which split to evaluate.")
+@click.option("--sample", type=click.Path(dir_okay=False), help="For a model outside a run: .npz of inputs by name and labels ('label', or 'label:OUTPUT' per output).")
+@click.option("--metric-output", help="The output the metric is computed on (default: the first Keras output).")
 @click.option("--json", "as_json", is_flag=True, help="Print the metrics as JSON.")
 @click.pass_context
-def evaluate_cmd(ctx, target, overrides, recipe, data_dir, split, as_json) -> None:
+def evaluate_cmd(ctx, target, overrides, recipe, data_dir, split, sample, metric_output, as_json) -> None:
     """Test-split metrics of a run or any artifact (.keras, .onnx, .tflite, SavedModel dir)."""
     from kerakit.evaluate import evaluate
 
     overrides = _parse_overrides(overrides)
     _needs_tensorflow(ctx)
-    metrics = evaluate(target, recipe=recipe, data_dir=data_dir, split=split, **overrides)
+    metrics = evaluate(target, recipe=recipe, data_dir=data_dir, split=split, sample=sample,
+                       metric_output=metric_output, **overrides)
     if as_json:
         click.echo(json.dumps(metrics, indent=2))
     else:
@@ -428,15 +431,19 @@ def _int_list(text: str, option: str) -> list[int]:
               "and, for a run, writing its deployment.json.")
 @click.option("--out", type=click.Path(file_okay=False), help="Where bench.json and bench.png go (default RUN/bench).")
 @click.option("--data-dir", help="TFDS data directory.")
+@click.option("--input-shape", "input_shapes", multiple=True, metavar="NAME=DIMS", help="Size of an input whose dimensions the model leaves open, batch first (repeatable), e.g. image=1x64x64x3.")
 @click.pass_context
-def bench_cmd(ctx, artifacts, batches, threads, runs_, precision, budget_s, warmup, no_sweep, out, data_dir) -> None:
+def bench_cmd(ctx, artifacts, batches, threads, runs_, precision, budget_s, warmup, no_sweep, out, data_dir,
+              input_shapes) -> None:
     """Latency/throughput of ARTIFACTS side by side (files, SavedModels, or a run = all its formats)."""
     from kerakit.bench import bench
+    from kerakit.runtime import parse_input_shapes
 
     batches, threads = _int_list(batches, "--batch"), _int_list(threads, "--threads")
+    shapes = parse_input_shapes(input_shapes)
     _needs_tensorflow(ctx)
     result = bench(artifacts, batches=batches, threads=threads, runs_=runs_, warmup=warmup, precision=precision,
-                   budget_s=budget_s, sweep=not no_sweep, data_dir=data_dir, out=out)
+                   budget_s=budget_s, sweep=not no_sweep, data_dir=data_dir, out=out, input_shapes=shapes)
     _print_bench(result)
 
 
@@ -509,7 +516,10 @@ def _print_metrics(metrics: dict) -> None:
 
     console = Console()
     headline = {k: v for k, v in metrics.items() if isinstance(v, (int, float))}
-    console.print("  ".join(f"{k}={v:.4f}" if isinstance(v, float) else f"{k}={v}" for k, v in headline.items()))
+    console.print(("" if "output" not in metrics else f"output={metrics['output']}  ")
+                  + "  ".join(f"{k}={v:.4f}" if isinstance(v, float) else f"{k}={v}" for k, v in headline.items()))
+    for name, values in metrics.get("outputs", {}).items():
+        console.print(f"  {name}: " + "  ".join(f"{k}={v:.4f}" for k, v in values.items() if isinstance(v, float)))
     if "per_class" in metrics:
         table = Table("class", "precision", "recall", "f1", "support", box=None)
         for row in metrics["per_class"]:
@@ -542,12 +552,17 @@ def _print_metrics(metrics: dict) -> None:
 @click.option("--log", "log_path", type=click.Path(dir_okay=False), help="Request log (JSON lines) for `kerakit drift` (default RUN/requests.jsonl when serving a run's model).")
 @click.option("--no-log", is_flag=True, help="Write no request log.")
 @click.option("--log-inputs", is_flag=True, help="Log raw input values too, not only per-row summary statistics.")
+@click.option("--input-shape", "input_shapes", multiple=True, metavar="NAME=DIMS", help="Warm-up size of an input whose dimensions the model leaves open, batch first (repeatable), e.g. image=1x64x64x3.")
 @click.pass_context
 def serve_cmd(ctx, source, name, model_dir, host, port, grpc_port, no_grpc, workers, max_batch, batch_wait_ms,
-              max_batch_rows, threads, max_body_mb, max_elements, keep_alive_s, log_path, no_log, log_inputs) -> None:
+              max_batch_rows, threads, max_body_mb, max_elements, keep_alive_s, log_path, no_log, log_inputs,
+              input_shapes) -> None:
     """Serve models: KServe v2 over HTTP and gRPC (Triton and KServe clients), TF Serving REST, /metrics."""
     from kerakit import runs
+    from kerakit.runtime import parse_input_shapes
     from kerakit.serve import ServeOptions, resolve, serve
+
+    shapes = parse_input_shapes(input_shapes)
 
     entries = resolve(source, name, model_dir)
     if log_path is None and not no_log and source is not None:
@@ -559,7 +574,7 @@ def serve_cmd(ctx, source, name, model_dir, host, port, grpc_port, no_grpc, work
     options = ServeOptions(max_body_bytes=int(max_body_mb * 1024 * 1024), max_elements=max_elements,
                            max_batch=max_batch, max_batch_rows=max_batch_rows, batch_wait_ms=batch_wait_ms,
                            threads=threads, log_path=None if no_log else log_path, log_inputs=log_inputs,
-                           grpc_address=None if no_grpc else f"{grpc_host}:{grpc_port}")
+                           grpc_address=None if no_grpc else f"{grpc_host}:{grpc_port}", input_shapes=shapes)
     serve(entries, options, host=host, port=port, workers=workers, keep_alive_s=keep_alive_s,
           announce=lambda m: click.echo(m, err=True))
 

@@ -1,4 +1,4 @@
-"""`kerakit evaluate`: test-split metrics of a run or a `.keras` file.
+"""`kerakit evaluate`: test-split metrics of a run, a `.keras` file, or any artifact on a `--sample`.
 
     kerakit.evaluate("runs/demo")["accuracy"]          # 0.9805
     kerakit.evaluate("runs/demo/export/model_int8.tflite")["accuracy"]
@@ -26,6 +26,8 @@ def evaluate(
     target: "str | os.PathLike",
     *,
     recipe: "str | os.PathLike | Recipe | None" = None,
+    sample: "str | os.PathLike | None" = None,
+    metric_output: str | None = None,
     data_dir: str | None = None,
     split: str = "test",
     **overrides: Any,
@@ -33,8 +35,12 @@ def evaluate(
     """Metrics of a run, or of any artifact (.keras, .onnx, .tflite, SavedModel), on `split`.
 
     An artifact inside a run (RUN/export/model_int8.tflite) is evaluated on
-    that run's recipe and config; one from elsewhere needs `recipe=`.
+    that run's recipe and config; one from elsewhere needs `recipe=` or
+    `sample=` (an .npz of inputs and labels, `kerakit.sample`). The metric is
+    computed on `metric_output` (default: the first output by Keras order).
     """
+    if sample is not None:
+        return evaluate_sample(Path(target), sample, metric_output)
     model_path, recipe, config, fold = _resolve(Path(target), recipe, overrides)
     if split not in recipe.splits:
         raise KerakitError(f"Invalid split={split!r}. Expected one of {', '.join(recipe.splits)}.")
@@ -47,13 +53,44 @@ def evaluate(
     from kerakit.data import load_data
 
     data = load_data(recipe, config, data_dir, fold=fold)
-    if fmt == "keras":
+    if fmt == "keras" and len(model.outputs) == 1 and metric_output is None:
         return {"format": fmt, **evaluate_model(model, data, split)}
+    if fmt == "keras":
+        from kerakit.formats.keras import KerasPredictor
+
+        model = KerasPredictor(model_path, model=model)
     with model:
         x, y = data.arrays(split)
-        outputs = runtime.predict_all(model, x)
-        metrics = _task_metrics(data, x, y, outputs[model.outputs[0].name])
-    return {"format": fmt, **metrics, "split": split, "examples": int(len(y))}
+        name = runtime.metric_output(model, metric_output)
+        outputs = runtime.predict_all(model, model.validate(x))
+        metrics = _task_metrics(data, x, y, outputs[name])
+    return {"format": fmt, "output": name, **metrics, "split": split, "examples": int(len(y))}
+
+
+def evaluate_sample(path: Path, sample: "str | os.PathLike", metric_output: str | None = None) -> dict:
+    """Metrics of any model on an .npz sample: the metric output's at the top, every labelled output's
+    under "outputs" (by name)."""
+    from kerakit import runtime
+    from kerakit.sample import read_sample, task_of
+
+    if not path.exists():
+        raise KerakitError(f"{str(path)!r} does not exist. Expected a model file or SavedModel directory.")
+    data = read_sample(sample)
+    if not data.labels:
+        raise KerakitError(f"--sample {str(sample)!r} has no labels: add 'label' (or 'label:OUTPUT') to evaluate.")
+    with runtime.load(path) as model:
+        name = runtime.metric_output(model, metric_output)
+        labels = data.labels_by_output(runtime.metric_output(model), [s.name for s in model.outputs])
+        if name not in labels:
+            raise KerakitError(f"--sample {str(sample)!r} has no labels for output {name!r} "
+                               f"(it labels {', '.join(labels)}): add 'label:{name}'.")
+        outputs = runtime.predict_all(model, model.validate(data.inputs))
+        per_output = {k: task_metrics(task_of(y), y, outputs[k]) for k, y in labels.items()}
+        fmt = model.format
+    result = {"format": fmt, "output": name, **per_output[name], "split": f"--sample {sample}", "examples": data.size}
+    if len(per_output) > 1:
+        result["outputs"] = per_output
+    return result
 
 
 def _task_metrics(data, x: dict, y, outputs) -> dict:

@@ -19,10 +19,10 @@ import numpy as np
 
 from kerakit import formats, runs
 from kerakit.errors import KerakitError
-from kerakit.formats.base import Predictor, Spec
+from kerakit.formats.base import Predictor, Spec, shape_text
 
-__all__ = ["Predictor", "Spec", "check_threads", "cores", "detect_format", "first_output", "load", "predict_all", "save_tuned_options",
-           "tuned_options"]
+__all__ = ["Predictor", "Spec", "check_threads", "cores", "detect_format", "example_inputs", "first_output", "load",
+           "metric_output", "parse_input_shapes", "predict_all", "save_tuned_options", "tuned_options"]
 
 
 def detect_format(path: "str | os.PathLike") -> str:
@@ -59,9 +59,78 @@ def predict_all(predictor: Predictor, inputs: dict[str, np.ndarray], batch: int 
     return {k: np.concatenate(v) for k, v in parts.items()}
 
 
-def first_output(predictor: Predictor, inputs: dict[str, np.ndarray], batch: int = 256) -> np.ndarray:
-    """Validate `inputs`, run them in batches, return the model's first output."""
-    return next(iter(predict_all(predictor, predictor.validate(inputs), batch).values()))
+def metric_output(predictor: Predictor, requested: str | None = None) -> str:
+    """The output a task metric is computed on: `requested`, else the first Keras output (by Keras order,
+    as the file records it), never the runtime's first; a multi-output file that records no order needs a name."""
+    names = [s.name for s in predictor.outputs]
+    if requested is not None:
+        if requested not in names:
+            raise KerakitError(f"Invalid --metric-output {requested!r}. This model's outputs: {', '.join(names)}.")
+        return requested
+    if len(names) == 1:
+        return names[0]
+    order = [n for n in predictor.keras_outputs() or () if n in names]
+    if not order:
+        raise KerakitError(f"{predictor.path.name} has {len(names)} outputs ({', '.join(names)}) and records no Keras "
+                           "order: pass --metric-output NAME.")
+    return order[0]
+
+
+def first_output(predictor: Predictor, inputs: dict[str, np.ndarray], batch: int = 256,
+                 output: str | None = None) -> np.ndarray:
+    """Validate `inputs`, run them in batches, return `output` (default: the first by Keras order)."""
+    return predict_all(predictor, predictor.validate(inputs), batch)[metric_output(predictor, output)]
+
+
+def parse_input_shapes(texts) -> dict[str, tuple[int, ...]]:
+    """`["image=1x64x64x3"]` -> {"image": (1, 64, 64, 3)}: the shapes `--input-shape` gives a dynamic model."""
+    shapes = {}
+    for text in texts or ():
+        name, sep, dims = str(text).partition("=")
+        try:
+            shape = tuple(int(d) for d in dims.lower().split("x"))
+        except ValueError:
+            shape = ()
+        if not sep or not name or not shape or min(shape) < 1:
+            raise KerakitError(f"Invalid --input-shape {text!r}: expected NAME=DIMS with positive integers joined "
+                               "by 'x', batch first (e.g. image=1x64x64x3).")
+        shapes[name.strip()] = shape
+    return shapes
+
+
+def example_inputs(specs: list[Spec], shapes: "dict[str, tuple] | None" = None, rows: int = 1,
+                   seed: int | None = None) -> dict[str, np.ndarray]:
+    """`rows` inputs of each spec's shape (zeros, or random with `seed`), dynamic dimensions from `shapes`.
+
+    A dimension other than the batch that the model leaves open (an image of any size) must come
+    from `shapes` (`--input-shape image=1x64x64x3`): a made-up 1x1 can break the model.
+    """
+    shapes = shapes or {}
+    unknown = sorted(set(shapes) - {s.name for s in specs})
+    if unknown:
+        raise KerakitError(f"--input-shape names {', '.join(unknown)}, which the model does not have; "
+                           f"its inputs: {', '.join(s.name for s in specs)}.")
+    rng = np.random.default_rng(seed) if seed is not None else None
+    arrays = {}
+    for s in specs:
+        given = shapes.get(s.name)
+        if given is not None and (len(given) != len(s.shape) or any(
+                w is not None and g != w for g, w in zip(given[1:], s.shape[1:]))):
+            raise KerakitError(f"Invalid --input-shape {s.name}={'x'.join(map(str, given))}: the model's input "
+                               f"{s.name!r} has shape {shape_text(s.shape)}.")
+        dims = tuple(given[1:]) if given is not None else tuple(s.shape[1:])
+        if None in dims:
+            raise KerakitError(f"Input {s.name!r} has dynamic dimensions {shape_text(s.shape)}: give a size, e.g. "
+                               f"--input-shape {s.name}=1x{'x'.join('64' if d is None else str(d) for d in s.shape[1:])}.")
+        shape = (rows, *dims)
+        if s.dtype == "object":
+            arrays[s.name] = np.full(shape, "", dtype=object)
+        elif rng is None:
+            arrays[s.name] = np.zeros(shape, s.dtype)
+        else:
+            arrays[s.name] = (rng.random(shape).astype(s.dtype) if np.dtype(s.dtype).kind == "f"
+                              else rng.integers(0, 10, shape).astype(s.dtype))
+    return arrays
 
 
 def cores() -> int:

@@ -78,10 +78,12 @@ def _export(chosen, run, model_path: Path, model, name: str, out: Path, recipe, 
 
     keras_predictor = KerasPredictor(model_path, model=model)
     samples = max(t.verify.samples for t in chosen)
-    data = verification_data(run, recipe, sample, data_dir, keras_predictor.inputs, samples)
+    data = verification_data(run, recipe, sample, data_dir, keras_predictor.inputs, samples,
+                             [s.name for s in keras_predictor.outputs])
     reference = make_reference(keras_predictor, data.numeric, split_at=data.split_at, task=data.task,
                                metric=data.metric, eval_inputs=data.eval_inputs, eval_labels=data.eval_labels,
-                               class_names=data.class_names, inputs_from=data.inputs_from)
+                               class_names=data.class_names, inputs_from=data.inputs_from,
+                               metric_output=data.metric_output, other_labels=data.other_labels)
     log(f"Verifying against Keras on {data.inputs_from}.")
     if data.class_names:
         runs.write_text(out / runs.LABELS_FILE, "\n".join(data.class_names) + "\n")

@@ -24,17 +24,19 @@ class VerificationData:
     metric: str | None = None                # the recipe's metric (None: the task's default)
     class_names: list[str] | None = None
     calibration: dict[str, np.ndarray] | None = None
+    metric_output: str | None = None         # None: the first Keras output
+    other_labels: dict[str, np.ndarray] | None = None  # labels of further outputs (--sample label:NAME)
     description: str = ""
     normalization: str = "unknown"
 
 
 def verification_data(run, recipe, sample: "str | os.PathLike | None", data_dir: str | None, inputs: list[Spec],
-                      samples: int) -> VerificationData:
+                      samples: int, outputs: "list[str] | None" = None) -> VerificationData:
     """`samples` held-out inputs, the labelled test split, and a calibration sample, from the best source there is."""
     if run is not None or recipe is not None:
         return _from_recipe(run, recipe, data_dir, inputs, samples)
     if sample is not None:
-        return _from_sample(sample, inputs)
+        return _from_sample(sample, inputs, outputs or [])
     return _random(inputs, samples)
 
 
@@ -62,26 +64,29 @@ def _from_recipe(run, recipe, data_dir, inputs, samples) -> VerificationData:
                     f"{len(test_y)} labelled test examples")
 
 
-def _from_sample(sample, inputs) -> VerificationData:
-    try:
-        with np.load(sample) as npz:
-            arrays = {k: npz[k] for k in npz.files}
-    except (OSError, ValueError) as e:
-        raise KerakitError(f"Cannot read --sample {str(sample)!r}: {e}. Expected an .npz of arrays by input name.") from None
-    labels = arrays.pop("label", None)
+def _from_sample(sample, inputs, outputs: list[str]) -> VerificationData:
+    from kerakit.sample import read_sample, task_of
+
+    data = read_sample(sample)
+    arrays = data.inputs
     check_names(arrays, inputs, f"--sample {sample}")
-    task = None if labels is None else "classification" if labels.dtype.kind in "iu" else "regression"
+    # `label` is the first Keras output's; with only label:NAME keys, the first labelled one by Keras order.
+    metric_output = outputs[0] if None in data.labels or not data.labels else next(
+        (o for o in outputs if o in data.labels), None)
+    labels = data.labels_by_output(metric_output, outputs) if data.labels else {}
     # Disjoint halves: int8 is judged on rows its calibration never saw (a quantizer that clips
     # outside the calibration range must not look perfect on the rows that set the range).
-    n = len(next(iter(arrays.values())))
+    n = data.size
     cut = min(CALIBRATION_SAMPLES, n // 2)
     held = {k: v[cut:] for k, v in arrays.items()}
+    first = labels.get(metric_output)
     return VerificationData(
-        numeric=held, eval_inputs=held if labels is not None else None,
-        eval_labels=labels[cut:] if labels is not None else None, task=task,
+        numeric=held, eval_inputs=held if labels else None,
+        eval_labels=first[cut:] if first is not None else None, task=task_of(first) if first is not None else None,
+        metric_output=metric_output, other_labels={k: v[cut:] for k, v in labels.items() if k != metric_output},
         calibration={k: v[:cut] for k, v in arrays.items()},
         inputs_from=f"--sample {sample}: {cut} of its {n} rows calibrate int8, the other {n - cut} verify"
-                    + (" (with labels)" if labels is not None else " (no labels: no metric)"))
+                    + (f" (labels for {', '.join(labels)})" if labels else " (no labels: no metric)"))
 
 
 def _random(inputs: list[Spec], samples: int) -> VerificationData:

@@ -53,6 +53,8 @@ class Reference:
     metric_name: str | None = None
     metric_output: str | None = None  # the Keras output the metric is computed on (its first, by Keras order)
     metric: float | None = None
+    other_labels: dict[str, np.ndarray] = field(default_factory=dict)  # further labelled outputs, by name
+    other_metrics: dict[str, tuple[str, str, float]] = field(default_factory=dict)  # name: (task, metric, Keras's)
     inputs_from: str = ""
 
     @property
@@ -77,6 +79,7 @@ class Check:
     numeric_examples: int | None = None
     metric: float | None = None
     metric_change: float | None = None
+    output_metrics: dict | None = None  # every labelled output's {metric, value, change}, by name
     verdict: str = "failed"
     reasons: list[str] = field(default_factory=list)
     footprint: dict | None = None  # Format.measure's figures (ram_bytes, flash_bytes, macs, ...)
@@ -87,16 +90,25 @@ class Check:
 
 
 def make_reference(keras_predictor: runtime.Predictor, numeric_inputs, *, split_at=None, task=None, metric=None,
-                   eval_inputs=None, eval_labels=None, class_names=None, inputs_from="") -> Reference:
-    """Keras outputs on `numeric_inputs`, and its `metric` (default: the task's) on the labelled inputs."""
+                   eval_inputs=None, eval_labels=None, class_names=None, inputs_from="", metric_output=None,
+                   other_labels=None) -> Reference:
+    """Keras outputs on `numeric_inputs`, and its `metric` (default: the task's) on the labelled inputs,
+    computed on `metric_output` (default: the first Keras output); `other_labels` score further outputs."""
     ref = Reference(numeric_inputs=numeric_inputs, numeric_outputs=predict_all(keras_predictor, numeric_inputs),
                     split_at=split_at, task=task, eval_inputs=eval_inputs, eval_labels=eval_labels,
-                    class_names=class_names, inputs_from=inputs_from)
-    if task is not None and eval_inputs is not None and eval_labels is not None:
+                    class_names=class_names, inputs_from=inputs_from, other_labels=dict(other_labels or {}))
+    if eval_inputs is None or (eval_labels is None and not ref.other_labels):
+        return ref
+    outputs = predict_all(keras_predictor, eval_inputs)
+    if task is not None and eval_labels is not None:
         ref.metric_name = metric or metrics.TASK_DEFAULTS[task]
-        ref.metric_output = keras_predictor.outputs[0].name
-        outputs = predict_all(keras_predictor, eval_inputs)[ref.metric_output]
-        ref.metric = metrics.score(task, ref.metric_name, eval_labels, outputs, class_names)
+        ref.metric_output = metric_output or keras_predictor.outputs[0].name
+        ref.metric = metrics.score(task, ref.metric_name, eval_labels, outputs[ref.metric_output], class_names)
+    for name, labels in ref.other_labels.items():
+        other_task = "classification" if labels.dtype.kind in "iu" else "regression"
+        other_metric = metrics.TASK_DEFAULTS[other_task]
+        ref.other_metrics[name] = (other_task, other_metric,
+                                   metrics.score(other_task, other_metric, labels, outputs[name]))
     return ref
 
 
@@ -113,7 +125,7 @@ def verify_artifact(path: "str | Path", reference: Reference, spec: ArtifactSpec
             return check
         check.numeric_examples = len(rows)
         _compare(check, got, {k: v[rows] for k, v in reference.numeric_outputs.items()}, spec, tolerances)
-        if reference.metric is not None:
+        if reference.metric is not None or reference.other_metrics:
             _judge_metric(check, predictor, reference, tolerances)
         elif spec.quantized:
             check.reasons.append("a quantized artifact is judged by the task metric, and no labelled data was given")
@@ -150,14 +162,23 @@ def _compare(check: Check, got: dict, expected: dict, spec: ArtifactSpec, tolera
 
 
 def _judge_metric(check: Check, predictor, reference: Reference, tolerances: Verify) -> None:
-    outputs = predict_all(predictor, reference.eval_inputs)[reference.metric_output]
-    check.metric = metrics.score(reference.task, reference.metric_name, reference.eval_labels, outputs,
-                                 reference.class_names)
-    check.metric_change = check.metric - reference.metric
-    reason = metrics.judge(reference.metric_name, reference.metric, check.metric, tolerances.max_metric_drop,
-                           tolerances.max_metric_rel_increase)
-    if reason:
-        check.reasons.append(reason)
+    """The task metric on every labelled output, bound by name; each may change at most as the target allows."""
+    outputs = predict_all(predictor, reference.eval_inputs)
+    judged = dict(reference.other_metrics)
+    if reference.metric is not None:
+        judged = {reference.metric_output: (reference.task, reference.metric_name, reference.metric), **judged}
+    check.output_metrics = {}
+    for name, (task, metric_name, keras_value) in judged.items():
+        labels = reference.eval_labels if name == reference.metric_output else reference.other_labels[name]
+        value = metrics.score(task, metric_name, labels, outputs[name],
+                              reference.class_names if name == reference.metric_output else None)
+        check.output_metrics[name] = {"metric": metric_name, "value": value, "change": value - keras_value}
+        if name == reference.metric_output:
+            check.metric, check.metric_change = value, value - keras_value
+        reason = metrics.judge(metric_name, keras_value, value, tolerances.max_metric_drop,
+                               tolerances.max_metric_rel_increase)
+        if reason:
+            check.reasons.append(reason if len(judged) == 1 else f"output {name!r}: {reason}")
 
 
 def _judge_footprint(check: Check, path: Path, spec: ArtifactSpec, budget: Budget) -> None:

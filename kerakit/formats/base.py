@@ -41,9 +41,22 @@ class Predictor:
     def __init__(self, path: Path):
         self.path = path
 
+    @property
+    def fixed_batch(self) -> int | None:
+        """The batch size a model was converted for (an LSTM's TFLite file: 1); None: any."""
+        return self.inputs[0].shape[0] if self.inputs and self.inputs[0].shape else None
+
     def predict(self, batch: "dict[str, np.ndarray] | np.ndarray") -> dict[str, np.ndarray]:
-        """Run one batch. A bare array is accepted for a one-input model."""
-        return self._run(self.validate(batch))
+        """Run one batch (in slices of `fixed_batch` rows where the model has one). A bare array is
+        accepted for a one-input model."""
+        checked, step = self.validate(batch), self.fixed_batch
+        n = len(next(iter(checked.values()))) if checked else 0
+        if step is None or n == step:
+            return self._run(checked)
+        if n % step:
+            raise KerakitError(f"This model takes batches of {step} row(s) at a time; got {n} rows.")
+        parts = [self._run({k: v[i:i + step] for k, v in checked.items()}) for i in range(0, n, step)]
+        return {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
 
     def run(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         """The hot path: a batch already returned by `validate`, run with no checks."""
@@ -70,6 +83,13 @@ class Predictor:
     def _run(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:  # pragma: no cover
         raise NotImplementedError
 
+    def keras_outputs(self) -> list[str] | None:
+        """The output names in the Keras model's order, where the file records it (kerakit's metadata).
+
+        `outputs` follow the runtime's order (by name for LiteRT and SavedModel), which is not Keras's.
+        """
+        return None
+
     def close(self) -> None:
         pass
 
@@ -94,7 +114,7 @@ def _checked(spec: Spec, value: np.ndarray) -> np.ndarray:
             f"Input {spec.name!r} has rank {value.ndim} (shape {value.shape}); "
             f"expected rank {len(spec.shape)} with shape {shape_text(spec.shape)}."
         )
-    for got, want in zip(value.shape, spec.shape):
+    for got, want in zip(value.shape[1:], spec.shape[1:]):  # the batch: see Predictor.predict
         if want is not None and got != want:
             raise KerakitError(f"Input {spec.name!r} has shape {value.shape}; expected {shape_text(spec.shape)}.")
     if value.dtype.kind == "f" and np.dtype(spec.dtype).kind in "iu":
@@ -103,7 +123,8 @@ def _checked(spec: Spec, value: np.ndarray) -> np.ndarray:
 
 
 def shape_text(shape) -> str:
-    return "(" + ", ".join("batch" if d is None else str(d) for d in shape) + ")"
+    """(None, None, None, 3) -> "(batch, ?, ?, 3)": the batch, then dimensions the model leaves open."""
+    return "(" + ", ".join(("batch" if i == 0 else "?") if d is None else str(d) for i, d in enumerate(shape)) + ")"
 
 
 @dataclass(frozen=True)

@@ -62,8 +62,10 @@ def load_keras_model(path: "str | os.PathLike"):
         return keras.saving.load_model(path, custom_objects=objects or None)
     except TypeError as e:
         missing = re.search(r"Could not locate (?:class|function) '([^']+)'", str(e))
-        if not missing:
-            raise
+        if not missing:  # Keras nests its causes; the innermost says what went wrong
+            cause = [line for line in str(e).splitlines() if line.startswith("Exception encountered:")]
+            text = (cause[-1].removeprefix("Exception encountered:") if cause else str(e).splitlines()[0]).strip()
+            raise KerakitError(f"Cannot load {str(path)!r}: {text[:300]}") from e
         raise KerakitError(
             f"{str(path)!r} uses the custom class {missing.group(1)!r}, which is not known here: pass "
             "--custom-objects MODULE (the module that defines it; repeatable), or import it in the recipe."
@@ -88,6 +90,9 @@ class KerasPredictor(Predictor):
         self.inputs = [Spec(t.name, tuple(t.shape), str(t.dtype)) for t in self.model.inputs]
         self.outputs = [Spec(_layer_name(t, i, self.model), tuple(t.shape), str(t.dtype))
                         for i, t in enumerate(self.model.outputs)]
+
+    def keras_outputs(self) -> list[str]:
+        return [s.name for s in self.outputs]
 
     def _run(self, batch):
         x = batch[self.inputs[0].name] if len(self.inputs) == 1 else batch

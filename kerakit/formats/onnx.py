@@ -38,9 +38,26 @@ def check_opset(opset) -> int:
 def convert(context, spec, path: Path) -> None:
     opset = spec.option("opset")
     if spec.quantization == "none":
-        return write_onnx(context.savedmodel(), opset, path)
-    fp32 = context.intermediate(f"float-{opset}.onnx", lambda p: write_onnx(context.savedmodel(), opset, p))
-    quantize(fp32, spec.quantization, context.calibration, path)
+        write_onnx(context.savedmodel(), opset, path)
+    else:
+        fp32 = context.intermediate(f"float-{opset}.onnx", lambda p: write_onnx(context.savedmodel(), opset, p))
+        quantize(fp32, spec.quantization, context.calibration, path)
+    add_metadata(path, {**context.metadata, "quantization": spec.quantization})
+
+
+def add_metadata(path: Path, metadata: dict) -> None:
+    """kerakit's metadata (name, Keras output order, labels) as the model's "kerakit" metadata_props entry."""
+    import json
+
+    import onnx
+
+    proto = onnx.load(str(path))
+    kept = [p for p in proto.metadata_props if p.key != "kerakit"]
+    del proto.metadata_props[:]
+    proto.metadata_props.extend(kept)
+    proto.metadata_props.add(key="kerakit", value=json.dumps(metadata, sort_keys=True))
+    with runs.atomic_path(path) as tmp:
+        onnx.save(proto, str(tmp))
 
 
 def write_onnx(savedmodel: Path, opset: int, path: Path) -> None:
@@ -56,6 +73,7 @@ def write_onnx(savedmodel: Path, opset: int, path: Path) -> None:
 
     from kerakit.quiet import muted_stderr
 
+    _register_handlers()
     with muted_stderr():
         graph_def, inputs, outputs, tables, renames = tf_loader.from_saved_model(
             str(savedmodel), None, None, None, [SIGNATURE], None, False,
@@ -70,6 +88,33 @@ def write_onnx(savedmodel: Path, opset: int, path: Path) -> None:
             dims[0].dim_param = "batch"  # tf2onnx names it unk__NN
     with runs.atomic_path(path) as tmp:
         onnx.save(proto, str(tmp))
+
+
+_HANDLERS: list = []
+
+
+def _register_handlers() -> None:
+    """TensorFlow ops tf2onnx lacks, as handlers it finds by op name (registered once per process).
+
+    Erfc (exact GELU, `gelu(approximate=False)`, computes 0.5 * x * erfc(-x / sqrt 2)): 1 - Erf(x).
+    """
+    if _HANDLERS:
+        return
+    from tf2onnx import utils
+    from tf2onnx.handler import tf_op
+
+    @tf_op("Erfc")
+    class Erfc:
+        @classmethod
+        def version_9(cls, ctx, node, **kwargs):  # Erf is ONNX opset 9
+            x = node.input[0]
+            erf = ctx.make_node("Erf", [x], shapes=[ctx.get_shape(x)], dtypes=[ctx.get_dtype(x)]).output[0]
+            one = ctx.make_const(utils.make_name("one"),
+                                 np.array(1, dtype=utils.map_onnx_to_numpy_type(ctx.get_dtype(x)))).output[0]
+            node.type = "Sub"
+            ctx.replace_inputs(node, [one, erf])
+
+    _HANDLERS.append(Erfc)
 
 
 def _check_ops(proto, opset: int) -> None:
@@ -147,6 +192,12 @@ class OnnxPredictor(Predictor):
         self.inputs = [Spec(i.name, _shape(i.shape), TYPES.get(i.type, i.type)) for i in self.session.get_inputs()]
         self.outputs = [Spec(o.name, _shape(o.shape), TYPES.get(o.type, o.type)) for o in self.session.get_outputs()]
         self._output_names = [o.name for o in self.outputs]
+
+    def keras_outputs(self) -> list[str] | None:
+        import json
+
+        text = self.session.get_modelmeta().custom_metadata_map.get("kerakit")
+        return json.loads(text).get("outputs") if text else None
 
     def _run(self, batch):
         return dict(zip(self._output_names, self.session.run(self._output_names, batch)))

@@ -8,6 +8,7 @@ layers' names, with a dynamic batch dimension.
 
 from __future__ import annotations
 
+import json
 import shutil
 from pathlib import Path
 
@@ -47,9 +48,14 @@ def write_savedmodel(model, inputs: list[Spec], outputs: list[str], path: Path, 
         archive.write_out(str(tmp), verbose=False)
 
 
+METADATA = "assets/kerakit.json"  # name, Keras output order, labels; TF Serving ignores unused assets
+
+
 def convert(context, spec, path: Path) -> None:
     with runs.atomic_dir(path) as tmp:
         shutil.copytree(context.savedmodel(), tmp, dirs_exist_ok=True)
+        (tmp / METADATA).parent.mkdir(exist_ok=True)
+        (tmp / METADATA).write_text(json.dumps(context.metadata, sort_keys=True))
 
 
 class SavedModelPredictor(Predictor):
@@ -70,6 +76,10 @@ class SavedModelPredictor(Predictor):
         self.inputs = [Spec(k, tuple(v.shape), v.dtype.name) for k, v in sorted(kwargs.items())]
         self.outputs = [Spec(k, tuple(v.shape), v.dtype.name) for k, v in sorted(self._fn.structured_outputs.items())]
         self._tf = tf
+
+    def keras_outputs(self) -> list[str] | None:
+        metadata = self.path / METADATA
+        return json.loads(metadata.read_text()).get("outputs") if metadata.is_file() else None
 
     def _run(self, batch):
         out = self._fn(**{k: self._tf.constant(v) for k, v in batch.items()})

@@ -16,7 +16,7 @@ from kerakit import runs
 from kerakit.errors import KerakitError
 from kerakit.formats import calibration, register
 from kerakit.formats.base import Format, Option, Predictor, Spec, Variant
-from kerakit.formats.savedmodel import SIGNATURE
+from kerakit.formats.savedmodel import SIGNATURE, write_savedmodel
 
 IO_TYPES = ("int8", "uint8", "float32")
 # Elementwise ops that may sit between a model's raw inputs and its first
@@ -32,12 +32,39 @@ def _check_io(value) -> str:
 
 # --------------------------------------------------------------------------- conversion
 
+def _check_batch(value) -> int | None:
+    if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value < 1):
+        raise KerakitError(f"Invalid batch={value!r}. Expected a positive integer (or leave it out: dynamic batch).")
+    return value
+
+
 def convert(context, spec, path: Path) -> None:
-    data = tflite_bytes(context.savedmodel(), spec.quantization, spec.option("io"), context.inputs,
-                        context.calibration)
+    batch = spec.option("batch")
+    recurrent = recurrent_layers(context.model)
+    if recurrent and spec.quantization == "int8":  # checked, not tried: the converter dies with SIGSEGV
+        raise ValueError(f"full-integer int8 of a recurrent layer ({', '.join(recurrent)}) crashes the TFLite "
+                         "converter (TensorFlow 2.21, segfault in calibration): use tflite-dynamic or tflite-fp16 "
+                         "with batch = 1, or onnx-int8")
+    savedmodel = context.savedmodel() if batch is None else context.intermediate(
+        f"savedmodel-batch{batch}", lambda p: write_savedmodel(context.model, context.inputs, context.output_names,
+                                                               p, batch=batch))
+    data = tflite_bytes(savedmodel, spec.quantization, spec.option("io"), context.inputs, context.calibration)
     data = add_metadata(data, {**context.metadata, "quantization": spec.quantization})
     with runs.atomic_path(path) as tmp:
         tmp.write_bytes(data)
+
+
+def recurrent_layers(model) -> list[str]:
+    """Class names of the recurrent layers (LSTM, GRU, Bidirectional, ...) anywhere in a Keras model."""
+    import keras
+
+    found, stack = [], list(getattr(model, "layers", []))
+    while stack:
+        layer = stack.pop()
+        if isinstance(layer, (keras.layers.RNN, keras.layers.Bidirectional)):
+            found.append(type(layer).__name__)
+        stack += getattr(layer, "layers", [])
+    return sorted(set(found))
 
 
 def tflite_bytes(savedmodel: Path, quantization: str, io: str, inputs: list[Spec],
@@ -109,6 +136,10 @@ def _convert(converter) -> bytes:
             return converter.convert()
     except Exception as e:
         ops = sorted(set(re.findall(r"'tf\.(\w+)' op is neither a custom op nor a flex op", str(e))))
+        if "TensorListReserve' op requires element_shape to be static" in str(e):
+            raise ValueError(
+                "an LSTM/GRU needs a fixed batch for TFLite builtins ('tf.TensorListReserve' op requires "
+                "element_shape to be static): set batch = 1 on this artifact in the target's [[artifacts]]") from e
         if ops:
             raise ValueError(f"TensorFlow op(s) {', '.join(ops)} not supported by TFLite builtin ops") from e
         raise
@@ -170,39 +201,66 @@ class LiteRTPredictor(Predictor):
         signatures = self._interpreter.get_signature_list()
         if signatures:
             key = SIGNATURE if SIGNATURE in signatures else next(iter(signatures))
-            self._runner = self._interpreter.get_signature_runner(key)
-            in_details = self._runner.get_input_details()
-            out_details = self._runner.get_output_details()
+            runner = self._interpreter.get_signature_runner(key)
+            in_details, out_details = runner.get_input_details(), runner.get_output_details()
+            self._subgraph = self._interpreter._interpreter.GetSubgraphIndexFromSignature(key)
         else:  # a model converted without signatures: use tensor order and names
-            self._runner = None
-            self._interpreter.allocate_tensors()
             in_details = {d["name"]: d for d in self._interpreter.get_input_details()}
             out_details = {d["name"]: d for d in self._interpreter.get_output_details()}
+            self._subgraph = 0
         self._in, self._out = in_details, out_details
-        # Callers see float tensors where the file quantized a float model's I/O.
-        self.inputs = [Spec(k, (None, *map(int, d["shape"][1:])), _float_view(d)) for k, d in sorted(in_details.items())]
-        self.outputs = [Spec(k, (None, *map(int, d["shape"][1:])), _float_view(d)) for k, d in sorted(out_details.items())]
-        with muted_stderr():  # the first invoke creates the XNNPACK delegate and says so on stderr
-            self._run({s.name: np.zeros((1, *s.shape[1:]), s.dtype) for s in self.inputs})
+        # Callers see float tensors where the file quantized a float model's I/O; dims the model
+        # leaves open (shape_signature -1: the batch, an image of any size) are None.
+        self.inputs = [Spec(k, _signature(d), _float_view(d)) for k, d in sorted(in_details.items())]
+        self.outputs = [Spec(k, _signature(d), _float_view(d)) for k, d in sorted(out_details.items())]
+        self._wrapper = self._interpreter._interpreter  # what SignatureRunner drives, minus its per-call resize
+        # The shape each input is allocated for: a call of that shape neither resizes nor reallocates
+        # (a resize, even to the same shape, measured invoke 1.5-3x slower on an int8 CNN at batch 1).
+        self._shapes: dict[str, tuple] = {}
+        try:
+            self._wrapper.AllocateTensors(self._subgraph)
+            self._shapes = {k: tuple(int(n) for n in d["shape"]) for k, d in in_details.items()}
+        except RuntimeError:  # a placeholder size (1x1 for an image of any size) the model cannot take
+            pass
+        if all(None not in s.shape[1:] for s in self.inputs):
+            with muted_stderr():  # the first invoke creates the XNNPACK delegate and says so on stderr
+                self._run({s.name: np.zeros((s.shape[0] or 1, *s.shape[1:]), s.dtype) for s in self.inputs})
+
+    def keras_outputs(self) -> list[str] | None:
+        return (read_metadata(self.path) or {}).get("outputs")
 
     @property
     def quantized_io(self) -> bool:
         return any(d["dtype"] in (np.int8, np.uint8) and d["quantization"][0] for d in self._in.values())
 
     def _run(self, batch):
+        """Resize and allocate only when an input's shape changes; then set, invoke, get."""
+        wrapper, subgraph = self._wrapper, self._subgraph
         feeds = {k: _quantize(v, self._in[k]) for k, v in batch.items()}
-        out = self._runner(**feeds) if self._runner is not None else self._invoke_by_index(feeds)
-        return {k: _dequantize(v, self._out[k]) for k, v in out.items()}
+        changed = [k for k, v in feeds.items() if self._shapes.get(k) != v.shape]
+        if changed:
+            for k in changed:
+                wrapper.ResizeInputTensor(self._in[k]["index"], np.array(feeds[k].shape, np.int32), False, subgraph)
+            try:
+                wrapper.AllocateTensors(subgraph)
+            except RuntimeError as e:
+                self._shapes.clear()
+                shapes = ", ".join(f"{k}={'x'.join(map(str, v.shape))}" for k, v in feeds.items())
+                raise KerakitError(f"{self.path.name} cannot run inputs of shape {shapes}: "
+                                   f"{str(e).splitlines()[0][:200]}") from None
+            self._shapes.update({k: feeds[k].shape for k in changed})
+        for k, v in feeds.items():
+            wrapper.SetTensor(self._in[k]["index"], np.ascontiguousarray(v), subgraph)
+        wrapper.Invoke(subgraph)
+        return {k: _dequantize(wrapper.GetTensor(d["index"], subgraph), d) for k, d in self._out.items()}
 
-    def _invoke_by_index(self, feeds):
-        it = self._interpreter
-        for name, value in feeds.items():
-            it.resize_tensor_input(self._in[name]["index"], value.shape)
-        it.allocate_tensors()
-        for name, value in feeds.items():
-            it.set_tensor(self._in[name]["index"], value)
-        it.invoke()
-        return {name: it.get_tensor(d["index"]) for name, d in self._out.items()}
+
+def _signature(detail) -> tuple:
+    """The shape the model accepts: shape_signature's -1s as None (the batch is None where it has none)."""
+    signature = detail.get("shape_signature")
+    if signature is None or len(signature) != len(detail["shape"]) or not len(signature):
+        return (None, *map(int, detail["shape"][1:])) if len(detail["shape"]) else ()
+    return tuple(None if int(d) < 0 else int(d) for d in signature)
 
 
 def _float_view(detail) -> str:
@@ -211,11 +269,17 @@ def _float_view(detail) -> str:
 
 
 def _quantize(value: np.ndarray, detail) -> np.ndarray:
+    """round(value / scale + zero_point), clipped to the integer type: in place, on the hot path."""
     dtype = detail["dtype"]
     scale, zero_point = detail["quantization"]
     if dtype in (np.int8, np.uint8) and scale and value.dtype.kind == "f":
-        info = np.iinfo(dtype)
-        return np.clip(np.round(value / scale + zero_point), info.min, info.max).astype(dtype)
+        low, high = (-128, 127) if dtype == np.int8 else (0, 255)
+        q = np.divide(value, scale, dtype=np.float32)
+        q += zero_point
+        np.rint(q, out=q)
+        np.maximum(q, low, out=q)
+        np.minimum(q, high, out=q)
+        return q.astype(dtype)
     return value.astype(dtype, copy=False)
 
 
@@ -234,7 +298,9 @@ FORMAT = register(Format(
               Variant("float16", "tflite-fp16", "model_fp16.tflite"),
               Variant("dynamic", "tflite-dynamic", "model_dynamic.tflite"),
               Variant("int8", "tflite-int8", "model_int8.tflite")),
-    options={"io": Option("int8", _check_io, "full-integer model inputs/outputs: int8 | uint8 | float32")},
+    options={"io": Option("int8", _check_io, "full-integer model inputs/outputs: int8 | uint8 | float32"),
+             "batch": Option(None, _check_batch, "a fixed batch size (LSTM/GRU need one for builtin ops); "
+                                                 "default: dynamic")},
     convert=convert,
     runtime_options=("threads",),
     triton_platform="tensorflow_tflite",

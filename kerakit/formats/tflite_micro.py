@@ -74,8 +74,10 @@ def _check_io(value) -> str:
 def convert(context, spec, path: Path) -> None:
     """int8 TFLite at batch 1 from the Keras model, checked in TFLM, written with its firmware files."""
     from kerakit.formats.savedmodel import write_savedmodel
-    from kerakit.formats.tflite import add_metadata, tflite_bytes
+    from kerakit.formats.tflite import add_metadata, recurrent_layers, tflite_bytes
 
+    if recurrent_layers(context.model):  # the int8 converter dies with SIGSEGV on them
+        raise ValueError(f"TFLite Micro int8 cannot take recurrent layers ({', '.join(recurrent_layers(context.model))})")
     # A fixed batch of 1 also spares the graph the SHAPE/PACK ops a dynamic Flatten needs.
     savedmodel = context.intermediate("savedmodel-batch1", lambda p: write_savedmodel(
         context.model, context.inputs, context.output_names, p, batch=1))

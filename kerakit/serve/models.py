@@ -50,6 +50,7 @@ class ServeOptions:
     log_path: str | None = None
     log_inputs: bool = False
     grpc_address: str | None = None  # "host:port" of the KServe v2 gRPC service; None: no gRPC
+    input_shapes: dict = field(default_factory=dict)  # {input: shape} for warming up a dynamic model
 
 
 @dataclass
@@ -166,9 +167,14 @@ class Model:
         self.executor = ThreadPoolExecutor(1, thread_name_prefix=f"infer-{self.name}")
         self.queue: asyncio.Queue | None = None
         self.batch_sizes: list[int] = []  # rows per model call, when batching (for metrics)
-        # Warm up: the first call of every runtime is slow.
-        for predictor in (self.predictor, *(p for _, p in self.routes)):
-            predictor.run({s.name: _zeros(s) for s in self.predictor.inputs})
+        # Warm up (the first call of every runtime is slow) at a real size: a model with open dimensions
+        # needs --input-shape, since a made-up 1x1 image can break it.
+        shapes = {k: v for k, v in options.input_shapes.items() if k in self.inputs}
+        try:
+            for predictor in (self.predictor, *(p for _, p in self.routes)):
+                predictor.run(runtime.example_inputs(self.predictor.inputs, shapes))
+        except KerakitError as e:
+            raise KerakitError(f"Cannot serve model {self.name!r}: {e}") from None
 
     def check(self, batch: dict[str, np.ndarray], max_elements: int) -> dict[str, np.ndarray]:
         """`batch` validated and cast for this model, or a BadRequest saying what is wrong."""
@@ -254,12 +260,15 @@ class Model:
         return next((p for rows_from, p in self.routes if n >= rows_from), self.predictor)
 
     def run(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        """The runtime call, in slices of RUN_ROWS rows (see there) for a larger batch."""
+        """The runtime call, in slices of RUN_ROWS rows (see there) for a larger batch, or of the
+        model's fixed batch size (a recurrent model's TFLite file takes one row at a time)."""
         n = rows(batch)
-        if n <= RUN_ROWS:
-            return self.predictor_for(n).run(batch)
-        predictor = self.predictor_for(RUN_ROWS)
-        parts = [predictor.run({k: v[i:i + RUN_ROWS] for k, v in batch.items()}) for i in range(0, n, RUN_ROWS)]
+        predictor = self.predictor_for(n)
+        step = predictor.fixed_batch or RUN_ROWS
+        if n <= step:
+            return predictor.run(batch)
+        predictor = self.predictor_for(step)
+        parts = [predictor.run({k: v[i:i + step] for k, v in batch.items()}) for i in range(0, n, step)]
         return {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
 
     def close(self) -> None:
@@ -293,11 +302,6 @@ def class_names(path: str) -> list[str] | None:
         if labels.is_file():
             return labels.read_text(encoding="utf-8", errors="replace").splitlines()
     return None
-
-
-def _zeros(spec) -> np.ndarray:
-    shape = (1, *[d or 1 for d in spec.shape[1:]])
-    return np.full(shape, "", dtype=object) if spec.dtype == "object" else np.zeros(shape, spec.dtype)
 
 
 def rows(batch: dict[str, np.ndarray]) -> int:
