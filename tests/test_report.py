@@ -8,7 +8,7 @@ import os
 
 import pytest
 
-from conftest import ROOT, cli_in_process, run_cli
+from conftest import ROOT, cli_in_process
 
 
 @pytest.fixture(scope="module")
