@@ -20,6 +20,13 @@ Figures are ratios measured within one run (this machine is shared and noisy):
   SavedModel signature; those defaults vs the best ONNX setting of the sweep
   (target <= 1.1x); LiteRT int8 vs float32 (target <= 0.6x); the bench
   harness (`Predictor.run`) vs a bare `session.run` loop (target <= 1.03).
+  `python bench/run.py inference` runs it alone (digits_mobilenet trained 2 epochs:
+  only its shape matters to latency), and first, under "int8_and_wrapper": int8 / fp32
+  latency for LiteRT and ONNX Runtime (1 thread each, the four files interleaved
+  in one loop, 3 repeats, median and each repeat) at batch 1 and 32 (goal <= 0.7
+  for MobileNetV3), and each format's kerakit Predictor call / the bare runtime
+  call at batch 1 (LiteRT set_tensor/invoke/get_tensor, `session.run`, the
+  SavedModel signature; goal <= 1.05). "closing_note" lists them with the goals.
 - deployment (deployment.json), same two models, after exporting server, edge
   and x86: the wall time of `kerakit bench RUN` as build runs it (goal <= 90 s
   for digits_mobilenet on a quiet machine) with every figure's precision; the
@@ -51,6 +58,8 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+
+import numpy as np
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 ROOT = Path(__file__).resolve().parent.parent
@@ -361,6 +370,106 @@ def deployment_figures(run_path: Path, runs_: int = 200, export_first: bool = Tr
     return out
 
 
+# --------------------------------------------------------------------------- int8 and wrapper (issue 15a)
+
+def _lite_bare(path: Path, x: np.ndarray):
+    """What a user writes against LiteRT: one interpreter sized for this batch, set/invoke/get, input quantized once."""
+    from ai_edge_litert.interpreter import Interpreter
+
+    interpreter = Interpreter(model_path=str(path), num_threads=1)
+    inp, out = interpreter.get_input_details()[0], interpreter.get_output_details()[0]
+    interpreter.resize_tensor_input(inp["index"], x.shape)
+    interpreter.allocate_tensors()
+    scale, zero_point = inp["quantization"]
+    if inp["dtype"] != np.float32 and scale:
+        info = np.iinfo(inp["dtype"])
+        x = np.clip(np.round(x / scale + zero_point), info.min, info.max).astype(inp["dtype"])
+
+    def call():
+        interpreter.set_tensor(inp["index"], x)
+        interpreter.invoke()
+        return interpreter.get_tensor(out["index"])
+
+    return call
+
+
+def _ratio_repeats(calls: dict, pairs: dict, repeats: int, seconds: float, block: int) -> dict:
+    """p50(a) / p50(b) for each pair (a, b) of `calls`, measured `repeats` times in interleaved blocks."""
+    from kerakit.bench import time_interleaved
+
+    for call in calls.values():  # warm, and size the runs to ~`seconds` for all the calls together
+        call()
+    start = time.perf_counter()
+    for call in calls.values():
+        call()
+    runs_ = max(3 * block, min(2000, int(seconds / max(time.perf_counter() - start, 1e-6))))
+    ratios: dict[str, list[float]] = {name: [] for name in pairs}
+    for _ in range(repeats):
+        p50 = _p50s(time_interleaved(calls, runs_, warmup=block, block=block))
+        for name, (a, b) in pairs.items():
+            ratios[name].append(p50[a] / p50[b])
+    return {name: {"median": round(statistics.median(r), 3), "repeats": [round(v, 3) for v in r]}
+            for name, r in ratios.items()} | {"runs_per_repeat": runs_}
+
+
+def int8_and_wrapper(run_path: Path, repeats: int = 3) -> dict:
+    """int8/fp32 latency per runtime and batch (LiteRT and ONNX Runtime, 1 thread each, all four files
+    interleaved in one loop), and each format's kerakit Predictor call over the bare runtime call at batch 1."""
+    import tensorflow as tf
+
+    from kerakit import formats
+    from kerakit.data import load_data
+    from kerakit.runs import Run
+
+    run = Run.open(run_path)
+    out_dir = run.export_dir
+    x_test, _ = load_data(run.recipe(), run.config["config"]).arrays("test")
+    files = {"litert_fp32": out_dir / "model_fp32.tflite", "litert_int8": out_dir / "model_int8.tflite",
+             "onnx_fp32": out_dir / "model.onnx", "onnx_int8": out_dir / "model_int8.onnx"}
+    predictors = {k: formats.get("tflite" if k.startswith("litert") else "onnx").load(p, threads=1)
+                  for k, p in files.items()}
+    result = {"recipe": run.config["recipe"], "threads": 1, "int8_vs_fp32": {}, "wrapper_vs_bare_batch1": {}}
+    for batch in (1, 32):
+        x = {k: v[:batch] for k, v in x_test.items()}
+        feeds = {k: p.validate(x) for k, p in predictors.items()}
+        calls = {k: (lambda p=p, f=feeds[k]: p.run(f)) for k, p in predictors.items()}
+        result["int8_vs_fp32"][str(batch)] = _ratio_repeats(
+            calls, {"litert": ("litert_int8", "litert_fp32"), "onnx": ("onnx_int8", "onnx_fp32")},
+            repeats, seconds=4.0, block=10 if batch == 1 else 3)
+    x = {k: v[:1] for k, v in x_test.items()}
+    single, feeds = next(iter(x.values())), {k: p.validate(x) for k, p in predictors.items()}
+    savedmodel = formats.get("savedmodel").load(out_dir / "savedmodel")
+    signature = tf.saved_model.load(str(out_dir / "savedmodel")).signatures["serving_default"]
+    bare = {"litert_fp32": _lite_bare(files["litert_fp32"], single), "litert_int8": _lite_bare(files["litert_int8"], single),
+            "onnx_fp32": lambda s=predictors["onnx_fp32"].session, f=feeds["onnx_fp32"]: s.run(None, f),
+            "onnx_int8": lambda s=predictors["onnx_int8"].session, f=feeds["onnx_int8"]: s.run(None, f),
+            "savedmodel": lambda f=savedmodel.validate(x): {k: v.numpy() for k, v in signature(
+                **{n: tf.constant(a) for n, a in f.items()}).items()}}
+    for name, call in bare.items():
+        predictor = savedmodel if name == "savedmodel" else predictors[name]
+        feed = predictor.validate(x)
+        result["wrapper_vs_bare_batch1"][name] = _ratio_repeats(
+            {"kerakit": lambda p=predictor, f=feed: p.run(f), "bare": call}, {"ratio": ("kerakit", "bare")},
+            repeats, seconds=1.5, block=20)["ratio"]
+    for p in (*predictors.values(), savedmodel):
+        p.close()
+    return result
+
+
+def _int8_goals(models: list[dict]) -> list[str]:
+    """The closing note: each figure with its goal."""
+    lines = []
+    for m in models:
+        for batch, ratios in m["int8_vs_fp32"].items():
+            for runtime_ in ("litert", "onnx"):
+                goal = "goal <= 0.7" if m["recipe"] == "digits_mobilenet" else "no goal (small CNN)"
+                lines.append(f"{m['recipe']} {runtime_} int8/fp32 batch {batch}: {ratios[runtime_]['median']} "
+                             f"(repeats {ratios[runtime_]['repeats']}; {goal})")
+        for name, r in m["wrapper_vs_bare_batch1"].items():
+            lines.append(f"{m['recipe']} {name} kerakit/bare batch 1: {r['median']} (repeats {r['repeats']}; goal <= 1.05)")
+    return lines
+
+
 def tune_memory(trials: int = 20) -> dict:
     """RSS after each finished trial of a 20-trial random search on digits_cnn, in this process."""
     import kerakit
@@ -515,7 +624,7 @@ def serve(run_path: Path) -> dict:
             "limits": limits(model, x_test, with_memory=run.config["recipe"] == "digits_cnn")}
 
 
-SECTIONS = ("foundation", "export", "serve", "tune")
+SECTIONS = ("foundation", "export", "inference", "serve", "tune")
 
 
 def main(sections: list[str]) -> None:
@@ -534,7 +643,7 @@ def main(sections: list[str]) -> None:
             "digits_cnn_default": digits_default(),
             "input_pipeline": [input_pipeline("digits_cnn"), input_pipeline("mnist_cnn", mock_examples=6000)],
         })
-    if "export" in sections or "serve" in sections:
+    if {"export", "inference", "serve"} & set(sections):
         with tempfile.TemporaryDirectory() as tmp:
             import kerakit
 
@@ -545,7 +654,17 @@ def main(sections: list[str]) -> None:
                                      log=lambda m: None).path]
             if "export" in sections:
                 _write("export.json", {"machine": machine, "models": [export_sizes(p) for p in trained]})
-                _write("inference.json", {"machine": machine, "models": [inference(p) for p in trained]})
+            if "export" in sections or "inference" in sections:
+                if "export" not in sections:  # the artifacts inference times
+                    from kerakit.export import export
+
+                    for p in trained:
+                        export(p, targets=["server", "edge"], formats=EXPORT_FORMATS, log=lambda m: None)
+                int8 = [int8_and_wrapper(p) for p in trained]
+                figures = {"machine": machine, "int8_and_wrapper": int8, "closing_note": _int8_goals(int8)}
+                _write("inference.json", figures)  # kept if the longer comparisons below are cut short
+                _write("inference.json", {**figures, "models": [inference(p) for p in trained]})
+                print("\n".join(_int8_goals(int8)))
                 _write("deployment.json", {"machine": machine, "models": [deployment_figures(p) for p in trained]})
             if "serve" in sections:
                 _write("serve.json", {"machine": machine, "models": [serve(p) for p in trained]})

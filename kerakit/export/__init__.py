@@ -128,7 +128,7 @@ def _artifact(spec: ArtifactSpec, target: Target, context: ExportContext, refere
            "path": str(path), "tolerances": vars(target.verify)}
     started = time.perf_counter()
     try:
-        formats.get(spec.format).convert(context, spec, path)
+        note = formats.get(spec.format).convert(context, spec, path)
     except KerakitError:
         raise
     except Exception as e:  # one format failing must not stop the others
@@ -137,13 +137,15 @@ def _artifact(spec: ArtifactSpec, target: Target, context: ExportContext, refere
         log(f"  {spec.name}: conversion failed: {_first_line(e)}")
         return row
     row["export_seconds"] = round(time.perf_counter() - started, 2)
+    if note:  # what the conversion chose and why (ops kept in float, the int8 form)
+        row["conversion"] = note
     try:
         check = verify_artifact(path, reference, spec, target.verify, target.budget)
     except Exception as e:  # e.g. the runtime cannot load what the converter wrote
         check = Check(reasons=[f"{spec.name} could not run: {_first_line(e)}"])
     row.update(size_bytes=_size(path), **check.to_dict(), sha256=_digest(path))
     log(f"  {spec.name}: {check.verdict}" + (f" ({'; '.join(check.reasons)})" if check.reasons else "")
-        + _footprint_text(check.footprint))
+        + _footprint_text(check.footprint) + (f"; {note['summary']}" if note and note.get("summary") else ""))
     return row
 
 

@@ -168,7 +168,7 @@ class Format:
 
     suffix: the file suffix, or "" for a directory format recognised by `marker` (a file inside it).
     predictor: `(path, **options) -> Predictor`; `runtime_options` names the options it accepts.
-    convert: `(context, spec, path) -> None`, writing the artifact for an `ArtifactSpec` of this
+    convert: `(context, spec, path) -> dict | None`, writing the artifact for an `ArtifactSpec` of this
         format (see `kerakit.export.context.ExportContext`); None for formats kerakit only reads.
     settings: `(threads) -> {label: options}`, the runtime settings `kerakit bench` compares;
         the fastest becomes the file's default (saved beside it).
@@ -184,7 +184,7 @@ class Format:
     predictor: Callable[..., Predictor]
     variants: tuple[Variant, ...] = ()
     options: dict[str, Option] = field(default_factory=dict)
-    convert: Callable[..., None] | None = None
+    convert: Callable[..., dict | None] | None = None  # returns the report's "conversion" note, if any
     marker: str | None = None
     runtime_options: tuple[str, ...] = ()
     settings: Callable[[list[int]], dict[str, dict]] | None = None

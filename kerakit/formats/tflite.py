@@ -38,8 +38,9 @@ def _check_batch(value) -> int | None:
     return value
 
 
-def convert(context, spec, path: Path) -> None:
-    batch = spec.option("batch")
+def convert(context, spec, path: Path) -> dict | None:
+    """Write the .tflite file; for int8, the report's note of the ops kept in float for the CPU delegate."""
+    batch, io = spec.option("batch"), spec.option("io")
     recurrent = recurrent_layers(context.model)
     if recurrent and spec.quantization == "int8":  # checked, not tried: the converter dies with SIGSEGV
         raise ValueError(f"full-integer int8 of a recurrent layer ({', '.join(recurrent)}) crashes the TFLite "
@@ -48,10 +49,15 @@ def convert(context, spec, path: Path) -> None:
     savedmodel = context.savedmodel() if batch is None else context.intermediate(
         f"savedmodel-batch{batch}", lambda p: write_savedmodel(context.model, context.inputs, context.output_names,
                                                                p, batch=batch))
-    data = tflite_bytes(savedmodel, spec.quantization, spec.option("io"), context.inputs, context.calibration)
+    note = None
+    if spec.quantization == "int8":
+        data, note = int8_for_delegate(savedmodel, io, context.inputs, context.calibration)
+    else:
+        data = tflite_bytes(savedmodel, spec.quantization, io, context.inputs, context.calibration)
     data = add_metadata(data, {**context.metadata, "quantization": spec.quantization})
     with runs.atomic_path(path) as tmp:
         tmp.write_bytes(data)
+    return note
 
 
 def recurrent_layers(model) -> list[str]:
@@ -72,7 +78,7 @@ def tflite_bytes(savedmodel: Path, quantization: str, io: str, inputs: list[Spec
     """Convert the SavedModel with `quantization` (full-integer needs `sample`)."""
     import tensorflow as tf
 
-    converter = tf.lite.TFLiteConverter.from_saved_model(str(savedmodel), signature_keys=[SIGNATURE])
+    converter = _converter(savedmodel)
     if quantization == "float16":
         converter.optimizations = [tf.lite.Optimize.DEFAULT]
         converter.target_spec.supported_types = [tf.float16]
@@ -81,20 +87,82 @@ def tflite_bytes(savedmodel: Path, quantization: str, io: str, inputs: list[Spec
     elif quantization == "int8":
         if sample is None:
             raise ValueError("full-integer int8 needs a representative sample (a recipe, or --sample FILE.npz)")
+        if calibration.needs_float_inputs(sample):
+            prefix = float_prefix(_convert(_converter(savedmodel)))
+            if prefix:  # the model's I/O stays float32: the prefix takes the raw features
+                return selective_int8(calibrated(savedmodel, sample), "float32", float_nodes=prefix)
         converter.optimizations = [tf.lite.Optimize.DEFAULT]
         converter.representative_dataset = lambda: iter(calibration.rows(sample))
-        if calibration.needs_float_inputs(sample):
-            prefix = float_prefix(_convert(tf.lite.TFLiteConverter.from_saved_model(
-                str(savedmodel), signature_keys=[SIGNATURE])))
-            if prefix:
-                return _selective_int8(converter, prefix, sample)
         converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
-        # Integer inputs (token ids) stay as they are; float I/O becomes int8/uint8 unless io=float32.
-        if io != "float32" and all(np.dtype(s.dtype).kind == "f" for s in inputs):
-            io_type = tf.int8 if io == "int8" else tf.uint8
-            converter.inference_input_type = io_type
-            converter.inference_output_type = io_type
+        io_type = _io_type(io, inputs)
+        if io_type != "float32":
+            converter.inference_input_type = converter.inference_output_type = getattr(tf, io_type)
     return _convert(converter)
+
+
+def _io_type(io: str, inputs: list[Spec]) -> str:
+    """Integer inputs (token ids) stay as they are; float I/O becomes int8/uint8 unless io=float32."""
+    return io if all(np.dtype(s.dtype).kind == "f" for s in inputs) else "float32"
+
+
+def _converter(savedmodel: Path):
+    import tensorflow as tf
+
+    return tf.lite.TFLiteConverter.from_saved_model(str(savedmodel), signature_keys=[SIGNATURE])
+
+
+def int8_for_delegate(savedmodel: Path, io: str, inputs: list[Spec], sample) -> tuple[bytes, dict]:
+    """Full-integer int8 where LiteRT's CPU delegate (XNNPACK) runs every op it runs in float; its report note.
+
+    The ops the delegate refuses in int8 (HARD_SWISH and SOFTMAX, as the
+    interpreter reports: `kerakit.formats.delegation`) cut the graph into
+    partitions with LiteRT's own int8 kernels between them, which made int8
+    slower than float32. Those op types alone are kept in float32 (XNNPACK
+    runs them, with QUANTIZE/DEQUANTIZE around them). Ops the delegate refuses
+    in the float32 model too (a dynamic batch's shape arithmetic) are named, not changed.
+    """
+    from kerakit.formats.delegation import placement
+
+    float_model = _convert(_converter(savedmodel))
+    in_float = placement(float_model).not_delegated
+    data = tflite_bytes(savedmodel, "int8", io, inputs, sample)
+    first = found = placement(data)
+    kept: dict[str, int] = {}  # op type -> how many stayed float
+    model, prefix = None, float_prefix(float_model) if calibration.needs_float_inputs(sample) else []
+    for _ in range(3):  # a float op may hand the refusal on to a neighbour; rarely more than once
+        refused = _int8_refused(found, in_float)
+        if not refused:
+            break
+        model = model or calibrated(savedmodel, sample)
+        candidate = selective_int8(model, "float32" if prefix else _io_type(io, inputs),
+                                   float_ops=[*kept, *refused], float_nodes=prefix)
+        tried = placement(candidate)
+        if sum(_int8_refused(tried, in_float).values()) >= sum(refused.values()):
+            break  # float did not help: keep the file as it was, and say what stays outside
+        kept.update(refused)
+        data, found = candidate, tried
+    return data, _delegation_note(first, found, kept, in_float)
+
+
+def _int8_refused(found, in_float: dict[str, int]) -> dict[str, int]:
+    """Ops outside the delegate beyond those the float32 model leaves outside too."""
+    return {op: n - in_float.get(op, 0) for op, n in found.not_delegated.items() if n > in_float.get(op, 0)}
+
+
+def _delegation_note(first, final, float_ops: dict[str, int], in_float: dict[str, int]) -> dict:
+    def listed(ops: dict[str, int]) -> str:
+        return ", ".join(f"{n} {op}" for op, n in ops.items())
+
+    outside = sum(final.not_delegated.values())
+    still = _int8_refused(final, in_float)
+    summary = (f"{final.partitions} XNNPACK partition(s), " + (f"{outside} op(s) outside ({listed(final.not_delegated)})"
+                                                               if outside else "every op in XNNPACK"))
+    if outside and not still:
+        summary += ", as in the float32 model"
+    if float_ops:
+        summary += f"; kept in float32: {listed(float_ops)} (XNNPACK has no int8 kernel for {', '.join(float_ops)})"
+    return {"runtime": "LiteRT CPU (XNNPACK delegate)", "float_ops": float_ops, "int8_only": first.to_dict(),
+            **final.to_dict(), "not_delegated_in_float32": in_float, "summary": summary}
 
 
 def float_prefix(model_bytes: bytes) -> list[str]:
@@ -115,17 +183,34 @@ def float_prefix(model_bytes: bytes) -> list[str]:
     return [graph.tensors[i].name.decode() for op in prefix for i in op.outputs]
 
 
-def _selective_int8(converter, prefix: list[str], sample) -> bytes:
-    """int8 everywhere but the float input prefix; the model's I/O stays float32."""
+def calibrated(savedmodel: Path, sample) -> bytes:
+    """The float model with the sample's value ranges recorded, for `selective_int8`."""
     import tensorflow as tf
+
+    converter = _converter(savedmodel)
+    converter.optimizations = [tf.lite.Optimize.DEFAULT]
+    converter.representative_dataset = lambda: iter(calibration.rows(sample))
+    converter.experimental_mlir_quantizer = True
+    converter._experimental_calibrate_only = True  # noqa: SLF001 - QuantizationDebugger's own switch
+    return _convert(converter)
+
+
+def selective_int8(calibrated_model: bytes, io_type: str, float_ops=(), float_nodes=()) -> bytes:
+    """int8 everywhere but the op types `float_ops` and the ops writing tensors `float_nodes`.
+
+    LiteRT's MLIR quantizer with its denylists, as `tf.lite.experimental.QuantizationDebugger`
+    calls it, with int8/uint8/float32 model I/O.
+    """
+    import tensorflow as tf
+    from tensorflow.lite.python import convert as lite_convert
 
     from kerakit.quiet import muted_stderr
 
-    options = tf.lite.experimental.QuantizationDebugOptions(denylisted_nodes=prefix)
     with muted_stderr():
-        debugger = tf.lite.experimental.QuantizationDebugger(
-            converter=converter, debug_dataset=lambda: iter(calibration.rows(sample)), debug_options=options)
-        return debugger.get_nondebug_quantized_model()
+        return lite_convert.mlir_quantize(calibrated_model, input_data_type=getattr(tf, io_type),
+                                          output_data_type=getattr(tf, io_type),
+                                          denylisted_ops=list(float_ops) or None,
+                                          denylisted_nodes=list(float_nodes) or None)
 
 
 def _convert(converter) -> bytes:
@@ -209,6 +294,8 @@ class LiteRTPredictor(Predictor):
             out_details = {d["name"]: d for d in self._interpreter.get_output_details()}
             self._subgraph = 0
         self._in, self._out = in_details, out_details
+        self._quantize = {k: _quantizer(d) for k, d in in_details.items()}
+        self._dequantize = {k: _dequantizer(d) for k, d in out_details.items()}
         # Callers see float tensors where the file quantized a float model's I/O; dims the model
         # leaves open (shape_signature -1: the batch, an image of any size) are None.
         self.inputs = [Spec(k, _signature(d), _float_view(d)) for k, d in sorted(in_details.items())]
@@ -236,7 +323,8 @@ class LiteRTPredictor(Predictor):
     def _run(self, batch):
         """Resize and allocate only when an input's shape changes; then set, invoke, get."""
         wrapper, subgraph = self._wrapper, self._subgraph
-        feeds = {k: _quantize(v, self._in[k]) for k, v in batch.items()}
+        quantize, dequantize = self._quantize, self._dequantize
+        feeds = {k: quantize[k](v) for k, v in batch.items()}
         changed = [k for k, v in feeds.items() if self._shapes.get(k) != v.shape]
         if changed:
             for k in changed:
@@ -252,7 +340,7 @@ class LiteRTPredictor(Predictor):
         for k, v in feeds.items():
             wrapper.SetTensor(self._in[k]["index"], np.ascontiguousarray(v), subgraph)
         wrapper.Invoke(subgraph)
-        return {k: _dequantize(wrapper.GetTensor(d["index"], subgraph), d) for k, d in self._out.items()}
+        return {k: dequantize[k](wrapper.GetTensor(d["index"], subgraph)) for k, d in self._out.items()}
 
 
 def _signature(detail) -> tuple:
@@ -268,26 +356,41 @@ def _float_view(detail) -> str:
     return "float32" if detail["dtype"] in (np.int8, np.uint8) and scale else np.dtype(detail["dtype"]).name
 
 
-def _quantize(value: np.ndarray, detail) -> np.ndarray:
-    """round(value / scale + zero_point), clipped to the integer type: in place, on the hot path."""
-    dtype = detail["dtype"]
+def _quantizer(detail):
+    """value -> what the input tensor takes: a float batch scaled, rounded, clipped and cast in place
+    (one float32 buffer, no temporaries), anything else cast as it is."""
+    dtype = np.dtype(detail["dtype"])
     scale, zero_point = detail["quantization"]
-    if dtype in (np.int8, np.uint8) and scale and value.dtype.kind == "f":
-        low, high = (-128, 127) if dtype == np.int8 else (0, 255)
-        q = np.divide(value, scale, dtype=np.float32)
-        q += zero_point
-        np.rint(q, out=q)
-        np.maximum(q, low, out=q)
-        np.minimum(q, high, out=q)
-        return q.astype(dtype)
-    return value.astype(dtype, copy=False)
+    if dtype not in (np.int8, np.uint8) or not scale:
+        return lambda value: value.astype(dtype, copy=False)
+    info, scale, zero_point = np.iinfo(dtype), np.float32(scale), np.float32(zero_point)
+
+    def quantize(value: np.ndarray) -> np.ndarray:
+        if value.dtype.kind != "f":
+            return value.astype(dtype, copy=False)
+        scaled = np.divide(value, scale, dtype=np.float32)
+        scaled += zero_point
+        np.rint(scaled, out=scaled)
+        np.clip(scaled, info.min, info.max, out=scaled)
+        return scaled.astype(dtype)
+
+    return quantize
 
 
-def _dequantize(value: np.ndarray, detail) -> np.ndarray:
+def _dequantizer(detail):
+    """raw output -> float32 for a quantized output (one float32 buffer), as it is otherwise."""
     scale, zero_point = detail["quantization"]
-    if detail["dtype"] in (np.int8, np.uint8) and scale:
-        return (value.astype(np.float32) - zero_point) * scale
-    return value
+    if detail["dtype"] not in (np.int8, np.uint8) or not scale:
+        return lambda value: value
+    scale, zero_point = np.float32(scale), np.float32(zero_point)
+
+    def dequantize(value: np.ndarray) -> np.ndarray:
+        out = value.astype(np.float32)
+        out -= zero_point
+        out *= scale
+        return out
+
+    return dequantize
 
 
 FORMAT = register(Format(
