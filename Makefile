@@ -37,12 +37,16 @@ $(GXX):
 	$(SUDO) apt-get update -qq
 	$(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq g++ >/dev/null
 
+# Two pytest workers (pytest-xdist), one test file each at a time: most of the suite is
+# one-core Python (imports, tracing, conversion), so the second core was idle.
+XDIST ?= -n 2 --dist loadfile
+
 test: $(STAMP) $(CHROMIUM) $(GXX)
-	KERAKIT_CHROMIUM=$(CHROMIUM) CXX=$(GXX) $(BIN)/python -m pytest $(PYTEST_ARGS)
+	KERAKIT_CHROMIUM=$(CHROMIUM) CXX=$(GXX) $(BIN)/python -m pytest $(XDIST) $(PYTEST_ARGS)
 
 # While iterating: everything but the slow end-to-end cases.
 test-fast: $(STAMP) $(CHROMIUM) $(GXX)
-	KERAKIT_CHROMIUM=$(CHROMIUM) CXX=$(GXX) $(BIN)/python -m pytest -m "not slow" $(PYTEST_ARGS)
+	KERAKIT_CHROMIUM=$(CHROMIUM) CXX=$(GXX) $(BIN)/python -m pytest $(XDIST) -m "not slow" $(PYTEST_ARGS)
 
 # `make bench BENCH=serve` runs one section (foundation, export, inference, serve, tune).
 bench: $(STAMP)
