@@ -112,9 +112,9 @@ def test_answers_compressed_as_accept_encoding_asks(server, accept, expected):
 
 
 @pytest.mark.parametrize("body, headers, status, fragment", [
-    (gzip.compress(b"{" + b" " * 200_000 + b"}"), {"content-encoding": "gzip"}, 413, "Decompressed request body"),
+    (gzip.compress(b"{" + b" " * 200_000 + b"}", mtime=0), {"content-encoding": "gzip"}, 413, "Decompressed request body"),
     (b"not gzip", {"content-encoding": "gzip"}, 400, "not valid gzip"),
-    (gzip.compress(b"{}")[:-6], {"content-encoding": "gzip"}, 400, "truncated"),
+    (gzip.compress(b"{}", mtime=0)[:-6], {"content-encoding": "gzip"}, 400, "truncated"),
     (b"{}", {"content-encoding": "br"}, 415, "Content-Encoding 'br' is not supported"),
 ])
 def test_bad_compressed_bodies_are_4xx(server, body, headers, status, fragment):
