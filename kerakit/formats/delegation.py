@@ -8,8 +8,8 @@ them cost more than int8 saves. `placement` reads what the interpreter built;
 the tflite format keeps just the refused op types in float (XNNPACK runs them
 in fp32, with the int8 ops around them) until nothing is left outside.
 
->>> placement(open("model_int8.tflite", "rb").read())  # doctest: +SKIP
-Placement(partitions=1, not_delegated={}, ops=127)
+    placement(open("model_int8.tflite", "rb").read())
+    # Placement(partitions=1, not_delegated={}, ops=127)
 """
 
 from __future__ import annotations
