@@ -31,6 +31,7 @@ def test_build_ends_with_a_verified_deployment_table_and_the_report_path(built):
     assert (out / "bench" / "bench.json").exists() and (out / "export" / "export_report.json").exists()
 
 
+@pytest.mark.slow
 def test_build_rerun_resumes_every_finished_step(built):
     out, _ = built
     before = {p: p.stat().st_mtime_ns for p in [out / "model.keras", out / "export" / "model.onnx", out / "bench" / "bench.json"]}

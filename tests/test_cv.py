@@ -55,6 +55,7 @@ def preprocess(example, config):
 '''
 
 
+@pytest.mark.slow
 def test_cv_prints_mean_and_std_and_the_report_shows_it_beside_test_with_a_data_quality_table(tmp_path, monkeypatch):
     from kerakit.report import report
     from tests.conftest import ROOT
@@ -85,6 +86,7 @@ def test_cv_prints_mean_and_std_and_the_report_shows_it_beside_test_with_a_data_
     assert "| mean area | 0 | 1.0000 | 1.0000 | 1.0000 |" in card
 
 
+@pytest.mark.slow
 def test_tune_selects_an_architecture_and_the_trials_table_shows_each_familys_own_hyperparameters(tmp_path):
     own = {"mlp": {"mlp_units", "mlp_layers"}, "cnn": {"cnn_filters"}, "separable": {"sep_filters"}}
     result = kerakit.tune("digits_select", tmp_path / "search", max_trials=3, epochs=1, retrain=False, verbose=0,
@@ -97,6 +99,7 @@ def test_tune_selects_an_architecture_and_the_trials_table_shows_each_familys_ow
     assert "arch" in header
 
 
+@pytest.mark.slow
 def test_tune_with_cv_scores_each_trial_by_the_mean_over_its_folds(tmp_path):
     result = kerakit.tune("breast_cancer_mlp", tmp_path / "search", max_trials=1, epochs=2, cv=2, retrain=False,
                           verbose=0, log=lambda m: None)

@@ -59,6 +59,7 @@ def _serve_one_request(model: Path, x: np.ndarray, log_dir: Path) -> np.ndarray:
         server.stop()
 
 
+@pytest.mark.slow
 def test_a_format_in_one_new_file_flows_through_export_evaluate_bench_and_serve(digits_run, tmp_path):
     """tests/toy_format.py is the whole format; nothing else in kerakit names it."""
     out = tmp_path / "export"

@@ -38,6 +38,7 @@ def test_overrides_fix_a_hyperparameter_for_the_whole_search(tmp_path):
     assert all(t["units"] == 48 for t in result.trials)
 
 
+@pytest.mark.slow
 def test_the_best_is_retrained_as_a_run_that_export_takes(tmp_path):
     result = kerakit.tune("breast_cancer_mlp", tmp_path, max_trials=2, epochs=2, verbose=0, log=lambda m: None)
     run = result.run
@@ -48,6 +49,7 @@ def test_the_best_is_retrained_as_a_run_that_export_takes(tmp_path):
     assert export(run.path, formats=["onnx"], log=lambda m: None).passed
 
 
+@pytest.mark.slow
 def test_a_longer_search_continues_and_retrains_the_new_best_without_overwrite(tmp_path):
     """max_trials 2 -> 4 on the same search: two new trials, and best/ trained on whatever is best now."""
     first = kerakit.tune("breast_cancer_mlp", tmp_path, max_trials=2, epochs=2, verbose=0, log=lambda m: None)
@@ -61,6 +63,7 @@ def test_a_longer_search_continues_and_retrains_the_new_best_without_overwrite(t
     assert said == (longer.best_hparams != first.best_hparams)
 
 
+@pytest.mark.slow
 def test_rerun_resumes_without_repeating_finished_trials(tmp_path):
     first = kerakit.tune("breast_cancer_mlp", tmp_path, max_trials=2, **QUICK)
     logs = []
@@ -72,6 +75,7 @@ def test_rerun_resumes_without_repeating_finished_trials(tmp_path):
     assert {t["trial"] for t in first.trials} < {t["trial"] for t in second.trials}
 
 
+@pytest.mark.slow
 def test_a_different_search_in_the_same_directory_is_refused(tmp_path):
     kerakit.tune("breast_cancer_mlp", tmp_path, max_trials=1, **QUICK)
     with pytest.raises(KerakitError, match=r"holds a different search \(changed: tuner\).*--overwrite"):
@@ -154,6 +158,7 @@ def test_a_worker_killed_mid_trial_is_restarted_and_the_search_finishes(tmp_path
     assert len(trials) == 3 and all(t["status"] == "COMPLETED" for t in trials)
 
 
+@pytest.mark.slow
 def test_trials_table_counts_the_epochs_each_trial_trained(tmp_path):
     result = kerakit.tune("breast_cancer_mlp", tmp_path, max_trials=2, epochs=3, patience=100, retrain=False,
                           verbose=0, log=lambda m: None)
