@@ -63,7 +63,7 @@ class _Server:
             try:
                 if requests.get(self.url + "/v2/health/ready", timeout=1).ok:
                     return
-            except requests.ConnectionError:
+            except requests.RequestException:  # not listening yet, or busy starting
                 if self.proc.poll() is not None:
                     raise RuntimeError(self.proc.stderr.read().decode())
                 time.sleep(0.1)

@@ -2,8 +2,10 @@
 binary tensors) and the TF Serving decoder, each bad request refused with a message
 naming the problem. The models are tiny ONNX graphs built here and loaded as serve loads them."""
 
+import asyncio
 import json
 import subprocess
+import threading
 import sys
 
 import numpy as np
@@ -11,7 +13,7 @@ import pytest
 from onnx import TensorProto, helper, save_model
 
 from kerakit.serve import BadRequest, ModelEntry, ServeOptions
-from kerakit.serve import kserve_v2, tfserving
+from kerakit.serve import kserve_v2, models, tensors, tfserving
 from kerakit.serve.models import Model
 
 LIMIT = 1000  # max_elements for every decode here
@@ -228,11 +230,15 @@ def test_tfserving_keyed_rows_and_columns_of_a_two_input_model(two_inputs):
 def test_tfserving_answers_in_the_format_it_was_asked_in():
     one = {"y": np.array([[1.0, 2.0], [3.0, 4.0]])}
     two = {"a_out": np.array([[1.0], [2.0]]), "ids_out": np.array([[7], [8]])}
-    assert tfserving.encode(one, "row") == {"predictions": [[1.0, 2.0], [3.0, 4.0]]}
-    assert tfserving.encode(two, "row") == {"predictions": [{"a_out": [1.0], "ids_out": [7]},
-                                                            {"a_out": [2.0], "ids_out": [8]}]}
-    assert tfserving.encode(one, "columnar") == {"outputs": [[1.0, 2.0], [3.0, 4.0]]}
-    assert tfserving.encode(two, "columnar") == {"outputs": {"a_out": [[1.0], [2.0]], "ids_out": [[7], [8]]}}
+
+    def answer(result, kind):  # what the client reads
+        return json.loads(tensors.dumps(tfserving.encode(result, kind)))
+
+    assert answer(one, "row") == {"predictions": [[1.0, 2.0], [3.0, 4.0]]}
+    assert answer(two, "row") == {"predictions": [{"a_out": [1.0], "ids_out": [7]},
+                                                  {"a_out": [2.0], "ids_out": [8]}]}
+    assert answer(one, "columnar") == {"outputs": [[1.0, 2.0], [3.0, 4.0]]}
+    assert answer(two, "columnar") == {"outputs": {"a_out": [[1.0], [2.0]], "ids_out": [[7], [8]]}}
 
 
 TF_BAD = [
@@ -262,3 +268,31 @@ def test_tfserving_bad_request_is_refused_naming_the_problem(request, model, bod
         tfserving.decode(request.getfixturevalue(model), body, LIMIT)
     assert caught.value.status == status
     assert fragment in str(caught.value)
+
+
+def test_served_onnx_sessions_do_not_spin(one_input):
+    # A spinning ORT pool thread holds a core the event loop and other requests need.
+    options = one_input.predictor.session.get_session_options()
+    assert options.get_session_config_entry("session.intra_op.allow_spinning") == "0"
+
+
+def test_quick_calls_run_on_the_event_loop_and_slow_ones_on_the_inference_thread(one_input):
+    threads = []
+    run = one_input.predictor.run
+
+    def recording(batch):
+        threads.append(threading.get_ident())
+        return run(batch)
+
+    batch = one_input.check({"x": np.ones((2, 4), np.float32)}, LIMIT)
+    one_input.predictor.run = recording
+    measured = one_input.row_s
+    try:
+        assert measured < models.INLINE_BELOW_S  # an identity model: microseconds
+        out = asyncio.run(one_input.infer(batch))
+        one_input.row_s = 1.0  # as if each row took a second
+        asyncio.run(one_input.infer(batch))
+    finally:
+        one_input.predictor.run, one_input.row_s = run, measured
+    np.testing.assert_array_equal(out["y"], batch["x"])
+    assert threads[0] == threading.get_ident() and threads[1] != threading.get_ident()

@@ -102,9 +102,10 @@ def test_compressed_request_bodies(server, encoding, compress):
 @pytest.mark.parametrize("accept, expected", [("gzip", "gzip"), ("deflate", "deflate"),
                                               ("gzip;q=0.5, deflate", "deflate"), ("br", None), ("gzip;q=0", None)])
 def test_answers_compressed_as_accept_encoding_asks(server, accept, expected):
-    values = [i / 7 for i in range(64)]  # over the 1 KiB below which answers go uncompressed
+    values = [i / 7 for i in range(64)]
     big = {**X, "shape": [16, 4], "data": values}
-    r = requests.post(server.url + INFER, json={"inputs": [big]}, headers={"accept-encoding": accept}, stream=True)
+    padded = {"id": "r" * 1024, "inputs": [big]}  # the answer repeats the id: over the 1 KiB below which it is sent plain
+    r = requests.post(server.url + INFER, json=padded, headers={"accept-encoding": accept}, stream=True)
     assert r.headers.get("content-encoding") == expected
     raw = r.raw.read()
     data = {"gzip": gzip.decompress, "deflate": zlib.decompress, None: bytes}[expected](raw)

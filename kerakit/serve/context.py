@@ -41,16 +41,20 @@ class Metrics:
         self.rows = Counter("kerakit_inference_rows", "Rows (examples) inferred.", ["model"], registry=registry)
         self.batch_rows = Histogram("kerakit_model_batch_rows", "Rows per model call (dynamic batching merges requests).",
                                     ["model"], registry=registry, buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256))
+        self._series: dict[tuple, tuple] = {}
         self.log_errors = Counter("kerakit_request_log_errors", "Request log lines dropped: the log could not be written.",
                                   registry=registry)
 
     def count(self, model: str, protocol: str, code: int, seconds: float, rows: int) -> None:
-        self.requests.labels(model, protocol, code).inc()
-        self.latency.labels(model, protocol).observe(seconds)
-        if code != 200:
-            self.errors.labels(model, protocol, code).inc()
-        else:
-            self.rows.labels(model).inc(rows)
+        series = self._series.get((model, protocol, code))
+        if series is None:  # labels() takes a lock and builds a key: once per label set, not per request
+            series = self._series[(model, protocol, code)] = (
+                self.requests.labels(model, protocol, code), self.latency.labels(model, protocol),
+                self.errors.labels(model, protocol, code) if code != 200 else self.rows.labels(model))
+        requests, latency, errors_or_rows = series
+        requests.inc()
+        latency.observe(seconds)
+        errors_or_rows.inc(1 if code != 200 else rows)
 
     def exposition(self, models: dict[str, Model]) -> bytes:
         """The text format, after taking the batch sizes the models recorded since last time."""

@@ -18,7 +18,6 @@ of an output: its top classes as "score:index:label" BYTES).
 
 from __future__ import annotations
 
-import json
 import math
 from dataclasses import dataclass
 from importlib.metadata import version as package_version
@@ -32,7 +31,8 @@ from kerakit.dtypes import NUMPY_TO_V2, TRITON_TYPES, V2_TYPES
 from kerakit.serve.decoding import parse_json, require, to_array
 from kerakit.serve.http import Context
 from kerakit.serve.models import BadRequest, Model
-from kerakit.serve.tensors import check_parameters, classify, from_raw, json_values, strings, to_raw, v2_datatype
+from kerakit.serve.tensors import (check_parameters, classify, dumps, from_raw, json_values, strings, to_raw,
+                                   v2_datatype)
 
 TITLE = "KServe v2"
 PROTOCOL = "v2"  # its label in metrics and the request log
@@ -195,7 +195,7 @@ def encode(model: Model, context: dict, result: dict[str, np.ndarray]) -> tuple[
     response = {"model_name": model.name, "model_version": model.version, "outputs": outputs}
     if context.get("id") is not None:
         response["id"] = context["id"]
-    header = json.dumps(response, allow_nan=False).encode()
+    header = dumps(response)
     if not chunks:
         return header, {"content-type": "application/json"}
     return header + b"".join(chunks), {"content-type": "application/octet-stream",

@@ -16,14 +16,14 @@ from __future__ import annotations
 
 import numpy as np
 from starlette.requests import Request
-from starlette.responses import JSONResponse, Response
+from starlette.responses import Response
 from starlette.routing import Route
 
 from kerakit.dtypes import tf_type
 from kerakit.serve.decoding import parse_json, to_array
 from kerakit.serve.http import Context, error
 from kerakit.serve.models import BadRequest, Model, rows
-from kerakit.serve.tensors import json_values, strings
+from kerakit.serve.tensors import dumps, json_values, strings
 
 TITLE = "TF Serving"
 PROTOCOL = "tfserving"  # its label in metrics and the request log
@@ -119,7 +119,7 @@ def routes(ctx: Context) -> list[Route]:
         return decode(model, body, ctx.options.max_elements)
 
     def encode_response(model: Model, kind: str, outputs: dict) -> Response:
-        return JSONResponse(encode(outputs, kind))  # json_values left no NaN for JSONResponse to refuse
+        return Response(dumps(encode(outputs, kind)), media_type="application/json")
 
     async def predict(request: Request) -> Response:
         return await ctx.answer(request, PROTOCOL, decode_request, encode_response)
