@@ -19,18 +19,23 @@ extension (what tritonclient sends) for large ones.
 - rest_vs_bare_endpoint: kerakit REST requests/s at concurrency 16 over a bare Starlette
   endpoint on the same uvicorn (uvloop, httptools) that reads the body and returns a
   fixed JSON body of the size kerakit answers: the HTTP stack's ceiling. Goal >= 0.7.
+  With each, the CPU time per request of the server process and of the client.
 - grpc_vs_rest: KServe v2 gRPC (raw_input_contents, grpc.aio client) over REST with
-  binary tensors, requests/s at concurrency 16. Goal >= 1.5 for digits_mobilenet.
+  binary tensors and over REST with JSON tensors, requests/s at concurrency 16, with CPU
+  time per request. Goal >= 1.5 for digits_mobilenet.
 - memory: server RSS before and after 200 requests of ~3.8 MB (binary tensors).
   Goal: after <= 1.5x before.
-- profile: cProfile of the server's event-loop thread under the REST load, its own
-  time grouped by where it goes (HTTP, JSON, numpy, inference hand-off, metrics, log).
+- where_time_goes: what one REST request costs the server, in microseconds of CPU: the
+  whole (process CPU / requests under the load above), the bare endpoint's whole (the
+  HTTP stack), and kerakit's own steps timed in this process on the same bodies (decode
+  and checks, the model call, encode, metrics); what is left is Starlette and the glue.
 """
 
 from __future__ import annotations
 
 import asyncio
 import json
+import os
 import socket
 import statistics
 import subprocess
@@ -42,6 +47,7 @@ import numpy as np
 
 KERAKIT = str(Path(sys.executable).parent / "kerakit")
 BINARY_ABOVE = 4096  # input elements above which requests use binary tensor data
+WARM_UP = 50  # requests each load sends before it starts timing
 
 
 def _free_port() -> int:
@@ -116,7 +122,7 @@ async def _load(url: str, bodies: list[tuple[bytes, dict]], n: int, concurrency:
                         errors += 1
                 latencies.append(time.perf_counter_ns() - start)
 
-        for _ in range(min(50, n)):  # warm-up: connections, first requests
+        for _ in range(min(WARM_UP, n)):  # warm-up: connections, first requests
             body, headers = bodies[0]
             async with session.post(url, data=body, headers=headers) as response:
                 await response.read()
@@ -222,30 +228,6 @@ uvicorn.run(app, host="127.0.0.1", port=int(sys.argv[3]), log_level="warning", a
             loop="uvloop", http="httptools")
 """
 
-PROFILED = """
-import cProfile, sys
-from kerakit.serve import ServeOptions, resolve, serve
-entries = resolve(sys.argv[1], name="m")
-profile = cProfile.Profile()
-profile.enable()
-try:
-    serve(entries, ServeOptions(), port=int(sys.argv[4]), announce=lambda m: None)
-finally:
-    profile.disable()
-    profile.dump_stats(sys.argv[2])
-"""
-
-# Where the event loop's own time goes: the first pattern that matches a function's file or name.
-PLACES = (("request log", ("request_log",)), ("metrics (prometheus_client)", ("prometheus_client",)),
-          ("JSON encode/decode", ("json/", "_json", "orjson", "rapidjson")),
-          ("numpy conversion", ("numpy", "method 'tolist'", "method 'astype'", "built-in method numpy")),
-          ("kerakit request handling", ("kerakit/serve",)),
-          ("inference hand-off (executor, futures)", ("concurrent/futures", "run_in_executor", "threading",
-                                                     "SimpleQueue", "_thread.lock")),
-          ("Starlette routing and responses", ("starlette",)), ("uvicorn and httptools (HTTP)", ("uvicorn", "httptools")),
-          ("event loop and sockets (uvloop, asyncio)", ("uvloop", "asyncio", "selector", "socket")))
-
-
 def _grpc_request(x: np.ndarray):
     from kerakit.serve.proto import oip_messages_pb2 as pb
 
@@ -271,7 +253,7 @@ async def _grpc_load(target: str, messages: list, n: int, concurrency: int) -> d
                 await stub.ModelInfer(messages[i % len(messages)])
                 latencies.append(time.perf_counter_ns() - start)
 
-        for _ in range(min(50, n)):
+        for _ in range(min(WARM_UP, n)):
             await stub.ModelInfer(messages[0])
         start = time.perf_counter()
         await asyncio.gather(*(worker() for _ in range(concurrency)))
@@ -302,6 +284,22 @@ def _alternate(runs: dict, rounds: int) -> dict:
     return {name: _median(v) | {"rounds": [d["requests_per_s"] for d in v]} for name, v in results.items()}
 
 
+def _cpu_per_request(server: _Server, fn, n: int) -> dict:
+    """`fn()` (a load of `n` requests after its warm-up ones) with the CPU microseconds per request of
+    the server and the client."""
+    import psutil
+
+    process = psutil.Process(server.proc.pid)
+    server_before, client_before = sum(process.cpu_times()[:2]), os.times()
+    result = fn()
+    client_after = os.times()
+    server_s = sum(process.cpu_times()[:2]) - server_before
+    client_s = client_after.user + client_after.system - client_before.user - client_before.system
+    sent = n + min(WARM_UP, n)
+    return {**result, "server_cpu_us_per_request": round(server_s / sent * 1e6, 1),
+            "client_cpu_us_per_request": round(client_s / sent * 1e6, 1)}
+
+
 def rest_vs_bare(model: Path, bodies, n: int, concurrency: int, rounds: int) -> dict:
     import tempfile
 
@@ -316,8 +314,9 @@ def rest_vs_bare(model: Path, bodies, n: int, concurrency: int, rounds: int) -> 
             bare = _Server(model, command=[sys.executable, "-c", BARE_APP, fixed.name])
             try:
                 url = "/v2/models/m/infer"
-                result = _alternate({"kerakit": lambda: load(kerakit.url + url, bodies, n, concurrency),
-                                     "bare": lambda: load(bare.url + url, bodies, n, concurrency)}, rounds)
+                result = _alternate({
+                    name: lambda s=server: _cpu_per_request(s, lambda: load(s.url + url, bodies, n, concurrency), n)
+                    for name, server in (("kerakit", kerakit), ("bare", bare))}, rounds)
             finally:
                 bare.stop()
     finally:
@@ -329,16 +328,59 @@ def rest_vs_bare(model: Path, bodies, n: int, concurrency: int, rounds: int) -> 
 
 def grpc_vs_rest(model: Path, x_test: np.ndarray, n: int, concurrency: int, rounds: int) -> dict:
     rows = [x_test[i:i + 1] for i in range(min(64, len(x_test)))]
-    bodies, messages = [_binary_body(x) for x in rows], [_grpc_request(x) for x in rows]
+    binary, messages = [_binary_body(x) for x in rows], [_grpc_request(x) for x in rows]
+    plain = [_json_body(x) for x in rows]
     server = _Server(model)
     try:
-        target = f"127.0.0.1:{server.grpc_port}"
-        result = _alternate({"grpc": lambda: asyncio.run(_grpc_load(target, messages, n, concurrency)),
-                             "rest": lambda: load(server.url + "/v2/models/m/infer", bodies, n, concurrency)}, rounds)
+        target, url = f"127.0.0.1:{server.grpc_port}", server.url + "/v2/models/m/infer"
+        result = _alternate({
+            "grpc": lambda: _cpu_per_request(server, lambda: asyncio.run(_grpc_load(target, messages, n, concurrency)), n),
+            "rest_binary": lambda: _cpu_per_request(server, lambda: load(url, binary, n, concurrency), n),
+            "rest_json": lambda: _cpu_per_request(server, lambda: load(url, plain, n, concurrency), n)}, rounds)
     finally:
         server.stop()
-    ratio = result["grpc"]["requests_per_s"] / result["rest"]["requests_per_s"]
-    return {"grpc": result["grpc"], "rest_binary": result["rest"], "ratio": round(ratio, 3), "goal": ">= 1.5"}
+    grpc = result["grpc"]["requests_per_s"]
+    return {**result, "ratio": round(grpc / result["rest_binary"]["requests_per_s"], 3),
+            "ratio_vs_json": round(grpc / result["rest_json"]["requests_per_s"], 3), "goal": ">= 1.5"}
+
+
+def _json_body(x: np.ndarray) -> tuple[bytes, dict]:
+    tensor = {"name": "image", "shape": list(x.shape), "datatype": "FP32", "data": x.ravel().tolist()}
+    return json.dumps({"inputs": [tensor]}).encode(), {"content-type": "application/json"}
+
+
+def where_time_goes(model: Path, bodies, whole: dict, calls: int = 2000) -> dict:
+    """kerakit's own steps of a REST request, timed in this process (CPU microseconds per request),
+    beside the server's whole CPU per request under load and the bare endpoint's."""
+    from kerakit.serve import ModelEntry, ServeOptions, kserve_v2
+    from kerakit.serve.context import Metrics
+    from kerakit.serve.models import Model
+
+    served = Model(ModelEntry("m", str(model)), ServeOptions())
+    metrics = Metrics()
+    try:
+        steps = {"decode and checks": lambda b: kserve_v2.decode(served, b[0], b[1].get(kserve_v2.HEADER_LENGTH),
+                                                                  10**6),
+                 "model call": None, "encode": None, "metrics": lambda b: metrics.count("m", "v2", 200, 0.001, 1)}
+        decoded = [steps["decode and checks"](b) for b in bodies]
+        outputs = [served.run(inputs) for inputs, _ in decoded]
+        steps["model call"] = lambda i: served.run(decoded[i][0])
+        steps["encode"] = lambda i: kserve_v2.encode(served, decoded[i][1], outputs[i])
+        cost = {}
+        for name, step in steps.items():
+            args = bodies if name in ("decode and checks", "metrics") else range(len(bodies))
+            args = list(args)
+            start = time.process_time()
+            for i in range(calls):
+                step(args[i % len(args)])
+            cost[name] = round((time.process_time() - start) / calls * 1e6, 1)
+    finally:
+        served.close()
+    server = whole["kerakit_rest"]["server_cpu_us_per_request"]
+    http = whole["bare_starlette_endpoint"]["server_cpu_us_per_request"]
+    return {"server_cpu_us_per_request": server, "bare_endpoint_cpu_us_per_request (HTTP stack)": http,
+            "kerakit_steps_cpu_us": cost,
+            "left: Starlette routing, request objects, glue": round(server - http - sum(cost.values()), 1)}
 
 
 def memory(model: Path, x_test: np.ndarray, requests_: int = 200, megabytes: float = 3.8) -> dict:
@@ -365,37 +407,12 @@ def memory(model: Path, x_test: np.ndarray, requests_: int = 200, megabytes: flo
             "goal": "<= 1.5", "meets_goal": after / before <= 1.5}
 
 
-def profile(model: Path, bodies, n: int, concurrency: int) -> dict:
-    import pstats
-    import tempfile
-
-    with tempfile.TemporaryDirectory() as tmp:
-        out = Path(tmp) / "serve.prof"
-        server = _Server(model, command=[sys.executable, "-c", PROFILED, str(model), str(out)])
-        try:
-            load(server.url + "/v2/models/m/infer", bodies, n, concurrency)
-        finally:
-            server.stop()
-        stats = pstats.Stats(str(out)).stats
-    shares: dict[str, float] = {}
-    total = 0.0
-    for (filename, _, function), (_, _, own, _, _) in stats.items():
-        where = f"{filename} {function}"
-        place = next((name for name, patterns in PLACES if any(p in where for p in patterns)), "other")
-        shares[place] = shares.get(place, 0.0) + own
-        total += own
-    top = sorted(((own, f"{Path(f).name}:{fn}") for (f, _, fn), (_, _, own, _, _) in stats.items()), reverse=True)[:12]
-    return {"requests": n, "event_loop_seconds": round(total, 2),
-            "share_of_event_loop_time": {k: round(v / total, 3) for k, v in sorted(shares.items(), key=lambda kv: -kv[1])},
-            "top_functions_own_seconds": {name: round(own, 3) for own, name in top}}
-
-
 def limits(model: Path, x_test: np.ndarray, requests_: int = 3000, concurrency: int = 16, rounds: int = 3,
            with_memory: bool = True) -> dict:
     bodies = [request_body(x_test[i:i + 1]) for i in range(min(64, len(x_test)))]
-    out = {"rest_vs_bare_endpoint": rest_vs_bare(model, bodies, requests_, concurrency, rounds),
-           "grpc_vs_rest": grpc_vs_rest(model, x_test, requests_, concurrency, rounds),
-           "profile": profile(model, bodies, requests_, concurrency)}
+    rest = rest_vs_bare(model, bodies, requests_, concurrency, rounds)
+    out = {"rest_vs_bare_endpoint": rest, "where_time_goes": where_time_goes(model, bodies, rest),
+           "grpc_vs_rest": grpc_vs_rest(model, x_test, requests_, concurrency, rounds)}
     if with_memory:
         out["memory"] = memory(model, x_test)
     return out
