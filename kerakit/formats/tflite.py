@@ -296,6 +296,9 @@ class LiteRTPredictor(Predictor):
         self._in, self._out = in_details, out_details
         self._quantize = {k: _quantizer(d) for k, d in in_details.items()}
         self._dequantize = {k: _dequantizer(d) for k, d in out_details.items()}
+        # `run` takes what `validate` returned (already the tensor's dtype): only quantized I/O needs a step.
+        self._steps_in = any(_scale(d) for d in in_details.values())
+        self._steps_out = any(_scale(d) for d in out_details.values())
         # Callers see float tensors where the file quantized a float model's I/O; dims the model
         # leaves open (shape_signature -1: the batch, an image of any size) are None.
         self.inputs = [Spec(k, _signature(d), _float_view(d)) for k, d in sorted(in_details.items())]
@@ -318,14 +321,14 @@ class LiteRTPredictor(Predictor):
 
     @property
     def quantized_io(self) -> bool:
-        return any(d["dtype"] in (np.int8, np.uint8) and d["quantization"][0] for d in self._in.values())
+        return self._steps_in
 
     def _run(self, batch):
         """Resize and allocate only when an input's shape changes; then set, invoke, get."""
-        wrapper, subgraph = self._wrapper, self._subgraph
+        wrapper, subgraph, shapes = self._wrapper, self._subgraph, self._shapes
         quantize, dequantize = self._quantize, self._dequantize
-        feeds = {k: quantize[k](v) for k, v in batch.items()}
-        changed = [k for k, v in feeds.items() if self._shapes.get(k) != v.shape]
+        feeds = {k: quantize[k](v) for k, v in batch.items()} if self._steps_in else batch
+        changed = [k for k, v in feeds.items() if shapes.get(k) != v.shape]
         if changed:
             for k in changed:
                 wrapper.ResizeInputTensor(self._in[k]["index"], np.array(feeds[k].shape, np.int32), False, subgraph)
@@ -340,6 +343,8 @@ class LiteRTPredictor(Predictor):
         for k, v in feeds.items():
             wrapper.SetTensor(self._in[k]["index"], np.ascontiguousarray(v), subgraph)
         wrapper.Invoke(subgraph)
+        if not self._steps_out:
+            return {k: wrapper.GetTensor(d["index"], subgraph) for k, d in self._out.items()}
         return {k: dequantize[k](wrapper.GetTensor(d["index"], subgraph)) for k, d in self._out.items()}
 
 
@@ -351,9 +356,13 @@ def _signature(detail) -> tuple:
     return tuple(None if int(d) < 0 else int(d) for d in signature)
 
 
+def _scale(detail) -> bool:
+    """Whether a tensor is int8/uint8 standing for floats (a scale to apply)."""
+    return detail["dtype"] in (np.int8, np.uint8) and bool(detail["quantization"][0])
+
+
 def _float_view(detail) -> str:
-    scale = detail["quantization"][0]
-    return "float32" if detail["dtype"] in (np.int8, np.uint8) and scale else np.dtype(detail["dtype"]).name
+    return "float32" if _scale(detail) else np.dtype(detail["dtype"]).name
 
 
 def _quantizer(detail):
