@@ -350,7 +350,7 @@ def deployment_figures(run_path: Path, runs_: int = 200, export_first: bool = Tr
     from kerakit.serve.models import Model
 
     # What `kerakit serve RUN` runs: the batch-1 choice, and the deployment's other choices for larger
-    # calls (Model.run routes by rows), with serve's runtime settings (ORT threads that do not spin).
+    # calls (Model.run routes by rows), with serve's runtime settings.
     serve_default = Model(resolve(run.path)[0], ServeOptions())
     ov = {q: formats.get("openvino").load(run.export_dir / n, threads=max(BENCH_THREADS))
           for q, n in (("f32", "model.openvino"), ("bf16", "model_bf16.openvino"))}

@@ -222,9 +222,9 @@ class OnnxPredictor(Predictor):
     optimization: "disable" | "basic" | "extended" | "all"; execution: "sequential" | "parallel";
     providers: ORT execution providers (default CPU);
     spinning: whether idle pool threads spin-wait for work (ORT's default, the lowest latency
-    for one caller). `kerakit serve` turns it off: a spinning thread holds a core that the
-    event loop and other requests need (digits_cnn over REST, ORT's 2 threads: 1,690
-    requests/s spinning, 2,800 not).
+    for one caller). `kerakit serve` turns it off for a model it runs on the event loop: a
+    spinning thread holds a core that the loop and other requests need (digits_cnn over
+    REST, ORT's 2 threads: 1,690 requests/s spinning, 2,800 not).
     """
 
     format = "onnx"

@@ -161,10 +161,8 @@ class Model:
     def __init__(self, entry: ModelEntry, options: ServeOptions):
         self.name, self.version, self.path = entry.name, entry.version, entry.path
         self.predictor = _load(entry.path, entry.options, options.threads)
-        # A run's deployment may choose another artifact or setting for larger batches: loaded beside it,
-        # as the deployment measured it (those calls run on the inference thread, not the event loop).
-        self.routes = [(int(n), _load(p, o, options.threads, spinning=None))
-                       for n, p, o in sorted(entry.by_batch, key=lambda r: -int(r[0]))]
+        # A run's deployment may choose another artifact or setting for larger batches: loaded beside it.
+        self.routes = [(int(n), _load(p, o, options.threads)) for n, p, o in sorted(entry.by_batch, key=lambda r: -int(r[0]))]
         self.format = self.predictor.format
         self.platform = formats.get(self.format).triton_platform  # Triton's name, also what v2 metadata reports
         self.inputs = {s.name: s for s in self.predictor.inputs}
@@ -178,13 +176,25 @@ class Model:
         self.lock = threading.Lock()  # one runtime call at a time (a LiteRT interpreter is not thread-safe)
         self.queue: asyncio.Queue | None = None
         self.batch_sizes: list[int] = []  # rows per model call, when batching (for metrics)
-        # Warm up (the first call of every runtime is slow) at a real size: a model with open dimensions
-        # needs --input-shape, since a made-up 1x1 image can break it.
         shapes = {k: v for k, v in options.input_shapes.items() if k in self.inputs}
+        self.row_s = self._warm_up(shapes, (self.predictor, *(p for _, p in self.routes)))
+        if self.row_s < INLINE_BELOW_S and _may_spin(entry.path, entry.options):
+            # Its calls will run on the event loop's thread: an ONNX Runtime pool thread spinning between
+            # them holds the core the loop and the other requests need (digits_cnn over REST at
+            # concurrency 16: 1,690 requests/s spinning, 2,800 not). Longer calls keep spinning,
+            # which pays inside a call (MobileNetV3 at batch 1: 2.1 ms over HTTP spinning, 3.8 ms not).
+            self.predictor.close()
+            self.predictor = _load(entry.path, {**entry.options, "spinning": False}, options.threads)
+            self.row_s = self._warm_up(shapes, (self.predictor,))
+
+    def _warm_up(self, shapes: dict, predictors) -> float:
+        """Run each predictor once (the first call of every runtime is slow) at a real size, and time the
+        batch-1 model's call. A model with open dimensions needs --input-shape: a made-up 1x1 image can break it."""
         try:
-            for predictor in (self.predictor, *(p for _, p in self.routes)):
-                predictor.run(runtime.example_inputs(self.predictor.inputs, shapes))
-            self.row_s = _row_seconds(self.predictor, runtime.example_inputs(self.predictor.inputs, shapes))
+            example = runtime.example_inputs(self.predictor.inputs, shapes)
+            for predictor in predictors:
+                predictor.run(example)
+            return _row_seconds(self.predictor, example)
         except KerakitError as e:
             raise KerakitError(f"Cannot serve model {self.name!r}: {e}") from None
 
@@ -300,18 +310,15 @@ class Model:
             predictor.close()
 
 
-def _load(path: str, options: dict, threads: int | None, spinning: bool | None = False):
-    """The model at `path` with its chosen settings; --threads wins where the format takes threads.
+def _load(path: str, options: dict, threads: int | None):
+    """The model at `path` with its chosen settings; --threads wins where the format takes threads."""
+    explicit = {"threads": threads} if threads is not None and formats.for_path(path).takes_threads else {}
+    return runtime.load(path, **{**options, **explicit})
 
-    The batch-1 model's runtime threads do not spin-wait (see OnnxPredictor): its calls share the
-    event loop's core. `spinning=None` keeps the runtime's default, for the deployment's choices for
-    larger batches, whose calls run on the inference thread (spinning inside a 32-row call of
-    digits_cnn's int8 ONNX on 2 threads made it 1.35x faster).
-    """
-    fmt = formats.for_path(path)
-    explicit = {"threads": threads} if threads is not None and fmt.takes_threads else {}
-    quiet = {"spinning": spinning} if spinning is not None and "spinning" in fmt.runtime_options else {}
-    return runtime.load(path, **{**quiet, **options, **explicit})
+
+def _may_spin(path: str, options: dict) -> bool:
+    """Whether the runtime's threads would spin-wait between calls (ONNX Runtime's default)."""
+    return "spinning" in formats.for_path(path).runtime_options and options.get("spinning", True)
 
 
 def _row_seconds(predictor, batch: dict[str, np.ndarray], calls: int = 7) -> float:
