@@ -30,11 +30,11 @@ from kerakit.errors import KerakitError
 # its peak for the life of the session (a 15,000-row digits batch left ~420 MB behind;
 # 256-row slices, ~13 MB), and the throughput of a slice is already that of a big batch.
 RUN_ROWS = 256
-# A call expected to take less than this runs on the event loop itself. Handing a call to the
-# inference thread costs the loop ~0.3 ms of its own time here (executor, wake-up, and the GIL
-# handed back and forth); digits_cnn over REST at concurrency 16 served 1,018 requests/s
-# through the thread and 1,817 inline. A longer call would hold up every other request.
-INLINE_BELOW_S = 0.001
+# A call expected to take less than this runs on the event loop itself: about what handing a call
+# to the inference thread costs the loop here (executor, wake-up, and the GIL handed back and
+# forth). digits_cnn (0.08 ms a call) over REST at concurrency 16 served 1,018 requests/s through
+# the thread and 1,817 inline. A longer call would hold up every other request.
+INLINE_BELOW_S = 0.0003
 NAME_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,127}")
 VERSION = "1"
 
@@ -182,7 +182,7 @@ class Model:
             # Its calls will run on the event loop's thread: an ONNX Runtime pool thread spinning between
             # them holds the core the loop and the other requests need (digits_cnn over REST at
             # concurrency 16: 1,690 requests/s spinning, 2,800 not). Longer calls keep spinning,
-            # which pays inside a call (MobileNetV3 at batch 1: 2.1 ms over HTTP spinning, 3.8 ms not).
+            # which pays inside a call (MobileNetV3-Small at batch 1, 2 threads: 1.24 ms, 2.11 ms not).
             self.predictor.close()
             self.predictor = _load(entry.path, {**entry.options, "spinning": False}, options.threads)
             self.row_s = self._warm_up(shapes, (self.predictor,))
