@@ -48,6 +48,7 @@ def test_dataset_unavailable_offline(tmp_path):
     _assert_one_clear_line(result, "Dataset 'mnist' is not available", "--data-dir", "bundled recipe")
 
 
+@pytest.mark.slow
 def test_nan_loss(tmp_path):
     result = run_cli("train", FIXTURES / "diverges.py", "learning_rate=1e30", "epochs=2", "--out", tmp_path / "run")
     _assert_one_clear_line(result, "loss became", "learning_rate=1e+30", "Lower the learning rate")

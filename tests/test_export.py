@@ -163,6 +163,7 @@ def test_an_artifact_that_ignores_its_input_fails_even_within_atol(tmp_path):
     assert real["verdict"] == "verified" and real["error_vs_constant"] < 0.01
 
 
+@pytest.mark.slow
 def test_cli_exits_non_zero_keeps_the_figures_and_marks_the_manifest(tmp_path):
     _constant_model(tmp_path / "constant.keras")
     result = run_cli("export", tmp_path / "constant.keras", "--format", "onnx", "--recipe", "digits_cnn")

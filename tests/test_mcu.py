@@ -245,6 +245,7 @@ def test_an_op_tflite_micro_lacks_fails_naming_the_op_its_layer_and_what_to_use(
     assert not (tmp_path / "gelu_export" / "model_int8.tflm").exists()
 
 
+@pytest.mark.slow
 def test_a_model_over_the_budget_fails_the_export_with_its_figures(digits_run, tmp_path):
     """digits_cnn needs 10 KB of arena and 158 KB of flash: a 4 KB / 64 KB device cannot hold it."""
     target = tmp_path / "tiny_mcu.toml"

@@ -51,6 +51,7 @@ def test_classification_metrics_have_per_class_rows_and_a_confusion_matrix(digit
     assert sum(row["support"] for row in metrics["per_class"]) == 360
 
 
+@pytest.mark.slow
 def test_the_same_request_trains_the_same_model_whether_or_not_the_dataset_was_prepared(tmp_path):
     """Preparing a TFDS dataset the first time runs seeded TensorFlow ops; the model must not see that."""
     fresh = kerakit.train("digits_cnn", tmp_path / "first", epochs=1, data_dir=tmp_path / "tfds", verbose=0)
