@@ -18,7 +18,9 @@ Protocols (clients written for Triton, KServe or TF Serving work unchanged):
 Models are loaded once at start-up through `kerakit.runtime`; request paths
 only look names up in that table, so no request can make the server read a file.
 Every bad request is answered 4xx with `{"error": "..."}` naming the problem.
-Inference runs on one thread per model, off the event loop; with
+A call quicker than handing it to another thread (`models.INLINE_BELOW_S`,
+judged by the batch-1 time measured at load) runs on the event loop; longer
+ones run on one thread per model, off the event loop; with
 `max_batch > 1`, concurrent requests are merged into one batch (dynamic
 batching, as Triton calls it) for up to `batch_wait_ms`. Answered requests
 go to the request log (`kerakit.request_log`, read by `kerakit drift`).
