@@ -18,9 +18,9 @@ from kerakit.serve.models import BadRequest
 def parse_json(body: bytes) -> Any:
     """The body as JSON, refusing NaN and Infinity (not JSON, though Python writes them).
 
-    orjson parses it; a body orjson refuses (or one it reads differently: integers beyond 64
-    bits, 1e400, lone surrogates) goes through the standard library, whose reading and
-    messages are the rule.
+    orjson parses it; a body orjson refuses (1e400, lone surrogates, anything malformed) goes
+    through the standard library, whose reading and messages are the rule. Integers beyond
+    64 bits, which orjson reads as floats, are refused by `to_array` as out of range.
     """
     try:
         return orjson.loads(body)
