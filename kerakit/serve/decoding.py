@@ -7,6 +7,7 @@ array([[1., 2.]], dtype=float32)
 from __future__ import annotations
 
 import json
+import re
 from typing import Any
 
 import numpy as np
@@ -14,18 +15,22 @@ import orjson
 
 from kerakit.serve.models import BadRequest
 
+LONG_DIGITS = re.compile(rb"\d{19}")  # |n| >= 2**63 needs 19 digits; a double's repr has at most 17
+
 
 def parse_json(body: bytes) -> Any:
     """The body as JSON, refusing NaN and Infinity (not JSON, though Python writes them).
 
     orjson parses it; a body orjson refuses (1e400, lone surrogates, anything malformed) goes
-    through the standard library, whose reading and messages are the rule. Integers beyond
-    64 bits, which orjson reads as floats, are refused by `to_array` as out of range.
+    through the standard library, whose reading and messages are the rule, and so does a
+    body with a run of 19 or more digits: orjson reads integers beyond 64 bits as floats,
+    where the standard library keeps them exact (and `to_array` says they are out of range).
     """
-    try:
-        return orjson.loads(body)
-    except orjson.JSONDecodeError:
-        pass
+    if not LONG_DIGITS.search(body):
+        try:
+            return orjson.loads(body)
+        except orjson.JSONDecodeError:
+            pass
 
     def reject_constant(token):
         raise BadRequest(f"Malformed JSON: {token} is not a JSON number; send finite numbers.")
@@ -48,8 +53,6 @@ def to_array(value: Any, dtype: str, what: str) -> np.ndarray:
     if kind in "iu" and array.dtype.kind in "fO":
         array = _big_integers(value, array)
     allowed = {"f": "fiu", "i": "iu", "u": "iu", "b": "b"}.get(kind, "")
-    if kind in "iu" and array.dtype.kind == "f" and _beyond(array, dtype):  # orjson reads such integers as floats
-        raise BadRequest(f"{what}: values outside the {dtype} range [{np.iinfo(dtype).min}, {np.iinfo(dtype).max}].")
     if array.dtype.kind not in allowed:
         found = {"U": "strings", "S": "bytes", "O": "mixed, null or out-of-range values", "b": "booleans",
                  "f": "fractional numbers"}.get(array.dtype.kind, str(array.dtype))
@@ -60,13 +63,6 @@ def to_array(value: Any, dtype: str, what: str) -> np.ndarray:
             raise BadRequest(f"{what}: values outside the {dtype} range [{info.min}, {info.max}].")
     with np.errstate(over="ignore", invalid="ignore"):
         return array.astype(dtype, copy=False)
-
-
-def _beyond(array: np.ndarray, dtype: str) -> bool:
-    """Whether whole numbers in `array` lie outside `dtype`'s range."""
-    info = np.iinfo(dtype)
-    whole = np.isfinite(array) & (array == np.round(array))
-    return bool(whole.any() and ((array[whole] < info.min) | (array[whole] > info.max)).any())
 
 
 def _big_integers(value: Any, array: np.ndarray) -> np.ndarray:
