@@ -95,13 +95,8 @@ class _Server:
 
 
 def request_body(x: np.ndarray) -> tuple[bytes, dict]:
-    tensor = {"name": "image", "shape": list(x.shape), "datatype": "FP32"}
-    if x.size <= BINARY_ABOVE:
-        return json.dumps({"inputs": [{**tensor, "data": x.ravel().tolist()}]}).encode(), {"content-type": "application/json"}
-    raw = x.astype(np.float32).tobytes()
-    header = json.dumps({"inputs": [{**tensor, "parameters": {"binary_data_size": len(raw)}}],
-                         "outputs": [{"name": "probabilities", "parameters": {"binary_data": True}}]}).encode()
-    return header + raw, {"inference-header-content-length": str(len(header)), "content-type": "application/octet-stream"}
+    """A KServe v2 request as a client sends it: JSON tensors, binary tensor data for large inputs."""
+    return _json_body(x) if x.size <= BINARY_ABOVE else _binary_body(x)
 
 
 async def _load(url: str, bodies: list[tuple[bytes, dict]], n: int, concurrency: int) -> dict:
@@ -358,21 +353,22 @@ def where_time_goes(model: Path, bodies, whole: dict, calls: int = 2000) -> dict
 
     served = Model(ModelEntry("m", str(model)), ServeOptions())
     metrics = Metrics()
+
+    def decode(i):
+        body, headers = bodies[i]
+        return kserve_v2.decode(served, body, headers.get(kserve_v2.HEADER_LENGTH), 10**6)
+
     try:
-        steps = {"decode and checks": lambda b: kserve_v2.decode(served, b[0], b[1].get(kserve_v2.HEADER_LENGTH),
-                                                                  10**6),
-                 "model call": None, "encode": None, "metrics": lambda b: metrics.count("m", "v2", 200, 0.001, 1)}
-        decoded = [steps["decode and checks"](b) for b in bodies]
+        decoded = [decode(i) for i in range(len(bodies))]
         outputs = [served.run(inputs) for inputs, _ in decoded]
-        steps["model call"] = lambda i: served.run(decoded[i][0])
-        steps["encode"] = lambda i: kserve_v2.encode(served, decoded[i][1], outputs[i])
+        steps = {"decode and checks": decode, "model call": lambda i: served.run(decoded[i][0]),
+                 "encode": lambda i: kserve_v2.encode(served, decoded[i][1], outputs[i]),
+                 "metrics": lambda i: metrics.count("m", "v2", 200, 0.001, 1)}
         cost = {}
         for name, step in steps.items():
-            args = bodies if name in ("decode and checks", "metrics") else range(len(bodies))
-            args = list(args)
             start = time.process_time()
             for i in range(calls):
-                step(args[i % len(args)])
+                step(i % len(bodies))
             cost[name] = round((time.process_time() - start) / calls * 1e6, 1)
     finally:
         served.close()

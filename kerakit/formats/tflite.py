@@ -369,9 +369,9 @@ def _quantizer(detail):
     """value -> what the input tensor takes: a float batch scaled, rounded, clipped and cast in place
     (one float32 buffer, no temporaries), anything else cast as it is."""
     dtype = np.dtype(detail["dtype"])
-    scale, zero_point = detail["quantization"]
-    if dtype not in (np.int8, np.uint8) or not scale:
+    if not _scale(detail):
         return lambda value: value.astype(dtype, copy=False)
+    scale, zero_point = detail["quantization"]
     info, scale, zero_point = np.iinfo(dtype), np.float32(scale), np.float32(zero_point)
     low, high = np.float32(info.min), np.float32(info.max)
 
@@ -390,10 +390,9 @@ def _quantizer(detail):
 
 def _dequantizer(detail):
     """raw output -> float32 for a quantized output (one float32 buffer), as it is otherwise."""
-    scale, zero_point = detail["quantization"]
-    if detail["dtype"] not in (np.int8, np.uint8) or not scale:
+    if not _scale(detail):
         return lambda value: value
-    scale, zero_point = np.float32(scale), np.float32(zero_point)
+    scale, zero_point = (np.float32(v) for v in detail["quantization"])
 
     def dequantize(value: np.ndarray) -> np.ndarray:
         out = value.astype(np.float32)

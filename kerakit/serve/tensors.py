@@ -65,8 +65,6 @@ def json_values(array: np.ndarray):
     order, else (nested) lists with non-finite floats as strings and BYTES as text."""
     if array.ndim == 0:
         return json_values(array.reshape(1))[0]
-    if array.dtype.kind in "biu" and array.dtype.isnative:
-        return array
     if array.dtype.kind == "f" and not np.isfinite(array).all():
         values = array.astype(np.float64).astype(object)
         for value, text in ((np.nan, "NaN"), (np.inf, "Infinity"), (-np.inf, "-Infinity")):
@@ -74,7 +72,7 @@ def json_values(array: np.ndarray):
         return values.tolist()
     if array.dtype.kind in "OS":
         return np.frompyfunc(_text, 1, 1)(array).tolist() if array.size else array.tolist()
-    return array if array.dtype.isnative and array.dtype.kind == "f" else array.tolist()
+    return array if array.dtype.isnative else array.tolist()
 
 
 def _text(value) -> str:
