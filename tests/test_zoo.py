@@ -35,9 +35,11 @@ EXPECTED = {
     "near_constant": {"savedmodel": V, "onnx": V, "tflite-int8": (F, "no closer to Keras than a constant"),
                       "tflite-fp16": V, "onnx-int8": (F, "no closer to Keras than a constant")},
     "exact_gelu": {"savedmodel": V, "onnx": V, "tflite-int8": V, "tflite-fp16": V, "onnx-int8": V},
-    "mobilenet_v3_small": {"savedmodel": V, "onnx": V, "tflite-int8": (F, "accuracy dropped 16.25 points"),
-                           "tflite-fp16": V, "onnx-int8": (F, "accuracy dropped 18.75 points")},
+    "mobilenet_v3_small": {"savedmodel": V, "onnx": V, "tflite-int8": (F, "accuracy dropped"),
+                           "tflite-fp16": V, "onnx-int8": (F, "accuracy dropped")},
 }
+# A failure's reason is asserted by its kind, never by one CPU's figure: MobileNetV3's int8 accuracy drop
+# was 18.75 points on an AVX2 EPYC and 20.00 on a Xeon with AVX512-VNNI/AMX (different int8 kernels).
 SLOW = {"mobilenet_v3_small", "bidirectional_gru"}  # the rest: ~100 s
 # EfficientNetB0 (32x32) is left out: its export took 446 s on a shared 2-core machine.
 # Recurrent models: TFLite builtins need a fixed batch (`batch = 1` on the artifact).
@@ -269,6 +271,47 @@ def test_evaluate_bench_and_serve_each_verified_artifact(exported, name, tmp_pat
     want = _keras(model, {k: v[:2] for k, v in inputs.items()})
     for k in want:
         np.testing.assert_allclose(answer[k], want[k], atol=1e-4)
+
+
+def _fresh_runtime(path, inputs):
+    """Outputs of a runtime opened for this one call, sized for these rows before its first run."""
+    if path.suffix != ".tflite":
+        return _independent(path, inputs)
+    from ai_edge_litert.interpreter import Interpreter
+
+    runner = Interpreter(model_path=str(path)).get_signature_runner("serving_default")
+    details, outs = runner.get_input_details(), runner.get_output_details()
+    feeds = {}  # the runner resizes to these shapes and allocates before its first invoke
+    for k, v in inputs.items():
+        scale, zero = details[k]["quantization"]
+        feeds[k] = (np.clip(np.round(v / scale + zero), -128, 127).astype(details[k]["dtype"])
+                    if scale else v.astype(details[k]["dtype"]))
+    return {k: (v.astype(np.float32) - outs[k]["quantization"][1]) * outs[k]["quantization"][0]
+            if outs[k]["quantization"][0] else v for k, v in runner(**feeds).items()}
+
+
+@pytest.mark.parametrize("name", MODELS)
+def test_every_batch_size_gets_a_fresh_runtimes_answer_after_warm_up(exported, name):
+    """The same rows answer the same at batch 1, 64, 128 and 256 through kerakit's predictor (warmed up at
+    batch 1, then called at each size in turn) as through a runtime opened for that size alone."""
+    from pathlib import Path
+
+    _, inputs, _, rows = exported(name)
+    rng = np.random.default_rng(11)
+    big = {k: (rng.random((256, *v.shape[1:])) * v.max()).astype("float32") for k, v in inputs.items()}
+    for row in rows.values():
+        if row["verdict"] != "verified":
+            continue
+        path = Path(row["path"])
+        with runtime.load(path) as predictor:
+            predictor.predict({k: v[:1] for k, v in big.items()})
+            fixed = predictor.fixed_batch  # a batch-1 LSTM file: run in slices, compared row by row
+            for n in (1, 64, 128, 256, 100):  # 100: not a power of two
+                got = predictor.predict({k: v[:n] for k, v in big.items()})
+                want = (_independent if fixed else _fresh_runtime)(path, {k: v[:n] for k, v in big.items()})
+                for k in want:
+                    np.testing.assert_allclose(got[k], want[k], rtol=1e-5, atol=1e-6,
+                                               err_msg=f"{row['artifact']} {k} at batch {n}")
 
 
 def test_a_dynamic_model_without_a_size_is_refused_in_one_line(exported, tmp_path):

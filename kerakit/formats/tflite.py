@@ -268,31 +268,29 @@ class LiteRTPredictor(Predictor):
 
     int8/uint8 inputs and outputs of a float model are (de)quantized with the
     tensor's own scale and zero point, so callers pass and get float arrays.
+
+    An interpreter is never resized after its first invoke: each input shape gets
+    its own interpreter, sized before its first call (`_Sized`), which is what a
+    fresh runtime computes. A LiteRT interpreter invoked at batch 1 and then
+    resized to 128 rows answered an int8 attention model differently from a fresh
+    one on 1-42 % of rows, from run to run (issue 23, on an AVX2 EPYC); that path
+    is simply never taken. A dynamic batch runs in power-of-two slices (100 rows:
+    64 + 32 + 4), so a server's varying batch sizes need at most one interpreter
+    per power of two, not one per row count.
     """
 
     format = "tflite"
+    MAX_SIZES = 24  # interpreters kept (least recently used dropped): 9 batch sizes x a few image sizes
 
     def __init__(self, path: Path, threads: int | None = None):
         super().__init__(path)
-        from ai_edge_litert.interpreter import Interpreter
-
-        from kerakit.quiet import muted_stderr
-
+        self._threads = threads
         try:
-            with muted_stderr():  # "INFO: Created TensorFlow Lite XNNPACK delegate for CPU."
-                self._interpreter = Interpreter(model_path=str(path), num_threads=threads)
+            self._model = path.read_bytes()
+            first = _Sized(self._model, threads, None)
         except (ValueError, RuntimeError) as e:
             raise KerakitError(f"Cannot load TFLite model {str(path)!r}: {str(e)[:200]} (truncated or corrupt?).") from e
-        signatures = self._interpreter.get_signature_list()
-        if signatures:
-            key = SIGNATURE if SIGNATURE in signatures else next(iter(signatures))
-            runner = self._interpreter.get_signature_runner(key)
-            in_details, out_details = runner.get_input_details(), runner.get_output_details()
-            self._subgraph = self._interpreter._interpreter.GetSubgraphIndexFromSignature(key)
-        else:  # a model converted without signatures: use tensor order and names
-            in_details = {d["name"]: d for d in self._interpreter.get_input_details()}
-            out_details = {d["name"]: d for d in self._interpreter.get_output_details()}
-            self._subgraph = 0
+        in_details, out_details = first.details
         self._in, self._out = in_details, out_details
         self._quantize = {k: _quantizer(d) for k, d in in_details.items()}
         self._dequantize = {k: _dequantizer(d) for k, d in out_details.items()}
@@ -303,16 +301,16 @@ class LiteRTPredictor(Predictor):
         # leaves open (shape_signature -1: the batch, an image of any size) are None.
         self.inputs = [Spec(k, _signature(d), _float_view(d)) for k, d in sorted(in_details.items())]
         self.outputs = [Spec(k, _signature(d), _float_view(d)) for k, d in sorted(out_details.items())]
-        self._wrapper = self._interpreter._interpreter  # what SignatureRunner drives, minus its per-call resize
-        # The shape each input is allocated for: a call of that shape neither resizes nor reallocates
-        # (a resize, even to the same shape, measured invoke 1.5-3x slower on an int8 CNN at batch 1).
-        self._shapes: dict[str, tuple] = {}
-        try:
-            self._wrapper.AllocateTensors(self._subgraph)
-            self._shapes = {k: tuple(int(n) for n in d["shape"]) for k, d in in_details.items()}
-        except RuntimeError:  # a placeholder size (1x1 for an image of any size) the model cannot take
-            pass
+        self._names = [s.name for s in self.inputs]
+        self._dynamic_batch = bool(self.inputs) and self.inputs[0].shape[:1] == (None,)
+        # Interpreters by input shapes (in `_names` order). The first one is allocated at the file's own
+        # shapes, unless that is a placeholder size (1x1 for an image of any size) the model cannot take.
+        self._sized: dict[tuple, _Sized] = {}
+        if first.shapes is not None:
+            self._sized[first.shapes] = first
         if all(None not in s.shape[1:] for s in self.inputs):
+            from kerakit.quiet import muted_stderr
+
             with muted_stderr():  # the first invoke creates the XNNPACK delegate and says so on stderr
                 self._run({s.name: np.zeros((s.shape[0] or 1, *s.shape[1:]), s.dtype) for s in self.inputs})
 
@@ -324,28 +322,93 @@ class LiteRTPredictor(Predictor):
         return self._steps_in
 
     def _run(self, batch):
-        """Resize and allocate only when an input's shape changes; then set, invoke, get."""
-        wrapper, subgraph, shapes = self._wrapper, self._subgraph, self._shapes
-        quantize, dequantize = self._quantize, self._dequantize
-        feeds = {k: quantize[k](v) for k, v in batch.items()} if self._steps_in else batch
-        changed = [k for k, v in feeds.items() if shapes.get(k) != v.shape]
-        if changed:
-            for k in changed:
-                wrapper.ResizeInputTensor(self._in[k]["index"], np.array(feeds[k].shape, np.int32), False, subgraph)
-            try:
-                wrapper.AllocateTensors(subgraph)
-            except RuntimeError as e:
-                self._shapes.clear()
-                shapes = ", ".join(f"{k}={'x'.join(map(str, v.shape))}" for k, v in feeds.items())
-                raise KerakitError(f"{self.path.name} cannot run inputs of shape {shapes}: "
-                                   f"{str(e).splitlines()[0][:200]}") from None
-            self._shapes.update({k: feeds[k].shape for k in changed})
-        for k, v in feeds.items():
-            wrapper.SetTensor(self._in[k]["index"], np.ascontiguousarray(v), subgraph)
-        wrapper.Invoke(subgraph)
+        """Quantize, run on the interpreter sized for these shapes (power-of-two slices of a dynamic batch),
+        dequantize."""
+        feeds = {k: self._quantize[k](v) for k, v in batch.items()} if self._steps_in else batch
+        n = len(feeds[self._names[0]]) if self._names else 0
+        if self._dynamic_batch and n & (n - 1):  # not a power of two
+            parts, start = [], 0
+            for size in _powers_of_two(n):
+                parts.append(self._invoke({k: v[start:start + size] for k, v in feeds.items()}))
+                start += size
+            raw = {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
+        else:
+            raw = self._invoke(feeds)
         if not self._steps_out:
-            return {k: wrapper.GetTensor(d["index"], subgraph) for k, d in self._out.items()}
-        return {k: dequantize[k](wrapper.GetTensor(d["index"], subgraph)) for k, d in self._out.items()}
+            return raw
+        return {k: self._dequantize[k](v) for k, v in raw.items()}
+
+    def _invoke(self, feeds: dict) -> dict:
+        shapes = tuple(feeds[k].shape for k in self._names)
+        sized = self._sized.get(shapes)
+        if sized is None:
+            sized = self._new_size(feeds, shapes)
+        return sized.invoke(feeds, self._in, self._out)
+
+    def _new_size(self, feeds: dict, shapes: tuple) -> "_Sized":
+        """A fresh interpreter allocated for `shapes` before its first invoke."""
+        try:
+            sized = _Sized(self._model, self._threads, {self._in[k]["index"]: feeds[k].shape for k in self._names})
+        except RuntimeError as e:
+            text = ", ".join(f"{k}={'x'.join(map(str, feeds[k].shape))}" for k in self._names)
+            raise KerakitError(f"{self.path.name} cannot run inputs of shape {text}: "
+                               f"{str(e).splitlines()[0][:200]}") from None
+        if len(self._sized) >= self.MAX_SIZES:
+            self._sized.pop(next(iter(self._sized)))
+        self._sized[shapes] = sized
+        return sized
+
+
+class _Sized:
+    """One LiteRT interpreter allocated for one set of input shapes, and never resized after.
+
+    `sizes`: {input tensor index: shape} to resize to before allocating; None: the file's own shapes.
+    `shapes` is None where the file's own shapes cannot be allocated (a placeholder size).
+    """
+
+    def __init__(self, model: bytes, threads: int | None, sizes: dict | None):
+        from ai_edge_litert.interpreter import Interpreter
+
+        from kerakit.quiet import muted_stderr
+
+        with muted_stderr():  # "INFO: Created TensorFlow Lite XNNPACK delegate for CPU."
+            self.interpreter = Interpreter(model_content=model, num_threads=threads)
+        signatures = self.interpreter.get_signature_list()
+        if signatures:
+            key = SIGNATURE if SIGNATURE in signatures else next(iter(signatures))
+            runner = self.interpreter.get_signature_runner(key)
+            self.details = runner.get_input_details(), runner.get_output_details()
+            self.subgraph = self.interpreter._interpreter.GetSubgraphIndexFromSignature(key)
+        else:  # a model converted without signatures: use tensor order and names
+            self.details = ({d["name"]: d for d in self.interpreter.get_input_details()},
+                            {d["name"]: d for d in self.interpreter.get_output_details()})
+            self.subgraph = 0
+        self.wrapper = self.interpreter._interpreter  # what SignatureRunner drives, minus its per-call resize
+        for index, shape in (sizes or {}).items():
+            self.wrapper.ResizeInputTensor(index, np.array(shape, np.int32), False, self.subgraph)
+        self.shapes: tuple | None = None
+        try:
+            self.wrapper.AllocateTensors(self.subgraph)
+        except RuntimeError:
+            if sizes is not None:
+                raise
+            return
+        if sizes is None:
+            self.shapes = tuple(tuple(int(n) for n in d["shape"]) for _, d in sorted(self.details[0].items()))
+        else:
+            self.shapes = tuple(tuple(s) for s in sizes.values())
+
+    def invoke(self, feeds: dict, inputs: dict, outputs: dict) -> dict:
+        wrapper, subgraph = self.wrapper, self.subgraph
+        for k, v in feeds.items():
+            wrapper.SetTensor(inputs[k]["index"], np.ascontiguousarray(v), subgraph)
+        wrapper.Invoke(subgraph)
+        return {k: wrapper.GetTensor(d["index"], subgraph) for k, d in outputs.items()}
+
+
+def _powers_of_two(n: int) -> list[int]:
+    """100 -> [64, 32, 4]: n as a sum of distinct powers of two, largest first."""
+    return [1 << b for b in range(n.bit_length() - 1, -1, -1) if n >> b & 1]
 
 
 def _signature(detail) -> tuple:
