@@ -163,6 +163,49 @@ def test_an_artifact_that_ignores_its_input_fails_even_within_atol(tmp_path):
     assert real["verdict"] == "verified" and real["error_vs_constant"] < 0.01
 
 
+def _three_heads(path, score_shift=0.0):
+    """A class head (labelled in the test) and two heads nobody labels: a score and class scores. A score
+    off by 15 % of its spread is within the 25 % of the input-ignoring check: only the head check catches it."""
+    keras.utils.set_random_seed(3)
+    x = keras.Input((6,), name="x")
+    h = keras.layers.Dense(16, activation="tanh")(x)
+    model = keras.Model(x, [keras.layers.Dense(3, activation="softmax", name="kind")(h),
+                            keras.layers.Dense(1, name="score")(h),
+                            keras.layers.Dense(4, activation="softmax", name="aux")(h)])
+    if score_shift:
+        kernel, bias = model.get_layer("score").get_weights()
+        model.get_layer("score").set_weights([kernel, bias + score_shift])
+    model.save(path)
+    return model
+
+
+def test_every_output_is_judged_and_an_unlabelled_head_off_keras_fails(tmp_path):
+    """Only `kind` has labels; `score` and `aux` are judged against Keras's own answers, and say so."""
+    from kerakit.export.verify import MAX_UNLABELLED_ERROR_VS_SPREAD, make_reference
+
+    model = _three_heads(tmp_path / "three.keras")
+    x = {"x": np.random.default_rng(0).normal(size=(256, 6)).astype("float32")}
+    keras_out = model.predict(x["x"], verbose=0)
+    spread = float(np.abs(keras_out[1] - keras_out[1].mean()).mean())
+    reference = make_reference(runtime.load(tmp_path / "three.keras"), x, task="classification", eval_inputs=x,
+                               eval_labels=keras_out[0].argmax(-1), metric_output="kind")
+    # The same model with its score shifted by 0.15 of its spread, exported for real: a wrong head.
+    _three_heads(tmp_path / "shifted.keras", score_shift=0.15 * spread)
+    good = export(tmp_path / "three.keras", formats=["onnx"], log=lambda m: None).row("onnx")["path"]
+    bad = export(tmp_path / "shifted.keras", formats=["onnx"], log=lambda m: None).row("onnx")["path"]
+    as_int8 = ArtifactSpec("onnx", "int8")  # judged as a quantized file is: by metric, not by atol
+    passed = verify_artifact(good, reference, as_int8, Verify())
+    assert passed.verdict == "verified", passed.reasons
+    assert {k: v["judged_on"] for k, v in passed.output_metrics.items()} == \
+        {"kind": "labels", "score": "keras", "aux": "keras"}
+    assert passed.output_metrics["aux"]["metric"] == "argmax_agreement" and passed.output_metrics["aux"]["value"] == 1
+    assert passed.output_metrics["score"]["metric"] == "error_vs_spread"
+    failed = verify_artifact(bad, reference, as_int8, Verify())
+    assert failed.verdict == "failed" and failed.metric_change == 0  # the labelled head alone would pass
+    assert failed.reasons == [f"output 'score' (no labels): mean abs error against Keras is 15% of Keras's own "
+                              f"spread (at most {MAX_UNLABELLED_ERROR_VS_SPREAD:.0%} allowed)"]
+
+
 @pytest.mark.slow
 def test_cli_exits_non_zero_keeps_the_figures_and_marks_the_manifest(tmp_path):
     _constant_model(tmp_path / "constant.keras")
