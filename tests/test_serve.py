@@ -173,6 +173,18 @@ def test_body_over_the_limit_is_413_even_when_chunked(server):
     assert requests.get(server.url + "/v2/health/live").status_code == 200
 
 
+def test_a_body_far_over_the_limit_gets_a_readable_413_not_a_broken_pipe(server):
+    """10 MB against the 1 MB limit: the client sends it all before reading, and still reads the 413."""
+    rows = json.dumps({"inputs": [{"name": "x", "shape": [256, 32, 32, 3], "datatype": "FP32",
+                                   "data": [0.123456789] * (256 * 32 * 32 * 3)}]}).encode()
+    assert len(rows) > 8 * 1024 * 1024
+    r = requests.post(server.url + V2, data=rows, headers={"content-type": "application/json"})
+    assert r.status_code == 413 and "over the 1048576-byte limit" in r.json()["error"]
+    r = requests.post(server.url + V2, data=(rows[i:i + 65536] for i in range(0, len(rows), 65536)))
+    assert r.status_code == 413 and "over the 1048576-byte limit" in r.json()["error"]
+    assert requests.get(server.url + "/v2/health/live").status_code == 200
+
+
 def test_wrong_method_and_unknown_route_are_json_4xx(server):
     r = requests.get(server.url + V2)
     assert r.status_code == 405 and r.json()["error"]
