@@ -368,6 +368,61 @@ def _print_deployment(rows: list[dict], written: dict) -> None:
     console.print(f"report: {written['html']}  (Markdown: {written['markdown']})", markup=False)
 
 
+@cli.command("data")
+@click.argument("path", type=click.Path())
+@click.option("--label", help="The label column (a table): enables the label checks (conflicts, leakage, imbalance).")
+@click.option("--sep", help="The separator of a CSV file (default: detected among , ; tab |).")
+@click.option("--encoding", help="The text encoding of a CSV file (default: detected; e.g. latin-1).")
+@click.option("--decimal", type=click.Choice([".", ","]), help="The decimal mark of numbers in a CSV file (default: detected).")
+@click.option("--type", "types", multiple=True, metavar="COLUMN=TYPE", help="A column's type instead of the inferred one (repeatable): number, category, boolean, text, date, identifier.")
+@click.option("--group", help="Keep every row of one value of this column in one split (patient, customer, ...).")
+@click.option("--time", help="Split by this column's time order: the earliest rows train, the latest test.")
+@click.option("--seed", default=0, show_default=True, type=int, help="Seed of the split.")
+@click.option("--json", "json_path", type=click.Path(dir_okay=False), help="Also write the report as JSON to this file.")
+def data_cmd(path, label, sep, encoding, decimal, types, group, time, seed, json_path) -> None:
+    """A data report of PATH before training: types, splits and the flags that break models."""
+    from kerakit.sources import data_report
+
+    report = data_report(path, label, sep=sep, encoding=encoding, decimal=decimal, types=_column_types(types),
+                         seed=seed, group=group, time=time)
+    if json_path:
+        from kerakit import runs
+
+        runs.write_json(json_path, report)
+    _print_data_report(report)
+
+
+def _column_types(pairs: tuple[str, ...]) -> dict[str, str]:
+    types = {}
+    for pair in pairs:
+        column, sep, kind = pair.partition("=")
+        if not sep or not column:
+            raise click.UsageError(f"Invalid --type {pair!r}: expected COLUMN=TYPE (e.g. zip_code=category).")
+        types[column.strip()] = kind.strip()
+    return types
+
+
+def _print_data_report(report: dict) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    console = Console(width=max(120, Console().width))
+    click.echo(f"data: {report['read_as']}" + (f", label {report['label']!r} ({report['task']})"
+                                               if report["label"] else ""))
+    columns = Table("column", "type", "missing", "distinct", "min", "median", "max", box=None)
+    for c in report["columns"]:
+        columns.add_row(c["column"], c["type"], str(c["missing"]), str(c["distinct"]),
+                        *(f"{c[k]:.4g}" if k in c else "" for k in ("min", "median", "max")))
+    console.print(columns)
+    splits = "; ".join(f"{name} {s['rows']}" + (" (" + ", ".join(f"{k} {v}" for k, v in s["classes"].items()) + ")"
+                                                 if "classes" in s else "") for name, s in report["splits"].items())
+    click.echo(f"split: {report['split_rule']}\n  {splits}")
+    for flag in report["flags"]:
+        examples = f" [rows/values: {', '.join(map(str, flag['examples']))}]" if flag["examples"] else ""
+        click.echo(f"flag: {flag['check']}: {flag['message']}{examples}")
+    click.echo(f"{len(report['flags'])} flag(s)" if report["flags"] else "no flags")
+
+
 @cli.command("drift")
 @_custom_objects_option
 @click.argument("run", type=click.Path(file_okay=False))

@@ -1,0 +1,298 @@
+"""The data checks a careful practitioner runs before training, on a table as the file has it.
+
+    report = table_report(read_table("penguins.csv"), label="species")
+    report["flags"][0]  # {'check': 'duplicates_across_splits', 'count': 4, 'examples': [...], 'message': '...'}
+
+Deepchecks' data-integrity and train-test-validation suites are the list this
+follows: missing values (disguised ones such as "NA", ".", "?" included), constant
+and near-constant columns, mixed types in one column, one category spelled
+several ways, duplicate rows within a split and across splits (train/test
+leakage), the same features with different labels, a column that alone
+predicts the label (target leakage, or an identifier that follows the label
+order), identifier-like columns, outliers and class imbalance. Every problem is
+a flag with a count and a few example rows (1-based data row numbers, the header
+not counted) or values.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from kerakit.errors import KerakitError
+from kerakit.sources.splits import NAMES, assign_splits
+from kerakit.sources.table import Table, as_numbers, infer_types, missing_mask
+
+EXAMPLES = 5
+NEAR_CONSTANT = 0.99      # a column whose most common value fills this share of its rows
+IMBALANCE = 0.2           # smallest class / largest class below this: imbalanced
+LEAKAGE_SCORE = 0.95      # a single column's cross-validated predictive power at least this: leakage
+OUTLIER_Z = 6.0           # robust z-score (median / 1.4826 MAD) beyond this: an outlier
+LEAKAGE_ROWS = 20_000     # rows the single-column models see (a sample of a larger table)
+
+
+def table_report(table: Table, label: str | None = None, *, types: dict | None = None, seed: int = 0,
+                 group: str | None = None, time: str | None = None, task: str | None = None) -> dict:
+    """The data report of a table: its columns and types, the split it would get, and the flags."""
+    frame = table.frame
+    if label is not None and label not in frame.columns:
+        raise KerakitError(f"Unknown label column {label!r} in {table.path.name}. Columns: {', '.join(frame.columns)}.")
+    types = infer_types(frame, table.decimal, types)
+    task = task or _task(types, label)
+    if label is not None and missing_mask(frame[label]).any():
+        rows = np.flatnonzero(missing_mask(frame[label]))
+        raise KerakitError(f"{table.path.name}: {len(rows)} row(s) have no label in column {label!r} "
+                           f"(data rows {', '.join(str(r + 1) for r in rows[:EXAMPLES])}). Drop them or fill them in.")
+    splits, rule = assign_splits(frame, label, seed=seed, group=group, time=time,
+                                 classification=task == "classification")
+    features = [c for c in frame.columns if c != label]
+    flags = [*_missing(frame, features), *_constant(frame, features), *_mixed(frame, types, table.decimal),
+             *_spellings(frame, types, label), *_duplicates(frame, features, label, splits),
+             *_identifiers(frame, types, features), *_outliers(frame, types, table.decimal)]
+    if label is not None:
+        flags += [*_conflicts(frame, features, label), *_leakage(frame, types, features, label, task, table.decimal)]
+        if task == "classification":
+            flags += _imbalance(frame[label])
+    return {"source": str(table.path), "read_as": table.describe(), "rows": len(frame), "label": label,
+            "task": task, "types": types, "split_rule": rule, "splits": _split_counts(frame, label, splits, task),
+            "columns": _column_summary(frame, types, table.decimal), "flags": flags}
+
+
+def _task(types: dict, label: str | None) -> str | None:
+    if label is None:
+        return None
+    return "regression" if types[label] == "number" else "classification"
+
+
+def _flag(check: str, count: int, message: str, examples=()) -> dict:
+    return {"check": check, "count": int(count), "examples": [_plain(e) for e in list(examples)[:EXAMPLES]],
+            "message": message}
+
+
+def _plain(value):
+    return value.item() if isinstance(value, np.generic) else value
+
+
+def _rows(mask) -> list[int]:
+    """1-based data row numbers of a mask's true cells (the header not counted)."""
+    return [int(i) + 1 for i in np.flatnonzero(mask)[:EXAMPLES]]
+
+
+def _split_counts(frame, label, splits, task) -> dict:
+    counts = {}
+    for name in NAMES:
+        part = splits == name
+        entry = {"rows": int(part.sum())}
+        if label is not None and task == "classification":
+            entry["classes"] = {str(k): int(v) for k, v in frame[label][part].value_counts().sort_index().items()}
+        counts[name] = entry
+    return counts
+
+
+def _column_summary(frame, types: dict, decimal: str) -> list[dict]:
+    rows = []
+    for column in frame.columns:
+        values, missing = frame[column], missing_mask(frame[column])
+        entry = {"column": column, "type": types[column], "missing": int(missing.sum()),
+                 "distinct": int(values[~missing].str.strip().nunique())}
+        if types[column] == "number":
+            numbers = as_numbers(values[~missing], decimal)
+            numbers = numbers[np.isfinite(numbers)]
+            if len(numbers):
+                entry.update(min=float(numbers.min()), median=float(np.median(numbers)), max=float(numbers.max()))
+        rows.append(entry)
+    return rows
+
+
+def _missing(frame, features) -> list[dict]:
+    flags = []
+    for column in features:
+        stripped = frame[column].str.strip()
+        empty = (stripped == "").to_numpy()
+        disguised = missing_mask(frame[column]) & ~empty
+        if empty.any():
+            flags.append(_flag("missing_values", empty.sum(), f"column {column!r}: {empty.sum()} empty cell(s)",
+                               _rows(empty)))
+        if disguised.any():
+            tokens = sorted(set(stripped[disguised]))
+            flags.append(_flag("disguised_missing", disguised.sum(),
+                               f"column {column!r}: {disguised.sum()} cell(s) hold a missing-value marker "
+                               f"({', '.join(repr(t) for t in tokens)}); they are read as missing", _rows(disguised)))
+    return flags
+
+
+def _constant(frame, features) -> list[dict]:
+    flags = []
+    for column in features:
+        present = frame[column][~missing_mask(frame[column])].str.strip()
+        if len(present) == 0:
+            flags.append(_flag("constant", len(frame), f"column {column!r} is empty in every row"))
+            continue
+        top = present.value_counts()
+        share = top.iloc[0] / len(present)
+        if len(top) == 1:
+            flags.append(_flag("constant", len(present), f"column {column!r} has one value ({top.index[0]!r}) "
+                               "in every row: it carries no information"))
+        elif share >= NEAR_CONSTANT:
+            flags.append(_flag("near_constant", len(present) - top.iloc[0],
+                               f"column {column!r}: {share:.1%} of rows hold {top.index[0]!r}",
+                               list(top.index[1:])))
+    return flags
+
+
+def _mixed(frame, types: dict, decimal: str) -> list[dict]:
+    """Numbers with a few strings among them (a number column), or numbers mixed into a category column."""
+    flags = []
+    for column, kind in types.items():
+        values = frame[column]
+        present = ~missing_mask(values)
+        numeric = np.isfinite(as_numbers(values, decimal)) & present
+        strings = present & ~numeric
+        if kind == "number" and strings.any():
+            flags.append(_flag("mixed_types", strings.sum(), f"column {column!r} holds numbers and "
+                               f"{strings.sum()} text value(s) ({', '.join(repr(v) for v in sorted(set(values[strings]))[:3])}); "
+                               "they are read as missing", _rows(strings)))
+        elif kind == "category" and 0.05 <= numeric.sum() / max(present.sum(), 1) < 0.95:
+            flags.append(_flag("mixed_types", numeric.sum(), f"column {column!r} mixes {numeric.sum()} numbers "
+                               f"with {strings.sum()} text values", _rows(numeric)))
+    return flags
+
+
+def _spellings(frame, types: dict, label) -> list[dict]:
+    """One category written several ways ("Biscoe", "biscoe ", "BISCOE")."""
+    flags = []
+    for column, kind in types.items():
+        if kind not in ("category", "boolean") and column != label:
+            continue
+        values = frame[column][~missing_mask(frame[column])]
+        spellings: dict[str, set] = {}
+        for value in values.unique():
+            spellings.setdefault(" ".join(value.split()).casefold(), set()).add(value)
+        variants = [sorted(s) for s in spellings.values() if len(s) > 1]
+        if variants:
+            rows = values.isin([v for group in variants for v in group[1:]]).sum()
+            flags.append(_flag("spelling_variants", rows, f"column {column!r}: {len(variants)} value(s) spelled "
+                               f"several ways, e.g. {' / '.join(repr(v) for v in variants[0])}",
+                               [" / ".join(group) for group in variants]))
+    return flags
+
+
+def _normalized(frame, columns) -> "object":
+    """Row keys for duplicate checks: cells stripped, missing markers as one value."""
+    import pandas as pd
+
+    return pd.DataFrame({c: np.where(missing_mask(frame[c]), "", frame[c].str.strip()) for c in columns})
+
+
+def _duplicates(frame, features, label, splits) -> list[dict]:
+    keys = _normalized(frame, [*features, *([label] if label else [])])
+    flags = []
+    repeated = keys.duplicated(keep="first").to_numpy()
+    if repeated.any():
+        flags.append(_flag("duplicate_rows", repeated.sum(), f"{repeated.sum()} row(s) repeat an earlier row "
+                           "exactly", _rows(repeated)))
+    feature_keys = _normalized(frame, features).apply(tuple, axis=1)
+    train = set(feature_keys[splits == "train"])
+    leaked = np.array([s != "train" and k in train for k, s in zip(feature_keys, splits)])
+    if leaked.any():
+        flags.append(_flag("duplicates_across_splits", leaked.sum(), f"{leaked.sum()} validation/test row(s) have "
+                           "the same features as a training row: the score on them measures memory, not "
+                           "generalization (train/test leakage); drop or group them (group=COLUMN)", _rows(leaked)))
+    return flags
+
+
+def _conflicts(frame, features, label) -> list[dict]:
+    keys = _normalized(frame, features).apply(tuple, axis=1)
+    labels = frame[label].str.strip()
+    per_key = labels.groupby(keys.to_numpy()).nunique()
+    conflicting = keys.isin(set(per_key[per_key > 1].index)).to_numpy()
+    if not conflicting.any():
+        return []
+    return [_flag("conflicting_labels", conflicting.sum(), f"{conflicting.sum()} row(s) share their features "
+                  f"with a row of another {label!r}: no model can get both right", _rows(conflicting))]
+
+
+def _identifiers(frame, types: dict, features) -> list[dict]:
+    flags = []
+    for column in features:
+        present = frame[column][~missing_mask(frame[column])]
+        unique = len(present) >= 20 and present.nunique() == len(present)
+        if types[column] == "identifier" or (unique and types[column] in ("number", "category")
+                                            and _integers(present)):
+            flags.append(_flag("identifier", len(present), f"column {column!r} looks like an identifier (a distinct "
+                               "value in every row): it cannot generalize; drop it, or use it as group=",
+                               list(present[:3])))
+    return flags
+
+
+def _integers(values) -> bool:
+    return bool(values.str.fullmatch(r"[A-Za-z_-]*\d+").all())
+
+
+def _outliers(frame, types: dict, decimal: str) -> list[dict]:
+    flags = []
+    for column, kind in types.items():
+        if kind != "number":
+            continue
+        numbers = as_numbers(frame[column], decimal)
+        finite = np.isfinite(numbers)
+        if finite.sum() < 20:
+            continue
+        median = np.median(numbers[finite])
+        mad = np.median(np.abs(numbers[finite] - median)) * 1.4826
+        if mad == 0:
+            continue
+        far = finite & (np.abs(np.where(finite, numbers, median) - median) / mad > OUTLIER_Z)
+        if far.any():
+            flags.append(_flag("outliers", far.sum(), f"column {column!r}: {far.sum()} value(s) more than "
+                               f"{OUTLIER_Z:g} robust standard deviations from the median {median:.4g} "
+                               f"(e.g. {', '.join(f'{v:.4g}' for v in numbers[far][:3])})", _rows(far)))
+    return flags
+
+
+def _imbalance(labels) -> list[dict]:
+    counts = labels.str.strip().value_counts()
+    if len(counts) < 2 or counts.iloc[-1] / counts.iloc[0] >= IMBALANCE:
+        return []
+    return [_flag("class_imbalance", counts.iloc[-1], f"class {counts.index[-1]!r} has {counts.iloc[-1]} rows, "
+                  f"{counts.iloc[-1] / counts.iloc[0]:.1%} of class {counts.index[0]!r}'s {counts.iloc[0]}: "
+                  "accuracy will hide it; weigh classes or judge by macro F1", list(counts.index[-3:]))]
+
+
+def _leakage(frame, types: dict, features, label, task, decimal) -> list[dict]:
+    """A column that alone predicts the label: a depth-4 tree on it, 3-fold cross-validated."""
+    from sklearn.model_selection import cross_val_score
+    from sklearn.tree import DecisionTreeClassifier, DecisionTreeRegressor
+
+    sample = frame.sample(min(len(frame), LEAKAGE_ROWS), random_state=0) if len(frame) > LEAKAGE_ROWS else frame
+    y = sample[label].str.strip().to_numpy() if task == "classification" else as_numbers(sample[label], decimal)
+    if task == "classification":
+        classes, counts = np.unique(y, return_counts=True)
+        if len(classes) < 2 or counts.min() < 3:
+            return []
+        model, scoring, chance = DecisionTreeClassifier(max_depth=4, random_state=0), "balanced_accuracy", 1 / len(classes)
+    else:
+        model, scoring, chance = DecisionTreeRegressor(max_depth=4, random_state=0), "r2", 0.0
+    flags = []
+    for column in features:
+        x = _encoded(sample[column], types[column], decimal)
+        score = float(np.mean(cross_val_score(model, x, y, cv=3, scoring=scoring)))
+        power = (score - chance) / (1 - chance)
+        if power >= LEAKAGE_SCORE:
+            flags.append(_flag("target_leakage", len(sample), f"column {column!r} alone predicts {label!r} "
+                               f"(cross-validated {scoring} {score:.3f}): it is probably derived from the label or "
+                               "recorded after it, or the rows are ordered by label; drop it unless it will be "
+                               "known at prediction time"))
+    return flags
+
+
+def _encoded(values, kind: str, decimal: str) -> np.ndarray:
+    """One column as a feature for the leakage tree: numbers (missing: a value below all), else category codes."""
+    if kind == "number":
+        numbers = as_numbers(values, decimal)
+        finite = np.isfinite(numbers)
+        fill = (numbers[finite].min() - 1) if finite.any() else 0.0
+        return np.where(finite, numbers, fill).reshape(-1, 1)
+    import pandas as pd
+
+    codes, _ = pd.factorize(values.str.strip())
+    return codes.reshape(-1, 1).astype(np.float64)

@@ -1,0 +1,147 @@
+"""Your own data: tables as real exports have them, read and checked before any training.
+
+Every file is generated here with the mess real files have: `;`-separated latin-1 with decimal commas,
+"." and "NA" for missing, a string in a number column, one island spelled two ways, rows repeated
+across splits, a column that is the label in disguise, an identifier, conflicting labels.
+"""
+
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from conftest import run_cli
+from kerakit.errors import KerakitError
+from kerakit.sources import data_report
+from kerakit.sources.splits import assign_splits
+from kerakit.sources.table import read_table
+
+N = 300
+
+
+def penguins(n=N, seed=0) -> pd.DataFrame:
+    """A clean table: id, island, bill length (a number), observer, species (the label), a leaky code."""
+    rng = np.random.default_rng(seed)
+    island = rng.choice(["Biscoe", "Dream", "Torgersen"], n)
+    species = np.where(island == "Biscoe", "Gentoo", rng.choice(["Adelie", "Chinstrap"], n))
+    bill = np.round(rng.normal(44, 5, n), 1)
+    return pd.DataFrame({"id": [f"P{i:04d}" for i in range(n)], "island": island, "bill_mm": bill,
+                         "observer": np.where(np.arange(n) % 2, "Zoé", "Renée"), "species": species,
+                         "code": [s[:2].upper() for s in species]})
+
+
+def messy_csv(path):
+    """The clean table as a European spreadsheet exports it, with the mistakes people make."""
+    frame = penguins().astype(str)
+    frame["bill_mm"] = frame["bill_mm"].str.replace(".", ",")
+    frame.loc[[0, 37, 74], "bill_mm"] = "NA"
+    frame.loc[[53, 106], "bill_mm"] = "."
+    frame.loc[10, "bill_mm"] = "unknown"
+    biscoe = frame.index[frame["island"] == "Biscoe"][:4]
+    frame.loc[biscoe, "island"] = "biscoe "
+    frame = pd.concat([frame, frame.iloc[[5, 6, 7, 8, 9]]], ignore_index=True)  # exported twice
+    path.write_bytes(frame.to_csv(sep=";", index=False).encode("latin-1"))
+    return path
+
+
+def test_a_messy_csv_is_read_as_written_and_every_problem_is_flagged(tmp_path):
+    report = data_report(messy_csv(tmp_path / "penguins.csv"), label="species")
+    assert report["read_as"] == "penguins.csv (305 rows; semicolon-separated, cp1252, decimal mark ',')"
+    assert report["types"] == {"id": "identifier", "island": "category", "bill_mm": "number",
+                               "observer": "category", "species": "category", "code": "category"}
+    bill = next(c for c in report["columns"] if c["column"] == "bill_mm")
+    assert bill["missing"] == 5 and 20 < bill["min"] < bill["median"] < bill["max"] < 70  # "44,1" read as 44.1
+    flags = {f["check"]: f for f in report["flags"]}
+    assert set(flags) == {"disguised_missing", "mixed_types", "spelling_variants", "duplicate_rows",
+                          "duplicates_across_splits", "identifier", "target_leakage"}
+    assert flags["disguised_missing"]["count"] == 5 and flags["disguised_missing"]["examples"] == [1, 38, 54, 75, 107]
+    assert "('.', 'NA')" in flags["disguised_missing"]["message"]
+    assert flags["mixed_types"]["examples"] == [11] and "'unknown'" in flags["mixed_types"]["message"]
+    assert flags["spelling_variants"]["examples"] == ["Biscoe / biscoe "]
+    assert flags["duplicate_rows"]["count"] == 5 and flags["duplicate_rows"]["examples"] == [301, 302, 303, 304, 305]
+    assert "'code' alone predicts 'species'" in flags["target_leakage"]["message"]
+    assert "'id' looks like an identifier" in flags["identifier"]["message"]
+    # The split the report checks is the one kerakit makes: a duplicate across it is named by row.
+    splits, _ = assign_splits(read_table(tmp_path / "penguins.csv").frame, "species", seed=0)
+    crossing = [r for r in range(300, 305) if {splits[r], splits[r - 295]} != {"train"} and "train" in
+                {splits[r], splits[r - 295]}]
+    assert flags["duplicates_across_splits"]["count"] == len(crossing) > 0
+
+
+def test_conflicting_labels_imbalance_constant_and_outliers(tmp_path):
+    frame = penguins()[["island", "bill_mm", "species"]].copy()
+    frame["bill_mm"] = np.round(np.random.default_rng(1).normal(44, 5, N), 3)  # no two penguins alike
+    frame["species"] = np.where(np.arange(N) < 12, "Rare", "Common")
+    frame.loc[:11, "island"] = "Dream"
+    frame["checked"] = "yes"
+    frame.loc[20, "bill_mm"] = 4400.0  # a unit mistake
+    frame.loc[N] = frame.loc[30].to_dict() | {"species": "Rare"}  # the same penguin, labelled again
+    frame.to_csv(tmp_path / "t.csv", index=False)
+    flags = {f["check"]: f for f in data_report(tmp_path / "t.csv", label="species")["flags"]}
+    assert {"conflicting_labels", "class_imbalance", "constant", "outliers"} <= set(flags)
+    assert flags["conflicting_labels"]["examples"] == [31, 301]
+    assert "class 'Rare' has 13 rows" in flags["class_imbalance"]["message"]
+    assert flags["outliers"]["examples"] == [21] and "4400" in flags["outliers"]["message"]
+    assert "'checked' has one value ('yes')" in flags["constant"]["message"]
+
+
+def test_parquet_and_json_lines_read_like_the_csv(tmp_path):
+    frame = penguins()
+    frame.loc[3, "bill_mm"] = np.nan
+    frame.to_csv(tmp_path / "p.csv", index=False)
+    frame.to_parquet(tmp_path / "p.parquet")
+    frame.to_json(tmp_path / "p.jsonl", orient="records", lines=True)
+    reports = [data_report(tmp_path / f"p.{suffix}", label="species") for suffix in ("csv", "parquet", "jsonl")]
+    for report in reports[1:]:
+        assert report["types"] == reports[0]["types"] and report["columns"] == reports[0]["columns"]
+        assert report["splits"] == reports[0]["splits"]
+    assert reports[0]["columns"][2]["missing"] == 1
+
+
+def test_splits_are_seeded_stratified_grouped_or_by_time():
+    frame = penguins(1000)
+    splits, rule = assign_splits(frame, "species", seed=3)
+    assert rule == "stratified by species, seed 3: train 80%, validation 10%, test 10%"
+    assert (splits == assign_splits(frame, "species", seed=3)[0]).all()
+    for name in ("train", "test"):
+        shares = frame["species"][splits == name].value_counts(normalize=True)
+        assert np.allclose(shares.sort_index(), frame["species"].value_counts(normalize=True).sort_index(), atol=0.02)
+    frame["patient"] = np.arange(1000) // 7
+    grouped, rule = assign_splits(frame, "species", group="patient")
+    assert rule.startswith("by group (patient") and frame.groupby(grouped)["patient"].apply(set).pipe(
+        lambda s: not (s["train"] & s["test"]) and not (s["train"] & s["validation"]))
+    frame["day"] = pd.date_range("2024-01-01", periods=1000).strftime("%Y-%m-%d")[::-1]
+    timed, _ = assign_splits(frame, "species", time="day")
+    assert frame["day"][timed == "train"].max() < frame["day"][timed == "validation"].min()
+    assert frame["day"][timed == "validation"].max() < frame["day"][timed == "test"].min()
+
+
+@pytest.mark.parametrize("content, label, message", [
+    (b"a,b,label\n1,2,x\n3,4,y\n5,6,7,z\n", "label", "Expected 3 fields in line 4, saw 4"),
+    (b"a,b,label\n1,2,x\n3,4,\n5,6,y\n", "label", "1 row(s) have no label in column 'label' (data rows 2)"),
+    (b"a,b,label\n1,2,x\n", "species", "Unknown label column 'species' in t.csv. Columns: a, b, label."),
+    (b"", None, "is empty: expected a header row and data rows"),
+    (b"a,b,label\n", None, "has a header but no rows"),
+])
+def test_a_bad_table_gets_one_line_naming_the_problem(tmp_path, content, label, message):
+    (tmp_path / "t.csv").write_bytes(content)
+    with pytest.raises(KerakitError, match=None) as e:
+        data_report(tmp_path / "t.csv", label=label)
+    assert message in str(e.value) and "\n" not in str(e.value)
+
+
+def test_the_cli_prints_the_report_writes_json_and_refuses_in_one_line(tmp_path):
+    messy_csv(tmp_path / "penguins.csv")
+    result = run_cli("data", tmp_path / "penguins.csv", "--label", "species", "--json", tmp_path / "r.json")
+    assert result.returncode == 0, result.stderr
+    assert "data: penguins.csv (305 rows; semicolon-separated, cp1252, decimal mark ','), label 'species'" \
+        in result.stdout
+    assert "flag: duplicates_across_splits:" in result.stdout and "7 flag(s)" in result.stdout
+    assert json.loads((tmp_path / "r.json").read_text())["label"] == "species"
+    for args, message in [(("nope.csv",), "nope.csv' does not exist."),
+                          (("penguins.csv", "--label", "nope"), "Unknown label column 'nope'"),
+                          (("penguins.csv", "--type", "bill_mm=float"), "Invalid type 'float' for column 'bill_mm'"),
+                          (("penguins.csv", "--group", "ward"), "Unknown split column 'ward'")]:
+        result = run_cli("data", *[tmp_path / a if a.endswith(".csv") else a for a in args])
+        assert result.returncode == 1 and message in result.stderr and "Traceback" not in result.stderr
