@@ -47,12 +47,13 @@ def _disk_error(e: BaseException) -> str | None:
             "that finished is kept, and an interrupted one resumes or starts again.")
 
 
-def _parse_overrides(pairs: tuple[str, ...]) -> dict[str, str]:
+def _parse_overrides(pairs: tuple[str, ...], what: str = "override",
+                     form: str = "key=value (e.g. epochs=5)") -> dict[str, str]:
     overrides = {}
     for pair in pairs:
         key, sep, value = pair.partition("=")
         if not sep or not key:
-            raise click.UsageError(f"Invalid override {pair!r}: expected key=value (e.g. epochs=5).")
+            raise click.UsageError(f"Invalid {what} {pair!r}: expected {form}.")
         overrides[key.strip()] = value.strip()
     return overrides
 
@@ -383,23 +384,14 @@ def data_cmd(path, label, sep, encoding, decimal, types, group, time, seed, json
     """A data report of PATH before training: types, splits and the flags that break models."""
     from kerakit.sources import data_report
 
-    report = data_report(path, label, sep=sep, encoding=encoding, decimal=decimal, types=_column_types(types),
-                         seed=seed, group=group, time=time)
+    types = _parse_overrides(types, "--type", "COLUMN=TYPE (e.g. zip_code=category)")
+    report = data_report(path, label, sep=sep, encoding=encoding, decimal=decimal, types=types, seed=seed,
+                         group=group, time=time)
     if json_path:
         from kerakit import runs
 
         runs.write_json(json_path, report)
     _print_data_report(report)
-
-
-def _column_types(pairs: tuple[str, ...]) -> dict[str, str]:
-    types = {}
-    for pair in pairs:
-        column, sep, kind = pair.partition("=")
-        if not sep or not column:
-            raise click.UsageError(f"Invalid --type {pair!r}: expected COLUMN=TYPE (e.g. zip_code=category).")
-        types[column.strip()] = kind.strip()
-    return types
 
 
 def _print_data_report(report: dict) -> None:

@@ -196,7 +196,7 @@ def _duplicates(frame, features, label, splits) -> list[dict]:
     if leaked.any():
         flags.append(_flag("duplicates_across_splits", leaked.sum(), f"{leaked.sum()} validation/test row(s) have "
                            "the same features as a training row: the score on them measures memory, not "
-                           "generalization (train/test leakage); drop or group them (group=COLUMN)", _rows(leaked)))
+                           "generalization (train/test leakage); drop them, or keep related rows in one split (--group COLUMN)", _rows(leaked)))
     return flags
 
 
@@ -219,7 +219,7 @@ def _identifiers(frame, types: dict, features) -> list[dict]:
         if types[column] == "identifier" or (unique and types[column] in ("number", "category")
                                             and _integers(present)):
             flags.append(_flag("identifier", len(present), f"column {column!r} looks like an identifier (a distinct "
-                               "value in every row): it cannot generalize; drop it, or use it as group=",
+                               "value in every row): it cannot generalize; drop it, or split by it (--group)",
                                list(present[:3])))
     return flags
 
