@@ -394,18 +394,41 @@ def data_cmd(path, label, sep, encoding, decimal, types, group, time, seed, json
     _print_data_report(report)
 
 
-def _print_data_report(report: dict) -> None:
-    from rich.console import Console
-    from rich.table import Table
+@cli.command("new")
+@click.argument("name")
+@click.option("--from", "source", required=True, type=click.Path(), help="The data: a table file (CSV/TSV, Parquet, JSON Lines) or a folder with one subfolder per class.")
+@click.option("--label", help="The label column of a table.")
+@click.option("--task", type=click.Choice(["classification", "regression"]), help="Default: regression for a number label, else classification.")
+@click.option("--out-dir", default="recipes", show_default=True, type=click.Path(file_okay=False), help="Where the recipe file goes.")
+@click.option("--force", is_flag=True, help="Overwrite an existing recipe file of that name.")
+def new_cmd(name, source, label, task, out_dir, force) -> None:
+    """Write recipes/NAME.py for your own data (after its data report), then `kerakit build NAME` works."""
+    from kerakit import runs
+    from kerakit.sources import new_recipe
 
-    console = Console(width=max(120, Console().width))
-    click.echo(f"data: {report['read_as']}" + (f", label {report['label']!r} ({report['task']})"
-                                               if report["label"] else ""))
-    columns = Table("column", "type", "missing", "distinct", "min", "median", "max", box=None)
-    for c in report["columns"]:
-        columns.add_row(c["column"], c["type"], str(c["missing"]), str(c["distinct"]),
-                        *(f"{c[k]:.4g}" if k in c else "" for k in ("min", "median", "max")))
-    console.print(columns)
+    target = Path(out_dir) / f"{name}.py"
+    if target.exists() and not force:
+        raise KerakitError(f"{target} exists: pick another NAME, or pass --force to overwrite it.")
+    report, text = new_recipe(name, source, label, task)
+    _print_data_report(report)
+    with runs.atomic_path(target) as tmp:
+        tmp.write_text(text)
+    click.echo(f"Recipe written to {target} (yours to edit). Next: kerakit build {name} --target server,edge")
+
+
+def _print_data_report(report: dict) -> None:
+    if "classes" in report:
+        click.echo(f"data: {report['read_as']}; classes: {', '.join(report['classes'])}")
+    else:
+        click.echo(f"data: {report['read_as']}" + (f", label {report['label']!r} ({report['task']})"
+                                                   if report["label"] else ""))
+    if "columns" in report:
+        _print_columns(report["columns"])
+    if "images" in report:
+        images = report["images"]
+        sizes = " ".join(f"{k} {images[k]['min']}-{images[k]['max']} (median {images[k]['median']})"
+                         for k in ("width", "height") if k in images)
+        click.echo(f"images: {sizes}; modes {', '.join(f'{m} {n}' for m, n in images['modes'].items())}")
     splits = "; ".join(f"{name} {s['rows']}" + (" (" + ", ".join(f"{k} {v}" for k, v in s["classes"].items()) + ")"
                                                  if "classes" in s else "") for name, s in report["splits"].items())
     click.echo(f"split: {report['split_rule']}\n  {splits}")
@@ -413,6 +436,17 @@ def _print_data_report(report: dict) -> None:
         examples = f" [rows/values: {', '.join(map(str, flag['examples']))}]" if flag["examples"] else ""
         click.echo(f"flag: {flag['check']}: {flag['message']}{examples}")
     click.echo(f"{len(report['flags'])} flag(s)" if report["flags"] else "no flags")
+
+
+def _print_columns(columns: list[dict]) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table("column", "type", "missing", "distinct", "min", "median", "max", box=None)
+    for c in columns:
+        table.add_row(c["column"], c["type"], str(c["missing"]), str(c["distinct"]),
+                      *(f"{c[k]:.4g}" if k in c else "" for k in ("min", "median", "max")))
+    Console(width=max(120, Console().width)).print(table)
 
 
 @cli.command("drift")

@@ -29,7 +29,6 @@ from kerakit.recipe import Recipe
 AUTOTUNE = tf.data.AUTOTUNE
 SPLIT_BY_TIME = ("time: each split is a contiguous stretch of the series (train, then val, then test); windows "
                  "are cut within a split, so none spans a boundary, and only train's windows are shuffled")
-FINGERPRINT_RECORDS = 256
 
 
 def default_data_dir() -> str:
@@ -158,15 +157,7 @@ def load_data(recipe: Recipe, config: dict, data_dir: str | None = None, fold: "
     held-out part of the recipe's train and val splits together; test stays the recipe's test split.
     """
     data_dir = data_dir or default_data_dir()
-    name = recipe.dataset
-    try:
-        builder = tfds.builder(name, data_dir=data_dir)
-    except tfds.core.registered.DatasetNotFoundError as e:
-        raise KerakitError(
-            f"Recipe {recipe.name!r}: unknown TFDS dataset {name!r}. "
-            f"Bundled offline datasets: {', '.join(bundled.BUNDLED)}; others: see the TFDS catalogue."
-        ) from e
-    _prepare(builder, name, data_dir)
+    builder, name, version = _builder(recipe, data_dir)
     raw = {
         split: builder.as_dataset(split=spec, shuffle_files=False)
         for split, spec in recipe.splits.items()
@@ -175,7 +166,11 @@ def load_data(recipe: Recipe, config: dict, data_dir: str | None = None, fold: "
     if fold is not None:
         raw, splits = _fold_splits(recipe, raw, fold)
     data = Data(recipe=recipe, config=config, info=builder.info, raw=raw, fingerprint={})
-    data.fingerprint = fingerprint(name, str(builder.info.version), splits, raw)
+    data.fingerprint = fingerprint(name, version, splits, raw)
+    if recipe.dataset_path() is not None:
+        from kerakit.sources.prepare import about
+
+        data.fingerprint.update(source=about(builder.info))
     if recipe.series is not None:
         times = {split: data.target_times(split) for split in raw}
         data.fingerprint.update(split_by=SPLIT_BY_TIME, windows={k: int(len(t)) for k, t in times.items()},
@@ -188,6 +183,28 @@ def load_data(recipe: Recipe, config: dict, data_dir: str | None = None, fold: "
         data.pipelines[split] = pipeline(ds, fn, config["batch_size"], shuffle_seed=seed,
                                          shuffle_buffer=config["shuffle_buffer"])
     return data
+
+
+def _builder(recipe: Recipe, data_dir: str) -> tuple:
+    """(the TFDS builder, its name, its version) of the recipe's dataset, prepared if needed: a path is
+    prepared from the user's files (`kerakit.sources.prepare`), a TFDS name from its builder."""
+    path = recipe.dataset_path()
+    if path is not None:
+        from kerakit.sources.prepare import SourceSpec, prepare
+
+        builder = prepare(SourceSpec.from_options(path, recipe.source), data_dir)
+        return builder, builder.name, f"{builder.info.version} (content {builder.info.config_name})"
+    name = recipe.dataset
+    try:
+        builder = tfds.builder(name, data_dir=data_dir)
+    except tfds.core.registered.DatasetNotFoundError as e:
+        raise KerakitError(
+            f"Recipe {recipe.name!r}: unknown TFDS dataset {name!r}. "
+            f"Bundled offline datasets: {', '.join(bundled.BUNDLED)}; others: see the TFDS catalogue; "
+            "or a path to your own files (a table or a folder of class folders)."
+        ) from e
+    _prepare(builder, name, data_dir)
+    return builder, name, str(builder.info.version)
 
 
 def _fold_splits(recipe: Recipe, raw: dict, fold: Fold) -> tuple[dict, dict]:
@@ -283,21 +300,18 @@ def _reachable(address: tuple[str, int], timeout: float = 5.0) -> bool:
     return bool(result and result[0])
 
 
-def fingerprint(name: str, version: str, splits: dict[str, str], raw: dict[str, tf.data.Dataset],
-                n: int = FINGERPRINT_RECORDS) -> dict:
-    """Dataset name and version, split specs and sizes, and a SHA-256 over the first `n` records of each split."""
+def fingerprint(name: str, version: str, splits: dict[str, str], raw: dict[str, tf.data.Dataset]) -> dict:
+    """Dataset name and version, split specs and sizes, and a SHA-256 over every record of each split
+    (a change in the last record of a split changes it)."""
     sizes, digests = {}, {}
     for split, ds in raw.items():
-        count = int(ds.cardinality())
-        if count < 0:  # unknown (e.g. mocked data): count it
-            count = int(ds.reduce(0, lambda c, _: c + 1))
-        sizes[split] = count
-        h = hashlib.sha256()
-        for example in ds.take(n).as_numpy_iterator():
+        h, count = hashlib.sha256(), 0
+        for example in ds.as_numpy_iterator():
+            count += 1
             for key in sorted(example):
                 value = np.asarray(example[key])
                 h.update(key.encode())
                 h.update(value.tobytes() if value.dtype != object else b"\0".join(map(bytes, value.ravel())))
-        digests[split] = h.hexdigest()
+        sizes[split], digests[split] = count, h.hexdigest()
     return {"dataset": name, "version": version, "splits": dict(splits), "sizes": sizes,
-            "records_hashed": n, "sha256": digests}
+            "records_hashed": "all", "sha256": digests}

@@ -64,6 +64,8 @@ BASE_DEFAULTS: dict[str, Any] = {
 }
 
 DEFAULT_SPLITS = {"train": "train[:85%]", "val": "train[85%:]", "test": "test"}
+# A dataset prepared from the user's files has its own validation split (`kerakit.sources.splits`).
+PATH_SPLITS = {"train": "train", "val": "validation", "test": "test"}
 
 REQUIRED = ("TASK", "DATASET", "INPUTS", "preprocess", "build_model")
 
@@ -132,7 +134,22 @@ class Recipe:
     feature_names: list[str] | None = None  # of a tabular (rank-1) input, for attributions
     custom_objects: dict[str, Any] = field(default_factory=dict)  # CUSTOM_OBJECTS: classes its model needs to load
     series: "Series | None" = None  # forecasting: window, horizon, season, time key
+    source: dict | None = None  # SOURCE: how a DATASET path becomes a dataset (label, sep, split, ...)
     module: ModuleType | None = None
+
+    def dataset_path(self) -> Path | None:
+        """DATASET as a path to the user's files, or None for a TFDS name. A relative path is found from the
+        working directory, then from the recipe's folder and the folder above it (recipes/NAME.py beside data/)."""
+        if self.source is None and not looks_like_path(self.dataset):
+            return None
+        given = Path(self.dataset).expanduser()
+        candidates = [given] if given.is_absolute() else [Path.cwd() / given, self.path.parent / given,
+                                                          self.path.parent.parent / given]
+        found = next((c for c in candidates if c.exists()), None)
+        if found is None:
+            raise KerakitError(f"Recipe {self.path}: DATASET {self.dataset!r} does not exist (looked in "
+                               f"{', '.join(str(c.parent) for c in candidates)}).")
+        return found.resolve()
 
     @property
     def monitor(self) -> str:
@@ -191,6 +208,11 @@ class Recipe:
             "description": self.description,
             "path": str(self.path),
         }
+
+
+def looks_like_path(dataset: str) -> bool:
+    """A DATASET that names files, not a TFDS dataset: it has a folder separator or a file suffix."""
+    return "/" in dataset or os.sep in dataset or Path(dataset).suffix != "" or Path(dataset).is_dir()
 
 
 def coerce(key: str, value: Any, default: Any) -> Any:
@@ -284,6 +306,11 @@ def recipe_files() -> dict[str, Path]:
 
 def find_recipe(name_or_path: str | os.PathLike) -> Path:
     text = str(name_or_path)
+    given = Path(text)
+    if given.exists() and (given.is_dir() or given.suffix.lower() != ".py"):
+        label = " --label COLUMN" if given.is_file() else ""
+        raise KerakitError(f"{text!r} is data, not a recipe: write a recipe for it with `kerakit new NAME --from "
+                           f"{text}{label}` (it prints a data report first), then `kerakit train NAME`.")
     if text.endswith(".py") or os.sep in text or "/" in text:
         path = Path(text)
         if not path.is_file():
@@ -365,7 +392,9 @@ def _from_module(module: ModuleType, path: Path) -> Recipe:
     if not inputs or not all(isinstance(i, Input) for i in inputs):
         raise KerakitError(f"Recipe {path}: INPUTS must be a non-empty list of kerakit.recipe.Input.")
     defaults = {**BASE_DEFAULTS, **getattr(module, "DEFAULTS", {})}
-    splits = {**DEFAULT_SPLITS, **getattr(module, "SPLITS", {})}
+    source = _source(module, path)
+    from_files = source is not None or looks_like_path(str(module.DATASET))
+    splits = {**(PATH_SPLITS if from_files else DEFAULT_SPLITS), **getattr(module, "SPLITS", {})}
     metric, direction = _metric(module, path, task)
     doc = (module.__doc__ or "").strip().splitlines()
     slices = getattr(module, "SLICES", {})
@@ -395,8 +424,18 @@ def _from_module(module: ModuleType, path: Path) -> Recipe:
         feature_names=getattr(module, "FEATURE_NAMES", None),
         custom_objects=_custom_objects(module, path),
         series=_series(module, path, inputs) if task == "forecasting" else None,
+        source=source if source is not None else ({} if from_files else None),
         module=module,
     )
+
+
+def _source(module: ModuleType, path: Path) -> dict | None:
+    source = getattr(module, "SOURCE", None)
+    if source is not None and not isinstance(source, dict):
+        raise KerakitError(f"Recipe {path}: SOURCE must be a dict, e.g. dict(label=\"species\", seed=0).")
+    if not isinstance(module.DATASET, str):
+        raise KerakitError(f"Recipe {path}: DATASET must be a TFDS name or a path (a string), got {module.DATASET!r}.")
+    return source
 
 
 def _series(module: ModuleType, path: Path, inputs: list) -> Series:

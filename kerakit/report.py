@@ -347,7 +347,9 @@ def _data_section(card: _Card) -> list[str]:
     lines = ["## Data", "", _table(["", " "], [
         ["dataset", f"{d.get('dataset')} {d.get('version', '')}"],
         ["splits", ", ".join(f"{k}: `{v}` ({d.get('sizes', {}).get(k, '?')} examples)" for k, v in d.get("splits", {}).items())],
-        ["fingerprint (sha256 of the first records of each split)",
+        *([["source", f"`{d['source'].get('source')}`, read as {d['source'].get('read_as')}"],
+           ["split rule", d["source"].get("split_rule", "")]] if d.get("source") else []),
+        ["fingerprint (sha256 of every record of each split)",
          ", ".join(f"{k} `{v[:16]}`" for k, v in d.get("sha256", {}).items())],
         ["inputs", ", ".join(f"`{i.name}` {tuple(i.shape)} {i.dtype}" for i in card.recipe.inputs)],
         *_series_rows(card.recipe, d),

@@ -504,6 +504,11 @@ class Run:
 
         recipe = load_recipe(self.recipe_path)
         recipe.name = self.config.get("recipe", recipe.name)
+        # A dataset made from the user's files: the files the run trained on, wherever the command runs from.
+        trained_on = (read_json(self.manifest_path).get("data", {}).get("source", {}).get("source")
+                      if recipe.source is not None and self.manifest_path.exists() else None)
+        if trained_on and Path(trained_on).exists():
+            recipe.dataset = trained_on
         return recipe
 
     def load_model(self):

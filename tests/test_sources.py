@@ -145,3 +145,137 @@ def test_the_cli_prints_the_report_writes_json_and_refuses_in_one_line(tmp_path)
                           (("penguins.csv", "--group", "ward"), "Unknown split column 'ward'")]:
         result = run_cli("data", *[tmp_path / a if a.endswith(".csv") else a for a in args])
         assert result.returncode == 1 and message in result.stderr and "Traceback" not in result.stderr
+
+
+# --------------------------------------------------------------------------- folders, datasets, recipes
+
+def test_an_image_folder_report_counts_junk_corrupt_files_and_copies(tmp_path):
+    from photos import photos
+
+    report = data_report(photos(tmp_path / "photos"))
+    assert report["read_as"] == "photos/ (65 image files, 2 classes, one folder per class)"
+    assert report["classes"] == ["circle", "square"] and report["rows"] == 64  # the corrupt JPEG is not a row
+    assert report["images"]["modes"] == {"L": 14, "P": 8, "RGB": 36, "RGBA": 6}
+    assert 24 <= report["images"]["width"]["min"] and report["images"]["height"]["max"] < 80
+    flags = {(f["check"], f["message"].split(":")[-1].strip()): f for f in report["flags"]}
+    assert flags[("skipped_files", "hidden file")]["examples"] == \
+        ["circle/Thumbs.db", "square/.DS_Store", "square/._square_000.png"]
+    assert flags[("skipped_files", "not an image")]["examples"] == ["circle/notes.txt"]
+    checks = {f["check"]: f for f in report["flags"]}
+    assert checks["unreadable_files"]["examples"] == ["circle/broken.jpg"]
+    assert checks["conflicting_labels"]["examples"] == ["circle/circle_016.png = circle/copy_2.png = "
+                                                        "square/misfiled.png"]
+    copies = checks["duplicate_files"]["count"] + checks.get("duplicates_across_splits", {"count": 0})["count"]
+    assert copies >= 3
+
+
+def test_a_folder_without_classes_or_with_an_empty_class_is_refused_in_one_line(tmp_path):
+    (tmp_path / "flat").mkdir()
+    (tmp_path / "flat" / "a.png").write_bytes(b"")
+    with pytest.raises(KerakitError, match="has no subfolders: expected one folder per class"):
+        data_report(tmp_path / "flat")
+    (tmp_path / "flat" / "cat").mkdir()
+    (tmp_path / "flat" / "dog").mkdir()
+    (tmp_path / "flat" / "dog" / "d.png").write_bytes(b"")
+    with pytest.raises(KerakitError, match=r"Class folder '.*cat' has no data files: add files or remove it."):
+        data_report(tmp_path / "flat")
+
+
+def _learnable_csv(path, n=600, seed=0):
+    """A table a model can learn (the label follows two numbers and a category), exported the European way."""
+    rng = np.random.default_rng(seed)
+    x1, x2 = rng.normal(size=n), rng.normal(size=n)
+    site = rng.choice(["North", "South", "east "], n)
+    label = np.where(x1 + 0.5 * x2 + (site == "North") * 1.5 > 0.5, "high", "low")
+    frame = pd.DataFrame({"x1": np.round(x1, 3), "x2": np.round(x2, 3), "site": site, "outcome": label}).astype(str)
+    frame["x1"] = frame["x1"].str.replace(".", ",")
+    frame["x2"] = frame["x2"].str.replace(".", ",")
+    frame.loc[::50, "x2"] = "NA"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(frame.to_csv(sep=";", index=False).encode("latin-1"))
+    return path
+
+
+def test_a_source_is_prepared_once_per_content_and_a_changed_byte_prepares_again(tmp_path):
+    from kerakit.sources.prepare import SourceSpec, about, prepare
+
+    csv = _learnable_csv(tmp_path / "t.csv")
+    said = []
+    spec = SourceSpec.from_options(csv, {"label": "outcome"})
+    builder = prepare(spec, tmp_path / "tfds", log=said.append)
+    assert len(said) == 1 and builder.name == "kerakit_t"
+    assert {k: v.num_examples for k, v in builder.info.splits.items()} == {"train": 480, "validation": 60, "test": 60}
+    assert about(builder.info)["split_rule"] == "stratified by outcome, seed 0: train 80%, validation 10%, test 10%"
+    example = next(iter(builder.as_dataset(split="train").take(1)))
+    assert set(example) == {"x1", "x2", "site", "label"} and example["x1"].dtype.name == "float32"
+    again = prepare(spec, tmp_path / "tfds", log=said.append)
+    assert len(said) == 1 and again.info.config_name == builder.info.config_name  # nothing prepared
+    # A half-written preparation (TFDS's incomplete.* folder, as a kill leaves it) is not a dataset.
+    text = csv.read_bytes()
+    csv.write_bytes(text[:-3] + (b"1" if text[-3:-2] != b"1" else b"2") + text[-2:])  # the last row's last cell
+    changed = SourceSpec.from_options(csv, {"label": "outcome"})
+    (tmp_path / "tfds" / "kerakit_t" / "cfake" / "incomplete.X_1.0.0").mkdir(parents=True)
+    rebuilt = prepare(changed, tmp_path / "tfds", log=said.append)
+    assert len(said) == 2 and rebuilt.info.config_name != builder.info.config_name
+    grouped = prepare(SourceSpec.from_options(csv, {"label": "outcome", "seed": 1}), tmp_path / "tfds",
+                      log=said.append)
+    assert len(said) == 3 and grouped.info.config_name not in (builder.info.config_name, rebuilt.info.config_name)
+    with pytest.raises(KerakitError, match=r"Unknown SOURCE option\(s\) sep_char. Allowed: decimal, encoding"):
+        SourceSpec.from_options(csv, {"sep_char": ";"})
+
+
+def test_presplit_folders_are_honoured_and_a_missing_validation_folder_is_carved_from_train(tmp_path):
+    from photos import photos
+
+    from kerakit.sources.prepare import SourceSpec, about, prepare
+
+    for split in ("train", "test"):
+        photos(tmp_path / "split" / split, per_class=20 if split == "train" else 17, seed=len(split))
+    builder = prepare(SourceSpec.from_options(tmp_path / "split", {}), tmp_path / "tfds", log=lambda m: None)
+    sizes = {k: v.num_examples for k, v in builder.info.splits.items()}
+    assert sizes["test"] == 17 * 2 + 3 + 1 and sizes["train"] + sizes["validation"] == 20 * 2 + 3 + 1
+    assert sizes["validation"] > 0
+    assert about(builder.info)["split_rule"].startswith("as the folders are (train/, test/); validation: 10 % of")
+
+
+def test_data_where_a_recipe_belongs_is_named_with_what_to_do(tmp_path):
+    csv = _learnable_csv(tmp_path / "data" / "t.csv")
+    result = run_cli("train", csv)
+    assert result.returncode == 1 and "Traceback" not in result.stderr
+    assert f"'{csv}' is data, not a recipe: write a recipe for it with `kerakit new NAME --from {csv} --label " \
+           "COLUMN`" in result.stderr
+
+
+@pytest.mark.slow
+def test_new_then_build_from_a_messy_table_and_a_photo_folder_ends_in_verified_artifacts(tmp_path):
+    """As a user would: a project folder with data/, `kerakit new`, `kerakit build`, and a rerun that
+    prepares nothing."""
+    from photos import photos
+
+    project = tmp_path / "project"
+    _learnable_csv(project / "data" / "visits.csv")
+    photos(project / "data" / "shapes")
+    env = {"TFDS_DATA_DIR": str(tmp_path / "tfds")}
+    made = run_cli("new", "visits", "--from", "data/visits.csv", "--label", "outcome", cwd=project, env=env)
+    assert made.returncode == 0, made.stderr
+    assert "Recipe written to recipes/visits.py" in made.stdout
+    recipe = (project / "recipes" / "visits.py").read_text()
+    assert 'DATASET = "data/visits.csv"' in recipe and "NUMBERS = ['x1', 'x2']" in recipe
+    assert "'site': ['" in recipe and "MISSING_FLAGS = ['x2']" in recipe
+    refused = run_cli("new", "visits", "--from", "data/visits.csv", "--label", "outcome", cwd=project, env=env)
+    assert refused.returncode == 1 and "recipes/visits.py exists: pick another NAME, or pass --force" in refused.stderr
+    assert run_cli("new", "shapes", "--from", "data/shapes", cwd=project, env=env).returncode == 0
+    for name in ("visits", "shapes"):
+        built = run_cli("build", name, "--target", "server", "--out", f"runs/{name}", "epochs=15", cwd=project,
+                        env=env, timeout=600)
+        assert built.returncode == 0, built.stdout[-2000:] + built.stderr[-2000:]
+        assert "Preparing" in built.stdout
+        rows = json.loads((project / "runs" / name / "export" / "export_report.json").read_text())["artifacts"]
+        assert {r["artifact"]: r["verdict"] for r in rows} == {"savedmodel": "verified", "onnx": "verified"}
+        manifest = json.loads((project / "runs" / name / "manifest.json").read_text())
+        assert manifest["data"]["records_hashed"] == "all" and manifest["data"]["version"].startswith("1.0.0 (content c")
+        assert manifest["data"]["source"]["split_rule"].startswith("stratified by")
+    metrics = json.loads((project / "runs" / "visits" / "metrics.json").read_text())
+    assert metrics["accuracy"] >= 0.8  # the rule is learnable; a broken feature vector is not
+    again = run_cli("train", "visits", "--out", "runs/again", "epochs=1", cwd=project, env=env, timeout=600)
+    assert again.returncode == 0 and "Preparing" not in again.stdout

@@ -2,7 +2,8 @@
 
     report = kerakit.sources.data_report("exports/penguins.csv", label="species")
 
-A kind is found from the path: `table` (CSV/TSV, Parquet, JSON Lines files).
+A kind is found from the path: `table` (CSV/TSV, Parquet, JSON Lines files), `folder` (one subfolder per
+class of images or text files).
 Each kind reads its files, infers column types, splits (`splits`) and runs the
 data checks (`checks`).
 """
@@ -27,5 +28,35 @@ def data_report(path: "str | os.PathLike", label: str | None = None, *, sep: str
     if table.is_table(path):
         return checks.table_report(table.read_table(path, sep=sep, encoding=encoding, decimal=decimal), label,
                                    types=types, seed=seed, group=group, time=time, task=task)
+    if path.is_dir():
+        from kerakit.sources.folder import scan_folder
+
+        return checks.folder_report(scan_folder(path), seed=seed)
     raise KerakitError(f"{str(path)!r} is not a data source kerakit reads: expected a table file "
-                       f"({', '.join(sorted(table.SUFFIXES))}).")
+                       f"({', '.join(sorted(table.SUFFIXES))}) or a folder with one subfolder per class.")
+
+
+def new_recipe(name: str, path: "str | os.PathLike", label: str | None = None, task: str | None = None,
+               **read_options) -> tuple[dict, str]:
+    """(the data report, the text of a recipe for it): what `kerakit new NAME --from PATH` writes.
+
+    The recipe names the data by a path relative to the working directory where the data lies below it
+    (a project's data/ folder, in a fresh clone too), else by its absolute path."""
+    from kerakit.sources import checks, recipes, table
+    from kerakit.sources.folder import scan_folder
+
+    recipes.check_name(name)
+    path = Path(path)
+    if not path.exists():
+        raise KerakitError(f"{str(path)!r} does not exist.")
+    resolved = path.resolve()
+    dataset = (str(resolved.relative_to(Path.cwd().resolve())) if resolved.is_relative_to(Path.cwd().resolve())
+               else str(resolved))
+    if table.is_table(path):
+        source = table.read_table(path, **read_options)
+        report = checks.table_report(source, label, task=task)
+        return report, recipes.recipe_text(name, dataset, report, source.frame)
+    if path.is_dir():
+        report = checks.folder_report(scan_folder(path))
+        return report, recipes.recipe_text(name, dataset, report)
+    return data_report(path, label), ""  # raises: not a source

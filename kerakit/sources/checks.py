@@ -16,9 +16,12 @@ not counted) or values.
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 
 from kerakit.errors import KerakitError
+from kerakit.sources.folder import SPLIT_FOLDERS
 from kerakit.sources.splits import NAMES, assign_splits
 from kerakit.sources.table import Table, as_numbers, infer_types, missing_mask
 
@@ -296,3 +299,110 @@ def _encoded(values, kind: str, decimal: str) -> np.ndarray:
 
     codes, _ = pd.factorize(values.str.strip())
     return codes.reshape(-1, 1).astype(np.float64)
+
+
+# --------------------------------------------------------------------------- folders of images or text
+
+def folder_report(folder, *, seed: int = 0) -> dict:
+    """The data report of a class-per-folder source (`kerakit.sources.folder.Folder`): files per split and
+    class, files skipped and why, undecodable files, duplicates by content within and across splits and
+    under two classes, image sizes and modes."""
+    import pandas as pd
+
+    from kerakit.sources.folder import file_digest
+
+    readable, broken, sizes, modes = _read_all(folder)
+    files = [f for f in folder.files if str(f.path) not in broken]
+    labels = pd.Series([f.label for f in files], dtype=str)
+    if folder.presplit:
+        splits, rule = np.array([f.split for f in files]), "as the folders are (train/, val/, test/)"
+    else:
+        splits, rule = assign_splits(pd.DataFrame({"label": labels}), "label", seed=seed)
+    digests = [file_digest(f.path) for f in files]
+    flags = [*_skipped([(_relative(Path(p)), why) for p, why in folder.skipped]),
+             *_broken({_relative(Path(p)): why for p, why in broken.items()}, folder.kind),
+             *_same_content(files, digests, splits), *_imbalance(labels)]
+    counts = {name: {"rows": int((splits == name).sum()),
+                     "classes": {str(k): int(v) for k, v in labels[splits == name].value_counts().sort_index().items()}}
+              for name in NAMES}
+    report = {"source": str(folder.root), "read_as": folder.describe(), "rows": len(files), "label": "label",
+              "task": "classification", "kind": folder.kind, "classes": folder.classes, "split_rule": rule,
+              "splits": counts, "skipped": len(folder.skipped), "unreadable": len(broken), "flags": flags}
+    if folder.kind == "image":
+        report["images"] = _image_summary(sizes, modes)
+    return report
+
+
+def _read_all(folder) -> tuple[set, dict, list, dict]:
+    """Decode every file once: (readable paths, {unreadable path: why}, image sizes, image modes)."""
+    from kerakit.sources.folder import read_image, read_text
+
+    readable, broken, sizes, modes = set(), {}, [], {}
+    for f in folder.files:
+        if folder.kind == "image":
+            result = read_image(f.path)
+            if result is None:
+                broken[str(f.path)] = "cannot be decoded as an image (corrupt, truncated, or not an image)"
+                continue
+            pixels, mode = result
+            sizes.append(pixels.shape[:2])
+            modes[mode] = modes.get(mode, 0) + 1
+        elif read_text(f.path) is None:
+            broken[str(f.path)] = "is binary, not text"
+            continue
+        readable.add(str(f.path))
+    return readable, broken, sizes, modes
+
+
+def _skipped(skipped: list) -> list[dict]:
+    flags = []
+    for why in sorted({w for _, w in skipped}):
+        paths = [p for p, w in skipped if w == why]
+        flags.append(_flag("skipped_files", len(paths), f"{len(paths)} file(s) skipped: {why}", paths))
+    return flags
+
+
+def _broken(broken: dict, kind: str) -> list[dict]:
+    if not broken:
+        return []
+    return [_flag("unreadable_files", len(broken), f"{len(broken)} {kind} file(s) skipped: "
+                  f"{next(iter(broken.values()))}", list(broken))]
+
+
+def _same_content(files, digests, splits) -> list[dict]:
+    """Files with the same bytes: twice in one split, in train and in validation/test, or under two classes."""
+    by_digest: dict[str, list[int]] = {}
+    for i, d in enumerate(digests):
+        by_digest.setdefault(d, []).append(i)
+    groups = [g for g in by_digest.values() if len(g) > 1]
+    repeated = [i for g in groups for i in g[1:] if any(splits[j] == splits[i] for j in g if j < i)]
+    across = [i for g in groups for i in g if splits[i] != "train" and any(splits[j] == "train" for j in g)]
+    conflicts = [g for g in groups if len({files[i].label for i in g}) > 1]
+    flags = []
+    if repeated:
+        flags.append(_flag("duplicate_files", len(repeated), f"{len(repeated)} file(s) repeat an earlier file "
+                           "of the same split byte for byte", [_relative(files[i].path) for i in repeated]))
+    if across:
+        flags.append(_flag("duplicates_across_splits", len(across), f"{len(across)} validation/test file(s) are "
+                           "byte-for-byte copies of a training file: the score on them measures memory (train/test "
+                           "leakage); remove the copies", [_relative(files[i].path) for i in across]))
+    if conflicts:
+        flags.append(_flag("conflicting_labels", sum(len(g) for g in conflicts), f"{len(conflicts)} file content(s) "
+                           "appear under two classes: no model can get both right",
+                           [" = ".join(_relative(files[i].path) for i in g) for g in conflicts]))
+    return flags
+
+
+def _relative(path) -> str:
+    """class/file.png, or split/class/file.png: a path as it reads under the source folder."""
+    parts = path.parts
+    return "/".join(parts[-3:] if len(parts) > 2 and parts[-3].lower() in SPLIT_FOLDERS else parts[-2:])
+
+
+def _image_summary(sizes: list, modes: dict) -> dict:
+    if not sizes:
+        return {"modes": modes}
+    heights, widths = np.array([s[0] for s in sizes]), np.array([s[1] for s in sizes])
+    return {"modes": dict(sorted(modes.items())),
+            "width": {"min": int(widths.min()), "median": int(np.median(widths)), "max": int(widths.max())},
+            "height": {"min": int(heights.min()), "median": int(np.median(heights)), "max": int(heights.max())}}

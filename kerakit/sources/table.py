@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import csv
 import io
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -272,3 +273,17 @@ def _dates(values) -> np.ndarray:
         warnings.simplefilter("ignore")
         parsed = pd.to_datetime(values, errors="coerce", dayfirst=True, format="mixed")
     return (parsed.notna() & values.str.contains(r"[-/.]")).to_numpy()
+
+
+def feature_names(columns: list[str]) -> dict[str, str]:
+    """Column -> a TFDS/Keras-safe feature name ("Bill length (mm)" -> "bill_length_mm"), unique, never "label"."""
+    names, used = {}, {"label"}
+    for column in columns:
+        base = re.sub(r"[^a-z0-9]+", "_", column.lower()).strip("_") or "column"
+        base = f"c_{base}" if base[0].isdigit() else base
+        name, n = base, 2
+        while name in used:
+            name, n = f"{base}_{n}", n + 1
+        used.add(name)
+        names[column] = name
+    return names

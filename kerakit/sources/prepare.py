@@ -1,0 +1,233 @@
+"""A source prepared once as a real TFDS dataset under the data directory, versioned by its content.
+
+    spec = SourceSpec(Path("data/penguins.csv"), label="species")
+    builder = prepare(spec, data_dir)   # a tfds builder: builder.as_dataset(split="train"), builder.info
+    builder.info.config_name            # 'c3f1a0d2e4b5a6978' : the content version
+
+The dataset is written with TFDS's own ad-hoc builder (`store_as_tfds_dataset`)
+to DATA_DIR/kerakit_<name>/<content version>/1.0.0, with train, validation and
+test splits. The content version is a SHA-256 over every byte of the file (or
+over every file's path, size and bytes in a folder) and the options that shape
+the dataset (label, dialect, types, split rule): unchanged files prepare
+nothing, one changed byte prepares a new version. TFDS writes into an
+`incomplete.*` folder and renames it when done, so a killed preparation leaves
+nothing a later run takes for a finished dataset.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+
+import kerakit.sources.folder as folders
+import kerakit.sources.splits as splitting
+import kerakit.sources.table as tables
+from kerakit.errors import KerakitError
+from kerakit.sources.checks import table_report
+
+TFDS_VERSION = "1.0.0"  # the dataset format's own version; the content is the config name
+
+
+@dataclass(frozen=True)
+class SourceSpec:
+    """What makes a dataset from a path: the path and every option that changes its records or splits."""
+
+    path: Path
+    label: str | None = None
+    task: str | None = None
+    sep: str | None = None
+    encoding: str | None = None
+    decimal: str | None = None
+    types: tuple = ()  # ((column, type), ...)
+    seed: int = 0
+    group: str | None = None
+    time: str | None = None
+    split: tuple = splitting.RATIOS
+
+    @classmethod
+    def from_options(cls, path: "str | Path", options: dict) -> "SourceSpec":
+        allowed = set(cls.__dataclass_fields__) - {"path"}
+        unknown = set(options) - allowed
+        if unknown:
+            raise KerakitError(f"Unknown SOURCE option(s) {', '.join(sorted(unknown))}. Allowed: "
+                               f"{', '.join(sorted(allowed))}.")
+        options = dict(options)
+        options["types"] = tuple(sorted(dict(options.get("types") or {}).items()))
+        options["split"] = tuple(float(r) for r in options.get("split", splitting.RATIOS))
+        return cls(Path(path), **options)
+
+    def options(self) -> dict:
+        found = asdict(self)
+        found.pop("path")
+        return found
+
+
+@dataclass
+class Prepared:
+    """What a source becomes before TFDS writes it: features, examples per split, and how it was made."""
+
+    features: object  # tfds.features.FeaturesDict
+    splits: dict[str, Callable]  # split -> () -> iterator of (key, example)
+    about: dict = field(default_factory=dict)
+
+
+def dataset_name(path: Path) -> str:
+    """kerakit_<file or folder name>, in TFDS's naming rule (snake_case)."""
+    stem = re.sub(r"[^a-z0-9]+", "_", path.stem.lower()).strip("_") or "data"
+    return f"kerakit_{stem}"
+
+
+def content_version(spec: SourceSpec) -> str:
+    """'c' + 16 hex digits of a SHA-256 over the options and every byte of the source."""
+    h = hashlib.sha256(json.dumps(spec.options(), sort_keys=True, default=str).encode())
+    if spec.path.is_dir():
+        for f in sorted(p for p in spec.path.rglob("*") if p.is_file()):
+            h.update(f"{f.relative_to(spec.path)}\0{f.stat().st_size}\0{folders.file_digest(f)}\n".encode())
+    else:
+        h.update(folders.file_digest(spec.path).encode())
+    return "c" + h.hexdigest()[:16]
+
+
+def dataset_dir(spec: SourceSpec, data_dir: "str | Path") -> Path:
+    return Path(data_dir) / dataset_name(spec.path) / content_version(spec) / TFDS_VERSION
+
+
+def prepare(spec: SourceSpec, data_dir: "str | Path", log: Callable[[str], None] = print):
+    """The TFDS builder of `spec`'s dataset, preparing it first unless this content is prepared already."""
+    import tensorflow_datasets as tfds
+
+    if not spec.path.exists():
+        raise KerakitError(f"Data path {str(spec.path)!r} does not exist.")
+    directory = dataset_dir(spec, data_dir)
+    if not (directory / "dataset_info.json").exists():
+        log(f"Preparing {spec.path} as TFDS dataset {dataset_name(spec.path)} version {directory.parent.name} "
+            f"in {data_dir}")
+        _write(spec, _prepared(spec), data_dir, directory.parent.name)
+    return tfds.builder_from_directory(str(directory))
+
+
+def _write(spec: SourceSpec, prepared: Prepared, data_dir, version: str) -> None:
+    from tensorflow_datasets.core.dataset_builders import store_as_tfds_dataset
+
+    from kerakit.quiet import muted_stderr
+
+    with muted_stderr():  # TFDS's progress bars
+        store_as_tfds_dataset(name=dataset_name(spec.path), version=TFDS_VERSION, config=version,
+                              features=prepared.features, data_dir=str(data_dir), disable_shuffling=True,
+                              split_datasets={k: fn() for k, fn in prepared.splits.items()},
+                              description=json.dumps(prepared.about, sort_keys=True))
+
+
+def about(spec_or_info) -> dict:
+    """How a prepared dataset was made (source, split rule, columns), from its DatasetInfo."""
+    try:
+        return json.loads(spec_or_info.description)
+    except (TypeError, ValueError):
+        return {}
+
+
+def _prepared(spec: SourceSpec) -> Prepared:
+    if tables.is_table(spec.path):
+        return _table(spec)
+    if spec.path.is_dir():
+        return _folder(spec)
+    raise KerakitError(f"{str(spec.path)!r} is not a data source kerakit reads: expected a table file "
+                       f"({', '.join(sorted(tables.SUFFIXES))}) or a folder with one subfolder per class.")
+
+
+# --------------------------------------------------------------------------- tables
+
+def _table(spec: SourceSpec) -> Prepared:
+    import tensorflow_datasets as tfds
+
+    table = tables.read_table(spec.path, sep=spec.sep, encoding=spec.encoding, decimal=spec.decimal)
+    frame = table.frame
+    if spec.label is None:
+        raise KerakitError(f"A table needs its label column: SOURCE = dict(label=...) in the recipe "
+                           f"(columns of {spec.path.name}: {', '.join(frame.columns)}).")
+    report = table_report(table, spec.label, types=dict(spec.types), seed=spec.seed, group=spec.group,
+                                 time=spec.time, task=spec.task)
+    types, task = report["types"], report["task"]
+    names = tables.feature_names([c for c in frame.columns if c != spec.label])
+    label = frame[spec.label].str.strip()
+    classes = sorted(label.unique()) if task == "classification" else None
+    features = {names[c]: tfds.features.Scalar(np.float32) if types[c] == "number" else tfds.features.Text()
+                for c in names}
+    features["label"] = tfds.features.ClassLabel(names=classes) if classes else tfds.features.Scalar(np.float32)
+    columns = {c: tables.as_numbers(frame[c], table.decimal).astype(np.float32) if types[c] == "number"
+               else np.where(tables.missing_mask(frame[c]), "", frame[c].str.strip()) for c in names}
+    labels = (np.searchsorted(np.array(classes), label.to_numpy()) if classes
+              else tables.as_numbers(frame[spec.label], table.decimal).astype(np.float32))
+    split_of, rule = splitting.assign_splits(frame, spec.label, seed=spec.seed, ratios=spec.split, group=spec.group,
+                                             time=spec.time, classification=task == "classification")
+
+    def rows(split):
+        def generate():
+            for i in np.flatnonzero(split_of == split):
+                yield int(i), {**{names[c]: columns[c][i] for c in names}, "label": labels[i]}
+        return generate
+
+    about = {"source": str(spec.path), "read_as": table.describe(), "task": task, "label": spec.label,
+             "classes": classes, "split_rule": rule, "columns": {names[c]: {"column": c, "type": types[c]}
+                                                                 for c in names}}
+    return Prepared(tfds.features.FeaturesDict(features), {s: rows(s) for s in splitting.NAMES}, about)
+
+
+# --------------------------------------------------------------------------- folders
+
+def _folder(spec: SourceSpec) -> Prepared:
+    import pandas as pd
+    import tensorflow_datasets as tfds
+
+    folder = folders.scan_folder(spec.path)
+    if folder.presplit:
+        split_of, rule = _presplit(folder, spec)
+    else:
+        labels = pd.DataFrame({"label": [f.label for f in folder.files]})
+        split_of, rule = splitting.assign_splits(labels, "label", seed=spec.seed, ratios=spec.split)
+    classes = folder.classes
+    key = "image" if folder.kind == "image" else "text"
+    value = tfds.features.Image(shape=(None, None, 3)) if key == "image" else tfds.features.Text()
+    features = tfds.features.FeaturesDict({key: value, "label": tfds.features.ClassLabel(names=classes),
+                                           "file": tfds.features.Text()})
+
+    def rows(split):
+        def generate():
+            for i in np.flatnonzero(split_of == split):
+                f = folder.files[i]
+                content = folders.read_image(f.path) if key == "image" else folders.read_text(f.path)
+                if content is None:
+                    continue  # counted in the data report
+                yield int(i), {key: content[0] if key == "image" else content, "label": classes.index(f.label),
+                               "file": str(f.path.relative_to(spec.path))}
+        return generate
+
+    about = {"source": str(spec.path), "read_as": folder.describe(), "task": "classification", "kind": folder.kind,
+             "classes": classes, "split_rule": rule, "skipped": len(folder.skipped),
+             "image_rule": "every mode converted to RGB (grey and palette expanded, alpha dropped), at its own size"
+             if key == "image" else None}
+    return Prepared(features, {s: rows(s) for s in splitting.NAMES}, about)
+
+
+def _presplit(folder, spec: SourceSpec) -> tuple[np.ndarray, str]:
+    """The folders' own splits; a missing validation folder is carved from train (10 %, stratified, seeded)."""
+    import pandas as pd
+
+    split_of = np.array([f.split for f in folder.files], dtype=object)
+    if "test" not in set(split_of):
+        raise KerakitError(f"{str(folder.root)!r} has train/ but no test/ folder: add one, or put the class "
+                           "folders at the top level and kerakit splits them.")
+    if "validation" in set(split_of):
+        return split_of.astype(str), "as the folders are (train/, val/, test/)"
+    train = np.flatnonzero(split_of == "train")
+    frame = pd.DataFrame({"label": [folder.files[i].label for i in train]})
+    carved, _ = splitting.assign_splits(frame, "label", seed=spec.seed, ratios=(0.9, 0.1, 0.0))
+    split_of[train] = carved
+    return split_of.astype(str), f"as the folders are (train/, test/); validation: 10 % of train/, stratified, " \
+                                 f"seed {spec.seed}"

@@ -1,0 +1,220 @@
+"""The recipe `kerakit new NAME --from PATH` writes: short, readable, the user's to edit.
+
+    text = recipe_text("penguins", "data/penguins.csv", report)   # report: kerakit.sources.data_report(...)
+
+A table gets an MLP over one feature vector that its `preprocess` builds from
+the raw columns (numbers with a missing flag, categories one-hot over the
+training split's values); an image folder a small CNN on raw 0-255 pixels
+(resized with padding in `preprocess`, scaled inside the model). Columns the
+data report says will hurt (identifiers, a column that alone predicts the
+label, constant columns, dates and free text) are left out, each with its
+reason in the recipe.
+"""
+
+from __future__ import annotations
+
+import re
+
+import numpy as np
+
+from kerakit.errors import KerakitError
+
+MAX_CATEGORIES = 50  # most frequent training-split values of a category column; the rest share "other"
+DROP_FLAGS = {"identifier": "an identifier (a distinct value per row)",
+              "target_leakage": "it alone predicts the label (leakage?)", "constant": "one value in every row"}
+
+
+def check_name(name: str) -> str:
+    if not re.fullmatch(r"[a-z][a-z0-9_]*", name):
+        raise KerakitError(f"Invalid recipe name {name!r}: use lowercase letters, digits and _ "
+                           "(starting with a letter), e.g. penguins_mlp.")
+    return name
+
+
+def recipe_text(name: str, dataset: str, report: dict, frame=None) -> str:
+    """The recipe file for a data report (a table's needs its text `frame`, for the category values)."""
+    if "classes" in report and report.get("kind") == "image":
+        return _image_recipe(name, dataset, report)
+    if "columns" in report:
+        return _table_recipe(name, dataset, report, frame)
+    raise KerakitError(f"`kerakit new` writes recipes for tables and image folders; {report['read_as']} is "
+                       f"{report.get('kind', 'neither')}.")
+
+
+def _dropped(report: dict) -> dict[str, str]:
+    why = {}
+    for flag in report["flags"]:
+        reason = DROP_FLAGS.get(flag["check"])
+        match = re.search(r"column '([^']+)'", flag["message"])
+        if reason and match:
+            why.setdefault(match.group(1), reason)
+    for column, kind in report["types"].items():
+        if kind in ("date", "text") and column != report["label"]:
+            why.setdefault(column, f"a {kind} column (this model takes numbers and categories)")
+    return why
+
+
+def _table_recipe(name: str, dataset: str, report: dict, frame) -> str:
+    from kerakit.sources.splits import assign_splits
+    from kerakit.sources.table import feature_names, missing_mask
+
+    label, task = report["label"], report["task"]
+    if label is None:
+        raise KerakitError("A table needs --label COLUMN: the column the model predicts.")
+    dropped = _dropped(report)
+    names = feature_names([c for c in report["types"] if c != label])
+    kept = [c for c in names if c not in dropped]
+    numbers = [names[c] for c in kept if report["types"][c] == "number"]
+    splits, _ = assign_splits(frame, label, seed=0, classification=task == "classification")
+    # A flag only where training rows have gaps: a feature that is 0 in every training row is nothing to learn
+    # and a zero-variance column in the normalized vector (it broke an int8 ONNX file of this model).
+    flags = [names[c] for c in kept if report["types"][c] == "number"
+             and missing_mask(frame[c])[splits == "train"].any()]
+    categories = {}
+    for c in kept:
+        if report["types"][c] != "number":
+            train = frame[c][(splits == "train") & ~missing_mask(frame[c])].str.strip().str.lower()
+            categories[names[c]] = list(train.value_counts().index[:MAX_CATEGORIES])
+    width = len(numbers) + len(flags) + sum(len(v) for v in categories.values())
+    if not width:
+        raise KerakitError(f"No usable feature columns in {report['read_as']}: every column is the label or "
+                           f"left out ({', '.join(f'{c}: {w}' for c, w in dropped.items())}).")
+    head = TABLE_HEAD.format(name=name, read_as=report["read_as"], task=task, dataset=dataset, label=label,
+                             numbers=_literal(numbers), flags=_literal(flags), categories=_dict_literal(categories),
+                             dropped=_dict_literal(dropped), width=width, rule=report["split_rule"])
+    return head + (TABLE_CLASSIFIER if task == "classification" else TABLE_REGRESSOR).format(name=name)
+
+
+def _image_recipe(name: str, dataset: str, report: dict) -> str:
+    sizes = report.get("images", {})
+    median = min(sizes.get("width", {}).get("median", 64), sizes.get("height", {}).get("median", 64))
+    size = int(min(128, max(32, 2 ** round(np.log2(max(median, 1))))))
+    return IMAGE_RECIPE.format(name=name, read_as=report["read_as"], dataset=dataset, size=size,
+                               classes=len(report["classes"]), rule=report["split_rule"])
+
+
+def _literal(values: list) -> str:
+    return "[" + ", ".join(repr(v) for v in values) + "]"
+
+
+def _dict_literal(mapping: dict) -> str:
+    if not mapping:
+        return "{}"
+    return "{\n" + "".join(f"    {k!r}: {v!r},\n" for k, v in mapping.items()) + "}"
+
+
+TABLE_HEAD = '''"""{name}: an MLP on {read_as}. Written by `kerakit new`; yours to edit."""
+
+import keras
+import tensorflow as tf
+
+from kerakit.recipe import Input
+
+DESCRIPTION = "MLP on {dataset} (label {label!r}), written by kerakit new."
+TASK = "{task}"
+DATASET = "{dataset}"  # prepared once as a TFDS dataset, versioned by the file's content
+SOURCE = dict(label={label!r}, seed=0)  # {rule}
+DEFAULTS = dict(epochs=80, batch_size=32, patience=12)
+
+# The feature vector `preprocess` builds from a raw row, in this order: the numbers (a missing one as 0), a 1/0
+# flag per number that has gaps in training, and each category one-hot over its training-split values
+# (lowercased; a value training never saw is all zeros).
+NUMBERS = {numbers}
+MISSING_FLAGS = {flags}
+CATEGORIES = {categories}
+# Columns the data report says would hurt the model, and why.
+DROPPED = {dropped}
+FEATURE_NAMES = [*NUMBERS, *(f"{{n}} missing" for n in MISSING_FLAGS),
+                 *(f"{{n}}={{v}}" for n, values in CATEGORIES.items() for v in values)]
+INPUTS = [Input("features", shape=({width},), dtype="float32")]
+
+
+def preprocess(example, config):
+    parts = [tf.where(tf.math.is_nan(example[name]), 0.0, example[name]) for name in NUMBERS]
+    parts += [tf.cast(tf.math.is_nan(example[name]), tf.float32) for name in MISSING_FLAGS]
+    for name, values in CATEGORIES.items():
+        value = tf.strings.lower(tf.strings.strip(example[name]), encoding="utf-8")
+        parts += [tf.cast(tf.equal(value, v), tf.float32) for v in values]
+    return {{"features": tf.stack(parts)}}, example["label"]
+
+'''
+
+TABLE_CLASSIFIER = '''
+def build_model(hp, data):
+    units = hp.Int("units", 16, 256, step=16, default=64)
+    dropout = hp.Float("dropout", 0.0, 0.5, step=0.1, default=0.2)
+    learning_rate = hp.Float("learning_rate", 1e-4, 1e-2, sampling="log", default=3e-3)
+
+    normalize = keras.layers.Normalization(name="normalize")  # adapted on the training split: inside the model
+    normalize.adapt(data.features("train", "features"))
+    inputs = INPUTS[0].keras()
+    x = keras.layers.Dense(units, activation="relu")(normalize(inputs))
+    x = keras.layers.Dropout(dropout)(x)
+    x = keras.layers.Dense(units, activation="relu")(x)
+    outputs = keras.layers.Dense(len(data.class_names), activation="softmax", name="probabilities")(x)
+    model = keras.Model(inputs, outputs, name="{name}")
+    model.compile(optimizer=keras.optimizers.Adam(learning_rate), loss="sparse_categorical_crossentropy",
+                  metrics=["accuracy"])
+    return model
+'''
+
+TABLE_REGRESSOR = '''
+def build_model(hp, data):
+    units = hp.Int("units", 16, 256, step=16, default=64)
+    dropout = hp.Float("dropout", 0.0, 0.5, step=0.1, default=0.1)
+    learning_rate = hp.Float("learning_rate", 1e-4, 1e-2, sampling="log", default=3e-3)
+
+    normalize = keras.layers.Normalization(name="normalize")  # adapted on the training split: inside the model
+    normalize.adapt(data.features("train", "features"))
+    _, target = data.arrays("train")  # the model predicts in the target's own units: scaled inside it
+    inputs = INPUTS[0].keras()
+    x = keras.layers.Dense(units, activation="relu")(normalize(inputs))
+    x = keras.layers.Dropout(dropout)(x)
+    x = keras.layers.Dense(units, activation="relu")(x)
+    x = keras.layers.Dense(1)(x)
+    outputs = keras.layers.Rescaling(float(target.std()) or 1.0, offset=float(target.mean()), name="prediction")(x)
+    model = keras.Model(inputs, outputs, name="{name}")
+    model.compile(optimizer=keras.optimizers.Adam(learning_rate), loss="mse", metrics=["mae"])
+    return model
+'''
+
+IMAGE_RECIPE = '''"""{name}: a small CNN on {read_as}. Written by `kerakit new`; yours to edit."""
+
+import keras
+import tensorflow as tf
+
+from kerakit.recipe import Input
+
+DESCRIPTION = "Small CNN on the image folder {dataset}, written by kerakit new."
+TASK = "classification"
+DATASET = "{dataset}"  # prepared once as a TFDS dataset (RGB, each image at its own size), versioned by content
+SOURCE = dict(seed=0)  # {rule}
+DEFAULTS = dict(epochs=40, batch_size=32, patience=10)
+SIZE = {size}  # images are resized to SIZE x SIZE keeping their aspect ratio (padded with black)
+INPUTS = [Input("image", shape=(SIZE, SIZE, 3), dtype="float32")]  # raw pixel values 0-255
+
+
+def preprocess(example, config):
+    image = tf.image.resize_with_pad(tf.cast(example["image"], tf.float32), SIZE, SIZE)
+    return {{"image": image}}, example["label"]
+
+
+def build_model(hp, data):
+    filters = hp.Int("filters", 16, 64, step=16, default=32)
+    dropout = hp.Float("dropout", 0.0, 0.5, step=0.1, default=0.3)
+    learning_rate = hp.Float("learning_rate", 1e-4, 1e-2, sampling="log", default=2e-3)
+
+    inputs = INPUTS[0].keras()
+    x = keras.layers.RandomFlip("horizontal")(inputs)  # training only: not in any exported artifact's math
+    x = keras.layers.Rescaling(1 / 255)(x)
+    for scale in (1, 2, 4):
+        x = keras.layers.Conv2D(filters * scale, 3, padding="same", activation="relu")(x)
+        x = keras.layers.MaxPooling2D()(x)
+    x = keras.layers.GlobalAveragePooling2D()(x)
+    x = keras.layers.Dropout(dropout)(x)
+    outputs = keras.layers.Dense({classes}, activation="softmax", name="probabilities")(x)
+    model = keras.Model(inputs, outputs, name="{name}")
+    model.compile(optimizer=keras.optimizers.Adam(learning_rate), loss="sparse_categorical_crossentropy",
+                  metrics=["accuracy"])
+    return model
+'''
