@@ -150,7 +150,7 @@ def test_the_cli_prints_the_report_writes_json_and_refuses_in_one_line(tmp_path)
 # --------------------------------------------------------------------------- folders, datasets, recipes
 
 def test_an_image_folder_report_counts_junk_corrupt_files_and_copies(tmp_path):
-    from photos import photos
+    from messy_files import photos
 
     report = data_report(photos(tmp_path / "photos"))
     assert report["read_as"] == "photos/ (65 image files, 2 classes, one folder per class)"
@@ -225,7 +225,7 @@ def test_a_source_is_prepared_once_per_content_and_a_changed_byte_prepares_again
 
 
 def test_presplit_folders_are_honoured_and_a_missing_validation_folder_is_carved_from_train(tmp_path):
-    from photos import photos
+    from messy_files import photos
 
     from kerakit.sources.prepare import SourceSpec, about, prepare
 
@@ -247,14 +247,15 @@ def test_data_where_a_recipe_belongs_is_named_with_what_to_do(tmp_path):
 
 
 @pytest.mark.slow
-def test_new_then_build_from_a_messy_table_and_a_photo_folder_ends_in_verified_artifacts(tmp_path):
-    """As a user would: a project folder with data/, `kerakit new`, `kerakit build`, and a rerun that
-    prepares nothing."""
-    from photos import photos
+def test_new_then_build_from_a_messy_table_photos_and_texts_ends_in_verified_artifacts(tmp_path):
+    """As a user would: a project folder with data/ (a table, photos, texts), `kerakit new`, `kerakit build`,
+    and a rerun that prepares nothing."""
+    from messy_files import notes, photos
 
     project = tmp_path / "project"
     _learnable_csv(project / "data" / "visits.csv")
     photos(project / "data" / "shapes")
+    notes(project / "data" / "reviews")
     env = {"TFDS_DATA_DIR": str(tmp_path / "tfds")}
     made = run_cli("new", "visits", "--from", "data/visits.csv", "--label", "outcome", cwd=project, env=env)
     assert made.returncode == 0, made.stderr
@@ -265,7 +266,9 @@ def test_new_then_build_from_a_messy_table_and_a_photo_folder_ends_in_verified_a
     refused = run_cli("new", "visits", "--from", "data/visits.csv", "--label", "outcome", cwd=project, env=env)
     assert refused.returncode == 1 and "recipes/visits.py exists: pick another NAME, or pass --force" in refused.stderr
     assert run_cli("new", "shapes", "--from", "data/shapes", cwd=project, env=env).returncode == 0
-    for name in ("visits", "shapes"):
+    text = run_cli("new", "reviews", "--from", "data/reviews", cwd=project, env=env)
+    assert text.returncode == 0 and "skipped: not a text file [rows/values: complaint/scan.png]" in text.stdout
+    for name in ("visits", "shapes", "reviews"):
         built = run_cli("build", name, "--target", "server", "--out", f"runs/{name}", "epochs=15", cwd=project,
                         env=env, timeout=600)
         assert built.returncode == 0, built.stdout[-2000:] + built.stderr[-2000:]

@@ -5,7 +5,10 @@
 A table gets an MLP over one feature vector that its `preprocess` builds from
 the raw columns (numbers with a missing flag, categories one-hot over the
 training split's values); an image folder a small CNN on raw 0-255 pixels
-(resized with padding in `preprocess`, scaled inside the model). Columns the
+(resized with padding in `preprocess`, scaled inside the model); a folder of
+text files a bag of embeddings over hashed words (tokens hashed in
+`preprocess`, as recipes/imdb_text.py does: a TextVectorization layer's string
+ops would keep TFLite and ONNX from taking the model). Columns the
 data report says will hurt (identifiers, a column that alone predicts the
 label, constant columns, dates and free text) are left out, each with its
 reason in the recipe.
@@ -35,6 +38,9 @@ def recipe_text(name: str, dataset: str, report: dict, frame=None) -> str:
     """The recipe file for a data report (a table's needs its text `frame`, for the category values)."""
     if "classes" in report and report.get("kind") == "image":
         return _image_recipe(name, dataset, report)
+    if "classes" in report and report.get("kind") == "text":
+        return TEXT_RECIPE.format(name=name, read_as=report["read_as"], dataset=dataset,
+                                  classes=len(report["classes"]), rule=report["split_rule"])
     if "columns" in report:
         return _table_recipe(name, dataset, report, frame)
     raise KerakitError(f"`kerakit new` writes recipes for tables and image folders; {report['read_as']} is "
@@ -212,6 +218,48 @@ def build_model(hp, data):
         x = keras.layers.MaxPooling2D()(x)
     x = keras.layers.GlobalAveragePooling2D()(x)
     x = keras.layers.Dropout(dropout)(x)
+    outputs = keras.layers.Dense({classes}, activation="softmax", name="probabilities")(x)
+    model = keras.Model(inputs, outputs, name="{name}")
+    model.compile(optimizer=keras.optimizers.Adam(learning_rate), loss="sparse_categorical_crossentropy",
+                  metrics=["accuracy"])
+    return model
+'''
+
+TEXT_RECIPE = '''"""{name}: a bag-of-embeddings text classifier on {read_as}. Written by `kerakit new`; yours to edit."""
+
+import keras
+import tensorflow as tf
+
+from kerakit.recipe import Input
+
+DESCRIPTION = "Bag of embeddings over hashed words on the text folder {dataset}, written by kerakit new."
+TASK = "classification"
+DATASET = "{dataset}"  # prepared once as a TFDS dataset, versioned by content
+SOURCE = dict(seed=0)  # {rule}
+DEFAULTS = dict(epochs=30, batch_size=32, patience=5)
+SEQUENCE_LENGTH = 256  # words per text (longer texts are cut, shorter padded with id 0)
+HASH_BUCKETS = 20_000  # words are hashed, so no vocabulary to fit or ship; id 0 is padding
+INPUTS = [Input("tokens", shape=(SEQUENCE_LENGTH,), dtype="int32")]
+
+
+def preprocess(example, config):
+    text = tf.strings.lower(example["text"], encoding="utf-8")
+    words = tf.strings.split(tf.strings.regex_replace(text, r"[^\\w']+", " "))[:SEQUENCE_LENGTH]
+    ids = tf.strings.to_hash_bucket_fast(words, HASH_BUCKETS - 1) + 1
+    ids = tf.pad(ids, [[0, SEQUENCE_LENGTH - tf.shape(ids)[0]]])
+    return {{"tokens": tf.ensure_shape(tf.cast(ids, tf.int32), (SEQUENCE_LENGTH,))}}, example["label"]
+
+
+def build_model(hp, data):
+    embedding = hp.Int("embedding_dim", 16, 128, step=16, default=32)
+    dropout = hp.Float("dropout", 0.0, 0.5, step=0.1, default=0.3)
+    learning_rate = hp.Float("learning_rate", 1e-4, 1e-2, sampling="log", default=3e-3)
+
+    inputs = INPUTS[0].keras()
+    x = keras.layers.Embedding(HASH_BUCKETS, embedding)(inputs)
+    x = keras.layers.GlobalAveragePooling1D()(x)
+    x = keras.layers.Dropout(dropout)(x)
+    x = keras.layers.Dense(32, activation="relu")(x)
     outputs = keras.layers.Dense({classes}, activation="softmax", name="probabilities")(x)
     model = keras.Model(inputs, outputs, name="{name}")
     model.compile(optimizer=keras.optimizers.Adam(learning_rate), loss="sparse_categorical_crossentropy",

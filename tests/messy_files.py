@@ -1,4 +1,4 @@
-"""A folder of photos as people have them, generated: two classes (bright circles, bright squares on noise) in
+"""Folders of files as people have them, generated. photos(): two classes (bright circles, bright squares on noise) in
 every format and mode (PNG, upper-case JPG, grey JPEG, BMP, palette GIF, RGBA WebP and PNG, grey PNG), any
 size, and the junk real folders hold: a corrupt JPEG, .DS_Store, AppleDouble ._ files, Thumbs.db, a text
 note, the same photo saved twice and once misfiled under the other class."""
@@ -34,4 +34,21 @@ def photos(root, per_class=30, seed=0):
     for i in range(3):  # the same photo saved twice, once misfiled
         (root / "circle" / f"copy_{i}.png").write_bytes((root / "circle" / f"circle_{i * 8:03d}.png").read_bytes())
     (root / "square" / "misfiled.png").write_bytes((root / "circle" / "circle_016.png").read_bytes())
+    return root
+
+
+def notes(root, per_class=60, seed=0):
+    """Two classes of short texts (praise, complaints), some in latin-1 rather than UTF-8, a hidden file and an
+    image that strayed into a text folder."""
+    rng = np.random.default_rng(seed)
+    root = Path(root)
+    filler = "the a of and to in it was is this that with".split()
+    for label, words in (("praise", "great lovely superb fine wonderful happy".split()),
+                         ("complaint", "awful bad terrible sad poor broken".split())):
+        (root / label).mkdir(parents=True)
+        for i in range(per_class):
+            text = " ".join(rng.choice(filler + words * 2, 30)) + (" café" if i % 7 == 0 else "")
+            (root / label / f"{label}_{i:03d}.txt").write_bytes(text.encode("latin-1" if i % 7 == 0 else "utf-8"))
+    (root / "praise" / ".DS_Store").write_bytes(b"\0\0\0\1Bud1")
+    (root / "complaint" / "scan.png").write_bytes(b"\x89PNG\r\n\x1a\n")
     return root
