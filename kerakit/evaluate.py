@@ -53,12 +53,12 @@ def evaluate(
     from kerakit.data import load_data
 
     data = load_data(recipe, config, data_dir, fold=fold)
-    if fmt == "keras" and len(model.outputs) == 1 and metric_output is None:
-        return {"format": fmt, **evaluate_model(model, data, split)}
     if fmt == "keras":
         from kerakit.formats.keras import KerasPredictor
 
-        model = KerasPredictor(model_path, model=model)
+        model = KerasPredictor(model_path, model=model)  # a functional or subclassed model, by output name
+        if len(model.outputs) == 1 and metric_output is None:
+            return {"format": fmt, **evaluate_model(model.model, data, split)}
     with model:
         x, y = data.arrays(split)
         name = runtime.metric_output(model, metric_output)
@@ -130,7 +130,8 @@ def evaluate_model(model, data, split: str = "test") -> dict:
     """Task metrics of `model` on one split of `data` (a `kerakit.data.Data`)."""
     named, y = data.arrays(split)
     x = data.model_input(named)
-    predictions = np.asarray(model.predict(x, batch_size=256, verbose=0))
+    predictions = model.predict(x, batch_size=256, verbose=0)
+    predictions = np.asarray(next(iter(predictions.values())) if isinstance(predictions, dict) else predictions)
     metrics = _task_metrics(data, named, y, predictions)
     metrics["split"] = split
     metrics["examples"] = int(len(y))

@@ -116,23 +116,38 @@ def judge(metric: str, reference: float, value: float, max_drop: float, max_rel_
 
 
 def classification_metrics(y_true, probabilities, class_names: list[str] | None = None) -> dict:
-    """Accuracy, macro F1, per-class precision/recall/F1 and the confusion matrix (rows: true class)."""
+    """Accuracy, macro F1, per-class precision/recall/F1 and the confusion matrix (rows: true class).
+
+    Scores of any rank are classes along the last axis: a (N, H, W, C) per-pixel softmax against (N, H, W)
+    labels, or (N, 16, C) per-position scores against (N, 16), count every position (pixel accuracy), and
+    add `mean_iou`, the mean over classes of |true ∩ predicted| / |true ∪ predicted|.
+
+    >>> r = classification_metrics([[0, 1], [1, 1]], [[[0.9, 0.1], [0.2, 0.8]], [[0.6, 0.4], [0.3, 0.7]]])
+    >>> r["accuracy"], round(r["mean_iou"], 4)
+    (0.75, 0.5833)
+    """
     from sklearn.metrics import confusion_matrix, precision_recall_fscore_support
 
     probabilities = np.asarray(probabilities)
-    if probabilities.ndim == 2 and probabilities.shape[1] > 1:
-        y_pred = probabilities.argmax(axis=1)
-        n_classes = probabilities.shape[1]
+    y_true = np.asarray(y_true)
+    if probabilities.ndim >= 2 and probabilities.shape[-1] > 1:
+        y_pred = probabilities.argmax(axis=-1).reshape(-1)
+        n_classes = probabilities.shape[-1]
     else:  # one sigmoid unit
         y_pred = (probabilities.reshape(-1) >= 0.5).astype(int)
         n_classes = 2
-    y_true = np.asarray(y_true).reshape(-1).astype(int)
+    if y_true.size != y_pred.size:
+        raise KerakitError(f"Labels of shape {y_true.shape} do not fit outputs of shape {probabilities.shape}: a "
+                           f"class head takes one class index per row or position, labels of shape "
+                           f"{probabilities.shape[:-1] if probabilities.ndim >= 2 else probabilities.shape}.")
+    y_true = y_true.reshape(-1).astype(int)
     labels = list(range(n_classes))
     names = list(class_names) if class_names else [str(i) for i in labels]
     precision, recall, f1, support = precision_recall_fscore_support(
         y_true, y_pred, labels=labels, zero_division=0
     )
-    return {
+    matrix = confusion_matrix(y_true, y_pred, labels=labels)
+    result = {
         "accuracy": float((y_true == y_pred).mean()),
         "macro_f1": float(f1.mean()),
         "per_class": [
@@ -140,15 +155,34 @@ def classification_metrics(y_true, probabilities, class_names: list[str] | None 
              "f1": float(f1[i]), "support": int(support[i])}
             for i in labels
         ],
-        "confusion_matrix": confusion_matrix(y_true, y_pred, labels=labels).tolist(),
+        "confusion_matrix": matrix.tolist(),
         "class_names": names,
     }
+    if probabilities.ndim > 2:  # per pixel or per position
+        result["mean_iou"] = mean_iou(matrix)
+    return result
+
+
+def mean_iou(matrix) -> float:
+    """Mean intersection over union of a confusion matrix's classes (those absent from both sides left out).
+
+    >>> mean_iou([[2, 1], [0, 1]])
+    0.5833333333333333
+    """
+    matrix = np.asarray(matrix, dtype=np.float64)
+    hits = np.diag(matrix)
+    union = matrix.sum(0) + matrix.sum(1) - hits
+    return float((hits[union > 0] / union[union > 0]).mean()) if (union > 0).any() else float("nan")
 
 
 def regression_metrics(y_true, predictions) -> dict:
-    """MAE, MSE, RMSE and R² (NaN when the labels are constant)."""
-    y_true = np.asarray(y_true, dtype=np.float64).reshape(-1)
-    y_pred = np.asarray(predictions, dtype=np.float64).reshape(-1)
+    """MAE, MSE, RMSE and R² (NaN when the labels are constant), over every element of any shape."""
+    y_true = np.asarray(y_true, dtype=np.float64)
+    y_pred = np.asarray(predictions, dtype=np.float64)
+    if y_true.size != y_pred.size:
+        raise KerakitError(f"Labels of shape {y_true.shape} do not fit outputs of shape {y_pred.shape}: "
+                           "a regression head takes one label per output value.")
+    y_true, y_pred = y_true.reshape(-1), y_pred.reshape(-1)
     err = y_pred - y_true
     ss_tot = float(((y_true - y_true.mean()) ** 2).sum())
     return {

@@ -339,7 +339,7 @@ def _title(card: _Card) -> list[str]:
 
 
 def _class_names(card: _Card) -> list[str]:
-    return card.data.class_names or [str(i) for i in range(card.outputs.shape[1])]
+    return card.data.class_names or [str(i) for i in range(card.outputs.shape[-1])]
 
 
 def _data_section(card: _Card) -> list[str]:

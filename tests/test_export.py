@@ -206,6 +206,25 @@ def test_every_output_is_judged_and_an_unlabelled_head_off_keras_fails(tmp_path)
                               f"spread (at most {MAX_UNLABELLED_ERROR_VS_SPREAD:.0%} allowed)"]
 
 
+def test_an_unlabelled_head_of_any_rank_is_judged_along_its_last_axis():
+    """Per-position scores (N, 16, 3) by argmax agreement over every position; boxes (N, 16, 4) per element."""
+    from kerakit.export.verify import Check, _judge_unlabelled
+
+    rng = np.random.default_rng(0)
+    scores = rng.dirichlet(np.ones(3), size=(40, 16))
+    flipped = scores.copy()
+    flipped[0, :8] = np.eye(3)[(scores[0, :8].argmax(-1) + 1) % 3]  # 8 of 640 positions: 98.75 % agree
+    check = Check(output_metrics={})
+    _judge_unlabelled(check, "scores", flipped, scores, Verify(max_metric_drop=0.05))
+    assert check.output_metrics["scores"]["value"] == 632 / 640 and not check.reasons
+    _judge_unlabelled(check, "scores", flipped, scores, Verify(max_metric_drop=0.01))
+    assert check.reasons == ["output 'scores' (no labels): its argmax agrees with Keras's on 98.75% of positions "
+                             "(at least 99.00% required)"]
+    boxes = rng.normal(size=(40, 16, 4))
+    _judge_unlabelled(check, "boxes", boxes + 0.01, boxes, Verify())
+    assert check.output_metrics["boxes"]["metric"] == "error_vs_spread" and len(check.reasons) == 1
+
+
 @pytest.mark.slow
 def test_cli_exits_non_zero_keeps_the_figures_and_marks_the_manifest(tmp_path):
     _constant_model(tmp_path / "constant.keras")

@@ -27,6 +27,26 @@ def test_one_sigmoid_unit_is_a_binary_classifier():
     assert result["accuracy"] == pytest.approx(2 / 3) and result["class_names"] == ["0", "1"]
 
 
+def test_scores_of_any_rank_are_classes_along_the_last_axis():
+    """Per-pixel (N, H, W, C) scores against (N, H, W) labels: pixel accuracy and mean IoU over every position."""
+    labels = np.array([[[0, 1], [2, 2]]])                      # one 2x2 image
+    scores = np.eye(3)[np.array([[[0, 1], [2, 0]]])]             # (1, 2, 2, 3): the last pixel wrong
+    result = metrics.classification_metrics(labels, scores)
+    assert result["accuracy"] == 0.75 and result["confusion_matrix"] == [[1, 0, 0], [0, 1, 0], [1, 0, 1]]
+    assert result["mean_iou"] == pytest.approx((1 / 2 + 1 + 1 / 2) / 3)
+    assert metrics.score("classification", "accuracy", labels.reshape(1, 4), scores.reshape(1, 4, 3)) == 0.75
+    assert "mean_iou" not in metrics.classification_metrics(LABELS, PROBABILITIES)  # per row: no positions
+
+
+def test_labels_that_do_not_fit_the_outputs_are_refused_naming_both_shapes():
+    with pytest.raises(KerakitError, match=r"Labels of shape \(2, 3\) do not fit outputs of shape \(2, 4, 3\): a class "
+                                           r"head takes one class index per row or position, labels of shape \(2, 4\)"):
+        metrics.classification_metrics(np.zeros((2, 3), int), np.ones((2, 4, 3)) / 3)
+    with pytest.raises(KerakitError, match=r"Labels of shape \(2, 4\) do not fit outputs of shape \(2, 4, 4\)"):
+        metrics.regression_metrics(np.zeros((2, 4)), np.zeros((2, 4, 4)))
+    assert metrics.regression_metrics(np.ones((2, 4, 4)), np.zeros((2, 4, 4)))["mae"] == 1.0  # per element
+
+
 def test_regression_metrics():
     result = metrics.task_metrics("regression", [1.0, 2.0, 3.0], [[1.5], [2.0], [2.0]])
     assert result["mae"] == pytest.approx(0.5)

@@ -53,12 +53,14 @@ def test_int8_tflite_dequantizes_outputs(digits_export):
 @pytest.mark.parametrize(
     "make, message",
     [
-        (lambda d: d / "model.h5", "Unsupported model file"),
+        (lambda d: d / "model.pt", "Unsupported model file"),
+        (lambda d: d / "model.h5", r"model.h5' is not a valid legacy .h5 file \(not HDF5"),
         (lambda d: d / "missing.onnx", "does not exist"),
         (lambda d: d, r"is not a model directory. Expected one of: savedmodel \(saved_model.pb\)"),
     ],
 )
 def test_unsupported_or_missing_paths(tmp_path, make, message):
+    (tmp_path / "model.pt").write_bytes(b"x")
     (tmp_path / "model.h5").write_bytes(b"x")
     with pytest.raises(KerakitError, match=message):
         runtime.load(make(tmp_path))

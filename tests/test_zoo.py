@@ -35,6 +35,10 @@ EXPECTED = {
     "near_constant": {"savedmodel": V, "onnx": V, "tflite-int8": (F, "no closer to Keras than a constant"),
                       "tflite-fp16": V, "onnx-int8": (F, "no closer to Keras than a constant")},
     "exact_gelu": {"savedmodel": V, "onnx": V, "tflite-int8": V, "tflite-fp16": V, "onnx-int8": V},
+    "segmentation": {"savedmodel": V, "onnx": V, "tflite-int8": V, "tflite-fp16": V, "onnx-int8": V},
+    "detection_head": {"savedmodel": V, "onnx": V, "tflite-int8": V, "tflite-fp16": V, "onnx-int8": V},
+    "dict_outputs": {"savedmodel": V, "onnx": V, "tflite-int8": V, "tflite-fp16": V, "onnx-int8": V},
+    "subclassed": {"savedmodel": V, "onnx": V, "tflite-int8": V, "tflite-fp16": V, "onnx-int8": V},
     "mobilenet_v3_small": {"savedmodel": V, "onnx": V, "tflite-int8": (F, "accuracy dropped"),
                            "tflite-fp16": V, "onnx-int8": (F, "accuracy dropped")},
 }
@@ -100,6 +104,29 @@ def build(name):
         x = keras.Input((8,), name="x")
         h = keras.layers.Dense(3, kernel_initializer=keras.initializers.RandomNormal(stddev=1e-3))(x)
         return keras.Model(x, keras.layers.Softmax(name="probs")(h)), {"x": rng.normal(size=(ROWS, 8))}
+    if name == "segmentation":  # per-pixel softmax: (N, 16, 16, 3) scores against (N, 16, 16) labels
+        x = keras.Input((16, 16, 3), name="image")
+        h = keras.layers.Conv2D(8, 3, padding="same", activation="relu")(x)
+        return keras.Model(x, keras.layers.Conv2D(3, 1, activation="softmax", name="mask")(h)), \
+            {"image": rng.random((ROWS, 16, 16, 3))}
+    if name == "detection_head":  # per-position: scores (N, 16, 3) against (N, 16) labels, boxes (N, 16, 4)
+        x = keras.Input((16, 16, 3), name="image")
+        h = keras.layers.Conv2D(8, 3, strides=4, padding="same", activation="relu")(x)
+        h = keras.layers.Reshape((16, 8))(h)
+        outputs = [keras.layers.Dense(3, activation="softmax", name="scores")(h), keras.layers.Dense(4, name="boxes")(h)]
+        return keras.Model(x, outputs), {"image": rng.random((ROWS, 16, 16, 3))}
+    if name == "dict_outputs":  # named by the dict's keys, not the layers'; `value` has no labels
+        x = keras.Input((8,), name="x")
+        h = keras.layers.Dense(16, activation="relu")(x)
+        outputs = {"value": keras.layers.Dense(1, name="value_dense")(h),
+                   "probs": keras.layers.Dense(3, activation="softmax", name="probs_dense")(h)}
+        return keras.Model(x, outputs), {"x": rng.normal(size=(ROWS, 8))}
+    if name == "subclassed":  # no Input layers: built by one call; its input is named by `call`'s argument
+        from custom_scale import TwoLayerNet
+
+        model = TwoLayerNet()
+        model(np.zeros((1, 8), "float32"))
+        return model, {"x": rng.normal(size=(ROWS, 8))}
     if name == "exact_gelu":  # keras "gelu" is exact (approximate=False): TensorFlow's Erfc
         x = keras.Input((8,), name="x")
         h = keras.layers.Dense(16, activation="gelu")(x)
@@ -119,13 +146,27 @@ def build(name):
     return keras.Model(x, keras.layers.Dense(4, name="logits")(backbone(x))), {"image": images}
 
 
+def _named(model, out) -> dict:
+    """A Keras model's answer by output name, in Keras order, named as kerakit names them: a dict's keys, a
+    functional model's output layers, a subclassed model's output_0, output_1, ... (as `model.export` does)."""
+    if isinstance(out, dict):
+        return {k: np.asarray(out[k]) for k in sorted(out)}  # Keras flattens a dict in key order
+    out = out if isinstance(out, (list, tuple)) else [out]
+    traced = getattr(model, "outputs", None)  # None: a subclassed model
+    names = [t._keras_history.operation.name for t in traced] if traced else [f"output_{i}" for i in range(len(out))]
+    return {k: np.asarray(o) for k, o in zip(names, out)}
+
+
 def _labels(model, inputs):
-    """The Keras model's own answers as labels: argmax for the first output, a noisy value for a regression one."""
-    out = model.predict(inputs if len(inputs) > 1 else next(iter(inputs.values())), verbose=0)
-    out = out if isinstance(out, list) else [out]
-    labels = {"label": out[0].argmax(-1)}
-    if len(out) > 1:
-        labels["label:a_score"] = out[1][:, 0] + np.random.default_rng(2).normal(0, 0.5, len(out[1]))
+    """The Keras model's own answers as labels: argmax over the last axis for the first output (per row,
+    per pixel or per position), noisy values for a regression one."""
+    out = _named(model, model.predict(inputs if len(inputs) > 1 else next(iter(inputs.values())), verbose=0))
+    noise = np.random.default_rng(2)
+    labels = {"label": next(iter(out.values())).argmax(-1)}
+    if "a_score" in out:
+        labels["label:a_score"] = out["a_score"][:, 0] + noise.normal(0, 0.5, len(out["a_score"]))
+    if "boxes" in out:
+        labels["label:boxes"] = out["boxes"] + noise.normal(0, 0.5, out["boxes"].shape)
     return labels
 
 
@@ -217,9 +258,7 @@ def _independent(path, inputs):
 
 
 def _keras(model, inputs):
-    out = model(inputs if len(inputs) > 1 else next(iter(inputs.values())), training=False)
-    out = out if isinstance(out, (list, tuple)) else [out]
-    return {t._keras_history.operation.name: np.asarray(o) for t, o in zip(model.outputs, out)}
+    return _named(model, model(inputs if len(inputs) > 1 else next(iter(inputs.values())), training=False))
 
 
 @pytest.mark.parametrize("name", MODELS)
@@ -251,7 +290,7 @@ def test_evaluate_bench_and_serve_each_verified_artifact(exported, name, tmp_pat
     from kerakit.serve.models import Model, ModelEntry, ServeOptions
 
     model, inputs, sample, rows = exported(name)
-    first = model.outputs[0]._keras_history.operation.name
+    first = next(iter(_keras(model, {k: v[:1] for k, v in inputs.items()})))
     verified = [r for r in rows.values() if r["verdict"] == "verified"]
     shapes = {k: (1, *v.shape[1:]) for k, v in inputs.items()} if name == "dynamic_image" else {}
     for row in verified:
@@ -356,6 +395,69 @@ def test_every_labelled_output_is_judged_and_reported_by_name(exported):
     assert result["output"] == "a_score" and "mae" in result and set(result["outputs"]) == {"z_probs", "a_score"}
     with pytest.raises(KerakitError, match="Invalid --metric-output 'nope'. This model's outputs: a_score, z_probs"):
         evaluate(rows["tflite-fp16"]["path"], sample=sample, metric_output="nope")
+
+
+def test_per_pixel_and_per_position_heads_are_scored_along_their_last_axis(exported):
+    """A (N, 16, 16, 3) softmax against (N, 16, 16) labels: pixel accuracy and mean IoU; (N, 16, 3) scores
+    against (N, 16) labels beside (N, 16, 4) boxes scored per element."""
+    from kerakit.evaluate import evaluate
+
+    _, _, sample, rows = exported("segmentation")
+    assert {a: r["output_metrics"]["mask"]["metric"] for a, r in rows.items()} == dict.fromkeys(rows, "accuracy")
+    result = evaluate(rows["onnx"]["path"], sample=sample)
+    assert result["accuracy"] == 1.0 and result["mean_iou"] == 1.0  # labels are Keras's own argmax
+    assert sum(c["support"] for c in result["per_class"]) == ROWS * 16 * 16  # every pixel of every row
+    _, _, sample, rows = exported("detection_head")
+    assert {k: (v["judged_on"], v["metric"]) for k, v in rows["onnx-int8"]["output_metrics"].items()} == \
+        {"scores": ("labels", "accuracy"), "boxes": ("labels", "mae")}
+    result = evaluate(rows["tflite-fp16"]["path"], sample=sample)
+    assert result["output"] == "scores" and set(result["outputs"]) == {"scores", "boxes"}
+    assert result["outputs"]["boxes"]["mae"] > 0 and "mean_iou" in result
+
+
+def test_dict_outputs_are_named_by_key_and_a_subclassed_model_by_its_call(exported):
+    """Names a user wrote: a dict's keys (not its layers'), a subclassed `call`'s argument and `output_0`
+    (as `model.export` names a subclassed model's answer)."""
+    _, _, _, rows = exported("dict_outputs")
+    with runtime.load(rows["onnx"]["path"]) as predictor:
+        assert sorted(s.name for s in predictor.outputs) == ["probs", "value"]
+    assert rows["tflite-int8"]["output_metrics"]["value"]["judged_on"] == "keras"  # no labels: against Keras
+    _, _, _, rows = exported("subclassed")
+    with runtime.load(rows["savedmodel"]["path"]) as predictor:
+        assert [s.name for s in predictor.inputs] == ["x"] and [s.name for s in predictor.outputs] == ["output_0"]
+
+
+def test_a_legacy_h5_file_goes_where_a_keras_file_goes(exported, tmp_path):
+    """Keras 3 loads a functional model's .h5: export, evaluate, runtime and serve take it. What it cannot
+    rebuild (a subclassed model) is refused in one line saying to save a .keras file instead."""
+    from kerakit.evaluate import evaluate
+    from kerakit.export import export
+    from kerakit.serve.models import Model, ModelEntry, ServeOptions
+
+    model, inputs, sample, _ = exported("dict_outputs")
+    model.save(tmp_path / "model.h5")
+    report = export(tmp_path / "model.h5", formats=["onnx"], sample=sample, out=tmp_path / "out", log=lambda m: None)
+    assert report.row("onnx")["verdict"] == "verified", report.row("onnx")["reasons"]
+    assert evaluate(tmp_path / "model.h5", sample=sample)["accuracy"] == 1.0
+    served = Model(ModelEntry("m", str(tmp_path / "model.h5")), ServeOptions())
+    try:
+        answer = asyncio.run(served.infer(served.check({k: v[:2] for k, v in inputs.items()}, 10**6)))
+    finally:
+        served.close()
+    np.testing.assert_allclose(answer["probs"], _keras(model, {k: v[:2] for k, v in inputs.items()})["probs"], atol=1e-6)
+    subclassed, _, _, _ = exported("subclassed")
+    subclassed.save(tmp_path / "net.h5")
+    with pytest.raises(KerakitError, match=r"Cannot load .*net.h5.*save it as .keras instead \(model.save"):
+        runtime.load(tmp_path / "net.h5")
+
+
+def test_a_subclassed_model_never_called_is_refused_in_one_line(zoo_env, tmp_path):
+    from custom_scale import TwoLayerNet
+
+    with pytest.warns(UserWarning, match="not yet been built"):
+        TwoLayerNet().save(tmp_path / "net.keras")
+    with pytest.raises(KerakitError, match="'TwoLayerNet' was never called, so its inputs are unknown: call it once"):
+        runtime.load(tmp_path / "net.keras")
 
 
 def test_readme_shows_this_table():

@@ -197,7 +197,7 @@ def _resolve_source(source: Path):
         run = runs.Run.open(source)
         return run, run.model_path
     if not source.exists():
-        raise KerakitError(f"{str(source)!r} does not exist. Expected a run directory or a .keras file.")
+        raise KerakitError(f"{str(source)!r} does not exist. Expected a run directory or a .keras (or legacy .h5) file.")
     return (runs.Run(source.parent) if runs.is_run(source.parent) else None), source
 
 

@@ -199,9 +199,10 @@ def _judge_unlabelled(check: Check, name: str, got: np.ndarray, keras: np.ndarra
         agreement = float((got.argmax(-1) == keras.argmax(-1)).mean())
         check.output_metrics[name] = {"judged_on": "keras", "metric": "argmax_agreement", "value": agreement,
                                       "change": agreement - 1.0}
-        if 1.0 - agreement > tolerances.max_metric_drop + 1e-9:
+        if 1.0 - agreement > tolerances.max_metric_drop + 1e-9:  # per row, or per pixel/position of a rank>2 head
             check.reasons.append(f"output {name!r} (no labels): its argmax agrees with Keras's on {agreement:.2%} "
-                                 f"of rows (at least {1 - tolerances.max_metric_drop:.2%} required)")
+                                 f"of {'rows' if keras.ndim == 2 else 'positions'} "
+                                 f"(at least {1 - tolerances.max_metric_drop:.2%} required)")
         return
     spread = float(np.abs(keras - keras.mean(axis=0)).mean())
     share = float(np.abs(got - keras).mean()) / max(spread, 1e-12)

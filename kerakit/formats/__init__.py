@@ -104,7 +104,7 @@ def for_path(path: "str | os.PathLike") -> Format:
     fmt = match(path)
     if fmt is not None:
         return fmt
-    files = ", ".join(f.suffix for f in all_formats() if f.suffix and f.marker is None)
+    files = ", ".join(x for f in all_formats() if f.suffix and f.marker is None for x in (f.suffix, *f.other_suffixes))
     dirs = ", ".join(f"{f.name} ({f'a *{f.suffix} directory with ' if f.suffix else ''}{f.marker})"
                      for f in all_formats() if f.marker)
     if path.is_dir():

@@ -166,7 +166,8 @@ class Footprint:
 class Format:
     """Everything kerakit knows about one model format; registered with `kerakit.formats.register`.
 
-    suffix: the file suffix, or "" for a directory format recognised by `marker` (a file inside it).
+    suffix: the file suffix, or "" for a directory format recognised by `marker` (a file inside it);
+        `other_suffixes`: more it reads (Keras's legacy .h5).
     predictor: `(path, **options) -> Predictor`; `runtime_options` names the options it accepts.
     convert: `(context, spec, path) -> dict | None`, writing the artifact for an `ArtifactSpec` of this
         format (see `kerakit.export.context.ExportContext`); None for formats kerakit only reads.
@@ -182,6 +183,7 @@ class Format:
     name: str
     suffix: str
     predictor: Callable[..., Predictor]
+    other_suffixes: tuple[str, ...] = ()
     variants: tuple[Variant, ...] = ()
     options: dict[str, Option] = field(default_factory=dict)
     convert: Callable[..., dict | None] | None = None  # returns the report's "conversion" note, if any
@@ -215,7 +217,7 @@ class Format:
         """Whether `path` (which exists) is a model of this format."""
         if self.marker is not None:
             return path.is_dir() and (path / self.marker).exists() and (not self.suffix or path.suffix == self.suffix)
-        return path.is_file() and path.suffix == self.suffix
+        return path.is_file() and path.suffix in (self.suffix, *self.other_suffixes)
 
     def load(self, path: "str | os.PathLike", **options: Any) -> Predictor:
         unknown = set(options) - set(self.runtime_options)

@@ -1,4 +1,4 @@
-"""Keras 3 `.keras` files: the reference every artifact is verified against.
+"""Keras 3 `.keras` files (and legacy `.h5` ones): the reference every artifact is verified against.
 
 kerakit reads this format (train writes it); it does not export to it.
 """
@@ -41,17 +41,23 @@ def custom_objects() -> dict:
     return found
 
 
+LEGACY_SUFFIXES = (".h5", ".hdf5")  # Keras 2's HDF5 files: Keras 3 still loads them
+
+
 def load_keras_model(path: "str | os.PathLike"):
-    """Load a `.keras` file, turning the ways it can be broken into one clear message.
+    """Load a `.keras` file (or a legacy `.h5`), turning the ways it can be broken into one clear message.
 
     A model inside a run loads its recipe first, so custom layers the recipe
     imports (and its CUSTOM_OBJECTS) are known; others come from --custom-objects.
     """
     path = Path(path)
-    if path.suffix != ".keras":
-        raise KerakitError(f"Invalid model file {str(path)!r}: expected a .keras file (Keras 3 format).")
-    if not zipfile.is_zipfile(path):
+    if path.suffix not in (".keras", *LEGACY_SUFFIXES):
+        raise KerakitError(f"Invalid model file {str(path)!r}: expected a .keras file (Keras 3 format) "
+                           "or a legacy .h5 file.")
+    if path.suffix == ".keras" and not zipfile.is_zipfile(path):
         raise KerakitError(f"{str(path)!r} is not a valid .keras file (not a zip archive: truncated or corrupt?).")
+    if path.suffix != ".keras" and not _is_hdf5(path):
+        raise KerakitError(f"{str(path)!r} is not a valid legacy {path.suffix} file (not HDF5: truncated or corrupt?).")
     import keras
 
     from kerakit import runs
@@ -59,26 +65,108 @@ def load_keras_model(path: "str | os.PathLike"):
     run = runs.find_run(path)
     objects = {**(run.recipe().custom_objects if run is not None else {}), **custom_objects()}
     try:
-        return keras.saving.load_model(path, custom_objects=objects or None)
-    except TypeError as e:
-        missing = re.search(r"Could not locate (?:class|function) '([^']+)'", str(e))
-        if not missing:  # Keras nests its causes; the innermost says what went wrong
-            cause = [line for line in str(e).splitlines() if line.startswith("Exception encountered:")]
-            text = (cause[-1].removeprefix("Exception encountered:") if cause else str(e).splitlines()[0]).strip()
-            raise KerakitError(f"Cannot load {str(path)!r}: {text[:300]}") from e
-        raise KerakitError(
-            f"{str(path)!r} uses the custom class {missing.group(1)!r}, which is not known here: pass "
-            "--custom-objects MODULE (the module that defines it; repeatable), or import it in the recipe."
-        ) from e
-    except ValueError as e:
-        if "Lambda" in str(e) or "safe_mode" in str(e):
-            raise KerakitError(
-                f"{str(path)!r} contains a Lambda layer, which Keras refuses to deserialize in safe mode. "
-                "If you trust this file, call keras.config.enable_unsafe_deserialization() before loading."
-            ) from e
-        raise KerakitError(f"Cannot load {str(path)!r}: {e}") from e
+        model = keras.saving.load_model(path, custom_objects=objects or None)
+    except (TypeError, ValueError) as e:
+        raise _load_error(path, e) from e
     except (OSError, KeyError, zipfile.BadZipFile) as e:
         raise KerakitError(f"Cannot load {str(path)!r}: {type(e).__name__}: {e} (truncated or corrupt?).") from e
+    model_inputs(model)  # a subclassed model that was never called is refused here, in one line
+    return model
+
+
+def _is_hdf5(path: Path) -> bool:
+    with open(path, "rb") as f:
+        return f.read(8) == b"\x89HDF\r\n\x1a\n"
+
+
+def _load_error(path: Path, e: Exception) -> KerakitError:
+    """Keras's TypeError or ValueError from `load_model`, as one line saying what to do."""
+    missing = re.search(r"Could not locate (?:class|function) '([^']+)'|Unknown (?:layer|object)[^']*'([^']+)'",
+                        str(e))
+    if missing:
+        return KerakitError(
+            f"{str(path)!r} uses the custom class {missing.group(1) or missing.group(2)!r}, which is not known here: "
+            "pass --custom-objects MODULE (the module that defines it; repeatable), or import it in the recipe.")
+    if isinstance(e, ValueError) and ("Lambda" in str(e) or "safe_mode" in str(e)):
+        return KerakitError(
+            f"{str(path)!r} contains a Lambda layer, which Keras refuses to deserialize in safe mode. "
+            "If you trust this file, call keras.config.enable_unsafe_deserialization() before loading.")
+    # Keras nests its causes; the innermost says what went wrong
+    cause = [line for line in str(e).splitlines() if line.startswith("Exception encountered:")]
+    text = (cause[-1].removeprefix("Exception encountered:") if cause else (str(e).splitlines() or [""])[0]).strip()
+    legacy = (f". Keras 3 reads legacy {path.suffix} files only in part (no subclassed models): where the model "
+              "is built, save it as .keras instead (model.save('model.keras'))") if path.suffix in LEGACY_SUFFIXES else ""
+    return KerakitError(f"Cannot load {str(path)!r}: {text[:300].rstrip('.') or type(e).__name__}{legacy}")
+
+
+def model_inputs(model) -> list[Spec]:
+    """The named inputs of a built Keras model: a functional model's Input layers, or a subclassed model's
+    `call` arguments with the shapes of its first call (batch dynamic); one dict argument: its keys."""
+    traced = getattr(model, "inputs", None)  # a subclassed model has none
+    if traced:
+        return [Spec(t.name, tuple(t.shape), str(t.dtype)) for t in traced]
+    shapes = getattr(model, "_build_shapes_dict", None)
+    if not getattr(model, "built", False) or not shapes:
+        raise KerakitError(f"The subclassed model {type(model).__name__!r} was never called, so its inputs are "
+                           "unknown: call it once on a batch (model(x)) before saving it.")
+    import inspect
+
+    arguments = [n for n in inspect.signature(model.call).parameters if n not in ("training", "mask")]
+    dtype = str(getattr(model, "input_dtype", None) or "float32")
+    names = [arguments[0] if key == "input_shape" and arguments else key.removesuffix("_shape") for key in shapes]
+    values = list(shapes.values())
+    if len(values) == 1 and isinstance(values[0], dict):
+        names, values = list(values[0]), list(values[0].values())
+    if not all(isinstance(v, (list, tuple)) and all(d is None or isinstance(d, int) for d in v) for v in values):
+        raise KerakitError(f"The subclassed model {type(model).__name__!r} takes nested inputs {shapes}: kerakit "
+                           "takes tensors as arguments or one dict of tensors.")
+    return [Spec(n, (None, *tuple(v)[1:]), dtype) for n, v in zip(names, values)]
+
+
+def call_model(model, features: dict, inputs: list[Spec]):
+    """`model` on named `features`, as it takes them (see `_arguments`)."""
+    return model(*_arguments(model, features, inputs), training=False)
+
+
+def _arguments(model, features: dict, inputs: list[Spec]) -> tuple:
+    """One tensor; a subclassed model's arguments, in order; or one dict by input name."""
+    shapes = None if getattr(model, "inputs", None) else getattr(model, "_build_shapes_dict", None)
+    takes_dict = bool(shapes) and isinstance(next(iter(shapes.values())), dict)
+    if len(inputs) == 1 and not takes_dict:
+        return (features[inputs[0].name],)
+    if shapes and not takes_dict:
+        return tuple(features[s.name] for s in inputs)
+    return (features,)
+
+
+def model_outputs(model, inputs: list[Spec]) -> list[Spec]:
+    """The named outputs of a built Keras model, in Keras order: a dict's keys (Keras flattens them sorted),
+    else a functional model's output layers, a subclassed model's output_0, output_1, ... (as `model.export`)."""
+    import keras
+
+    traced = getattr(model, "outputs", None)
+    if traced:
+        struct = getattr(model, "_outputs_struct", None)
+        keys = {id(t): k for k, t in struct.items()} if isinstance(struct, dict) else {}
+        return [Spec(keys.get(id(t)) or _layer_name(t, i, model), tuple(t.shape), str(t.dtype))
+                for i, t in enumerate(traced)]
+    symbolic = {s.name: keras.KerasTensor(s.shape, s.dtype, name=s.name) for s in inputs}
+    struct = model.compute_output_spec(*_arguments(model, symbolic, inputs))
+    if isinstance(struct, dict):
+        items = sorted(struct.items())
+    else:
+        items = [(f"output_{i}", t) for i, t in enumerate(struct if isinstance(struct, (list, tuple)) else [struct])]
+    if not all(isinstance(t, keras.KerasTensor) for _, t in items):
+        raise KerakitError(f"The model {type(model).__name__!r} returns nested outputs: kerakit takes a tensor, "
+                           "a list of tensors or a flat dict of them.")
+    return [Spec(k, tuple(t.shape), str(t.dtype)) for k, t in items]
+
+
+def named_outputs(result, outputs: list[str]) -> dict:
+    """A Keras model's answer (a tensor, a list or a dict) by output name."""
+    if isinstance(result, dict):
+        return {name: result[name] for name in outputs}
+    return dict(zip(outputs, result if isinstance(result, (list, tuple)) else [result]))
 
 
 class KerasPredictor(Predictor):
@@ -87,18 +175,15 @@ class KerasPredictor(Predictor):
     def __init__(self, path: Path, model=None):
         super().__init__(path)
         self.model = load_keras_model(path) if model is None else model
-        self.inputs = [Spec(t.name, tuple(t.shape), str(t.dtype)) for t in self.model.inputs]
-        self.outputs = [Spec(_layer_name(t, i, self.model), tuple(t.shape), str(t.dtype))
-                        for i, t in enumerate(self.model.outputs)]
+        self.inputs = model_inputs(self.model)
+        self.outputs = model_outputs(self.model, self.inputs)
 
     def keras_outputs(self) -> list[str]:
         return [s.name for s in self.outputs]
 
     def _run(self, batch):
-        x = batch[self.inputs[0].name] if len(self.inputs) == 1 else batch
-        out = self.model(x, training=False)
-        out = out if isinstance(out, (list, tuple)) else [out]
-        return {spec.name: np.asarray(o) for spec, o in zip(self.outputs, out)}
+        out = named_outputs(call_model(self.model, batch, self.inputs), [s.name for s in self.outputs])
+        return {k: np.asarray(v) for k, v in out.items()}
 
 
 def _layer_name(tensor, index: int, model) -> str:
@@ -109,6 +194,7 @@ def _layer_name(tensor, index: int, model) -> str:
 FORMAT = register(Format(
     name="keras",
     suffix=".keras",
+    other_suffixes=LEGACY_SUFFIXES,
     predictor=KerasPredictor,
     triton_platform="keras",
     repository_files=("model.keras",),

@@ -24,14 +24,13 @@ def serving_function(model, inputs: list[Spec], outputs: list[str], batch: int |
     """(function, input_signature): dicts of named tensors in and out; `batch` fixes the batch size."""
     import tensorflow as tf
 
-    signature = [{s.name: tf.TensorSpec((batch, *s.shape[1:]), s.dtype, name=s.name) for s in inputs}]
-    single = len(inputs) == 1
+    from kerakit.formats.keras import call_model, named_outputs
 
-    def serve(features):
-        x = features[inputs[0].name] if single else features
-        result = model(x, training=False)
-        result = result if isinstance(result, (list, tuple)) else [result]
-        return {name: tf.identity(t, name=name) for name, t in zip(outputs, result)}
+    signature = [{s.name: tf.TensorSpec((batch, *s.shape[1:]), s.dtype, name=s.name) for s in inputs}]
+
+    def serve(features):  # a functional or subclassed model; a tensor, list or dict of outputs
+        result = named_outputs(call_model(model, features, inputs), outputs)
+        return {name: tf.identity(t, name=name) for name, t in result.items()}
 
     return serve, signature
 
