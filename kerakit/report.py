@@ -362,7 +362,23 @@ def _data_section(card: _Card) -> list[str]:
         lines += ["", "Class balance:", "", _table(["class", "train", "train %", "test", "test %"], [
             [n, int(a), f"{100 * a / train_counts.sum():.1f}", int(b), f"{100 * b / test_counts.sum():.1f}"]
             for n, a, b in zip(names, train_counts, test_counts)])]
-    return lines + _quality_lines(card) + [""]
+    return lines + _source_lines(card) + _quality_lines(card) + [""]
+
+
+def _source_lines(card: _Card) -> list[str]:
+    """The data report of a dataset made from the user's files (`kerakit data`): each flag with its count."""
+    if not card.run.manifest.get("data", {}).get("source") or card.recipe.source is None:
+        return []
+    from kerakit.sources import data_report
+
+    options = {k: v for k, v in card.recipe.source.items() if k in ("label", "sep", "encoding", "decimal", "seed",
+                                                                      "group", "time", "task")}
+    options["types"] = dict(card.recipe.source.get("types") or {}) or None
+    found = data_report(card.recipe.dataset_path(), **options)
+    rows = [[f["check"], f["count"], f["message"] + (f" (e.g. {', '.join(map(str, f['examples'][:3]))})"
+                                                    if f["examples"] else "")] for f in found["flags"]]
+    return ["", f"Data checks of `{found['source']}` (`kerakit data`: {len(rows)} flag(s)):", "",
+            _table(["check", "count", "what"], rows) if rows else "No flags."]
 
 
 def _series_rows(recipe: Recipe, d: dict) -> list[list[str]]:

@@ -278,6 +278,8 @@ def test_new_then_build_from_a_messy_table_photos_and_texts_ends_in_verified_art
         manifest = json.loads((project / "runs" / name / "manifest.json").read_text())
         assert manifest["data"]["records_hashed"] == "all" and manifest["data"]["version"].startswith("1.0.0 (content c")
         assert manifest["data"]["source"]["split_rule"].startswith("stratified by")
+    card = (project / "runs" / "shapes" / "report" / "model_card.md").read_text()  # the data report is a section
+    assert "(`kerakit data`: " in card and "| unreadable_files | 1 | 1 image file(s) skipped" in card
     metrics = json.loads((project / "runs" / "visits" / "metrics.json").read_text())
     assert metrics["accuracy"] >= 0.8  # the rule is learnable; a broken feature vector is not
     again = run_cli("train", "visits", "--out", "runs/again", "epochs=1", cwd=project, env=env, timeout=600)
