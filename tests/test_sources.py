@@ -284,3 +284,34 @@ def test_new_then_build_from_a_messy_table_photos_and_texts_ends_in_verified_art
     assert metrics["accuracy"] >= 0.8  # the rule is learnable; a broken feature vector is not
     again = run_cli("train", "visits", "--out", "runs/again", "epochs=1", cwd=project, env=env, timeout=600)
     assert again.returncode == 0 and "Preparing" not in again.stdout
+
+
+def test_a_large_table_streams_in_chunks_and_still_sees_every_row(tmp_path, monkeypatch):
+    """Shrunk limits stand in for a file larger than memory: 3,000 rows read 500 at a time."""
+    from kerakit.sources import table as tables
+    from kerakit.sources.prepare import SourceSpec, about, prepare
+
+    monkeypatch.setattr(tables, "STREAM_ABOVE", 10_000)
+    monkeypatch.setattr(tables, "SAMPLE_ROWS", 400)
+    monkeypatch.setattr(tables, "CHUNK_ROWS", 500)
+    frame = penguins(3000)
+    frame.loc[2900:, "species"] = "Emperor"  # a class that only the end of the file has
+    frame["colony"] = np.arange(3000) // 10
+    frame.to_csv(tmp_path / "big.csv", index=False)
+    report = data_report(tmp_path / "big.csv", label="species")
+    assert report["read_as"].startswith("big.csv (first 400 rows of 0 MiB; comma-separated")
+    builder = prepare(SourceSpec.from_options(tmp_path / "big.csv", {"label": "species"}), tmp_path / "tfds",
+                      log=lambda m: None)
+    sizes = {k: v.num_examples for k, v in builder.info.splits.items()}
+    assert sum(sizes.values()) == 3000 and 2300 < sizes["train"] < 2500
+    assert builder.info.features["label"].names == ["Adelie", "Chinstrap", "Emperor", "Gentoo"]
+    assert about(builder.info)["split_rule"] == ("shuffled per row, seed 0, as it streams (stratified in "
+                                                 "expectation): train 80%, validation 10%, test 10%")
+    grouped = prepare(SourceSpec.from_options(tmp_path / "big.csv", {"label": "species", "group": "colony"}),
+                      tmp_path / "tfds", log=lambda m: None)
+    colonies = {split: {int(x["colony"]) for x in grouped.as_dataset(split=split).as_numpy_iterator()}
+                for split in ("train", "validation", "test")}
+    assert not (colonies["train"] & colonies["test"]) and not (colonies["train"] & colonies["validation"])
+    with pytest.raises(KerakitError, match=r"time='colony' needs the whole table in memory"):
+        prepare(SourceSpec.from_options(tmp_path / "big.csv", {"label": "species", "time": "colony"}),
+                tmp_path / "tfds", log=lambda m: None)

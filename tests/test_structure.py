@@ -77,7 +77,7 @@ def test_no_function_is_longer_than_one_phase():
     assert long == []
 
 
-SOURCES = {name for name in MODULES if name == "kerakit.sources" or name.startswith("kerakit.sources.")}
+SOURCES = sorted(name for name in MODULES if name == "kerakit.sources" or name.startswith("kerakit.sources."))
 
 
 @pytest.mark.parametrize("module, may_import", [
@@ -87,7 +87,7 @@ SOURCES = {name for name in MODULES if name == "kerakit.sources" or name.startsw
     ("kerakit.request_log", {"kerakit.errors", "kerakit.runs"}),
     ("kerakit.runs", {"kerakit.errors", "kerakit.recipe"}),  # a run loads its own copy of its recipe
     # The user's files become data below everything that trains, exports or serves.
-    *((m, {"kerakit.errors", "kerakit.quiet", *SOURCES}) for m in SOURCES),
+    *((m, {"kerakit.errors", "kerakit.quiet", *SOURCES}) for m in SOURCES),  # sorted: pytest-xdist needs one order
 ])
 def test_the_bottom_layers_import_only_what_is_below_them(module, may_import):
     assert GRAPH[module] <= may_import

@@ -144,39 +144,80 @@ def _prepared(spec: SourceSpec) -> Prepared:
 # --------------------------------------------------------------------------- tables
 
 def _table(spec: SourceSpec) -> Prepared:
+    """A table's features (numbers as float32 with NaN for missing, the rest as text, the label as a class
+    or a float) and its rows per split, read chunk by chunk where the file is streamed."""
     import tensorflow_datasets as tfds
 
     table = tables.read_table(spec.path, sep=spec.sep, encoding=spec.encoding, decimal=spec.decimal)
-    frame = table.frame
     if spec.label is None:
         raise KerakitError(f"A table needs its label column: SOURCE = dict(label=...) in the recipe "
-                           f"(columns of {spec.path.name}: {', '.join(frame.columns)}).")
+                           f"(columns of {spec.path.name}: {', '.join(table.frame.columns)}).")
     report = table_report(table, spec.label, types=dict(spec.types), seed=spec.seed, group=spec.group,
-                                 time=spec.time, task=spec.task)
+                          time=spec.time, task=spec.task)
     types, task = report["types"], report["task"]
-    names = tables.feature_names([c for c in frame.columns if c != spec.label])
-    label = frame[spec.label].str.strip()
-    classes = sorted(label.unique()) if task == "classification" else None
+    names = tables.feature_names([c for c in table.frame.columns if c != spec.label])
+    classes = _classes(table, spec.label) if task == "classification" else None
+    split_of, rule = _splits(table, spec, task)
     features = {names[c]: tfds.features.Scalar(np.float32) if types[c] == "number" else tfds.features.Text()
                 for c in names}
     features["label"] = tfds.features.ClassLabel(names=classes) if classes else tfds.features.Scalar(np.float32)
-    columns = {c: tables.as_numbers(frame[c], table.decimal).astype(np.float32) if types[c] == "number"
-               else np.where(tables.missing_mask(frame[c]), "", frame[c].str.strip()) for c in names}
-    labels = (np.searchsorted(np.array(classes), label.to_numpy()) if classes
-              else tables.as_numbers(frame[spec.label], table.decimal).astype(np.float32))
-    split_of, rule = splitting.assign_splits(frame, spec.label, seed=spec.seed, ratios=spec.split, group=spec.group,
-                                             time=spec.time, classification=task == "classification")
 
     def rows(split):
         def generate():
-            for i in np.flatnonzero(split_of == split):
-                yield int(i), {**{names[c]: columns[c][i] for c in names}, "label": labels[i]}
+            for start, chunk in table.chunks():
+                columns = {c: tables.as_numbers(chunk[c], table.decimal).astype(np.float32) if types[c] == "number"
+                           else np.where(tables.missing_mask(chunk[c]), "", chunk[c].str.strip()) for c in names}
+                label = chunk[spec.label].str.strip().to_numpy()
+                labels = (np.searchsorted(np.array(classes), label) if classes
+                          else tables.as_numbers(chunk[spec.label], table.decimal).astype(np.float32))
+                for i in np.flatnonzero(split_of(start, chunk) == split):
+                    yield start + int(i), {**{names[c]: columns[c][i] for c in names}, "label": labels[i]}
         return generate
 
     about = {"source": str(spec.path), "read_as": table.describe(), "task": task, "label": spec.label,
              "classes": classes, "split_rule": rule, "columns": {names[c]: {"column": c, "type": types[c]}
                                                                  for c in names}}
     return Prepared(tfds.features.FeaturesDict(features), {s: rows(s) for s in splitting.NAMES}, about)
+
+
+def _classes(table, label: str) -> list[str]:
+    """Every label value of the whole table, sorted (a streamed file is read once for it)."""
+    found = set()
+    for _, chunk in table.chunks():
+        values = chunk[label].str.strip()
+        missing = tables.missing_mask(chunk[label])
+        if missing.any():
+            raise KerakitError(f"{table.path.name}: {int(missing.sum())} row(s) have no label in column {label!r}. "
+                               "Drop them or fill them in.")
+        found.update(values.unique())
+    return sorted(found)
+
+
+def _splits(table, spec: SourceSpec, task: str) -> tuple[Callable, str]:
+    """(first row, chunk) -> each row's split, and the rule. The whole table: `splitting.assign_splits`. A
+    streamed one: a seeded draw per row (its group's hash with `group`), stratified in expectation."""
+    if not table.streamed:
+        split_of, rule = splitting.assign_splits(table.frame, spec.label, seed=spec.seed, ratios=spec.split,
+                                                 group=spec.group, time=spec.time,
+                                                 classification=task == "classification")
+        return (lambda start, chunk: split_of[start:start + len(chunk)]), rule
+    if spec.time is not None:
+        raise KerakitError(f"time={spec.time!r} needs the whole table in memory to sort it, and "
+                           f"{spec.path.name} is streamed (over {tables.STREAM_ABOVE // 2**20} MiB): sort the file "
+                           "by time and split it into train/validation/test files, or use group=.")
+    cuts = np.cumsum(spec.split)[:2]
+
+    def split_of(start, chunk):
+        if spec.group is not None:
+            keys = chunk[spec.group].map(lambda v: hashlib.sha256(f"{spec.seed}:{v}".encode()).digest()[:8])
+            draws = np.array([int.from_bytes(k, "big") / 2**64 for k in keys])
+        else:
+            draws = np.random.default_rng([spec.seed, start]).random(len(chunk))
+        return np.array(splitting.NAMES)[np.searchsorted(cuts, draws, side="right")]
+
+    shares = ", ".join(f"{n} {r:.0%}" for n, r in zip(splitting.NAMES, spec.split))
+    how = f"by group ({spec.group}: a group in one split)" if spec.group else "shuffled per row"
+    return split_of, f"{how}, seed {spec.seed}, as it streams (stratified in expectation): {shares}"
 
 
 # --------------------------------------------------------------------------- folders
