@@ -48,7 +48,7 @@ test: $(STAMP) $(CHROMIUM) $(GXX)
 test-fast: $(STAMP) $(CHROMIUM) $(GXX)
 	KERAKIT_CHROMIUM=$(CHROMIUM) CXX=$(GXX) $(BIN)/python -m pytest $(XDIST) -m "not slow" $(PYTEST_ARGS)
 
-# `make bench BENCH=serve` runs one section (foundation, export, inference, serve, tune).
+# `make bench BENCH=serve` runs one section (foundation, export, inference, serve, tune, data).
 bench: $(STAMP)
 	$(BIN)/python bench/run.py $(BENCH)
 

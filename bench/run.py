@@ -1,4 +1,4 @@
-"""`make bench`: benchmarks, written as JSON to bench/results/ (foundation, export, inference, serve, tune).
+"""`make bench`: benchmarks, written as JSON to bench/results/ (foundation, export, inference, serve, tune, data).
 
 `python bench/run.py serve` (or foundation / export / tune) runs one section.
 
@@ -44,6 +44,9 @@ Figures are ratios measured within one run (this machine is shared and noisy):
   under "limits": REST vs a bare Starlette endpoint on the same uvicorn (goal >= 0.7),
   gRPC vs REST (goal >= 1.5 for digits_mobilenet), RSS after 200 requests of 3.8 MB
   (digits_cnn, goal <= 1.5x before), and a profile of the server's event loop.
+- data (data.json): preparing generated CSV tables: rows/s against pandas.read_csv, peak RSS flat in the
+  file's size while a large CSV streams, training steps/s from the prepared dataset against the same rows
+  in memory; see bench/data_prep.py.
 - tune (tune.json): peak RSS after trial 20 vs after trial 5 of a random
   search (target <= 1.10x); Hyperband vs random search, best val_accuracy
   against epochs spent (target: within 1 point using <= 0.5x the epochs);
@@ -643,6 +646,19 @@ def tune_workers(trials: int = 6) -> dict:
     return out
 
 
+def cpu_model() -> str:
+    """The CPU's name and the vector/matrix extensions that change which kernels run (int8 and bf16 above all)."""
+    try:
+        text = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return "unknown"
+    name = next((line.split(":", 1)[1].strip() for line in text.splitlines() if line.startswith("model name")), "?")
+    flags = set(next((line.split(":", 1)[1].split() for line in text.splitlines() if line.startswith("flags")), []))
+    shown = [f for f in ("avx2", "avx512f", "avx512_vnni", "avx_vnni", "avx512_bf16", "amx_int8", "amx_bf16")
+             if f in flags]
+    return f"{name} ({', '.join(shown)})"
+
+
 def _write(name: str, results: dict) -> None:
     path = RESULTS / name
     path.write_text(json.dumps(results, indent=2) + "\n")
@@ -666,7 +682,7 @@ def serve(run_path: Path) -> dict:
             "limits": limits(model, x_test, with_memory=run.config["recipe"] == "digits_cnn")}
 
 
-SECTIONS = ("foundation", "export", "inference", "serve", "tune")
+SECTIONS = ("foundation", "export", "inference", "serve", "tune", "data")
 
 
 def main(sections: list[str]) -> None:
@@ -677,7 +693,7 @@ def main(sections: list[str]) -> None:
         sys.exit(f"Unknown section(s) {sorted(unknown)}; choose from {', '.join(SECTIONS)} (none = all).")
     sections = sections or list(SECTIONS)
     RESULTS.mkdir(parents=True, exist_ok=True)
-    machine = {"cpus": os.cpu_count(), **library_versions()}
+    machine = {"cpus": os.cpu_count(), "cpu": cpu_model(), **library_versions()}
     if "foundation" in sections:
         _write("foundation.json", {
             "machine": machine,
@@ -710,6 +726,10 @@ def main(sections: list[str]) -> None:
                 _write("deployment.json", {"machine": machine, "models": [deployment_figures(p) for p in trained]})
             if "serve" in sections:
                 _write("serve.json", {"machine": machine, "models": [serve(p) for p in trained]})
+    if "data" in sections:
+        from data_prep import data_figures
+
+        _write("data.json", {"machine": machine, **data_figures()})
     if "tune" in sections:
         _write("tune.json", {"machine": machine, "memory_in_process": tune_memory(),
                              "memory_workers": tune_memory_workers(), "efficiency": tune_efficiency(),
