@@ -88,7 +88,8 @@ def _table_recipe(name: str, dataset: str, report: dict, frame) -> str:
     head = TABLE_HEAD.format(name=name, read_as=report["read_as"], task=task, dataset=dataset, label=label,
                              numbers=_literal(numbers), flags=_literal(flags), categories=_dict_literal(categories),
                              dropped=_dict_literal(dropped), width=width, rule=report["split_rule"])
-    return head + (TABLE_CLASSIFIER if task == "classification" else TABLE_REGRESSOR).format(name=name)
+    model = TABLE_MODEL.format(name=name, **(CLASSIFIER_HEAD if task == "classification" else REGRESSOR_HEAD))
+    return head + model
 
 
 def _image_recipe(name: str, dataset: str, report: dict) -> str:
@@ -145,10 +146,10 @@ def preprocess(example, config):
 
 '''
 
-TABLE_CLASSIFIER = '''
+TABLE_MODEL = '''
 def build_model(hp, data):
     units = hp.Int("units", 16, 256, step=16, default=64)
-    dropout = hp.Float("dropout", 0.0, 0.5, step=0.1, default=0.2)
+    dropout = hp.Float("dropout", 0.0, 0.5, step=0.1, default={dropout})
     learning_rate = hp.Float("learning_rate", 1e-4, 1e-2, sampling="log", default=3e-3)
 
     normalize = keras.layers.Normalization(name="normalize")  # adapted on the training split: inside the model
@@ -157,32 +158,20 @@ def build_model(hp, data):
     x = keras.layers.Dense(units, activation="relu")(normalize(inputs))
     x = keras.layers.Dropout(dropout)(x)
     x = keras.layers.Dense(units, activation="relu")(x)
-    outputs = keras.layers.Dense(len(data.class_names), activation="softmax", name="probabilities")(x)
+{head}
     model = keras.Model(inputs, outputs, name="{name}")
-    model.compile(optimizer=keras.optimizers.Adam(learning_rate), loss="sparse_categorical_crossentropy",
-                  metrics=["accuracy"])
+    model.compile(optimizer=keras.optimizers.Adam(learning_rate),
+                  {loss})
     return model
 '''
-
-TABLE_REGRESSOR = '''
-def build_model(hp, data):
-    units = hp.Int("units", 16, 256, step=16, default=64)
-    dropout = hp.Float("dropout", 0.0, 0.5, step=0.1, default=0.1)
-    learning_rate = hp.Float("learning_rate", 1e-4, 1e-2, sampling="log", default=3e-3)
-
-    normalize = keras.layers.Normalization(name="normalize")  # adapted on the training split: inside the model
-    normalize.adapt(data.features("train", "features"))
+CLASSIFIER_HEAD = dict(dropout=0.2, head='''\
+    outputs = keras.layers.Dense(len(data.class_names), activation="softmax", name="probabilities")(x)''',
+                       loss='loss="sparse_categorical_crossentropy", metrics=["accuracy"]')
+REGRESSOR_HEAD = dict(dropout=0.1, head='''\
     _, target = data.arrays("train")  # the model predicts in the target's own units: scaled inside it
-    inputs = INPUTS[0].keras()
-    x = keras.layers.Dense(units, activation="relu")(normalize(inputs))
-    x = keras.layers.Dropout(dropout)(x)
-    x = keras.layers.Dense(units, activation="relu")(x)
     x = keras.layers.Dense(1)(x)
-    outputs = keras.layers.Rescaling(float(target.std()) or 1.0, offset=float(target.mean()), name="prediction")(x)
-    model = keras.Model(inputs, outputs, name="{name}")
-    model.compile(optimizer=keras.optimizers.Adam(learning_rate), loss="mse", metrics=["mae"])
-    return model
-'''
+    outputs = keras.layers.Rescaling(float(target.std()) or 1.0, offset=float(target.mean()), name="prediction")(x)''',
+                      loss='loss="mse", metrics=["mae"]')
 
 IMAGE_RECIPE = '''"""{name}: a small CNN on {read_as}. Written by `kerakit new`; yours to edit."""
 
