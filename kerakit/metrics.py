@@ -130,12 +130,7 @@ def classification_metrics(y_true, probabilities, class_names: list[str] | None 
 
     probabilities = np.asarray(probabilities)
     y_true = np.asarray(y_true)
-    if probabilities.ndim >= 2 and probabilities.shape[-1] > 1:
-        y_pred = probabilities.argmax(axis=-1).reshape(-1)
-        n_classes = probabilities.shape[-1]
-    else:  # one sigmoid unit
-        y_pred = (probabilities.reshape(-1) >= 0.5).astype(int)
-        n_classes = 2
+    y_pred, n_classes = predicted_classes(probabilities)
     if y_true.size != y_pred.size:
         raise KerakitError(f"Labels of shape {y_true.shape} do not fit outputs of shape {probabilities.shape}: a "
                            f"class head takes one class index per row or position, labels of shape "
@@ -161,6 +156,19 @@ def classification_metrics(y_true, probabilities, class_names: list[str] | None 
     if probabilities.ndim > 2:  # per pixel or per position
         result["mean_iou"] = mean_iou(matrix)
     return result
+
+
+def predicted_classes(probabilities) -> tuple[np.ndarray, int]:
+    """The class each score vector picks (flattened over rows and positions), and how many classes there are:
+    the argmax of the last axis, or `>= 0.5` for one sigmoid unit.
+
+    >>> predicted_classes([[0.2, 0.8], [0.6, 0.4]]), predicted_classes([[0.7], [0.1]])
+    ((array([1, 0]), 2), (array([1, 0]), 2))
+    """
+    probabilities = np.asarray(probabilities)
+    if probabilities.ndim >= 2 and probabilities.shape[-1] > 1:
+        return probabilities.argmax(axis=-1).reshape(-1), probabilities.shape[-1]
+    return (probabilities.reshape(-1) >= 0.5).astype(int), 2  # one sigmoid unit
 
 
 def mean_iou(matrix) -> float:

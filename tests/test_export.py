@@ -217,9 +217,18 @@ def test_an_unlabelled_head_of_any_rank_is_judged_along_its_last_axis():
     check = Check(output_metrics={})
     _judge_unlabelled(check, "scores", flipped, scores, Verify(max_metric_drop=0.05))
     assert check.output_metrics["scores"]["value"] == 632 / 640 and not check.reasons
+    assert check.output_metrics["scores"]["rows"] == 40 and check.output_metrics["scores"]["decision"] == "within"
+    # 1.25 % of positions differ, all in one of 40 rows: against a 1 % limit these rows cannot tell, and at a
+    # quarter of a point from the limit it takes about 200x the rows to.
     _judge_unlabelled(check, "scores", flipped, scores, Verify(max_metric_drop=0.01))
     assert check.reasons == ["output 'scores' (no labels): its argmax agrees with Keras's on 98.75% of positions "
-                             "(at least 99.00% required)"]
+                             "± 2.45 points (95 %, 40 rows): these rows cannot decide whether at least 99.00% do; "
+                             "verify on about 7,900 rows (more labelled rows)"]
+    flipped[1:20, :8] = np.eye(3)[(scores[1:20, :8].argmax(-1) + 1) % 3]  # half the positions of 20 rows
+    check = Check(output_metrics={})
+    _judge_unlabelled(check, "scores", flipped, scores, Verify(max_metric_drop=0.05))
+    assert check.reasons == ["output 'scores' (no labels): its argmax agrees with Keras's on 75.00% of positions "
+                             "± 7.85 points (95 %, 40 rows; at least 95.00% required)"]
     boxes = rng.normal(size=(40, 16, 4))
     _judge_unlabelled(check, "boxes", boxes + 0.01, boxes, Verify())
     assert check.output_metrics["boxes"]["metric"] == "error_vs_spread" and len(check.reasons) == 1
@@ -248,12 +257,52 @@ def test_a_users_keras_file_exports_with_a_sample_file(digits_run, tmp_path):
     np.savez(tmp_path / "sample.npz", image=x["image"], label=y)
     report = export(model_path, formats=["onnx", "tflite-int8"], sample=tmp_path / "sample.npz", log=lambda m: None)
     assert report.passed, report.artifacts
-    assert "--sample" in report.inputs_from and "180 of its 360 rows calibrate int8, the other 180 verify" \
+    assert "--sample" in report.inputs_from and "100 of its 360 rows calibrate int8, the other 260 verify" \
         in report.inputs_from
-    with runtime.load(model_path) as keras_model:  # judged on the held-out half only
-        held_out = keras_model.predict({"image": x["image"][180:]})["probabilities"]
-    assert report.keras_metric["value"] == pytest.approx(float((held_out.argmax(1) == y[180:]).mean()))
-    assert report.row("tflite-int8")["numeric_examples"] == 180
+    with runtime.load(model_path) as keras_model:  # judged on the held-out part only
+        held_out = keras_model.predict({"image": x["image"][100:]})["probabilities"]
+    assert report.keras_metric["value"] == pytest.approx(float((held_out.argmax(1) == y[100:]).mean()))
+    assert report.row("tflite-int8")["numeric_examples"] == 260 and report.row("tflite-int8")["metric_rows"] == 260
+
+
+def _near_ties(rows: int, every: int) -> np.ndarray:
+    """Rows (1, 0) and (0, 1), and every `every`-th row a near tie (0.5, 0.501) that Keras calls class 1 and
+    int8 cannot tell apart (one int8 step of an input in 0..1 is 1/255): the int8 file loses exactly those."""
+    x = np.tile(np.array([[1, 0], [0, 1]], "float32"), (rows // 2 + 1, 1))[:rows]
+    x[::every] = [0.5, 0.501]
+    return x
+
+
+def test_few_rows_cannot_decide_an_int8_verdict_and_enough_rows_do(tmp_path):
+    """One lost row of 30 is 3.3 points: against a 1-point limit the artifact fails saying these rows cannot
+    decide and how many would; 1,700 rows with the same kind of loss (0.2 %) verify it."""
+    inputs = keras.Input((2,), name="x")
+    probs = keras.layers.Dense(2, activation="softmax", kernel_initializer="identity", name="probs")(inputs)
+    model = keras.Model(inputs, probs)
+    model.save(tmp_path / "ties.keras")
+    rows, logged = {}, []
+    for size, every in ((60, 50), (2000, 500)):
+        x = _near_ties(size, every)
+        np.savez(tmp_path / f"s{size}.npz", x=x, label=model.predict(x, verbose=0).argmax(-1))
+        report = export(tmp_path / "ties.keras", formats=["tflite-int8", "onnx-int8"], sample=tmp_path / f"s{size}.npz",
+                        out=tmp_path / f"out{size}", log=logged.append)
+        rows[size] = report
+    assert any("30 of its 60 rows calibrate int8, the other 30 verify" in line for line in logged)
+    assert any("300 of its 2000 rows calibrate int8, the other 1700 verify" in line for line in logged)
+    assert any(line.startswith("  tflite-int8: verified; accuracy -0.18 points ± 0.20 (95 %, 1,700 rows)")
+               for line in logged), logged
+    for artifact in ("tflite-int8", "onnx-int8"):
+        few = rows[60].row(artifact)
+        assert few["verdict"] == "failed" and few["metric_rows"] == 30
+        assert few["metric_change_ci"] == pytest.approx([-0.098665, 0.031999], abs=1e-6)
+        assert few["reasons"] == ["accuracy change -3.33 points ± 6.53 (95 %, 30 rows): these rows cannot decide "
+                                  "against the 1.00-point limit; verify on about 490 rows (a --sample FILE of about "
+                                  "653 rows, as its first part calibrates int8)"]
+        enough = rows[2000].row(artifact)
+        assert enough["verdict"] == "verified" and enough["metric_rows"] == 1700
+        assert enough["metric_change"] == pytest.approx(-3 / 1700)
+        assert -0.01 < enough["metric_change_ci"][0] < enough["metric_change"] < enough["metric_change_ci"][1]
+        assert enough["output_metrics"]["probs"]["decision"] == "within"
 
 
 def test_without_data_float_formats_verify_on_random_inputs_and_quantized_cannot_be_judged(digits_run, tmp_path):
@@ -338,8 +387,11 @@ def test_every_recipe_exports_for_server_and_edge(name, tmp_path):
     with tfds.testing.mock_data(num_examples=256) if mocked else contextlib.nullcontext():
         run = kerakit.train(name, tmp_path / "run", verbose=0, **({"epochs": 2} if mocked else {}))
         report = export(run.path, targets=["server", "edge"], log=lambda m: None)
-    if not mocked:
-        assert [r["verdict"] for r in report.artifacts] == ["verified"] * 5, report.artifacts
+    if not mocked:  # 114 and 89 test rows: an int8 file is verified, or these rows cannot decide (diabetes_mlp's
+        # tflite-int8: MAE +0.61 of 44.4, 95 % interval -1.27 to +2.56 against the 2.22 allowed), never past the limit
+        assert [r["verdict"] for r in report.artifacts if r["quantization"] == "none"] == ["verified"] * 2
+        for r in report.artifacts:
+            assert r["verdict"] == "verified" or all("cannot decide" in reason for reason in r["reasons"]), r
     else:  # random mock data: the model learns nothing and its outputs barely vary
         float_rows = [r for r in report.artifacts if r["quantization"] == "none"]
         assert [r["verdict"] for r in float_rows] == ["verified", "verified"], float_rows

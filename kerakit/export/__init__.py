@@ -24,6 +24,7 @@ from typing import Callable, Iterable
 
 from kerakit import formats, runs
 from kerakit.errors import KerakitError
+from kerakit.export import confidence
 from kerakit.export import layouts as _layouts
 from kerakit.export.context import ExportContext
 from kerakit.export.report import ExportReport, now
@@ -83,7 +84,8 @@ def _export(chosen, run, model_path: Path, model, name: str, out: Path, recipe, 
     reference = make_reference(keras_predictor, data.numeric, split_at=data.split_at, task=data.task,
                                metric=data.metric, eval_inputs=data.eval_inputs, eval_labels=data.eval_labels,
                                class_names=data.class_names, inputs_from=data.inputs_from,
-                               metric_output=data.metric_output, other_labels=data.other_labels)
+                               metric_output=data.metric_output, other_labels=data.other_labels,
+                               more_rows=data.more_rows)
     log(f"Verifying against Keras on {data.inputs_from}.")
     if data.class_names:
         runs.write_text(out / runs.LABELS_FILE, "\n".join(data.class_names) + "\n")
@@ -145,8 +147,19 @@ def _artifact(spec: ArtifactSpec, target: Target, context: ExportContext, refere
         check = Check(reasons=[f"{spec.name} could not run: {_first_line(e)}"])
     row.update(size_bytes=_size(path), **check.to_dict(), sha256=_digest(path))
     log(f"  {spec.name}: {check.verdict}" + (f" ({'; '.join(check.reasons)})" if check.reasons else "")
-        + _footprint_text(check.footprint) + (f"; {note['summary']}" if note and note.get("summary") else ""))
+        + _change_text(check, spec, reference) + _footprint_text(check.footprint)
+        + (f"; {note['summary']}" if note and note.get("summary") else ""))
     return row
+
+
+def _change_text(check: Check, spec: ArtifactSpec, reference: Reference) -> str:
+    """`; accuracy -0.28 points ± 0.54 (95 %, 360 rows)`: how sure a verified quantized artifact's metric is (a
+    failed one's reason says it already)."""
+    if check.reasons or not spec.quantized or check.metric_change_ci is None:
+        return ""
+    method = check.output_metrics[reference.metric_output]["interval"]
+    change = confidence.Change(check.metric_change, *check.metric_change_ci, check.metric_rows, method)
+    return f"; {reference.metric_name} {confidence.interval_text(change, reference.metric_name)}"
 
 
 def _footprint_text(footprint: dict | None) -> str:

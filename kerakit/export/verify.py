@@ -4,9 +4,12 @@
   max absolute error, and max error relative to the output's range. Float
   formats must satisfy |artifact - keras| <= atol + rtol * |keras| everywhere.
 - The task metric (the recipe's, `kerakit.metrics`) on the test split, and its
-  change from Keras. Quantized formats are judged by it (a higher-is-better
-  metric may drop at most `max_metric_drop`; an error metric such as MAE may
-  grow at most `max_metric_rel_increase` of its value).
+  change from Keras with a 95 % interval (`kerakit.export.confidence`: paired,
+  since both answer the same rows). Quantized formats are judged by it (a
+  higher-is-better metric may drop at most `max_metric_drop`; an error metric
+  such as MAE may grow at most `max_metric_rel_increase` of its value): the
+  whole interval must be within the limit; an interval across the limit means
+  these rows cannot decide, which fails too and says how many rows would.
 - Not vacuous: a model that gives the same output for every input proves
   nothing, so that fails too; and an artifact must be much closer to Keras
   than the best constant (its mean error at most 25 % of the per-output
@@ -22,10 +25,13 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 
 from kerakit import formats, metrics, runtime
+from kerakit.export.confidence import (Change, Outcome, decide, from_differences, more_rows_text, paired_change,
+                                       reason as metric_reason)
 from kerakit.export.targets import ArtifactSpec, Budget, Verify
 from kerakit.runtime import predict_all
 
@@ -63,6 +69,8 @@ class Reference:
     other_metrics: dict[str, tuple[str, str, float]] = field(default_factory=dict)  # name: (task, metric, Keras's)
     eval_outputs: dict[str, np.ndarray] = field(default_factory=dict)  # Keras's outputs on eval_inputs
     inputs_from: str = ""
+    # Where N more verification rows come from, said when these rows cannot decide.
+    more_rows: Callable[[int | None], str] = field(default=lambda rows: "more labelled rows")
 
     @property
     def size(self) -> int:
@@ -86,6 +94,8 @@ class Check:
     numeric_examples: int | None = None
     metric: float | None = None
     metric_change: float | None = None
+    metric_change_ci: list[float] | None = None  # its 95 % interval [low, high] (kerakit.export.confidence)
+    metric_rows: int | None = None               # the labelled rows the metric and its interval come from
     output_metrics: dict | None = None  # every labelled output's {metric, value, change}, by name
     verdict: str = "failed"
     reasons: list[str] = field(default_factory=list)
@@ -98,12 +108,14 @@ class Check:
 
 def make_reference(keras_predictor: runtime.Predictor, numeric_inputs, *, split_at=None, task=None, metric=None,
                    eval_inputs=None, eval_labels=None, class_names=None, inputs_from="", metric_output=None,
-                   other_labels=None) -> Reference:
+                   other_labels=None, more_rows=None) -> Reference:
     """Keras outputs on `numeric_inputs`, and its `metric` (default: the task's) on the labelled inputs,
-    computed on `metric_output` (default: the first Keras output); `other_labels` score further outputs."""
+    computed on `metric_output` (default: the first Keras output); `other_labels` score further outputs.
+    `more_rows` says where more labelled rows come from when these cannot decide."""
     ref = Reference(numeric_inputs=numeric_inputs, numeric_outputs=predict_all(keras_predictor, numeric_inputs),
                     split_at=split_at, task=task, eval_inputs=eval_inputs, eval_labels=eval_labels,
-                    class_names=class_names, inputs_from=inputs_from, other_labels=dict(other_labels or {}))
+                    class_names=class_names, inputs_from=inputs_from, other_labels=dict(other_labels or {}),
+                    **({"more_rows": more_rows} if more_rows else {}))
     if eval_inputs is None or (eval_labels is None and not ref.other_labels):
         return ref
     outputs = ref.eval_outputs = predict_all(keras_predictor, eval_inputs)
@@ -133,7 +145,7 @@ def verify_artifact(path: "str | Path", reference: Reference, spec: ArtifactSpec
         check.numeric_examples = len(rows)
         _compare(check, got, {k: v[rows] for k, v in reference.numeric_outputs.items()}, spec, tolerances)
         if reference.metric is not None or reference.other_metrics:
-            _judge_metric(check, predictor, reference, tolerances)
+            _judge_metric(check, predictor, reference, tolerances, spec.quantized)
         elif spec.quantized:
             check.reasons.append("a quantized artifact is judged by the task metric, and no labelled data was given")
     _judge_footprint(check, Path(path), spec, budget)
@@ -168,41 +180,57 @@ def _compare(check: Check, got: dict, expected: dict, spec: ArtifactSpec, tolera
         )
 
 
-def _judge_metric(check: Check, predictor, reference: Reference, tolerances: Verify) -> None:
-    """The task metric on every labelled output, bound by name; each may change at most as the target allows.
-    Every other output is judged against Keras's own answers (`_judge_unlabelled`)."""
+def _judge_metric(check: Check, predictor, reference: Reference, tolerances: Verify, quantized: bool) -> None:
+    """The task metric on every labelled output, bound by name, and its change from Keras with a 95 % interval;
+    each change must be within the target's limit (`decide`). Rows that cannot decide fail a quantized artifact,
+    which is judged by its metric; a float one is judged by its numbers. Every other output is judged against
+    Keras's own answers (`_judge_unlabelled`)."""
     outputs = predict_all(predictor, reference.eval_inputs)
     judged = dict(reference.other_metrics)
     if reference.metric is not None:
         judged = {reference.metric_output: (reference.task, reference.metric_name, reference.metric), **judged}
     check.output_metrics = {}
     for name, (task, metric_name, keras_value) in judged.items():
-        labels = reference.eval_labels if name == reference.metric_output else reference.other_labels[name]
-        value = metrics.score(task, metric_name, labels, outputs[name],
-                              reference.class_names if name == reference.metric_output else None)
+        first = name == reference.metric_output
+        labels = reference.eval_labels if first else reference.other_labels[name]
+        value = metrics.score(task, metric_name, labels, outputs[name], reference.class_names if first else None)
+        change = paired_change(task, metric_name, labels, reference.eval_outputs[name], outputs[name])
+        change = Change(value - keras_value, change.low, change.high, change.rows, change.method)
+        outcome = decide(change, metric_name, keras_value, tolerances.max_metric_drop,
+                         tolerances.max_metric_rel_increase)
         check.output_metrics[name] = {"judged_on": "labels", "metric": metric_name, "value": value,
-                                      "change": value - keras_value}
-        if name == reference.metric_output:
-            check.metric, check.metric_change = value, value - keras_value
-        reason = metrics.judge(metric_name, keras_value, value, tolerances.max_metric_drop,
-                               tolerances.max_metric_rel_increase)
-        if reason:
+                                      "change": change.value, **_interval_fields(change, outcome)}
+        if first:
+            check.metric, check.metric_change = value, change.value
+            check.metric_change_ci, check.metric_rows = _rounded(change.interval), change.rows
+        if outcome.decision == "beyond" or (outcome.decision == "undecided" and quantized):
+            reason = metric_reason(change, outcome, metric_name, keras_value, reference.more_rows)
             check.reasons.append(reason if len(judged) == 1 else f"output {name!r}: {reason}")
     for name in sorted(set(reference.eval_outputs) - set(judged)):
-        _judge_unlabelled(check, name, outputs[name], reference.eval_outputs[name], tolerances)
+        _judge_unlabelled(check, name, outputs[name], reference.eval_outputs[name], tolerances, quantized,
+                          reference.more_rows)
 
 
-def _judge_unlabelled(check: Check, name: str, got: np.ndarray, keras: np.ndarray, tolerances: Verify) -> None:
+def _interval_fields(change: Change, outcome: Outcome) -> dict:
+    """What an output's entry in the report says of its change: interval, rows, and the decision."""
+    fields = {"change_ci": _rounded(change.interval), "rows": change.rows, "interval": change.method,
+              "decision": outcome.decision}
+    if outcome.decision == "undecided":
+        fields["rows_needed"] = outcome.rows_needed
+    return fields
+
+
+def _rounded(values: list[float]) -> list[float]:
+    return [round(v, 6) for v in values]
+
+
+def _judge_unlabelled(check: Check, name: str, got: np.ndarray, keras: np.ndarray, tolerances: Verify,
+                      quantized: bool = True,
+                      more_rows: Callable[[int | None], str] = lambda rows: "more labelled rows") -> None:
     """An output without labels, against Keras's outputs on the same rows (see MAX_UNLABELLED_ERROR_VS_SPREAD)."""
     got, keras = np.asarray(got, np.float64).reshape(keras.shape), np.asarray(keras, np.float64)
     if keras.ndim >= 2 and keras.shape[-1] > 1 and _looks_like_scores(keras):
-        agreement = float((got.argmax(-1) == keras.argmax(-1)).mean())
-        check.output_metrics[name] = {"judged_on": "keras", "metric": "argmax_agreement", "value": agreement,
-                                      "change": agreement - 1.0}
-        if 1.0 - agreement > tolerances.max_metric_drop + 1e-9:  # per row, or per pixel/position of a rank>2 head
-            check.reasons.append(f"output {name!r} (no labels): its argmax agrees with Keras's on {agreement:.2%} "
-                                 f"of {'rows' if keras.ndim == 2 else 'positions'} "
-                                 f"(at least {1 - tolerances.max_metric_drop:.2%} required)")
+        _judge_argmax_agreement(check, name, got, keras, tolerances, quantized, more_rows)
         return
     spread = float(np.abs(keras - keras.mean(axis=0)).mean())
     share = float(np.abs(got - keras).mean()) / max(spread, 1e-12)
@@ -211,6 +239,29 @@ def _judge_unlabelled(check: Check, name: str, got: np.ndarray, keras: np.ndarra
     if share > MAX_UNLABELLED_ERROR_VS_SPREAD:
         check.reasons.append(f"output {name!r} (no labels): mean abs error against Keras is {share:.0%} of Keras's "
                              f"own spread (at most {MAX_UNLABELLED_ERROR_VS_SPREAD:.0%} allowed)")
+
+
+def _judge_argmax_agreement(check: Check, name: str, got: np.ndarray, keras: np.ndarray, tolerances: Verify,
+                            quantized: bool, more_rows: Callable[[int | None], str]) -> None:
+    """Class scores nobody labelled: how often their argmax agrees with Keras's, per row (per pixel or position of
+    a rank > 2 head, averaged within each row), with a 95 % interval; at most `max_metric_drop` may differ."""
+    differs = (got.argmax(-1) != keras.argmax(-1)).reshape(len(keras), -1).mean(1)
+    change = from_differences(-differs)  # agreement - 1
+    outcome = decide(change, "accuracy", 1.0, tolerances.max_metric_drop, 0.0)
+    agreement = 1.0 + change.value
+    check.output_metrics[name] = {"judged_on": "keras", "metric": "argmax_agreement", "value": agreement,
+                                  "change": change.value, **_interval_fields(change, outcome)}
+    if outcome.decision == "within" or (outcome.decision == "undecided" and not quantized):
+        return
+    where = "rows" if keras.ndim == 2 else "positions"
+    figure = (f"its argmax agrees with Keras's on {agreement:.2%} of {where} "
+              f"± {100 * (change.high - change.value):.2f} points (95 %, {change.rows:,} rows")
+    required = f"{1 - tolerances.max_metric_drop:.2%}"
+    if outcome.decision == "beyond":
+        check.reasons.append(f"output {name!r} (no labels): {figure}; at least {required} required)")
+    else:
+        check.reasons.append(f"output {name!r} (no labels): {figure}): these rows cannot decide whether at least "
+                             f"{required} do; " + more_rows_text(outcome.rows_needed, change.rows, more_rows))
 
 
 def _looks_like_scores(keras: np.ndarray) -> bool:
