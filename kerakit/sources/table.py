@@ -292,7 +292,7 @@ def infer_type(values, decimal: str = ".") -> str:
     numbers = as_numbers(present, decimal)
     if np.isfinite(numbers).mean() >= 0.95:  # a few strings in a number column stay a number (flagged)
         return "number"
-    if _dates(present).mean() >= 0.95:
+    if present.head(200).str.contains(r"\d[-/.]\d").mean() >= 0.5 and _dates(present).mean() >= 0.95:
         return "date"
     unique_share = len(distinct) / len(present)
     if unique_share >= 0.9 and len(present) >= 20:
