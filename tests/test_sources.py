@@ -86,13 +86,14 @@ def test_conflicting_labels_imbalance_constant_and_outliers(tmp_path):
     assert "'checked' has one value ('yes')" in flags["constant"]["message"]
 
 
-def test_parquet_and_json_lines_read_like_the_csv(tmp_path):
+def test_parquet_json_lines_and_tsv_read_like_the_csv(tmp_path):
     frame = penguins()
     frame.loc[3, "bill_mm"] = np.nan
     frame.to_csv(tmp_path / "p.csv", index=False)
     frame.to_parquet(tmp_path / "p.parquet")
     frame.to_json(tmp_path / "p.jsonl", orient="records", lines=True)
-    reports = [data_report(tmp_path / f"p.{suffix}", label="species") for suffix in ("csv", "parquet", "jsonl")]
+    frame.to_csv(tmp_path / "p.tsv", sep="\t", index=False)
+    reports = [data_report(tmp_path / f"p.{suffix}", label="species") for suffix in ("csv", "parquet", "jsonl", "tsv")]
     for report in reports[1:]:
         assert report["types"] == reports[0]["types"] and report["columns"] == reports[0]["columns"]
         assert report["splits"] == reports[0]["splits"]
@@ -181,13 +182,17 @@ def test_a_folder_without_classes_or_with_an_empty_class_is_refused_in_one_line(
         data_report(tmp_path / "flat")
 
 
-def _learnable_csv(path, n=600, seed=0):
-    """A table a model can learn (the label follows two numbers and a category), exported the European way."""
+def _learnable_csv(path, n=600, seed=0, note=False):
+    """A table a model can learn (the label follows two numbers and a category), exported the European way;
+    with `note`, a free-text column whose words also tell the label."""
     rng = np.random.default_rng(seed)
     x1, x2 = rng.normal(size=n), rng.normal(size=n)
     site = rng.choice(["North", "South", "east "], n)
     label = np.where(x1 + 0.5 * x2 + (site == "North") * 1.5 > 0.5, "high", "low")
     frame = pd.DataFrame({"x1": np.round(x1, 3), "x2": np.round(x2, 3), "site": site, "outcome": label}).astype(str)
+    if note:
+        words = {"high": "busy queue crowded full", "low": "quiet calm empty slow"}
+        frame["note"] = [f"visit {i} was " + " ".join(rng.choice(words[v].split(), 3)) for i, v in enumerate(label)]
     frame["x1"] = frame["x1"].str.replace(".", ",")
     frame["x2"] = frame["x2"].str.replace(".", ",")
     frame.loc[::50, "x2"] = "NA"
@@ -253,7 +258,7 @@ def test_new_then_build_from_a_messy_table_photos_and_texts_ends_in_verified_art
     from messy_files import notes, photos
 
     project = tmp_path / "project"
-    _learnable_csv(project / "data" / "visits.csv")
+    _learnable_csv(project / "data" / "visits.csv", note=True)
     photos(project / "data" / "shapes")
     notes(project / "data" / "reviews")
     env = {"TFDS_DATA_DIR": str(tmp_path / "tfds")}
@@ -262,7 +267,7 @@ def test_new_then_build_from_a_messy_table_photos_and_texts_ends_in_verified_art
     assert "Recipe written to recipes/visits.py" in made.stdout
     recipe = (project / "recipes" / "visits.py").read_text()
     assert 'DATASET = "data/visits.csv"' in recipe and "NUMBERS = ['x1', 'x2']" in recipe
-    assert "'site': ['" in recipe and "MISSING_FLAGS = ['x2']" in recipe
+    assert "'site': ['" in recipe and "MISSING_FLAGS = ['x2']" in recipe and "TEXT = ['note']" in recipe
     refused = run_cli("new", "visits", "--from", "data/visits.csv", "--label", "outcome", cwd=project, env=env)
     assert refused.returncode == 1 and "recipes/visits.py exists: pick another NAME, or pass --force" in refused.stderr
     assert run_cli("new", "shapes", "--from", "data/shapes", cwd=project, env=env).returncode == 0

@@ -4,13 +4,14 @@
 
 A table gets an MLP over one feature vector that its `preprocess` builds from
 the raw columns (numbers with a missing flag, categories one-hot over the
-training split's values); an image folder a small CNN on raw 0-255 pixels
+training split's values, free text as hashed words into a bag of
+embeddings); an image folder a small CNN on raw 0-255 pixels
 (resized with padding in `preprocess`, scaled inside the model); a folder of
 text files a bag of embeddings over hashed words (tokens hashed in
 `preprocess`, as recipes/imdb_text.py does: a TextVectorization layer's string
 ops would keep TFLite and ONNX from taking the model). Columns the
 data report says will hurt (identifiers, a column that alone predicts the
-label, constant columns, dates and free text) are left out, each with its
+label, constant columns, dates) are left out, each with its
 reason in the recipe.
 """
 
@@ -55,8 +56,8 @@ def _dropped(report: dict) -> dict[str, str]:
         if reason and match:
             why.setdefault(match.group(1), reason)
     for column, kind in report["types"].items():
-        if kind in ("date", "text") and column != report["label"]:
-            why.setdefault(column, f"a {kind} column (this model takes numbers and categories)")
+        if kind == "date" and column != report["label"]:
+            why.setdefault(column, "a date column (this model takes numbers, categories and text)")
     return why
 
 
@@ -76,18 +77,20 @@ def _table_recipe(name: str, dataset: str, report: dict, frame) -> str:
     # and a zero-variance column in the normalized vector (it broke an int8 ONNX file of this model).
     flags = [names[c] for c in kept if report["types"][c] == "number"
              and missing_mask(frame[c])[splits == "train"].any()]
+    text = [names[c] for c in kept if report["types"][c] == "text"]
     categories = {}
     for c in kept:
-        if report["types"][c] != "number":
+        if report["types"][c] not in ("number", "text"):
             train = frame[c][(splits == "train") & ~missing_mask(frame[c])].str.strip().str.lower()
             categories[names[c]] = list(train.value_counts().index[:MAX_CATEGORIES])
     width = len(numbers) + len(flags) + sum(len(v) for v in categories.values())
-    if not width:
+    if not width and not text:
         raise KerakitError(f"No usable feature columns in {report['read_as']}: every column is the label or "
                            f"left out ({', '.join(f'{c}: {w}' for c, w in dropped.items())}).")
     head = TABLE_HEAD.format(name=name, read_as=report["read_as"], task=task, dataset=dataset, label=label,
                              numbers=_literal(numbers), flags=_literal(flags), categories=_dict_literal(categories),
-                             dropped=_dict_literal(dropped), width=width, rule=report["split_rule"])
+                             dropped=_dict_literal(dropped), width=width, rule=report["split_rule"],
+                             text=_literal(text))
     model = TABLE_MODEL.format(name=name, **(CLASSIFIER_HEAD if task == "classification" else REGRESSOR_HEAD))
     return head + model
 
@@ -129,11 +132,16 @@ DEFAULTS = dict(epochs=80, batch_size=32, patience=12)
 NUMBERS = {numbers}
 MISSING_FLAGS = {flags}
 CATEGORIES = {categories}
+# Free-text columns: their words, hashed into token ids, are a second input (a bag of embeddings).
+TEXT = {text}
+SEQUENCE_LENGTH, HASH_BUCKETS = 64, 10_000  # words per row (cut or padded with id 0); hash buckets
 # Columns the data report says would hurt the model, and why.
 DROPPED = {dropped}
 FEATURE_NAMES = [*NUMBERS, *(f"{{n}} missing" for n in MISSING_FLAGS),
                  *(f"{{n}}={{v}}" for n, values in CATEGORIES.items() for v in values)]
 INPUTS = [Input("features", shape=({width},), dtype="float32")]
+if TEXT:
+    INPUTS.append(Input("tokens", shape=(SEQUENCE_LENGTH,), dtype="int32"))
 
 
 def preprocess(example, config):
@@ -142,7 +150,15 @@ def preprocess(example, config):
     for name, values in CATEGORIES.items():
         value = tf.strings.lower(tf.strings.strip(example[name]), encoding="utf-8")
         parts += [tf.cast(tf.equal(value, v), tf.float32) for v in values]
-    return {{"features": tf.stack(parts)}}, example["label"]
+    features = {{"features": tf.stack(parts) if parts else tf.zeros((0,))}}
+    if TEXT:
+        text = tf.strings.reduce_join([example[name] for name in TEXT], separator=" ")
+        text = tf.strings.lower(text, encoding="utf-8")
+        words = tf.strings.split(tf.strings.regex_replace(text, r"[^\\w']+", " "))[:SEQUENCE_LENGTH]
+        ids = tf.strings.to_hash_bucket_fast(words, HASH_BUCKETS - 1) + 1
+        ids = tf.pad(ids, [[0, SEQUENCE_LENGTH - tf.shape(ids)[0]]])
+        features["tokens"] = tf.ensure_shape(tf.cast(ids, tf.int32), (SEQUENCE_LENGTH,))
+    return features, example["label"]
 
 '''
 
@@ -154,12 +170,16 @@ def build_model(hp, data):
 
     normalize = keras.layers.Normalization(name="normalize")  # adapted on the training split: inside the model
     normalize.adapt(data.features("train", "features"))
-    inputs = INPUTS[0].keras()
-    x = keras.layers.Dense(units, activation="relu")(normalize(inputs))
+    inputs = {{spec.name: spec.keras() for spec in INPUTS}}
+    x = normalize(inputs["features"])
+    if TEXT:
+        words = keras.layers.Embedding(HASH_BUCKETS, hp.Int("embedding_dim", 8, 64, step=8, default=16))
+        x = keras.layers.Concatenate()([x, keras.layers.GlobalAveragePooling1D()(words(inputs["tokens"]))])
+    x = keras.layers.Dense(units, activation="relu")(x)
     x = keras.layers.Dropout(dropout)(x)
     x = keras.layers.Dense(units, activation="relu")(x)
 {head}
-    model = keras.Model(inputs, outputs, name="{name}")
+    model = keras.Model(inputs if TEXT else inputs["features"], outputs, name="{name}")
     model.compile(optimizer=keras.optimizers.Adam(learning_rate),
                   {loss})
     return model
