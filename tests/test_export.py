@@ -330,6 +330,60 @@ def test_an_op_a_format_cannot_express_is_named_and_other_formats_go_on(tmp_path
     assert "Svd not supported by TFLite" in _row(report, "tflite")["reasons"][0]
 
 
+@keras.saving.register_keras_serializable("kerakit_tests")
+class Log1p(keras.layers.Layer):
+    def call(self, x):
+        return keras.ops.log1p(x)
+
+
+def _preprocessing_model(op: str):
+    x = keras.Input((6,), name="x")
+    if op == "Log1p":
+        h = Log1p()(x)
+    else:  # Bucketize; an Embedding gives each bucket its own answer
+        buckets = keras.layers.Discretization(bin_boundaries=[0.25, 0.5, 0.75])(x)
+        h = keras.layers.Flatten()(keras.layers.Embedding(4, 3)(buckets))
+    return keras.Model(x, keras.layers.Dense(3, name="out")(h))
+
+
+@pytest.mark.parametrize("op, onnx_ops", [("Log1p", {"Add", "Log"}), ("Bucketize", {"Less", "Not", "ReduceSum"})])
+def test_in_model_preprocessing_exports_to_onnx_and_agrees_with_keras_in_onnx_runtime(op, onnx_ops, tmp_path):
+    """keras.ops.log1p and Discretization(bin_boundaries=...) are TensorFlow ops tf2onnx has no handler for."""
+    import onnxruntime as ort
+
+    model = _preprocessing_model(op)
+    model.save(tmp_path / "m.keras")
+    report = export(tmp_path / "m.keras", formats=["onnx"], log=lambda m: None)
+    row = _row(report, "onnx")
+    assert row["verdict"] == "verified" and row["max_abs_error"] <= 1e-5, row["reasons"]
+    assert onnx_ops <= {n.op_type for n in onnx.load(row["path"]).graph.node}
+    x = np.random.default_rng(0).uniform(-0.99, 3.0, (64, 6)).astype("float32")
+    x[0] = [0.25, 0.5, 0.75, -0.5, 0.0, 1e-7]  # on the boundaries, below them all, and log1p's tiny x
+    session = ort.InferenceSession(row["path"], providers=["CPUExecutionProvider"])
+    np.testing.assert_allclose(session.run(["out"], {"x": x})[0], model(x).numpy(), atol=1e-5)
+
+
+def test_an_op_with_no_onnx_runtime_or_openvino_route_is_refused_in_one_line_naming_it(tmp_path):
+    from kerakit.formats.openvino import conversion_error
+
+    ids = keras.Input((2,), name="ids", dtype="int64")
+    h = keras.layers.Flatten()(keras.layers.Embedding(8, 2)(keras.layers.Hashing(num_bins=8)(ids)))
+    keras.Model(ids, keras.layers.Dense(3, name="out")(h)).save(tmp_path / "hashing.keras")
+    report = export(tmp_path / "hashing.keras", formats=["savedmodel", "onnx", "openvino"], log=lambda m: None)
+    assert _row(report, "savedmodel")["verdict"] == "verified"
+    assert _row(report, "onnx")["reasons"] == [
+        "onnx conversion failed: TensorFlow op(s) StringToHashBucketFast not supported by tf2onnx at opset 17; "
+        "StringToHashBucketFast: keras.layers.Hashing: ONNX has no op and ONNX Runtime no kernel for TensorFlow's "
+        "string hash; hash before the model's input, or serve the savedmodel"]
+    [reason] = _row(report, "openvino")["reasons"]
+    assert reason.startswith("openvino conversion failed: TensorFlow op(s) ") and "\n" not in reason
+    assert "StringToHashBucketFast not supported by OpenVINO (no conversion rule)" in reason
+    report = ("Check 'false' failed at src/frontends/common_translators/src/unconverted_ops_report.cpp:151:\n"
+              "FrontEnd API failed with OpConversionFailure:\nModel wasn't fully converted.\nSummary:\n"
+              "-- Conversion is failed for: Erfinv\n Failed operations detailed log:\n-- Erfinv with a message:\nx")
+    assert conversion_error(report) == "TensorFlow op(s) Erfinv not supported by OpenVINO (conversion failed)"
+
+
 def test_a_lambda_layer_is_refused_with_how_to_allow_it(tmp_path):
     inputs = keras.Input((3,), name="x")
     keras.Model(inputs, keras.layers.Lambda(lambda t: t * 2)(inputs)).save(tmp_path / "lambda.keras")

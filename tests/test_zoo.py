@@ -31,6 +31,7 @@ V, F = "verified", "failed"
 EXPECTED = {
     "two_in_two_out": {"savedmodel": V, "onnx": V, "tflite-int8": V, "tflite-fp16": V, "onnx-int8": V},
     "dynamic_image": {"savedmodel": V, "onnx": V, "tflite-int8": V, "tflite-fp16": V, "onnx-int8": V},
+    "dynamic_image_valid": {"savedmodel": V, "onnx": V, "tflite-int8": V, "tflite-fp16": V, "onnx-int8": V},
     "lstm": {"savedmodel": V, "onnx": V, "tflite-int8": (F, "crashes the TFLite converter"),
              "tflite-fp16": V, "onnx-int8": V},
     "bidirectional_gru": {"savedmodel": V, "onnx": V, "tflite-int8": (F, "crashes the TFLite converter"),
@@ -89,6 +90,13 @@ def build(name):
         h = keras.layers.Conv2D(8, 3, padding="same", activation="relu", kernel_initializer="he_normal")(x)
         return keras.Model(x, keras.layers.Dense(4, name="logits")(keras.layers.GlobalMaxPooling2D()(h))), \
             {"image": rng.random((ROWS, 24, 20, 3))}
+    if name == "dynamic_image_valid":  # no size fits 1x1, LiteRT's placeholder for an image of any size
+        x = keras.Input((None, None, 3), name="image")
+        h = keras.layers.Conv2D(8, 3, activation="relu", kernel_initializer="he_normal")(x)
+        h = keras.layers.Conv2D(8, 3, strides=2, activation="relu", kernel_initializer="he_normal")(
+            keras.layers.MaxPooling2D()(h))
+        return keras.Model(x, keras.layers.Dense(4, name="logits")(keras.layers.GlobalMaxPooling2D()(h))), \
+            {"image": rng.random((ROWS, 20, 16, 3))}
     if name in ("lstm", "bidirectional_gru"):
         x = keras.Input((10, 5), name="seq")
         rnn = keras.layers.LSTM(8) if name == "lstm" else keras.layers.Bidirectional(keras.layers.GRU(8))
@@ -273,7 +281,7 @@ def _keras(model, inputs):
 def test_artifacts_agree_with_keras_in_their_own_runtimes_on_fresh_inputs(exported, name):
     model, inputs, _, rows = exported(name)
     fresh = _fresh(inputs)
-    if name == "dynamic_image":
+    if name.startswith("dynamic_image"):
         fresh = {"image": np.random.default_rng(3).random((5, 40, 48, 3)).astype("float32")}
     want = _keras(model, fresh)
     for artifact, row in rows.items():
@@ -300,7 +308,7 @@ def test_evaluate_bench_and_serve_each_verified_artifact(exported, name, tmp_pat
     model, inputs, sample, rows = exported(name)
     first = next(iter(_keras(model, {k: v[:1] for k, v in inputs.items()})))
     verified = [r for r in rows.values() if r["verdict"] == "verified"]
-    shapes = {k: (1, *v.shape[1:]) for k, v in inputs.items()} if name == "dynamic_image" else {}
+    shapes = {k: (1, *v.shape[1:]) for k, v in inputs.items()} if name.startswith("dynamic_image") else {}
     for row in verified:
         result = evaluate(row["path"], sample=sample)
         assert result["output"] == first  # the first Keras output, whatever the runtime's order
@@ -375,6 +383,28 @@ def test_a_dynamic_model_without_a_size_is_refused_in_one_line(exported, tmp_pat
     assert runtime.parse_input_shapes(["image=1x64x64x3"]) == {"image": (1, 64, 64, 3)}
     with pytest.raises(KerakitError, match=r"Invalid --input-shape 'image=64by64'"):
         runtime.parse_input_shapes(["image=64by64"])
+
+
+def test_an_image_of_any_size_is_placed_at_the_samples_size_and_a_size_it_cannot_take_names_the_op(exported):
+    """LiteRT's own shape for an image of any size is a 1x1 placeholder, which no 3x3 VALID convolution takes
+    (issue 23: int8 failed with "XNNPack delegate failed to reshape"). int8's delegate placement allocates at
+    the sample's row shape; a size the model cannot take is refused naming the op LiteRT cannot prepare."""
+    from pathlib import Path
+
+    from kerakit.formats.delegation import placement
+
+    _, _, _, rows = exported("dynamic_image_valid")
+    assert rows["tflite-int8"]["conversion"]["summary"] == "1 XNNPACK partition(s), every op in XNNPACK"
+    model = Path(rows["tflite-fp16"]["path"]).read_bytes()
+    with pytest.raises(ValueError, match=r"^LiteRT cannot prepare op CONV_2D \(node \d+\) at image=1x1x1x3 "
+                                         r"\(the file's own input shape\)$"):
+        placement(model)
+    assert placement(model, {"image": (20, 16, 3)}).partitions == 1
+    with runtime.load(rows["tflite-int8"]["path"]) as predictor:
+        with pytest.raises(KerakitError, match=r"^model_int8.tflite cannot run these inputs: LiteRT cannot prepare "
+                                               r"op CONV_2D \(node \d+\) at image=1x4x4x3: its output would be empty "
+                                               r"\(1x0x0x8\)$"):
+            predictor.predict({"image": np.zeros((1, 4, 4, 3), "float32")})
 
 
 def test_a_recurrent_tflite_with_a_dynamic_batch_says_why_and_what_to_do(exported, tmp_path):

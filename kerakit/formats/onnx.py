@@ -93,17 +93,26 @@ def write_onnx(savedmodel: Path, opset: int, path: Path) -> None:
 
 
 _HANDLERS: list = []
+# TensorFlow ops with no ONNX op and no ONNX Runtime kernel: why, and what to do instead.
+NO_ROUTE = {"StringToHashBucketFast": "keras.layers.Hashing: ONNX has no op and ONNX Runtime no kernel for "
+                                      "TensorFlow's string hash; hash before the model's input, or serve the savedmodel"}
 
 
 def _register_handlers() -> None:
     """TensorFlow ops tf2onnx lacks, as handlers it finds by op name (registered once per process).
 
     Erfc (exact GELU, `gelu(approximate=False)`, computes 0.5 * x * erfc(-x / sqrt 2)): 1 - Erf(x).
+    Log1p (`keras.ops.log1p`): Log(1 + x), within float32's rounding of 1 + x (|error| <= 6e-8).
+    Bucketize (`keras.layers.Discretization(bin_boundaries=...)`): how many boundaries are <= x.
     """
     if _HANDLERS:
         return
     from tf2onnx import utils
     from tf2onnx.handler import tf_op
+
+    def constant(ctx, name, value, like):
+        return ctx.make_const(utils.make_name(name),
+                              np.array(value, dtype=utils.map_onnx_to_numpy_type(ctx.get_dtype(like)))).output[0]
 
     @tf_op("Erfc")
     class Erfc:
@@ -111,22 +120,63 @@ def _register_handlers() -> None:
         def version_9(cls, ctx, node, **kwargs):  # Erf is ONNX opset 9
             x = node.input[0]
             erf = ctx.make_node("Erf", [x], shapes=[ctx.get_shape(x)], dtypes=[ctx.get_dtype(x)]).output[0]
-            one = ctx.make_const(utils.make_name("one"),
-                                 np.array(1, dtype=utils.map_onnx_to_numpy_type(ctx.get_dtype(x)))).output[0]
             node.type = "Sub"
-            ctx.replace_inputs(node, [one, erf])
+            ctx.replace_inputs(node, [constant(ctx, "one", 1, x), erf])
 
-    _HANDLERS.append(Erfc)
+    @tf_op("Log1p")
+    class Log1p:
+        @classmethod
+        def version_6(cls, ctx, node, **kwargs):
+            x = node.input[0]
+            shifted = ctx.make_node("Add", [x, constant(ctx, "one", 1, x)], shapes=[ctx.get_shape(x)],
+                                    dtypes=[ctx.get_dtype(x)]).output[0]
+            node.type = "Log"
+            ctx.replace_inputs(node, [shifted])
+
+    _HANDLERS.extend([Erfc, Log1p, _bucketize_handler(tf_op, utils)])
+
+
+def _bucketize_handler(tf_op, utils):
+    """Bucketize(x, boundaries) -> int32 ReduceSum(Cast(Not(Unsqueeze(x, -1) < boundaries)), -1).
+
+    TensorFlow's bucket is std::upper_bound's index: the count of boundaries x is not below (NaN: all of them).
+    """
+    from onnx import TensorProto
+
+    @tf_op("Bucketize")
+    class Bucketize:
+        @classmethod
+        def version_13(cls, ctx, node, **kwargs):  # Unsqueeze and ReduceSum take their axes as inputs from 13
+            x, shape = node.input[0], ctx.get_shape(node.input[0])
+            boundaries = np.array(node.get_attr_value("boundaries"), dtype=np.float32)
+            if ctx.get_dtype(x) != TensorProto.FLOAT:  # compare ints and doubles as TensorFlow does: in double
+                x = ctx.make_node("Cast", [x], attr={"to": TensorProto.DOUBLE}).output[0]
+                boundaries = boundaries.astype(np.float64)
+            last = ctx.make_const(utils.make_name("last_axis"), np.array([-1], np.int64)).output[0]
+            column = ctx.make_node("Unsqueeze", [x, last]).output[0]
+            edges = ctx.make_const(utils.make_name("boundaries"), boundaries).output[0]
+            below = ctx.make_node("Less", [column, edges]).output[0]
+            passed = ctx.make_node("Not", [below]).output[0]
+            counts = ctx.make_node("Cast", [passed], attr={"to": TensorProto.INT32}).output[0]
+            ctx.remove_node(node.name)
+            ctx.make_node("ReduceSum", [counts, last], attr={"keepdims": 0}, outputs=node.output, name=node.name,
+                          shapes=[shape], dtypes=[TensorProto.INT32])
+
+    return Bucketize
 
 
 def _check_ops(proto, opset: int) -> None:
-    """tf2onnx logs unsupported TensorFlow ops and emits them as they are; make that an error."""
+    """tf2onnx logs unsupported TensorFlow ops and emits them as they are; make that an error.
+
+    One line naming each op; an op with no ONNX Runtime route at all (`NO_ROUTE`) says why and what instead.
+    """
     import onnx
 
     unknown = sorted({n.op_type for n in proto.graph.node
                       if n.domain in ("", "ai.onnx") and not onnx.defs.has(n.op_type, max_inclusive_version=opset)})
     if unknown:
-        raise ValueError(f"TensorFlow op(s) {', '.join(unknown)} not supported by tf2onnx at opset {opset}")
+        why = "".join(f"; {op}: {NO_ROUTE[op]}" for op in unknown if op in NO_ROUTE)
+        raise ValueError(f"TensorFlow op(s) {', '.join(unknown)} not supported by tf2onnx at opset {opset}{why}")
 
 
 def float_prefix(path: Path) -> list[str]:

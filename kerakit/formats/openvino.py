@@ -70,10 +70,38 @@ def convert(context, spec, path: Path) -> None:
                                       lambda p: write_onnx(context.savedmodel(), DEFAULT_OPSET, p))
     else:
         source = context.savedmodel()
-    model = ov.convert_model(str(source))
+    try:
+        model = ov.convert_model(str(source))
+    except Exception as e:  # OpenVINO's report spans lines and starts with a C++ check; name the ops in one
+        raise ValueError(conversion_error(str(e), "ONNX" if source.suffix == ".onnx" else "TensorFlow")) from None
     model.set_rt_info(PRECISIONS[spec.quantization], RT_INFO)
     with runs.atomic_dir(path) as tmp:
         ov.save_model(model, str(tmp / XML), compress_to_fp16=False)  # weights stay f32 for both precisions
+
+
+def conversion_error(text: str, source: str = "TensorFlow") -> str:
+    """OpenVINO's conversion report as one line naming the ops it could not convert.
+
+    >>> conversion_error("Check 'false' failed at src/.../unconverted_ops_report.cpp:151:\\n"
+    ...                  "-- No conversion rule found for operations: AsString, StringToHashBucketFast\\n...")
+    'TensorFlow op(s) AsString, StringToHashBucketFast not supported by OpenVINO (no conversion rule)'
+    """
+    import re
+
+    parts = []
+    for pattern, why in ((r"No conversion rule found for operations: ([^\n]+)", "no conversion rule"),
+                         (r"Conversion is failed for: ([^\n]+)", "conversion failed")):
+        found = re.search(pattern, text)
+        ops = [op.strip() for op in found[1].split(",") if op.strip()] if found else []
+        if ops:
+            parts.append(f"{source} op(s) {', '.join(ops)} not supported by OpenVINO ({why})")
+    extension = re.search(r"openvino-tokenizers package provides conversion extension\(s\): ([^.\n]+)", text)
+    if parts and extension:
+        parts.append(f"the openvino-tokenizers package converts {extension[1].strip()}")
+    if parts:
+        return "; ".join(parts)
+    lines = [line.strip() for line in text.splitlines() if line.strip() and not line.startswith("Check '")]
+    return f"OpenVINO cannot convert the model: {(lines or [text.strip() or 'no message'])[0][:300]}"
 
 
 # --------------------------------------------------------------------------- runtime

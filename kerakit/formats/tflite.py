@@ -120,13 +120,15 @@ def int8_for_delegate(savedmodel: Path, io: str, inputs: list[Spec], sample) -> 
     slower than float32. Those op types alone are kept in float32 (XNNPACK
     runs them, with QUANTIZE/DEQUANTIZE around them). Ops the delegate refuses
     in the float32 model too (a dynamic batch's shape arithmetic) are named, not changed.
+    An input of any size (an image of any height and width) is placed at the sample's row shape.
     """
     from kerakit.formats.delegation import placement
 
+    rows = {k: tuple(v.shape[1:]) for k, v in (sample or {}).items()}
     float_model = _convert(_converter(savedmodel))
-    in_float = placement(float_model).not_delegated
+    in_float = placement(float_model, rows).not_delegated
     data = tflite_bytes(savedmodel, "int8", io, inputs, sample)
-    first = found = placement(data)
+    first = found = placement(data, rows)
     kept: dict[str, int] = {}  # op type -> how many stayed float
     model, prefix = None, float_prefix(float_model) if calibration.needs_float_inputs(sample) else []
     for _ in range(3):  # a float op may hand the refusal on to a neighbour; rarely more than once
@@ -136,7 +138,7 @@ def int8_for_delegate(savedmodel: Path, io: str, inputs: list[Spec], sample) -> 
         model = model or calibrated(savedmodel, sample)
         candidate = selective_int8(model, "float32" if prefix else _io_type(io, inputs),
                                    float_ops=[*kept, *refused], float_nodes=prefix)
-        tried = placement(candidate)
+        tried = placement(candidate, rows)
         if sum(_int8_refused(tried, in_float).values()) >= sum(refused.values()):
             break  # float did not help: keep the file as it was, and say what stays outside
         kept.update(refused)
@@ -349,10 +351,11 @@ class LiteRTPredictor(Predictor):
         """A fresh interpreter allocated for `shapes` before its first invoke."""
         try:
             sized = _Sized(self._model, self._threads, {self._in[k]["index"]: feeds[k].shape for k in self._names})
-        except RuntimeError as e:
-            text = ", ".join(f"{k}={'x'.join(map(str, feeds[k].shape))}" for k in self._names)
-            raise KerakitError(f"{self.path.name} cannot run inputs of shape {text}: "
-                               f"{str(e).splitlines()[0][:200]}") from None
+        except RuntimeError as e:  # named by the op that cannot be prepared at these shapes
+            from kerakit.formats.delegation import blocking_op
+
+            why = blocking_op(self._model, {k: tuple(feeds[k].shape) for k in self._names}, e)
+            raise KerakitError(f"{self.path.name} cannot run these inputs: {why[:300]}") from None
         if len(self._sized) >= self.MAX_SIZES:
             self._sized.pop(next(iter(self._sized)))
         self._sized[shapes] = sized
