@@ -302,6 +302,7 @@ def test_a_large_table_streams_in_chunks_and_still_sees_every_row(tmp_path, monk
     frame = penguins(3000)
     frame.loc[2900:, "species"] = "Emperor"  # a class that only the end of the file has
     frame["colony"] = np.arange(3000) // 10
+    frame["row"] = np.arange(3000)
     frame.to_csv(tmp_path / "big.csv", index=False)
     report = data_report(tmp_path / "big.csv", label="species")
     assert report["read_as"].startswith("big.csv (first 400 rows of 0 MiB; comma-separated")
@@ -310,6 +311,8 @@ def test_a_large_table_streams_in_chunks_and_still_sees_every_row(tmp_path, monk
     sizes = {k: v.num_examples for k, v in builder.info.splits.items()}
     assert sum(sizes.values()) == 3000 and 2300 < sizes["train"] < 2500
     assert builder.info.features["label"].names == ["Adelie", "Chinstrap", "Emperor", "Gentoo"]
+    rows = [int(x["row"]) for x in builder.as_dataset(split="train").as_numpy_iterator()]
+    assert rows == sorted(rows)  # in the file's order
     assert about(builder.info)["split_rule"] == ("shuffled per row, seed 0, as it streams (stratified in "
                                                  "expectation): train 80%, validation 10%, test 10%")
     grouped = prepare(SourceSpec.from_options(tmp_path / "big.csv", {"label": "species", "group": "colony"}),
