@@ -83,6 +83,8 @@ def cli(ctx, debug: bool) -> None:
 
     \b
     kerakit recipes                         list recipes
+    kerakit data photos/                    a data report of your own files (a table or class folders)
+    kerakit new shapes --from photos/       write recipes/shapes.py for them
     kerakit train digits_cnn epochs=5       train a recipe (key=value overrides)
     kerakit tune digits_cnn --tuner hyperband --max-epochs 9   search hyperparameters
     kerakit cv digits_cnn --folds 5         k-fold cross-validation: mean ± std of the metric
