@@ -651,7 +651,9 @@ def serve_cmd(ctx, source, name, model_dir, host, port, grpc_port, no_grpc, work
     if log_path is None and not no_log and source is not None:
         run = runs.find_run(entries[0].path)
         log_path = str(run.request_log) if run is not None else None
-    if any(Path(e.path).suffix in (".keras", ".h5", ".hdf5") or Path(e.path).is_dir() for e in entries):
+    from kerakit.formats.keras import LEGACY_SUFFIXES
+
+    if any(Path(e.path).suffix in (".keras", *LEGACY_SUFFIXES) or Path(e.path).is_dir() for e in entries):
         _needs_tensorflow(ctx)
     grpc_host = f"[{host}]" if ":" in host else host
     options = ServeOptions(max_body_bytes=int(max_body_mb * 1024 * 1024), max_elements=max_elements,

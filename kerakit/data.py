@@ -157,7 +157,7 @@ def load_data(recipe: Recipe, config: dict, data_dir: str | None = None, fold: "
     held-out part of the recipe's train and val splits together; test stays the recipe's test split.
     """
     data_dir = data_dir or default_data_dir()
-    builder, name, version = _builder(recipe, data_dir)
+    builder, name, version, source = _builder(recipe, data_dir)
     raw = {
         split: builder.as_dataset(split=spec, shuffle_files=False)
         for split, spec in recipe.splits.items()
@@ -167,10 +167,8 @@ def load_data(recipe: Recipe, config: dict, data_dir: str | None = None, fold: "
         raw, splits = _fold_splits(recipe, raw, fold)
     data = Data(recipe=recipe, config=config, info=builder.info, raw=raw, fingerprint={})
     data.fingerprint = fingerprint(name, version, splits, raw)
-    if recipe.dataset_path() is not None:
-        from kerakit.sources.prepare import about
-
-        data.fingerprint.update(source=about(builder.info))
+    if source is not None:
+        data.fingerprint.update(source=source)
     if recipe.series is not None:
         times = {split: data.target_times(split) for split in raw}
         data.fingerprint.update(split_by=SPLIT_BY_TIME, windows={k: int(len(t)) for k, t in times.items()},
@@ -186,14 +184,15 @@ def load_data(recipe: Recipe, config: dict, data_dir: str | None = None, fold: "
 
 
 def _builder(recipe: Recipe, data_dir: str) -> tuple:
-    """(the TFDS builder, its name, its version) of the recipe's dataset, prepared if needed: a path is
-    prepared from the user's files (`kerakit.sources.prepare`), a TFDS name from its builder."""
+    """(the TFDS builder, its name, its version, how a source was prepared or None) of the recipe's dataset,
+    prepared if needed: a path from the user's files (`kerakit.sources.prepare`), a TFDS name by its builder."""
     path = recipe.dataset_path()
     if path is not None:
-        from kerakit.sources.prepare import SourceSpec, prepare
+        from kerakit.sources.prepare import SourceSpec, about, prepare
 
         builder = prepare(SourceSpec.from_options(path, recipe.source), data_dir)
-        return builder, builder.name, f"{builder.info.version} (content {builder.info.config_name})"
+        return builder, builder.name, f"{builder.info.version} (content {builder.info.config_name})", \
+            about(builder.info)
     name = recipe.dataset
     try:
         builder = tfds.builder(name, data_dir=data_dir)
@@ -204,7 +203,7 @@ def _builder(recipe: Recipe, data_dir: str) -> tuple:
             "or a path to your own files (a table or a folder of class folders)."
         ) from e
     _prepare(builder, name, data_dir)
-    return builder, name, str(builder.info.version)
+    return builder, name, str(builder.info.version), None
 
 
 def _fold_splits(recipe: Recipe, raw: dict, fold: Fold) -> tuple[dict, dict]:

@@ -366,18 +366,14 @@ def _data_section(card: _Card) -> list[str]:
 
 
 def _source_lines(card: _Card) -> list[str]:
-    """The data report of a dataset made from the user's files (`kerakit data`): each flag with its count."""
-    if not card.run.manifest.get("data", {}).get("source") or card.recipe.source is None:
+    """The data report of a dataset made from the user's files (`kerakit data`), as its preparation wrote it
+    into the run's data fingerprint: each flag with its count."""
+    source = card.run.manifest.get("data", {}).get("source") or {}
+    if "flags" not in source:
         return []
-    from kerakit.sources import data_report
-
-    options = {k: v for k, v in card.recipe.source.items() if k in ("label", "sep", "encoding", "decimal", "seed",
-                                                                      "group", "time", "task")}
-    options["types"] = dict(card.recipe.source.get("types") or {}) or None
-    found = data_report(card.recipe.dataset_path(), **options)
     rows = [[f["check"], f["count"], f["message"] + (f" (e.g. {', '.join(map(str, f['examples'][:3]))})"
-                                                    if f["examples"] else "")] for f in found["flags"]]
-    return ["", f"Data checks of `{found['source']}` (`kerakit data`: {len(rows)} flag(s)):", "",
+                                                    if f["examples"] else "")] for f in source["flags"]]
+    return ["", f"Data checks of `{source['source']}` (`kerakit data`: {len(rows)} flag(s)):", "",
             _table(["check", "count", "what"], rows) if rows else "No flags."]
 
 

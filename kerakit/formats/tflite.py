@@ -282,7 +282,7 @@ class LiteRTPredictor(Predictor):
     """
 
     format = "tflite"
-    MAX_SIZES = 24  # interpreters kept (least recently used dropped): 9 batch sizes x a few image sizes
+    MAX_SIZES = 24  # interpreters kept (the oldest dropped): 9 batch sizes x a few image sizes
 
     def __init__(self, path: Path, threads: int | None = None):
         super().__init__(path)

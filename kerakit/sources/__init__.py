@@ -20,20 +20,8 @@ def data_report(path: "str | os.PathLike", label: str | None = None, *, sep: str
                 encoding: str | None = None, decimal: str | None = None, types: dict | None = None,
                 seed: int = 0, group: str | None = None, time: str | None = None, task: str | None = None) -> dict:
     """The data report of a path (see `kerakit.sources.checks`); one clear error for a path kerakit cannot read."""
-    from kerakit.sources import checks, table
-
-    path = Path(path)
-    if not path.exists():
-        raise KerakitError(f"{str(path)!r} does not exist.")
-    if table.is_table(path):
-        return checks.table_report(table.read_table(path, sep=sep, encoding=encoding, decimal=decimal), label,
-                                   types=types, seed=seed, group=group, time=time, task=task)
-    if path.is_dir():
-        from kerakit.sources.folder import scan_folder
-
-        return checks.folder_report(scan_folder(path), seed=seed)
-    raise KerakitError(f"{str(path)!r} is not a data source kerakit reads: expected a table file "
-                       f"({', '.join(sorted(table.SUFFIXES))}) or a folder with one subfolder per class.")
+    return _report(Path(path), label, dict(sep=sep, encoding=encoding, decimal=decimal),
+                   dict(types=types, seed=seed, group=group, time=time, task=task))[0]
 
 
 def new_recipe(name: str, path: "str | os.PathLike", label: str | None = None, task: str | None = None,
@@ -42,21 +30,26 @@ def new_recipe(name: str, path: "str | os.PathLike", label: str | None = None, t
 
     The recipe names the data by a path relative to the working directory where the data lies below it
     (a project's data/ folder, in a fresh clone too), else by its absolute path."""
-    from kerakit.sources import checks, recipes, table
-    from kerakit.sources.folder import scan_folder
+    from kerakit.sources import recipes
 
     recipes.check_name(name)
-    path = Path(path)
+    report, frame = _report(Path(path), label, read_options, dict(task=task))
+    resolved, here = Path(path).resolve(), Path.cwd().resolve()
+    dataset = str(resolved.relative_to(here)) if resolved.is_relative_to(here) else str(resolved)
+    return report, recipes.recipe_text(name, dataset, report, frame)
+
+
+def _report(path: Path, label: str | None, read: dict, check: dict) -> tuple[dict, object]:
+    """(the data report, a table's text frame or None for a folder): the one place a path's kind is told."""
+    from kerakit.sources import checks, table
+    from kerakit.sources.folder import scan_folder
+
     if not path.exists():
         raise KerakitError(f"{str(path)!r} does not exist.")
-    resolved = path.resolve()
-    dataset = (str(resolved.relative_to(Path.cwd().resolve())) if resolved.is_relative_to(Path.cwd().resolve())
-               else str(resolved))
     if table.is_table(path):
-        source = table.read_table(path, **read_options)
-        report = checks.table_report(source, label, task=task)
-        return report, recipes.recipe_text(name, dataset, report, source.frame)
+        source = table.read_table(path, **read)
+        return checks.table_report(source, label, **check), source.frame
     if path.is_dir():
-        report = checks.folder_report(scan_folder(path))
-        return report, recipes.recipe_text(name, dataset, report)
-    return data_report(path, label), ""  # raises: not a source
+        return checks.folder_report(scan_folder(path), seed=check.get("seed", 0)), None
+    raise KerakitError(f"{str(path)!r} is not a data source kerakit reads: expected a table file "
+                       f"({', '.join(sorted(table.SUFFIXES))}) or a folder with one subfolder per class.")

@@ -22,7 +22,7 @@ import numpy as np
 
 from kerakit.errors import KerakitError
 from kerakit.sources.folder import SPLIT_FOLDERS
-from kerakit.sources.splits import NAMES, assign_splits
+from kerakit.sources.splits import NAMES, RATIOS, assign_splits
 from kerakit.sources.table import Table, as_numbers, infer_types, missing_mask
 
 EXAMPLES = 5
@@ -34,7 +34,8 @@ LEAKAGE_ROWS = 20_000     # rows the single-column models see (a sample of a lar
 
 
 def table_report(table: Table, label: str | None = None, *, types: dict | None = None, seed: int = 0,
-                 group: str | None = None, time: str | None = None, task: str | None = None) -> dict:
+                 group: str | None = None, time: str | None = None, task: str | None = None,
+                 ratios=RATIOS) -> dict:
     """The data report of a table: its columns and types, the split it would get, and the flags."""
     frame = table.frame
     if label is not None and label not in frame.columns:
@@ -45,14 +46,15 @@ def table_report(table: Table, label: str | None = None, *, types: dict | None =
         rows = np.flatnonzero(missing_mask(frame[label]))
         raise KerakitError(f"{table.path.name}: {len(rows)} row(s) have no label in column {label!r} "
                            f"(data rows {', '.join(str(r + 1) for r in rows[:EXAMPLES])}). Drop them or fill them in.")
-    splits, rule = assign_splits(frame, label, seed=seed, group=group, time=time,
+    splits, rule = assign_splits(frame, label, seed=seed, ratios=ratios, group=group, time=time,
                                  classification=task == "classification")
     features = [c for c in frame.columns if c != label]
+    keys = _row_hashes(frame, features)  # one hash of each row's features, for duplicates and conflicts
     flags = [*_missing(frame, features), *_constant(frame, features), *_mixed(frame, types, table.decimal),
-             *_spellings(frame, types, label), *_duplicates(frame, features, label, splits),
+             *_spellings(frame, types, label), *_duplicates(frame, features, label, splits, keys),
              *_identifiers(frame, types, features), *_outliers(frame, types, table.decimal)]
     if label is not None:
-        flags += [*_conflicts(frame, features, label), *_leakage(frame, types, features, label, task, table.decimal)]
+        flags += [*_conflicts(frame, keys, label), *_leakage(frame, types, features, label, task, table.decimal)]
         if task == "classification":
             flags += _imbalance(frame[label])
     return {"source": str(table.path), "read_as": table.describe(), "rows": len(frame), "label": label,
@@ -194,14 +196,13 @@ def _row_hashes(frame, columns) -> np.ndarray:
     return pd.util.hash_pandas_object(_normalized(frame, columns), index=False).to_numpy()
 
 
-def _duplicates(frame, features, label, splits) -> list[dict]:
+def _duplicates(frame, features, label, splits, feature_keys) -> list[dict]:
     keys = _normalized(frame, [*features, *([label] if label else [])])
     flags = []
     repeated = keys.duplicated(keep="first").to_numpy()
     if repeated.any():
         flags.append(_flag("duplicate_rows", repeated.sum(), f"{repeated.sum()} row(s) repeat an earlier row "
                            "exactly", _rows(repeated)))
-    feature_keys = _row_hashes(frame, features)
     leaked = (splits != "train") & np.isin(feature_keys, feature_keys[splits == "train"])
     if leaked.any():
         flags.append(_flag("duplicates_across_splits", leaked.sum(), f"{leaked.sum()} validation/test row(s) have "
@@ -211,8 +212,7 @@ def _duplicates(frame, features, label, splits) -> list[dict]:
     return flags
 
 
-def _conflicts(frame, features, label) -> list[dict]:
-    keys = _row_hashes(frame, features)
+def _conflicts(frame, keys, label) -> list[dict]:
     per_key = frame[label].str.strip().groupby(keys).nunique()
     conflicting = np.isin(keys, per_key.index[per_key > 1].to_numpy())
     if not conflicting.any():
@@ -310,21 +310,20 @@ def _encoded(values, kind: str, decimal: str) -> np.ndarray:
 
 # --------------------------------------------------------------------------- folders of images or text
 
-def folder_report(folder, *, seed: int = 0) -> dict:
+def folder_report(folder, *, seed: int = 0, ratios=RATIOS) -> dict:
     """The data report of a class-per-folder source (`kerakit.sources.folder.Folder`): files per split and
     class, files skipped and why, undecodable files, duplicates by content within and across splits and
     under two classes, image sizes and modes."""
     import pandas as pd
 
-    from kerakit.sources.folder import file_digest
+    from kerakit.sources.folder import file_digest, folder_splits
 
-    readable, broken, sizes, modes = _read_all(folder)
-    files = [f for f in folder.files if str(f.path) not in broken]
+    broken, sizes, modes = _read_all(folder)
+    readable = np.array([str(f.path) not in broken for f in folder.files], dtype=bool)
+    files = [f for f, keep in zip(folder.files, readable) if keep]
     labels = pd.Series([f.label for f in files], dtype=str)
-    if folder.presplit:
-        splits, rule = np.array([f.split for f in files]), "as the folders are (train/, val/, test/)"
-    else:
-        splits, rule = assign_splits(pd.DataFrame({"label": labels}), "label", seed=seed)
+    every_split, rule = folder_splits(folder, seed, ratios)  # over every file, as the prepared dataset's
+    splits = every_split[readable]
     digests = [file_digest(f.path) for f in files]
     flags = [*_skipped([(_relative(Path(p)), why) for p, why in folder.skipped]),
              *_broken({_relative(Path(p)): why for p, why in broken.items()}, folder.kind),
@@ -340,11 +339,11 @@ def folder_report(folder, *, seed: int = 0) -> dict:
     return report
 
 
-def _read_all(folder) -> tuple[set, dict, list, dict]:
-    """Decode every file once: (readable paths, {unreadable path: why}, image sizes, image modes)."""
+def _read_all(folder) -> tuple[dict, list, dict]:
+    """Decode every file once: ({unreadable path: why}, image sizes, image modes)."""
     from kerakit.sources.folder import read_image, read_text
 
-    readable, broken, sizes, modes = set(), {}, [], {}
+    broken, sizes, modes = {}, [], {}
     for f in folder.files:
         if folder.kind == "image":
             result = read_image(f.path)
@@ -356,9 +355,7 @@ def _read_all(folder) -> tuple[set, dict, list, dict]:
             modes[mode] = modes.get(mode, 0) + 1
         elif read_text(f.path) is None:
             broken[str(f.path)] = "is binary, not text"
-            continue
-        readable.add(str(f.path))
-    return readable, broken, sizes, modes
+    return broken, sizes, modes
 
 
 def _skipped(skipped: list) -> list[dict]:

@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from kerakit.errors import KerakitError
+from kerakit.sources.splits import RATIOS, assign_splits
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp")
 TEXT_SUFFIXES = (".txt", ".text", ".md")
@@ -100,6 +101,29 @@ def _kind(files: list[FolderFile], root: Path) -> str:
         raise KerakitError(f"{str(root)!r} has no images ({', '.join(IMAGE_SUFFIXES)}) or text files "
                            f"({', '.join(TEXT_SUFFIXES)}) in its class folders.")
     return "image" if images >= texts else "text"
+
+
+def folder_splits(folder: Folder, seed: int = 0, ratios=RATIOS) -> tuple:
+    """(the split of each of `folder.files`, the rule): the folders' own, with a missing validation folder
+    carved from train (10 %, stratified, seeded); else stratified by class. The data report and the prepared
+    dataset both use it, so a duplicate the report finds across splits is across the prepared ones."""
+    import numpy as np
+    import pandas as pd
+
+    labels = np.array([f.label for f in folder.files])
+    if not folder.presplit:
+        return assign_splits(pd.DataFrame({"label": labels}), "label", seed=seed, ratios=ratios)
+    split_of = np.array([f.split for f in folder.files], dtype=object)
+    if "test" not in set(split_of):
+        raise KerakitError(f"{str(folder.root)!r} has train/ but no test/ folder: add one, or put the class "
+                           "folders at the top level and kerakit splits them.")
+    if "validation" in set(split_of):
+        return split_of.astype(str), "as the folders are (train/, val/, test/)"
+    train = np.flatnonzero(split_of == "train")
+    carved, _ = assign_splits(pd.DataFrame({"label": labels[train]}), "label", seed=seed, ratios=(0.9, 0.1, 0.0))
+    split_of[train] = carved
+    return split_of.astype(str), f"as the folders are (train/, test/); validation: 10 % of train/, stratified, " \
+                                 f"seed {seed}"
 
 
 def read_image(path: Path):

@@ -29,7 +29,7 @@ import kerakit.sources.folder as folders
 import kerakit.sources.splits as splitting
 import kerakit.sources.table as tables
 from kerakit.errors import KerakitError
-from kerakit.sources.checks import table_report
+from kerakit.sources.checks import folder_report, table_report
 
 TFDS_VERSION = "1.0.0"  # the dataset format's own version; the content is the config name
 MEMORY_BUFFER = 64 << 20  # serialized records TFDS holds per split before spilling to disk (its default: 1 GB)
@@ -162,7 +162,7 @@ def _table(spec: SourceSpec) -> Prepared:
         raise KerakitError(f"A table needs its label column: SOURCE = dict(label=...) in the recipe "
                            f"(columns of {spec.path.name}: {', '.join(table.frame.columns)}).")
     report = table_report(table, spec.label, types=dict(spec.types), seed=spec.seed, group=spec.group,
-                          time=spec.time, task=spec.task)
+                          time=spec.time, task=spec.task, ratios=spec.split)
     types, task = report["types"], report["task"]
     names = tables.feature_names([c for c in table.frame.columns if c != spec.label])
     classes, total = _scan(table, spec.label, task == "classification")
@@ -185,8 +185,8 @@ def _table(spec: SourceSpec) -> Prepared:
         return generate
 
     about = {"source": str(spec.path), "read_as": table.describe(), "task": task, "label": spec.label,
-             "classes": classes, "split_rule": rule, "columns": {names[c]: {"column": c, "type": types[c]}
-                                                                 for c in names}}
+             "classes": classes, "split_rule": rule, "flags": report["flags"],
+             "columns": {names[c]: {"column": c, "type": types[c]} for c in names}}
     return Prepared(tfds.features.FeaturesDict(features), {s: rows(s) for s in splitting.NAMES}, about)
 
 
@@ -240,15 +240,11 @@ def _splits(table, spec: SourceSpec, task: str) -> tuple[Callable, str]:
 # --------------------------------------------------------------------------- folders
 
 def _folder(spec: SourceSpec) -> Prepared:
-    import pandas as pd
     import tensorflow_datasets as tfds
 
     folder = folders.scan_folder(spec.path)
-    if folder.presplit:
-        split_of, rule = _presplit(folder, spec)
-    else:
-        labels = pd.DataFrame({"label": [f.label for f in folder.files]})
-        split_of, rule = splitting.assign_splits(labels, "label", seed=spec.seed, ratios=spec.split)
+    report = folder_report(folder, seed=spec.seed, ratios=spec.split)
+    split_of, rule = folders.folder_splits(folder, spec.seed, spec.split)
     classes = folder.classes
     key = "image" if folder.kind == "image" else "text"
     value = tfds.features.Image(shape=(None, None, 3)) if key == "image" else tfds.features.Text()
@@ -269,25 +265,7 @@ def _folder(spec: SourceSpec) -> Prepared:
         return generate
 
     about = {"source": str(spec.path), "read_as": folder.describe(), "task": "classification", "kind": folder.kind,
-             "classes": classes, "split_rule": rule, "skipped": len(folder.skipped),
+             "classes": classes, "split_rule": rule, "skipped": len(folder.skipped), "flags": report["flags"],
              "image_rule": "every mode converted to RGB (grey and palette expanded, alpha dropped), at its own size"
              if key == "image" else None}
     return Prepared(features, {s: rows(s) for s in splitting.NAMES}, about)
-
-
-def _presplit(folder, spec: SourceSpec) -> tuple[np.ndarray, str]:
-    """The folders' own splits; a missing validation folder is carved from train (10 %, stratified, seeded)."""
-    import pandas as pd
-
-    split_of = np.array([f.split for f in folder.files], dtype=object)
-    if "test" not in set(split_of):
-        raise KerakitError(f"{str(folder.root)!r} has train/ but no test/ folder: add one, or put the class "
-                           "folders at the top level and kerakit splits them.")
-    if "validation" in set(split_of):
-        return split_of.astype(str), "as the folders are (train/, val/, test/)"
-    train = np.flatnonzero(split_of == "train")
-    frame = pd.DataFrame({"label": [folder.files[i].label for i in train]})
-    carved, _ = splitting.assign_splits(frame, "label", seed=spec.seed, ratios=(0.9, 0.1, 0.0))
-    split_of[train] = carved
-    return split_of.astype(str), f"as the folders are (train/, test/); validation: 10 % of train/, stratified, " \
-                                 f"seed {spec.seed}"
