@@ -300,18 +300,17 @@ def _write(run: runs.Run, data_dir: str | None, log) -> dict:
 
 
 def _gather(run: runs.Run, data_dir: str | None) -> _Card:
-    """Load the run's recipe, test split and model; score the model; profile the training data."""
-    from kerakit import drift
+    """Load the run's model, recipe and test split; score the model."""
     from kerakit.data import load_data
 
     recipe = run.recipe()
+    # First, so a model that does not load (a custom class not known here) fails before the data is read.
+    predictor = KerasPredictor(run.model_path)  # the Keras loader: the recipe's and --custom-objects' classes
     # A fold run of `kerakit cv` is described with its own fold's train and val parts.
     data = load_data(recipe, run.config["config"], data_dir, fold=from_record(run.config.get("fold")))
     x_test, y_test = data.arrays("test")
-    predictor = KerasPredictor(run.model_path, model=run.load_model())  # eager calls: no retracing per input size
-    outputs = runtime.first_output(predictor, x_test)
+    outputs = runtime.first_output(predictor, x_test)  # eager calls: no retracing per input size
     overall = metrics.score(recipe.task, recipe.metric, y_test, outputs)
-    drift.profile(run.path, data_dir, predictor=predictor)  # the training-data summary `kerakit drift` compares against
     return _Card(run=run, recipe=recipe, data=data, x_test=x_test, y_test=y_test, predictor=predictor,
                  outputs=outputs, overall=overall, deploy=deployment_rows(run))
 

@@ -511,11 +511,6 @@ class Run:
             recipe.dataset = trained_on
         return recipe
 
-    def load_model(self):
-        import keras
-
-        return keras.saving.load_model(self.model_path)
-
     def verify_artifacts(self) -> dict[str, bool]:
         """Re-hash every artifact listed in the manifest; True where it still matches."""
         return {name: intact(self.path / name, digest) for name, digest in self.manifest["artifacts"].items()}

@@ -187,11 +187,9 @@ def _check_finite_loss(job: _Job, losses: list, hp, resumed_from: int) -> None:
 
 def _save_model(job: _Job, model, best, data, hp) -> dict:
     """Write the best model, the cleaned history, test metrics and the final config; return the metrics."""
-    import keras
-
-    from kerakit.evaluate import evaluate_model
-
     from kerakit.callbacks import ensure_space
+    from kerakit.evaluate import evaluate_model
+    from kerakit.formats.keras import load_keras_model
 
     run = job.run
     ensure_space(run.path, model)
@@ -200,7 +198,7 @@ def _save_model(job: _Job, model, best, data, hp) -> dict:
         if best.path.exists():
             shutil.copyfile(best.path, tmp)
     # Reloaded outside the strategy scope: evaluation must not wait on other workers.
-    model = keras.saving.load_model(run.model_path)
+    model = load_keras_model(run.model_path, job.recipe.custom_objects)
     _dedupe_history(run.history_path)
     metrics = evaluate_model(model, data, "test")
     if job.fold is not None:  # the fold's figure: the recipe's metric on its held-out part

@@ -121,6 +121,34 @@ def test_regression_report_judges_by_the_recipes_metric_mae(tmp_path):
     assert "accuracy" not in md
 
 
+def test_a_run_whose_model_has_a_custom_layer_is_reported_with_custom_objects(reported, tmp_path, monkeypatch):
+    """`--custom-objects MODULE` reaches the report's loader; without it, one line names the class and the option."""
+    import shutil
+
+    import keras
+
+    from custom_scale import Scale  # defined outside kerakit and not registered with Keras
+    from kerakit.formats.keras import CUSTOM_OBJECTS_ENV
+
+    monkeypatch.delenv(CUSTOM_OBJECTS_ENV, raising=False)  # the CLI sets it in this process; restored after
+    out, _ = reported
+    run = tmp_path / "scaled"
+    shutil.copytree(out, run)
+    shutil.rmtree(run / "report")
+    model = keras.saving.load_model(out / "model.keras")
+    image = keras.Input((8, 8, 1), name="image")
+    keras.Model(image, model(Scale(1.0)(image))).save(run / "model.keras")
+    without = cli_in_process("report", run)
+    assert without.returncode == 1 and len(without.stderr.strip().splitlines()) == 1, without.stderr
+    assert "uses the custom class 'Scale', which is not known here: pass --custom-objects MODULE" in without.stderr
+    with_module = cli_in_process("report", run, "--custom-objects", "custom_scale")
+    assert with_module.returncode == 0, with_module.stderr
+    def summary(card):
+        return next(line for line in card.read_text().splitlines() if line.startswith("| test accuracy |"))
+
+    assert summary(run / "report" / "model_card.md") == summary(out / "report" / "model_card.md")  # x 1.0: the same
+
+
 def test_report_of_a_missing_run_is_one_line(tmp_path):
     r = cli_in_process("report", tmp_path / "nope")
     assert r.returncode == 1 and "does not exist" in r.stderr

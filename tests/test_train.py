@@ -11,6 +11,7 @@ import tensorflow_datasets as tfds
 import kerakit
 from kerakit import runs
 from kerakit.errors import KerakitError
+from kerakit.formats.keras import load_keras_model
 from conftest import FIXTURES
 
 
@@ -38,7 +39,7 @@ def test_manifest_records_what_reproduces_the_run(digits_run):
 
 def test_saved_model_reproduces_the_recorded_test_metrics(digits_run):
     assert kerakit.evaluate(digits_run.path)["accuracy"] == pytest.approx(digits_run.metrics["accuracy"])
-    model = digits_run.load_model()
+    model = load_keras_model(digits_run.model_path)
     assert model.inputs[0].name == "image"
 
 
@@ -57,7 +58,7 @@ def test_the_same_request_trains_the_same_model_whether_or_not_the_dataset_was_p
     fresh = kerakit.train("digits_cnn", tmp_path / "first", epochs=1, data_dir=tmp_path / "tfds", verbose=0)
     again = kerakit.train("digits_cnn", tmp_path / "second", epochs=1, data_dir=tmp_path / "tfds", verbose=0)
     assert fresh.metrics["accuracy"] == again.metrics["accuracy"]
-    for a, b in zip(fresh.load_model().get_weights(), again.load_model().get_weights()):
+    for a, b in zip(load_keras_model(fresh.model_path).get_weights(), load_keras_model(again.model_path).get_weights()):
         np.testing.assert_array_equal(a, b)
 
 
@@ -78,7 +79,7 @@ def test_rerun_with_a_different_request_is_refused_unless_overwrite(tmp_path):
 def test_hyperparameter_override_builds_that_model(tmp_path):
     run = kerakit.train("digits_cnn", tmp_path, epochs=1, filters=16, verbose=0)
     assert run.manifest["hparams"]["filters"] == 16
-    convs = [l for l in run.load_model().layers if isinstance(l, keras.layers.Conv2D)]
+    convs = [l for l in load_keras_model(run.model_path).layers if isinstance(l, keras.layers.Conv2D)]
     assert [c.filters for c in convs] == [16, 32]
 
 
@@ -110,7 +111,7 @@ def test_model_inputs_must_carry_the_recipe_names(tmp_path):
 def test_tabular_model_takes_raw_features(tmp_path):
     """Normalization is adapted inside the model, so an exported model needs no preprocessing."""
     run = kerakit.train("breast_cancer_mlp", tmp_path, epochs=2, verbose=0)
-    model = run.load_model()
+    model = load_keras_model(run.model_path)
     norm = model.get_layer("normalize")
     raw = np.stack([e["features"] for e in tfds.as_numpy(tfds.load("kerakit_breast_cancer", split="train[:85%]"))])
     np.testing.assert_allclose(np.ravel(norm.mean), raw.mean(axis=0), rtol=1e-4)

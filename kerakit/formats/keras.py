@@ -44,11 +44,16 @@ def custom_objects() -> dict:
 LEGACY_SUFFIXES = (".h5", ".hdf5")  # Keras 2's HDF5 files: Keras 3 still loads them
 
 
-def load_keras_model(path: "str | os.PathLike"):
+def load_keras_model(path: "str | os.PathLike", objects: dict | None = None):
     """Load a `.keras` file (or a legacy `.h5`), turning the ways it can be broken into one clear message.
 
-    A model inside a run loads its recipe first, so custom layers the recipe
-    imports (and its CUSTOM_OBJECTS) are known; others come from --custom-objects.
+    The one Keras loader: every command that opens a model's own file comes
+    here. A model inside a finished run loads its recipe first, so custom
+    layers the recipe imports (and its CUSTOM_OBJECTS) are known; `objects` (name
+    -> class) adds classes the caller knows (train: its recipe's, before the run is
+    finished); others come from --custom-objects ($KERAKIT_CUSTOM_OBJECTS).
+
+        model = load_keras_model("runs/demo/model.keras")
     """
     path = Path(path)
     if path.suffix not in (".keras", *LEGACY_SUFFIXES):
@@ -63,7 +68,7 @@ def load_keras_model(path: "str | os.PathLike"):
     from kerakit import runs
 
     run = runs.find_run(path)
-    objects = {**(run.recipe().custom_objects if run is not None else {}), **custom_objects()}
+    objects = {**(run.recipe().custom_objects if run is not None else {}), **(objects or {}), **custom_objects()}
     try:
         model = keras.saving.load_model(path, custom_objects=objects or None)
     except (TypeError, ValueError) as e:
@@ -86,7 +91,8 @@ def _load_error(path: Path, e: Exception) -> KerakitError:
     if missing:
         return KerakitError(
             f"{str(path)!r} uses the custom class {missing.group(1) or missing.group(2)!r}, which is not known here: "
-            "pass --custom-objects MODULE (the module that defines it; repeatable), or import it in the recipe.")
+            "pass --custom-objects MODULE (the module that defines it; repeatable), or name it in the recipe's "
+            "CUSTOM_OBJECTS.")
     if isinstance(e, ValueError) and ("Lambda" in str(e) or "safe_mode" in str(e)):
         return KerakitError(
             f"{str(path)!r} contains a Lambda layer, which Keras refuses to deserialize in safe mode. "
