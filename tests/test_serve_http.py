@@ -3,6 +3,7 @@ server by schemathesis, compressed bodies, the protocol's smaller rules (Allow o
 string `id`, parameter objects, max_batch_size), and the server's own faults: a request
 log that cannot be written, start-up refusals, idle connections. Tiny ONNX models, no training."""
 
+import asyncio
 import gzip
 import json
 import re
@@ -17,8 +18,12 @@ import schemathesis
 from conftest import Server, free_port, run_cli
 from hypothesis import HealthCheck, settings
 from onnx import TensorProto, helper, save_model
+from starlette.routing import Route
 
 from kerakit import request_log
+from kerakit.serve import ModelEntry, ServeOptions, create_app
+from kerakit.serve.app import protocols
+from kerakit.serve.context import Protocol
 
 X = {"name": "x", "shape": [1, 4], "datatype": "FP32", "data": [1, 2, 3, 4]}
 INFER = "/v2/models/m/infer"
@@ -68,7 +73,7 @@ def test_openapi_document_holds_for_generated_requests(server):
     for operation in operations:
         examples = 60 if operation.method.upper() == "POST" else 10
         # TF Serving's :classify and :regress answer a documented 501 (not served here), never another 5xx.
-        unsupported = operation.path.endswith((":classify", ":regress"))
+        unsupported = operation.path.endswith(":{verb}")
 
         @given(operation.as_strategy())
         @settings(max_examples=examples, deadline=None, suppress_health_check=list(HealthCheck), database=None)
@@ -86,6 +91,99 @@ def test_openapi_lists_every_route_with_the_served_model(server):
     assert "/v1/models/{name}:predict" in document["paths"]
     param = document["paths"]["/v2/models/{name}/infer"]["post"]["parameters"][0]
     assert param["schema"]["enum"] == ["m"]
+
+
+def asgi_get_json(app, path: str):
+    """GET `path` from the ASGI `app` in this process (no server, no lifespan)."""
+    async def call():
+        sent = []
+
+        async def receive():
+            return {"type": "http.request", "body": b"", "more_body": False}
+
+        async def send(message):
+            sent.append(message)
+
+        await app({"type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1", "method": "GET",
+                   "scheme": "http", "path": path, "raw_path": path.encode(), "query_string": b"", "root_path": "",
+                   "headers": [], "server": ("test", 80), "client": ("127.0.0.1", 1)}, receive, send)
+        return b"".join(m.get("body", b"") for m in sent if m["type"] == "http.response.body")
+
+    return json.loads(asyncio.run(call()))
+
+
+def routes_and_documented(app) -> tuple[set, set]:
+    """(path, method) of every route the app answers, and of every operation in its /openapi.json.
+    HEAD is left out of the first: Starlette adds it to every GET route by itself, and OpenAPI
+    documents the GET."""
+    routed = {(route.path, method) for route in app.routes for method in route.methods - {"HEAD"}}
+    methods = {"get", "put", "post", "delete", "options", "head", "patch", "trace"}
+    documented = {(path, method.upper()) for path, item in asgi_get_json(app, "/openapi.json")["paths"].items()
+                  for method in item if method in methods}
+    return routed, documented
+
+
+def test_every_route_is_in_openapi_and_every_documented_operation_is_routed(model):
+    """With every protocol of the table (gRPC too: it adds no route), no route is missing from
+    /openapi.json and the document names no operation the app does not answer."""
+    app = create_app([ModelEntry("m", str(model))], ServeOptions(grpc_address="127.0.0.1:0"))
+    routed, documented = routes_and_documented(app)
+    assert routed == documented
+    assert ("/v2/models/{name}/infer", "POST") in routed and ("/v1/models/{name}:predict", "POST") in routed
+
+
+class Undocumented(Protocol):
+    """A protocol that forgets its OpenAPI fragment."""
+
+    def routes(self, ctx):
+        return [Route("/v3/models/{name}/infer", ctx.describe(lambda m: {}), methods=["POST"])]
+
+
+def test_a_protocol_route_missing_from_openapi_is_caught(model):
+    options = ServeOptions()
+    app = create_app([ModelEntry("m", str(model))], options, table=[*protocols(options), Undocumented()])
+    routed, documented = routes_and_documented(app)
+    assert routed - documented == {("/v3/models/{name}/infer", "POST")} and documented <= routed
+
+
+class Recorder(Protocol):
+    """A protocol with a server of its own that records its start and stop (or fails to start)."""
+
+    def __init__(self, name: str, events: list, fail: bool = False):
+        self.name, self.events, self.fail = name, events, fail
+
+    async def start(self, serving):
+        if self.fail:
+            raise OSError(f"cannot listen for {self.name}")
+        self.events.append(("start", self.name, sorted(serving.models)))
+
+    async def stop(self):
+        self.events.append(("stop", self.name))
+
+
+def test_lifespan_starts_the_protocols_then_stops_them_last_first(model):
+    events = []
+    app = create_app([ModelEntry("m", str(model))], table=[Recorder("a", events), Recorder("b", events)])
+
+    async def run():
+        async with app.router.lifespan_context(app):
+            events.append("serving")
+
+    asyncio.run(run())
+    assert events == [("start", "a", ["m"]), ("start", "b", ["m"]), "serving", ("stop", "b"), ("stop", "a")]
+
+
+def test_a_protocol_that_cannot_start_stops_those_already_started(model):
+    events = []
+    app = create_app([ModelEntry("m", str(model))], table=[Recorder("a", events), Recorder("b", events, fail=True)])
+
+    async def run():
+        async with app.router.lifespan_context(app):
+            events.append("serving")
+
+    with pytest.raises(OSError, match="cannot listen for b"):
+        asyncio.run(run())
+    assert events == [("start", "a", ["m"]), ("stop", "a")]
 
 
 # ----------------------------------------------------------------------------- compression
@@ -151,7 +249,7 @@ def test_max_batch_size_is_what_the_server_accepts(server):
 def test_405_names_the_allowed_methods_and_other_tf_verbs_are_501(server):
     r = requests.get(server.url + INFER)
     assert r.status_code == 405 and r.headers["allow"] == "POST" and "allowed: POST" in r.json()["error"]
-    for verb in ("classify", "regress"):
+    for verb in ("classify", "regress", "predicts"):
         r = requests.post(f"{server.url}/v1/models/m:{verb}", json={"examples": []})
         assert r.status_code == 501 and ":predict" in r.json()["error"]
 

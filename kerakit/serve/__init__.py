@@ -32,15 +32,20 @@ Where things are (the data plane apart from the protocols, as in KServe):
 - `http`: what every request shares: model lookup, body limits, JSON errors,
   metrics, the request log (`Context.answer`).
 - `decoding`: JSON bodies to arrays, strictly.
-- `kserve_v2`, `tfserving`: one module per protocol: its decoder, encoder
-  and metadata, and `routes(ctx)`, the URLs it answers.
-- `app`: the app builder (the model table plus every protocol's routes) and
-  `serve`, which runs it under uvicorn.
+- `kserve_v2`, `tfserving`, `grpc_v2`: one module per protocol: its decoder, encoder and
+  metadata, and its `Protocol` (`context`): the routes it adds with their OpenAPI fragment,
+  or (gRPC) the server it starts and stops beside the app.
+- `openapi`: the fragments' shared parts, merged into the document at GET /openapi.json.
+- `app`: the protocol table (`protocols`), the app builder (the model table, every protocol's
+  routes, the merged document, a lifespan that starts and stops the protocols) and `serve`,
+  which runs it under uvicorn.
 
-Adding a protocol is one new module with `routes(ctx) -> list[Route]`
-(inference routes call `ctx.answer(request, PROTOCOL, decode, encode)`,
-metadata routes use `ctx.describe(fn)`), `TITLE` and `infer_url(url, name)`
-for the start-up banner, listed in `app.PROTOCOLS`.
+Adding a protocol is one new module with a `Protocol` subclass, listed in `app.protocols`:
+`routes(ctx)` (inference routes call `ctx.answer(request, PROTOCOL, decode, encode)`,
+metadata routes use `ctx.describe(fn)`) and `openapi(model_names)`, the paths of exactly
+those routes (a test holds the app's routes and /openapi.json's paths to one set), `title`
+and `infer_url(url, name)` for the start-up banner; a protocol on another transport (as
+`grpc_v2`) calls `Serving.handle` from its own server, run by `start`/`stop`.
 """
 
 from kerakit.serve.app import app_from_env, create_app, serve

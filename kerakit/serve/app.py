@@ -19,50 +19,74 @@ import kerakit.serve.tfserving as tfserving
 from kerakit import runtime
 from kerakit.errors import KerakitError
 from kerakit.request_log import RequestLog
-import kerakit.serve.openapi as openapi
+from kerakit.serve.context import Protocol
 from kerakit.serve.http import Context, internal, no_route
 from kerakit.serve.models import Model, ModelEntry, ServeOptions
+from kerakit.serve.openapi import Fragment, document, json_body
 
-# Each protocol module has routes(ctx) -> [Route], and TITLE and infer_url(url, name) for the banner.
-PROTOCOLS = (kserve_v2, tfserving)
 CONFIG_ENV = "KERAKIT_SERVE_CONFIG"  # how `--workers N` hands the model list to each worker process
 
 
-def create_app(entries: list[ModelEntry], options: ServeOptions | None = None) -> Starlette:
-    """The Starlette app serving `entries` (loaded now, before the first request); with
-    `options.grpc_address`, its lifespan runs the KServe v2 gRPC service in the same event loop."""
+class ServerEndpoints(Protocol):
+    """The server's own routes, beside the protocols': GET /metrics and GET /openapi.json."""
+
+    def routes(self, ctx: Context) -> list[Route]:
+        async def openapi_json(request):
+            return JSONResponse(request.app.state.openapi)
+
+        return [Route("/metrics", ctx.metrics_endpoint), Route("/openapi.json", openapi_json)]
+
+    def openapi(self, model_names: list[str]) -> Fragment:
+        text = {"description": "Text exposition format", "content": {"text/plain": {"schema": {"type": "string"}}}}
+        return Fragment(paths={
+            "/metrics": {"get": {"summary": "Prometheus metrics", "responses": {"200": text}}},
+            "/openapi.json": {"get": {"summary": "This document",
+                                      "responses": {"200": json_body({"type": "object"}, "OpenAPI 3")}}}})
+
+
+def protocols(options: ServeOptions) -> list[Protocol]:
+    """The protocol table: every way the app serves its models, HTTP (routes and OpenAPI) and gRPC
+    (started and stopped in the app's lifespan, when `options.grpc_address` asks for it)."""
+    table = [kserve_v2.KServeV2REST(), tfserving.TFServingREST(), ServerEndpoints()]
+    if options.grpc_address:
+        import kerakit.serve.grpc_v2 as grpc_v2  # grpc (0.15 s to import) only where it is served
+
+        table.append(grpc_v2.KServeV2GRPC(options.grpc_address))
+    return table
+
+
+def create_app(entries: list[ModelEntry], options: ServeOptions | None = None,
+               table: list[Protocol] | None = None) -> Starlette:
+    """The Starlette app serving `entries` (loaded now, before the first request) through every
+    protocol of `table` (default `protocols(options)`): their routes, /openapi.json merged from
+    their fragments, and a lifespan that starts them, then stops them (last first) and the models."""
     options = options or ServeOptions()
+    table = protocols(options) if table is None else table
     models = {e.name: Model(e, options) for e in entries}
     log = RequestLog(options.log_path, options.log_inputs) if options.log_path else None
     ctx = Context(models, options, log)
 
     @asynccontextmanager
     async def lifespan(app):
-        grpc_server = None
-        if options.grpc_address:
-            import kerakit.serve.grpc_v2 as grpc_v2  # grpc only where it is served
+        started = []
+        try:
+            for protocol in table:
+                await protocol.start(ctx)
+                started.append(protocol)
+            yield
+        finally:
+            for protocol in reversed(started):
+                await protocol.stop()
+            for model in models.values():
+                model.close()
+            if log is not None:
+                log.close()
 
-            grpc_server = await grpc_v2.start(ctx, options.grpc_address)
-        yield
-        if grpc_server is not None:
-            await grpc_server.stop(5)
-        for model in models.values():
-            model.close()
-        if log is not None:
-            log.close()
-
-    routes = [Route("/metrics", ctx.metrics_endpoint)]
-    for protocol in PROTOCOLS:
-        routes += protocol.routes(ctx)
-    document = openapi.document(sorted(models))
-
-    async def openapi_json(request):
-        return JSONResponse(document)
-
-    routes.append(Route("/openapi.json", openapi_json))
+    routes = [route for protocol in table for route in protocol.routes(ctx)]
     app = Starlette(routes=routes, lifespan=lifespan,
                     exception_handlers={HTTPException: no_route, Exception: internal})
     app.state.models = models
+    app.state.openapi = document([protocol.openapi(sorted(models)) for protocol in table])
     return app
 
 
@@ -126,12 +150,14 @@ def banner(entries: list[ModelEntry], host: str, port: int, workers: int, option
     lines = [f"kerakit serve: {url}  ({workers} worker{'s' if workers > 1 else ''}"
              + (f", dynamic batching up to {options.max_batch} rows / {options.batch_wait_ms} ms" if options.max_batch > 1 else "")
              + ")"]
-    width = max(len(p.TITLE) for p in PROTOCOLS) + 1
+    table = protocols(options)
     for e in entries:
         lines.append(f"  {e.name} (version {e.version}): {e.path}")
-        lines += [f"    {p.TITLE + ':':<{width}} POST {p.infer_url(url, e.name)}" for p in PROTOCOLS]
-    if options.grpc_address:
-        lines.append(f"  KServe v2 gRPC: {options.grpc_address} (inference.GRPCInferenceService)")
+        urls = [(p.title, p.infer_url(url, e.name)) for p in table]
+        urls = [(title, infer) for title, infer in urls if infer]
+        width = max(len(title) for title, _ in urls) + 1
+        lines += [f"    {title + ':':<{width}} POST {infer}" for title, infer in urls]
+    lines += [f"  {line}" for line in (p.listening() for p in table) if line]
     lines.append(f"  metrics: {url}/metrics   OpenAPI: {url}/openapi.json"
                  + (f"   request log: {options.log_path}" if options.log_path else ""))
     return "\n".join(lines)

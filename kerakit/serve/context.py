@@ -7,6 +7,8 @@ request log, and `Serving.handle`, one inference request from model lookup to th
 `encode`), `encode(model, context, outputs)` builds the protocol's answer and
 `error(message, status)` its error answer; a `BadRequest` anywhere becomes
 `error(...)` with its HTTP status, which gRPC maps to its own codes.
+
+`Protocol` is one entry of the app's protocol table (see `kerakit.serve.app.protocols`).
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ from prometheus_client import CollectorRegistry, Counter, Histogram, disable_cre
 
 from kerakit.request_log import RequestLog
 from kerakit.serve.models import BadRequest, Model, ServeOptions, rows
+from kerakit.serve.openapi import Fragment
 
 WARN_EVERY_S = 60.0  # at most one warning line a minute about an unwritable request log
 
@@ -119,3 +122,42 @@ class Serving:
                 self.warn(f"warning: request log {self.log.path} not written ({type(e).__name__}: {str(e)[:120]}); "
                           "requests are still answered, dropped lines are counted in kerakit_request_log_errors_total "
                           "(this warning at most once a minute)")
+
+
+class Protocol:
+    """One way to reach the model table, as one module in kerakit/serve brings it: its HTTP routes
+    with the OpenAPI fragment that documents them (a test holds the two to the same set), its line
+    per model in the start-up banner, and `start`/`stop` for a server of its own beside the app
+    (gRPC's), which the app's lifespan calls after the models are loaded and before they are closed.
+
+        class MyProtocol(Protocol):
+            title = "My protocol"
+            def routes(self, ctx):
+                return [Route("/my/models/{name}", ctx.describe(lambda model: {"name": model.name}))]
+            def openapi(self, model_names):
+                return Fragment(paths={"/my/models/{name}": openapi.get_operation("MyModel", "Metadata", ...)})
+    """
+
+    title = ""  # in the banner
+
+    def routes(self, ctx) -> list:
+        """Starlette routes on `ctx` (a `kerakit.serve.http.Context`)."""
+        return []
+
+    def openapi(self, model_names: list[str]) -> Fragment:
+        """The OpenAPI paths (and their schemas) of exactly the routes `routes` returns."""
+        return Fragment()
+
+    def infer_url(self, url: str, name: str) -> str | None:
+        """Where to POST model `name`'s inference requests, on the HTTP server at `url`."""
+        return None
+
+    def listening(self) -> str | None:
+        """Its banner line when it listens on an address of its own."""
+        return None
+
+    async def start(self, serving: Serving) -> None:
+        """Start serving `serving`'s models beside the HTTP app, in the app's event loop."""
+
+    async def stop(self) -> None:
+        """Stop what `start` started, letting requests in flight finish."""

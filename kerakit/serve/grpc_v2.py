@@ -6,6 +6,9 @@ model table, batching, metrics and request log as the REST protocols.
     ...
     await server.stop(5)
 
+In the app, `KServeV2GRPC(address)` is the protocol table's entry that does this in the
+app's lifespan (`kerakit serve --grpc-port`).
+
 ServerLive, ServerReady, ModelReady, ServerMetadata, ModelMetadata and ModelInfer,
 with typed `contents` or `raw_input_contents` (every datatype; FP16 raw only, as
 the protocol has no typed field for it). Answers carry `raw_output_contents`, so
@@ -23,7 +26,7 @@ import numpy as np
 
 from kerakit.dtypes import V2_TYPES
 import kerakit.serve.kserve_v2 as kserve_v2
-from kerakit.serve.context import Serving
+from kerakit.serve.context import Protocol, Serving
 from kerakit.serve.decoding import to_array
 from kerakit.serve.kserve_v2 import Wanted, check_datatype, check_shape, output_array
 from kerakit.serve.models import BadRequest, Model
@@ -31,7 +34,6 @@ from kerakit.serve.proto import oip_messages_pb2 as pb
 from kerakit.serve.proto import oip_service_pb2_grpc as pb_grpc
 from kerakit.serve.tensors import from_raw, strings, to_raw, v2_datatype
 
-TITLE = "KServe v2 gRPC"
 PROTOCOL = "grpc"  # its label in metrics and the request log
 CODES = {400: grpc.StatusCode.INVALID_ARGUMENT, 404: grpc.StatusCode.NOT_FOUND,
          413: grpc.StatusCode.RESOURCE_EXHAUSTED, 415: grpc.StatusCode.INVALID_ARGUMENT,
@@ -174,3 +176,26 @@ async def start(serving: Serving, address: str) -> grpc.aio.Server:
         raise OSError(f"cannot listen on {address}")
     await server.start()
     return server
+
+
+class KServeV2GRPC(Protocol):
+    """The gRPC service on `address` as an entry of the app's protocol table: no HTTP routes, so no
+    OpenAPI paths; started and stopped with the app."""
+
+    title = "KServe v2 gRPC"
+    GRACE_S = 5  # requests in flight at shutdown get this long to finish, as uvicorn gives HTTP ones
+
+    def __init__(self, address: str):
+        self.address = address
+        self.server: grpc.aio.Server | None = None
+
+    def listening(self) -> str:
+        return f"{self.title}: {self.address} (inference.GRPCInferenceService)"
+
+    async def start(self, serving: Serving) -> None:
+        self.server = await start(serving, self.address)
+
+    async def stop(self) -> None:
+        if self.server is not None:
+            await self.server.stop(self.GRACE_S)
+            self.server = None

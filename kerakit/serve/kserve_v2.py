@@ -29,19 +29,16 @@ from starlette.routing import Route
 
 from kerakit.dtypes import NUMPY_TO_V2, TRITON_TYPES, V2_TYPES
 from kerakit.serve.decoding import parse_json, require, to_array
+from kerakit.serve.context import Protocol
 from kerakit.serve.http import Context
 from kerakit.serve.models import BadRequest, Model
+from kerakit.serve.openapi import Fragment, get_operation, infer_operation, model_params, ref
 from kerakit.serve.tensors import (check_parameters, classify, dumps, from_raw, json_values, strings, to_raw,
                                    v2_datatype)
 
-TITLE = "KServe v2"
 PROTOCOL = "v2"  # its label in metrics and the request log
 HEADER_LENGTH = "inference-header-content-length"  # the binary tensor data extension
 EXTENSIONS = ["binary_tensor_data", "classification"]
-
-
-def infer_url(url: str, name: str) -> str:
-    return f"{url}/v2/models/{name}/infer"
 
 
 # --------------------------------------------------------------------------- metadata
@@ -202,33 +199,101 @@ def encode(model: Model, context: dict, result: dict[str, np.ndarray]) -> tuple[
                                        HEADER_LENGTH: str(len(header))}
 
 
-# --------------------------------------------------------------------------- routes
+# --------------------------------------------------------------------------- the protocol: routes and their OpenAPI
 
-def routes(ctx: Context) -> list[Route]:
-    def decode_request(model: Model, body: bytes, request: Request):
-        return decode(model, body, request.headers.get(HEADER_LENGTH), ctx.options.max_elements)
+SCALAR = {"anyOf": [{"type": "number"}, {"type": "string"}, {"type": "boolean"}]}
+SHAPE = {"type": "array", "items": {"type": "integer", "minimum": 0}}
+# The Open Inference Protocol's REST schemas: inference request and response, metadata, health.
+SCHEMAS = {
+    "Parameters": {"type": "object", "additionalProperties": SCALAR},
+    "TensorData": {"type": "array", "items": {"anyOf": [SCALAR, {"type": "array"}]}},
+    "Datatype": {"type": "string", "enum": list(V2_TYPES)},
+    "RequestInput": {"type": "object", "required": ["name", "shape", "datatype"], "properties": {
+        "name": {"type": "string"}, "shape": SHAPE, "datatype": ref("Datatype"), "parameters": ref("Parameters"),
+        "data": ref("TensorData")}},
+    "RequestOutput": {"type": "object", "required": ["name"], "properties": {
+        "name": {"type": "string"}, "parameters": ref("Parameters")}},
+    "InferenceRequest": {"type": "object", "required": ["inputs"], "properties": {
+        "id": {"type": "string"}, "parameters": ref("Parameters"),
+        "inputs": {"type": "array", "items": ref("RequestInput")},
+        "outputs": {"type": "array", "items": ref("RequestOutput")}}},
+    "ResponseOutput": {"type": "object", "required": ["name", "shape", "datatype"], "properties": {
+        "name": {"type": "string"}, "shape": SHAPE, "datatype": ref("Datatype"), "parameters": ref("Parameters"),
+        "data": ref("TensorData")}},
+    "InferenceResponse": {"type": "object", "required": ["model_name", "outputs"], "properties": {
+        "model_name": {"type": "string"}, "model_version": {"type": "string"}, "id": {"type": "string"},
+        "parameters": ref("Parameters"), "outputs": {"type": "array", "items": ref("ResponseOutput")}}},
+    "TensorMetadata": {"type": "object", "required": ["name", "datatype", "shape"], "properties": {
+        "name": {"type": "string"}, "datatype": ref("Datatype"),
+        "shape": {"type": "array", "items": {"type": "integer", "minimum": -1}}}},
+    "ModelMetadata": {"type": "object", "required": ["name", "platform", "inputs", "outputs"], "properties": {
+        "name": {"type": "string"}, "versions": {"type": "array", "items": {"type": "string"}},
+        "platform": {"type": "string"}, "inputs": {"type": "array", "items": ref("TensorMetadata")},
+        "outputs": {"type": "array", "items": ref("TensorMetadata")}}},
+    "ServerMetadata": {"type": "object", "required": ["name", "version", "extensions"], "properties": {
+        "name": {"type": "string"}, "version": {"type": "string"},
+        "extensions": {"type": "array", "items": {"type": "string"}}}},
+    "ModelConfig": {"type": "object", "required": ["name", "max_batch_size", "input", "output"], "properties": {
+        "name": {"type": "string"}, "platform": {"type": "string"},
+        "max_batch_size": {"type": "integer", "minimum": 0},
+        "input": {"type": "array", "items": {"type": "object"}}, "output": {"type": "array", "items": {"type": "object"}}}},
+    "ModelReady": {"type": "object", "required": ["ready"], "properties": {
+        "name": {"type": "string"}, "ready": {"type": "boolean"}}},
+    "Health": {"type": "object", "properties": {"live": {"type": "boolean"}, "ready": {"type": "boolean"},
+                                                "models": {"type": "array", "items": {"type": "string"}}}},
+}
+MODEL_PREFIXES = (("/v2/models/{name}", False), ("/v2/models/{name}/versions/{version}", True))
 
-    def encode_response(model: Model, context: dict, outputs: dict) -> Response:
-        content, headers = encode(model, context, outputs)
-        return Response(content, headers=headers)
 
-    async def infer(request: Request) -> Response:
-        return await ctx.answer(request, PROTOCOL, decode_request, encode_response)
+class KServeV2REST(Protocol):
+    """The routes listed at the top of this module, and their OpenAPI paths."""
 
-    async def server_metadata(request: Request) -> Response:
-        return JSONResponse({"name": "kerakit", "version": package_version("kerakit"),
-                             "extensions": EXTENSIONS})
+    title = "KServe v2"
 
-    async def live(request: Request) -> Response:
-        return JSONResponse({"live": True})
+    def infer_url(self, url: str, name: str) -> str:
+        return f"{url}/v2/models/{name}/infer"
 
-    async def ready(request: Request) -> Response:
-        return JSONResponse({"ready": True, "models": sorted(ctx.models)})
+    def routes(self, ctx: Context) -> list[Route]:
+        def decode_request(model: Model, body: bytes, request: Request):
+            return decode(model, body, request.headers.get(HEADER_LENGTH), ctx.options.max_elements)
 
-    table = [Route("/v2", server_metadata), Route("/v2/health/live", live), Route("/v2/health/ready", ready)]
-    for prefix in ("/v2/models/{name}", "/v2/models/{name}/versions/{version}"):
-        table += [Route(prefix, ctx.describe(model_metadata)),
-                  Route(prefix + "/ready", ctx.describe(lambda m: {"name": m.name, "ready": True})),
-                  Route(prefix + "/config", ctx.describe(model_config)),
-                  Route(prefix + "/infer", infer, methods=["POST"])]
-    return table
+        def encode_response(model: Model, context: dict, outputs: dict) -> Response:
+            content, headers = encode(model, context, outputs)
+            return Response(content, headers=headers)
+
+        async def infer(request: Request) -> Response:
+            return await ctx.answer(request, PROTOCOL, decode_request, encode_response)
+
+        async def server_metadata(request: Request) -> Response:
+            return JSONResponse({"name": "kerakit", "version": package_version("kerakit"),
+                                 "extensions": EXTENSIONS})
+
+        async def live(request: Request) -> Response:
+            return JSONResponse({"live": True})
+
+        async def ready(request: Request) -> Response:
+            return JSONResponse({"ready": True, "models": sorted(ctx.models)})
+
+        table = [Route("/v2", server_metadata), Route("/v2/health/live", live), Route("/v2/health/ready", ready)]
+        for prefix, _ in MODEL_PREFIXES:
+            table += [Route(prefix, ctx.describe(model_metadata)),
+                      Route(prefix + "/ready", ctx.describe(lambda m: {"name": m.name, "ready": True})),
+                      Route(prefix + "/config", ctx.describe(model_config)),
+                      Route(prefix + "/infer", infer, methods=["POST"])]
+        return table
+
+    def openapi(self, model_names: list[str]) -> Fragment:
+        paths = {"/v2": get_operation("ServerMetadata", "KServe v2 server metadata", missing=False),
+                 "/v2/health/live": get_operation("Health", "Liveness", missing=False),
+                 "/v2/health/ready": get_operation("Health", "Readiness (and the served models)", missing=False)}
+        for prefix, versioned in MODEL_PREFIXES:
+            params = model_params(model_names, versioned)
+            paths[prefix] = get_operation("ModelMetadata", "KServe v2 model metadata", params)
+            paths[prefix + "/ready"] = get_operation("ModelReady", "Whether the model is ready", params)
+            paths[prefix + "/config"] = get_operation("ModelConfig", "Triton's model configuration", params)
+            infer_op = infer_operation(params, "InferenceRequest", "InferenceResponse", "KServe v2 inference")
+            # Binary outputs when asked (the binary tensor data extension).
+            infer_op["post"]["responses"]["200"]["content"]["application/octet-stream"] = {
+                "schema": {"type": "string", "format": "binary"}}
+            paths[prefix + "/infer"] = infer_op
+        return Fragment(paths, SCHEMAS)

@@ -3,7 +3,7 @@
     GET  /v1/models/NAME[/versions/V]              model status
     GET  /v1/models/NAME[/versions/V]/metadata     the serving_default signature
     POST /v1/models/NAME[/versions/V]:predict      {"instances": rows} or {"inputs": columns}
-    POST /v1/models/NAME[/versions/V]:classify, :regress   501, naming :predict (not served here)
+    POST /v1/models/NAME[/versions/V]:VERB         501 for :classify, :regress or any other verb, naming :predict
 
     inputs, kind = decode(model, b'{"instances": [[1, 2, 3]]}', max_elements=10**6)
     encode(await model.infer(inputs), kind)
@@ -21,16 +21,13 @@ from starlette.routing import Route
 
 from kerakit.dtypes import tf_type
 from kerakit.serve.decoding import parse_json, to_array
+from kerakit.serve.context import Protocol
 from kerakit.serve.http import Context, error
 from kerakit.serve.models import BadRequest, Model, rows
+from kerakit.serve.openapi import Fragment, get_operation, infer_operation, json_body, model_params, ref
 from kerakit.serve.tensors import dumps, json_values, strings
 
-TITLE = "TF Serving"
 PROTOCOL = "tfserving"  # its label in metrics and the request log
-
-
-def infer_url(url: str, name: str) -> str:
-    return f"{url}/v1/models/{name}:predict"
 
 
 # --------------------------------------------------------------------------- metadata
@@ -112,26 +109,63 @@ def encode(result: dict[str, np.ndarray], kind: str) -> dict:
     return {"outputs": {k: json_values(v) for k, v in result.items()}}
 
 
-# --------------------------------------------------------------------------- routes
+# --------------------------------------------------------------------------- the protocol: routes and their OpenAPI
 
-def routes(ctx: Context) -> list[Route]:
-    def decode_request(model: Model, body: bytes, request: Request):
-        return decode(model, body, ctx.options.max_elements)
+SCHEMAS = {  # the REST API's request forms: row `instances`, columnar `inputs`
+    "PredictRequest": {"type": "object", "properties": {
+        "signature_name": {"type": "string"}, "instances": {"type": "array"},
+        "inputs": {"anyOf": [{"type": "object"}, {"type": "array"}]}}},
+    "PredictResponse": {"type": "object", "properties": {
+        "predictions": {"type": "array"}, "outputs": {"anyOf": [{"type": "object"}, {"type": "array"}]}}},
+    "ModelStatus": {"type": "object", "required": ["model_version_status"],
+                    "properties": {"model_version_status": {"type": "array", "items": {"type": "object"}}}},
+    "SignatureMetadata": {"type": "object", "required": ["model_spec", "metadata"]},
+}
+MODEL_PREFIXES = (("/v1/models/{name}", False), ("/v1/models/{name}/versions/{version}", True))
+UNSUPPORTED = ["classify", "regress"]  # TF Serving's other verbs; any verb but :predict is answered 501
 
-    def encode_response(model: Model, kind: str, outputs: dict) -> Response:
-        return Response(dumps(encode(outputs, kind)), media_type="application/json")
 
-    async def predict(request: Request) -> Response:
-        return await ctx.answer(request, PROTOCOL, decode_request, encode_response)
+class TFServingREST(Protocol):
+    """The routes listed at the top of this module, and their OpenAPI paths."""
 
-    async def other_verb(request: Request) -> Response:
-        verb = request.path_params["verb"][:30]
-        return error(f"TF Serving's :{verb} is not supported; this server answers :predict "
-                     f"(POST /v1/models/NAME:predict with 'instances' or 'inputs').", 501)
+    title = "TF Serving"
 
-    table = []
-    for prefix in ("/v1/models/{name}", "/v1/models/{name}/versions/{version}"):
-        table += [Route(prefix, ctx.describe(model_status)), Route(prefix + "/metadata", ctx.describe(model_metadata)),
-                  Route(prefix + ":predict", predict, methods=["POST"]),
-                  Route(prefix + ":{verb}", other_verb, methods=["POST"])]
-    return table
+    def infer_url(self, url: str, name: str) -> str:
+        return f"{url}/v1/models/{name}:predict"
+
+    def routes(self, ctx: Context) -> list[Route]:
+        def decode_request(model: Model, body: bytes, request: Request):
+            return decode(model, body, ctx.options.max_elements)
+
+        def encode_response(model: Model, kind: str, outputs: dict) -> Response:
+            return Response(dumps(encode(outputs, kind)), media_type="application/json")
+
+        async def predict(request: Request) -> Response:
+            return await ctx.answer(request, PROTOCOL, decode_request, encode_response)
+
+        async def other_verb(request: Request) -> Response:
+            verb = request.path_params["verb"][:30]
+            return error(f"TF Serving's :{verb} is not supported; this server answers :predict "
+                         f"(POST /v1/models/NAME:predict with 'instances' or 'inputs').", 501)
+
+        table = []
+        for prefix, _ in MODEL_PREFIXES:
+            table += [Route(prefix, ctx.describe(model_status)),
+                      Route(prefix + "/metadata", ctx.describe(model_metadata)),
+                      Route(prefix + ":predict", predict, methods=["POST"]),
+                      Route(prefix + ":{verb}", other_verb, methods=["POST"])]
+        return table
+
+    def openapi(self, model_names: list[str]) -> Fragment:
+        paths = {}
+        for prefix, versioned in MODEL_PREFIXES:
+            params = model_params(model_names, versioned)
+            paths[prefix] = get_operation("ModelStatus", "TF Serving model status", params)
+            paths[prefix + "/metadata"] = get_operation("SignatureMetadata", "TF Serving signature metadata", params)
+            paths[prefix + ":predict"] = infer_operation(params, "PredictRequest", "PredictResponse",
+                                                         "TF Serving predict")
+            verb = {"name": "verb", "in": "path", "required": True, "schema": {"type": "string", "enum": UNSUPPORTED}}
+            paths[prefix + ":{verb}"] = {"post": {
+                "summary": "TF Serving :classify and :regress (not supported: any verb but :predict answers 501)",
+                "parameters": [*params, verb], "responses": {"501": json_body(ref("Error"), "Names what is served")}}}
+        return Fragment(paths, SCHEMAS)
