@@ -45,6 +45,7 @@ import math
 import os
 import sys
 from dataclasses import dataclass, field
+from importlib import resources
 from pathlib import Path
 from types import ModuleType
 from typing import Any, Callable
@@ -281,11 +282,11 @@ def _coerce_hparam(key: str, value: Any, hp) -> Any:
 def recipe_dirs() -> list[Path]:
     """Where recipes are found by name, first match wins.
 
-    $KERAKIT_RECIPE_PATH (os.pathsep-separated), ./recipes, and the
-    recipes/ folder that ships beside the kerakit package.
+    $KERAKIT_RECIPE_PATH (os.pathsep-separated), ./recipes, and the built-in
+    recipes (`builtin_dir("kerakit.recipes")`).
     """
     dirs = [Path(p) for p in os.environ.get("KERAKIT_RECIPE_PATH", "").split(os.pathsep) if p]
-    dirs += [Path.cwd() / "recipes", Path(__file__).resolve().parent.parent / "recipes"]
+    dirs += [Path.cwd() / "recipes", builtin_dir("kerakit.recipes")]
     seen, unique = set(), []
     for d in dirs:
         key = d.resolve()
@@ -293,6 +294,17 @@ def recipe_dirs() -> list[Path]:
             seen.add(key)
             unique.append(d)
     return unique
+
+
+def builtin_dir(package: str) -> Path:
+    """The folder of a package kerakit ships as data: `kerakit.recipes` (a checkout's recipes/) or `kerakit.targets`
+    (its export/). pyproject maps both into the package, so this one lookup finds them in an installed wheel
+    (site-packages/kerakit/recipes/) and in an editable install of a checkout (the checkout's recipes/) alike."""
+    try:
+        return Path(resources.files(package))
+    except ModuleNotFoundError:
+        raise KerakitError(f"This install of kerakit lacks {package}, which kerakit ships: it predates shipping it "
+                           "as package data. Reinstall kerakit (in a checkout: pip install -e .).") from None
 
 
 def recipe_files() -> dict[str, Path]:

@@ -4,7 +4,7 @@ import pytest
 
 from conftest import FIXTURES, ROOT, copy_recipe
 from kerakit.errors import KerakitError
-from kerakit.recipe import coerce, list_recipes, load_recipe
+from kerakit.recipe import builtin_dir, coerce, list_recipes, load_recipe
 
 SHIPPED = {
     "digits_cnn": ("classification", "kerakit_digits"),
@@ -43,6 +43,21 @@ def test_recipe_path_env_adds_search_dirs(tmp_path, monkeypatch):
     copy_recipe("breast_cancer_mlp", tmp_path).rename(tmp_path / "my_tabular.py")
     monkeypatch.setenv("KERAKIT_RECIPE_PATH", str(tmp_path))
     assert load_recipe("my_tabular").task == "classification"
+
+
+def test_built_in_recipes_and_targets_are_found_from_any_directory(tmp_path, monkeypatch):
+    """No ./recipes or ./export here: what is found is what kerakit ships (the package data a wheel carries)."""
+    from kerakit.export.targets import available_targets
+
+    monkeypatch.chdir(tmp_path)
+    assert set(SHIPPED) <= {r["name"] for r in list_recipes()}
+    assert load_recipe("digits_cnn").path == (ROOT / "recipes" / "digits_cnn.py").resolve()
+    assert {"server", "edge", "mcu", "x86"} <= set(available_targets())
+
+
+def test_an_install_without_the_built_in_data_says_to_reinstall():
+    with pytest.raises(KerakitError, match=r"^This install of kerakit lacks kerakit.no_such_data, .* Reinstall kerakit"):
+        builtin_dir("kerakit.no_such_data")
 
 
 def test_unknown_recipe_names_the_available_ones():

@@ -34,6 +34,7 @@ from typing import Any
 
 from kerakit import formats
 from kerakit.errors import KerakitError
+from kerakit.recipe import builtin_dir
 
 VERIFY_KEYS = {"atol", "rtol", "max_metric_drop", "max_metric_rel_increase", "samples"}
 BUDGET_KEYS = {"ram_kb", "flash_kb"}
@@ -100,7 +101,9 @@ class Target:
 
 
 def target_dirs() -> list[Path]:
-    dirs = [Path.cwd() / "export", Path(__file__).resolve().parent.parent.parent / "export"]
+    """Where targets are found by name, first match wins: ./export, then the built-in ones (a checkout's export/,
+    shipped in the package as kerakit.targets)."""
+    dirs = [Path.cwd() / "export", builtin_dir("kerakit.targets")]
     return [d for i, d in enumerate(dirs) if d.is_dir() and d.resolve() not in {x.resolve() for x in dirs[:i]}]
 
 
