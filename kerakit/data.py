@@ -89,9 +89,15 @@ class Data:
 
     @property
     def class_names(self) -> list[str] | None:
+        """The class names of the labels the recipe is judged by (CLASS_NAMES, else its LABEL feature's)."""
         if self.recipe.class_names is not None:
             return list(self.recipe.class_names)
-        label = self.info.features[self.recipe.label_key] if self.recipe.label_key in self.info.features else None
+        return self.label_names(self.recipe.label_key)
+
+    def label_names(self, key: str) -> list[str] | None:
+        """The class names of dataset feature `key` (a TFDS ClassLabel), else None: each class head of a
+        multi-output table recipe is as wide as its label's `data.label_names(output)`."""
+        label = self.info.features[key] if key in self.info.features else None
         return list(label.names) if isinstance(label, tfds.features.ClassLabel) else None
 
     def features(self, split: str = "train", name: str | None = None) -> tf.data.Dataset:
@@ -103,14 +109,35 @@ class Data:
         return ds.map(lambda x: x[name]) if name else ds
 
     def arrays(self, split: str = "test") -> tuple[dict[str, np.ndarray], np.ndarray]:
-        """A whole split as numpy: ({input_name: array}, labels)."""
+        """A whole split as numpy: ({input_name: array}, labels). A multi-output recipe's labels here are
+        those of its first output, the one TASK and METRIC judge; `output_labels` has every output's."""
+        x, y = self._split(split)
+        return x, (y[self.recipe.judged_output] if isinstance(y, dict) else y)
+
+    def output_labels(self, split: str = "test") -> dict[str, np.ndarray]:
+        """A multi-output recipe's labels of a whole split, by output name (OUTPUTS)."""
+        _, y = self._split(split)
+        if not isinstance(y, dict):
+            raise KerakitError(f"Recipe {self.recipe.name!r} has one output: its labels are `data.arrays(split)`'s.")
+        return y
+
+    def _split(self, split: str) -> tuple[dict[str, np.ndarray], "np.ndarray | dict[str, np.ndarray]"]:
         xs, ys = [], []
         for x, y in self.pipelines[split].as_numpy_iterator():
             xs.append(x)
             ys.append(y)
         if not xs:
             raise KerakitError(f"Split {split!r} ({self.recipe.splits[split]}) of {self.recipe.dataset} is empty.")
-        return {k: np.concatenate([x[k] for x in xs]) for k in xs[0]}, np.concatenate(ys)
+        x = {k: np.concatenate([b[k] for b in xs]) for k in xs[0]}
+        if not isinstance(ys[0], dict):
+            return x, np.concatenate(ys)
+        declared = list(self.recipe.outputs or ())
+        if sorted(ys[0]) != sorted(declared):
+            raise KerakitError(f"Recipe {self.recipe.path}: preprocess returns labels for {', '.join(ys[0])}, and "
+                               f"OUTPUTS declares {', '.join(declared) or 'none'}: declare each output's task "
+                               "once, in model order, e.g. OUTPUTS = {'species': 'classification', "
+                               "'body_mass_g': 'regression'}.")
+        return x, {k: np.concatenate([b[k] for b in ys]) for k in declared}
 
     # ---------------------------------------------------------------- forecasting recipes
 

@@ -127,16 +127,25 @@ def _resolve(target: Path, recipe, overrides) -> tuple[Path, Recipe, dict, Any]:
 
 
 def evaluate_model(model, data, split: str = "test") -> dict:
-    """Task metrics of `model` on one split of `data` (a `kerakit.data.Data`)."""
+    """Task metrics of `model` on one split of `data` (a `kerakit.data.Data`); a multi-output recipe's (OUTPUTS)
+    first output's at the top, and every output's under "outputs", by name."""
     named, y = data.arrays(split)
     x = data.model_input(named)
     predictions = model.predict(x, batch_size=256, verbose=0)
+    outputs, labels = data.recipe.outputs, y
+    if outputs and len(outputs) > 1:
+        by_name = data.recipe.check_outputs(model, predictions)
+        labels = data.output_labels(split)
+        predictions = by_name[data.recipe.judged_output]
     predictions = np.asarray(next(iter(predictions.values())) if isinstance(predictions, dict) else predictions)
     metrics = _task_metrics(data, named, y, predictions)
+    if isinstance(labels, dict):
+        metrics["outputs"] = {name: task_metrics(task, labels[name], by_name[name], data.label_names(name))
+                              for name, task in outputs.items()}
     metrics["split"] = split
     metrics["examples"] = int(len(y))
     if getattr(model, "compiled", False) and model.loss is not None:
-        evaluated = model.evaluate(x, y, batch_size=256, verbose=0, return_dict=True)
+        evaluated = model.evaluate(x, labels, batch_size=256, verbose=0, return_dict=True)
         for key, value in evaluated.items():
             metrics.setdefault(key, float(value))
     return metrics

@@ -27,6 +27,15 @@ SLICES = {"name": fn(features, labels) -> bool mask} (subsets of the test
 split whose metric is checked against the overall one, SLICE_MARGIN apart)
 and FEATURE_NAMES (of a tabular input, for attributions).
 
+A model with several outputs, each with its own labels (a multi-output table:
+`kerakit new --label species,body_mass_g`), declares them in Keras order:
+OUTPUTS = {"species": "classification", "body_mass_g": "regression"}. Its
+`preprocess` returns the labels as a dict by output name; TASK and METRIC are
+the first output's (the run is judged by it, which picks the best epoch and
+trial); LABEL, the dataset feature with the first output's class names,
+defaults to the first output's name. Every output is trained with its own
+loss, evaluated, and verified by name on the test split's labels.
+
 A "forecasting" recipe reads a series in time order: its `preprocess(example,
 config)` returns one time step's value (a float scalar), kerakit cuts the
 windows in tf.data, and it declares WINDOW (past steps the model sees; its one
@@ -136,6 +145,7 @@ class Recipe:
     custom_objects: dict[str, Any] = field(default_factory=dict)  # CUSTOM_OBJECTS: classes its model needs to load
     series: "Series | None" = None  # forecasting: window, horizon, season, time key
     source: dict | None = None  # SOURCE: how a DATASET path becomes a dataset (label, sep, split, ...)
+    outputs: dict[str, str] | None = None  # OUTPUTS: {output name: task} of a multi-output model, in Keras order
     module: ModuleType | None = None
 
     def dataset_path(self) -> Path | None:
@@ -153,9 +163,27 @@ class Recipe:
         return found.resolve()
 
     @property
+    def judged_output(self) -> str | None:
+        """The output TASK and METRIC judge: the first of OUTPUTS; None where the recipe declares none."""
+        return next(iter(self.outputs)) if self.outputs else None
+
+    @property
     def monitor(self) -> str:
-        """The validation quantity that picks the best epoch and the best trial."""
-        return f"val_{self.metric}"
+        """The validation quantity that picks the best epoch and the best trial (Keras prefixes a metric of a
+        model with several outputs with the output's name)."""
+        several = self.outputs and len(self.outputs) > 1
+        return f"val_{self.judged_output}_{self.metric}" if several else f"val_{self.metric}"
+
+    def check_outputs(self, model, predictions=None) -> dict:
+        """That `model`'s outputs are OUTPUTS, in order (the first is the one TASK judges); `predictions` of it
+        by output name."""
+        names = list(getattr(model, "output_names", None) or ())
+        if self.outputs and names != list(self.outputs):
+            raise KerakitError(f"Recipe {self.name}: the model's outputs are {names}, and OUTPUTS declares "
+                               f"{list(self.outputs)}: name each output layer as OUTPUTS does, in that order.")
+        if isinstance(predictions, dict):
+            return dict(predictions)
+        return dict(zip(names, predictions if isinstance(predictions, (list, tuple)) else [predictions]))
 
     def resolve_config(self, overrides: dict[str, Any] | None = None) -> tuple[dict, dict]:
         """Split `key=value` overrides into (config, hyperparameter overrides).
@@ -408,6 +436,7 @@ def _from_module(module: ModuleType, path: Path) -> Recipe:
     from_files = source is not None or looks_like_path(str(module.DATASET))
     splits = {**(PATH_SPLITS if from_files else DEFAULT_SPLITS), **getattr(module, "SPLITS", {})}
     metric, direction = _metric(module, path, task)
+    outputs = _outputs(module, path, task)
     doc = (module.__doc__ or "").strip().splitlines()
     slices = getattr(module, "SLICES", {})
     if not isinstance(slices, dict) or not all(isinstance(k, str) and callable(f) for k, f in slices.items()):
@@ -429,7 +458,7 @@ def _from_module(module: ModuleType, path: Path) -> Recipe:
         class_names=getattr(module, "CLASS_NAMES", None),
         metric=metric,
         metric_direction=direction,
-        label_key=getattr(module, "LABEL", "label"),
+        label_key=getattr(module, "LABEL", next(iter(outputs)) if outputs else "label"),
         representative_sample=getattr(module, "representative_sample", None),
         slices=slices,
         slice_margin=float(margin),
@@ -437,6 +466,7 @@ def _from_module(module: ModuleType, path: Path) -> Recipe:
         custom_objects=_custom_objects(module, path),
         series=_series(module, path, inputs) if task == "forecasting" else None,
         source=source if source is not None else ({} if from_files else None),
+        outputs=outputs,
         module=module,
     )
 
@@ -448,6 +478,23 @@ def _source(module: ModuleType, path: Path) -> dict | None:
     if not isinstance(module.DATASET, str):
         raise KerakitError(f"Recipe {path}: DATASET must be a TFDS name or a path (a string), got {module.DATASET!r}.")
     return source
+
+
+def _outputs(module: ModuleType, path: Path, task: str) -> dict[str, str] | None:
+    """OUTPUTS, checked: {output name: "classification" | "regression"}, the first of TASK's task."""
+    outputs = getattr(module, "OUTPUTS", None)
+    if outputs is None:
+        return None
+    if (not isinstance(outputs, dict) or not outputs
+            or not all(isinstance(k, str) and v in ("classification", "regression") for k, v in outputs.items())):
+        raise KerakitError(f"Recipe {path}: OUTPUTS must be a dict of output name -> 'classification' or "
+                           f"'regression' in the model's output order, e.g. {{'species': 'classification', "
+                           f"'body_mass_g': 'regression'}}; got {outputs!r}.")
+    first, first_task = next(iter(outputs.items()))
+    if first_task != task:
+        raise KerakitError(f"Recipe {path}: TASK={task!r}, but the first of OUTPUTS, {first!r}, is {first_task}: "
+                           "TASK and METRIC are the first output's. Put the output the run is judged by first.")
+    return dict(outputs)
 
 
 def _series(module: ModuleType, path: Path, inputs: list) -> Series:

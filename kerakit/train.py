@@ -322,6 +322,7 @@ def _check_model(recipe: Recipe, model) -> None:
             f"Recipe {recipe.name}: model inputs {names} do not match INPUTS {expected}. "
             "Build inputs with INPUTS[i].keras() so they carry the recipe's names."
         )
+    recipe.check_outputs(model)  # a multi-output recipe's OUTPUTS, in the model's order
 
 
 def _read_history(path: Path) -> list[dict]:

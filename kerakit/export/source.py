@@ -60,6 +60,10 @@ def _from_recipe(run, recipe, data_dir, inputs, samples) -> VerificationData:
     data = load_data(loaded, config, data_dir, fold=fold)
     val_x, _ = data.arrays("val")
     test_x, test_y = data.arrays("test")
+    # A multi-output recipe (OUTPUTS): the first output is judged by the recipe's metric, the others by their
+    # task's on their own test labels, each by name.
+    several = loaded.outputs is not None and len(loaded.outputs) > 1
+    others = {k: v for k, v in data.output_labels("test").items() if k != loaded.judged_output} if several else {}
     half = -(-samples // 2)
     split_at = min(half, len(next(iter(val_x.values()))))
     numeric = {k: np.concatenate([val_x[k][:split_at], test_x[k][: samples - split_at]]) for k in val_x}
@@ -67,6 +71,7 @@ def _from_recipe(run, recipe, data_dir, inputs, samples) -> VerificationData:
     return VerificationData(
         numeric=numeric, split_at=split_at, eval_inputs=test_x, eval_labels=test_y, task=loaded.task,
         metric=loaded.metric, class_names=data.class_names,
+        metric_output=loaded.judged_output if several else None, other_labels=others,
         calibration=data.representative_sample(CALIBRATION_SAMPLES), description=loaded.description,
         normalization="inside the model (raw inputs)", more_rows=lambda rows: "a larger test split",
         inputs_from=f"{loaded.name}: {len(next(iter(numeric.values())))} val+test inputs, "
