@@ -373,7 +373,7 @@ def _print_deployment(rows: list[dict], written: dict) -> None:
 
 @cli.command("data")
 @click.argument("path", type=click.Path())
-@click.option("--label", help="The label column (a table): enables the label checks (conflicts, leakage, imbalance).")
+@click.option("--label", help="The label column (a table): enables the label checks (conflicts, leakage, imbalance); several, comma-separated, are each checked (--label species,body_mass_g).")
 @click.option("--sep", help="The separator of a CSV file (default: detected among , ; tab |).")
 @click.option("--encoding", help="The text encoding of a CSV file (default: detected; e.g. latin-1).")
 @click.option("--decimal", type=click.Choice([".", ","]), help="The decimal mark of numbers in a CSV file (default: detected).")
@@ -399,8 +399,8 @@ def data_cmd(path, label, sep, encoding, decimal, types, group, time, seed, json
 @cli.command("new")
 @click.argument("name")
 @click.option("--from", "source", required=True, type=click.Path(), help="The data: a table file (CSV/TSV, Parquet, JSON Lines) or a folder with one subfolder per class.")
-@click.option("--label", help="The label column of a table.")
-@click.option("--task", type=click.Choice(["classification", "regression"]), help="Default: regression for a number label, else classification.")
+@click.option("--label", help="The label column of a table; several, comma-separated, for a model with one output each (--label species,body_mass_g).")
+@click.option("--task", type=click.Choice(["classification", "regression"]), help="Default: regression for a number label, else classification (one label only).")
 @click.option("--out-dir", default="recipes", show_default=True, type=click.Path(file_okay=False), help="Where the recipe file goes.")
 @click.option("--force", is_flag=True, help="Overwrite an existing recipe file of that name.")
 def new_cmd(name, source, label, task, out_dir, force) -> None:
@@ -422,8 +422,9 @@ def _print_data_report(report: dict) -> None:
     if "classes" in report:
         click.echo(f"data: {report['read_as']}; classes: {', '.join(report['classes'])}")
     else:
-        click.echo(f"data: {report['read_as']}" + (f", label {report['label']!r} ({report['task']})"
-                                                   if report["label"] else ""))
+        labels = ", ".join(f"{c!r} ({task})" for c, task in report.get("tasks", {}).items())
+        click.echo(f"data: {report['read_as']}" + (f", label{'s' if len(report['tasks']) > 1 else ''} {labels}"
+                                                   if labels else ""))
     if "columns" in report:
         _print_columns(report["columns"])
     if "images" in report:

@@ -2,10 +2,12 @@
 
 Every file is generated here with the mess real files have: `;`-separated latin-1 with decimal commas,
 "." and "NA" for missing, a string in a number column, one island spelled two ways, rows repeated
-across splits, a column that is the label in disguise, an identifier, conflicting labels.
+across splits, a column that is the label in disguise, an identifier, conflicting labels; and a table with two
+labels (a category and a number in grams) for a model with one output each.
 """
 
 import json
+import re
 
 import numpy as np
 import pandas as pd
@@ -323,3 +325,184 @@ def test_a_large_table_streams_in_chunks_and_still_sees_every_row(tmp_path, monk
     with pytest.raises(KerakitError, match=r"time='colony' needs the whole table in memory"):
         prepare(SourceSpec.from_options(tmp_path / "big.csv", {"label": "species", "time": "colony"}),
                 tmp_path / "tfds", log=lambda m: None)
+
+
+# --------------------------------------------------------------------------- several labels (multi-output)
+
+MASS = "Body mass (g)"
+
+
+def _two_label_csv(path, n=400, seed=0, rare=True):
+    """Penguins with two labels: species (a category; Chinstrap rare with `rare`) and body mass in grams (a
+    number, decimal commas), exported the European way (`;`, latin-1, "NA" and "." for missing, a word in a
+    number column). `code` gives the species away and `mass_lb` the mass: each leaks one label."""
+    rng = np.random.default_rng(seed)
+    island = rng.choice(["Biscoe", "Dream", "Torgersen"], n, p=[0.45, 0.35, 0.2])
+    bill = rng.normal(44, 4, n)
+    chinstrap = (island == "Dream") & (bill > (48 if rare else 44))
+    species = np.where(island == "Biscoe", "Gentoo", np.where(chinstrap, "Chinstrap", "Adelie"))
+    flipper = np.round(rng.normal(200, 12, n), 1)
+    mass = np.round(3500 + 40 * (flipper - 200) + 900 * (species == "Gentoo") + rng.normal(0, 120, n), 1)
+    frame = pd.DataFrame({"id": [f"P{i:04d}" for i in range(n)], "island": island, "bill_mm": np.round(bill, 1),
+                          "flipper_mm": flipper, "observer": np.where(np.arange(n) % 3, "Zoé", "Renée"),
+                          "species": species, MASS: mass, "mass_lb": np.round(mass / 453.6, 2),
+                          "code": [s[:2].upper() for s in species]}).astype(str)
+    for column in ("bill_mm", "flipper_mm", MASS, "mass_lb"):
+        frame[column] = frame[column].str.replace(".", ",")
+    frame.loc[[4, n // 10, n // 5], "bill_mm"] = "NA"
+    frame.loc[3 * n // 10, "flipper_mm"] = "."
+    frame.loc[7, "bill_mm"] = "unknown"
+    frame.loc[frame.index[frame["island"] == "Biscoe"][:3], "island"] = "biscoe "
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(frame.to_csv(sep=";", index=False).encode("latin-1"))
+    return path, frame
+
+
+def test_two_labels_are_each_checked_split_on_the_category_and_prepared_as_their_own_features(tmp_path):
+    from kerakit.sources.prepare import SourceSpec, about, prepare
+
+    csv, frame = _two_label_csv(tmp_path / "penguins.csv")
+    report = data_report(csv, label=f"{MASS},species")  # the number first: the split still stratifies by species
+    assert report["label"] == [MASS, "species"] and report["task"] == "regression"
+    assert report["tasks"] == {MASS: "regression", "species": "classification"}
+    assert report["split_rule"] == (f"stratified by species (the first category label of {MASS}, species), "
+                                    "seed 0: train 80%, validation 10%, test 10%")
+    shares = frame["species"].value_counts(normalize=True)
+    for split in ("train", "test"):
+        counts = pd.Series(report["splits"][split]["classes"])
+        assert np.allclose((counts / counts.sum()).sort_index(), shares.sort_index(), atol=0.03)
+    flags = {f["check"]: [g for g in report["flags"] if g["check"] == f["check"]] for f in report["flags"]}
+    leaks = sorted(f["message"].split(" (cross-validated")[0] for f in flags["target_leakage"])
+    assert leaks == ["column 'code' alone predicts 'species'", f"column 'mass_lb' alone predicts '{MASS}'"]
+    assert [f["message"].split(":")[0] for f in flags["class_imbalance"]] == ["label 'species'"]
+    assert "class 'Chinstrap'" in flags["class_imbalance"][0]["message"]
+    assert flags["mixed_types"][0]["examples"] == [8] and flags["spelling_variants"][0]["examples"] == \
+        ["Biscoe / biscoe "]
+    assert not any(MASS in f["message"] or "'species'" in f["message"] for f in flags["disguised_missing"])
+
+    builder = prepare(SourceSpec.from_options(csv, {"label": [MASS, "species"]}), tmp_path / "tfds",
+                      log=lambda m: None)
+    info = builder.info
+    assert about(info)["labels"] == {"body_mass_g": {"column": MASS, "task": "regression", "classes": None},
+                                     "species": {"column": "species", "task": "classification",
+                                                 "classes": ["Adelie", "Chinstrap", "Gentoo"]}}
+    assert about(info)["split_rule"] == report["split_rule"] and "label" not in info.features
+    assert info.features["species"].names == ["Adelie", "Chinstrap", "Gentoo"]
+    assert info.features["body_mass_g"].dtype.name == "float32"
+    want = frame.set_index("id")
+    seen = 0
+    for split in ("train", "validation", "test"):
+        for example in builder.as_dataset(split=split).as_numpy_iterator():
+            row = want.loc[example["id"].decode()]
+            assert info.features["species"].names[example["species"]] == row["species"]
+            assert example["body_mass_g"] == pytest.approx(float(row[MASS].replace(",", ".")), abs=0.05)
+            seen += 1
+    assert seen == len(frame) == sum(report["splits"][s]["rows"] for s in report["splits"])
+
+
+def test_a_row_without_one_of_its_labels_is_refused_naming_the_column_and_rows(tmp_path):
+    from kerakit.sources.prepare import SourceSpec, prepare
+
+    csv, frame = _two_label_csv(tmp_path / "gaps.csv", n=120)
+    frame.loc[[2, 8], MASS] = "NA"
+    csv.write_bytes(frame.to_csv(sep=";", index=False).encode("latin-1"))
+    message = (f"gaps.csv: 2 row(s) have no label in column '{MASS}' (data rows 3, 9). Drop them or fill them in; "
+               "or leave the column out of the labels.")
+    with pytest.raises(KerakitError) as e:
+        data_report(csv, label=["species", MASS])
+    assert str(e.value) == message
+    with pytest.raises(KerakitError) as e:  # preparation refuses it too, and leaves no dataset behind
+        prepare(SourceSpec.from_options(csv, {"label": ["species", MASS]}), tmp_path / "tfds", log=lambda m: None)
+    assert str(e.value) == message and not list((tmp_path / "tfds").rglob("dataset_info.json"))
+    assert data_report(csv, label="species")["label"] == "species"  # without that label, every row is labelled
+    frame.loc[[2, 8], MASS] = ["3500", "about 4 kg"]
+    csv.write_bytes(frame.to_csv(sep=";", index=False).encode("latin-1"))
+    with pytest.raises(KerakitError, match=rf"^gaps.csv: 1 row\(s\) hold text, not a number, in the number label "
+                                           rf"column '{re.escape(MASS)}' \(data rows 9: 'about 4 kg'\)"):
+        data_report(csv, label=["species", MASS])
+
+
+@pytest.mark.parametrize("label, options, message", [
+    ("species,species", {}, "Label column 'species' is named twice in species, species: name each label column "
+                            "once."),
+    ("species,weight", {}, "Unknown label column 'weight' in t.csv. Columns: id, island, bill_mm, flipper_mm"),
+    ("species,island", {"group": "island"}, "Column 'island' is both a label and the group column: a label cannot "
+                                            "decide the split"),
+    ("island", {"time": "island"}, "Column 'island' is both a label and the time column"),
+    (["species", MASS], {"task": "classification"}, "task='classification' is the task of one label, and there "
+                                                    f"are 2 (species, {MASS})"),
+    ("species,", {}, "Invalid label 'species,': name a column, or several joined by commas"),
+])
+def test_a_bad_label_list_gets_one_line(tmp_path, label, options, message):
+    csv, _ = _two_label_csv(tmp_path / "t.csv", n=60)
+    with pytest.raises(KerakitError) as e:
+        data_report(csv, label=label, **options)
+    assert message in str(e.value) and "\n" not in str(e.value)
+
+
+def test_new_writes_one_named_output_per_label_and_refuses_a_label_named_twice(tmp_path):
+    import keras
+
+    from kerakit.recipe import load_recipe
+    from kerakit.sources import new_recipe
+
+    csv, _ = _two_label_csv(tmp_path / "data" / "penguins.csv", n=200)
+    report, text = new_recipe("penguins", csv, label=f"species,{MASS}")
+    assert f"SOURCE = dict(label=['species', '{MASS}'], seed=0)" in text
+    assert ("OUTPUTS = {\n    'species': 'classification',  # column 'species'\n"
+            f"    'body_mass_g': 'regression',  # column '{MASS}'\n}}") in text
+    assert "'code': 'it alone predicts the label (leakage?)'" in text and "'mass_lb': 'it alone" in text
+    (tmp_path / "penguins.py").write_text(text)
+    recipe = load_recipe(tmp_path / "penguins.py")
+    assert recipe.task == "classification" and recipe.outputs == {"species": "classification",
+                                                                  "body_mass_g": "regression"}
+    assert recipe.monitor == "val_species_accuracy" and recipe.label_key == "species"
+    # The contract is checked: TASK is the first output's, and the model's outputs are OUTPUTS, in order.
+    (tmp_path / "swapped.py").write_text(text.replace('TASK = "classification"', 'TASK = "regression"'))
+    with pytest.raises(KerakitError, match=r"TASK='regression', but the first of OUTPUTS, 'species', is "
+                                           r"classification: TASK and METRIC are the first output's"):
+        load_recipe(tmp_path / "swapped.py")
+    x = keras.Input((2,), name="features")
+    reversed_model = keras.Model(x, [keras.layers.Dense(1, name="body_mass_g")(x),
+                                     keras.layers.Dense(3, name="species")(x)])
+    with pytest.raises(KerakitError, match=r"the model's outputs are \['body_mass_g', 'species'\], and OUTPUTS "
+                                           r"declares \['species', 'body_mass_g'\]"):
+        recipe.check_outputs(reversed_model)
+    refused = run_cli("new", "twice", "--from", csv, "--label", "species,species", "--out-dir", tmp_path / "r")
+    assert refused.returncode == 1 and "Traceback" not in refused.stderr
+    assert refused.stderr.strip().splitlines()[-1] == ("error: Label column 'species' is named twice in species, "
+                                                       "species: name each label column once.")
+    assert not (tmp_path / "r").exists()
+
+
+@pytest.mark.slow
+def test_new_then_build_with_two_labels_trains_exports_and_verifies_each_output_by_name(tmp_path):
+    """`kerakit new --label species,"Body mass (g)"`, then `kerakit build`: one model, one named output per label
+    (a class head, a regression head in grams), each judged on its own test labels in every artifact."""
+    import keras
+
+    project = tmp_path / "project"
+    _two_label_csv(project / "data" / "penguins.csv", rare=False)
+    env = {"TFDS_DATA_DIR": str(tmp_path / "tfds")}
+    made = run_cli("new", "penguins", "--from", "data/penguins.csv", "--label", f"species,{MASS}", cwd=project,
+                   env=env)
+    assert made.returncode == 0, made.stderr
+    assert f"labels 'species' (classification), '{MASS}' (regression)" in made.stdout
+    built = run_cli("build", "penguins", "--target", "server", "--out", "runs/penguins", "epochs=10", cwd=project,
+                    env=env, timeout=600)
+    assert built.returncode == 0, built.stdout[-2000:] + built.stderr[-2000:]
+    run = project / "runs" / "penguins"
+    model = keras.saving.load_model(run / "model.keras")
+    assert model.output_names == ["species", "body_mass_g"]
+    assert [tuple(o.shape) for o in model.outputs] == [(None, 3), (None, 1)]
+    rows = json.loads((run / "export" / "export_report.json").read_text())["artifacts"]
+    assert {r["artifact"]: r["verdict"] for r in rows} == {"savedmodel": "verified", "onnx": "verified"}
+    for row in rows:
+        assert {name: (m["judged_on"], m["metric"]) for name, m in row["output_metrics"].items()} == \
+            {"species": ("labels", "accuracy"), "body_mass_g": ("labels", "mae")}
+    metrics = json.loads((run / "metrics.json").read_text())
+    # Both outputs learned their rule: species from island and bill, the mass (in grams, std ~650) from flipper and
+    # species; the run is judged by the first output, whose validation accuracy picked the best epoch.
+    assert metrics["accuracy"] == metrics["outputs"]["species"]["accuracy"] >= 0.8
+    assert metrics["outputs"]["body_mass_g"]["r2"] >= 0.5 and metrics["outputs"]["body_mass_g"]["mae"] < 400
+    assert json.loads((run / "manifest.json").read_text())["training"]["best_val_species_accuracy"] >= 0.8

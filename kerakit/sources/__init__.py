@@ -1,6 +1,7 @@
 """The user's own files as data: one module per kind behind one entry point.
 
     report = kerakit.sources.data_report("exports/penguins.csv", label="species")
+    report = kerakit.sources.data_report("exports/penguins.csv", label="species,body_mass_g")  # two outputs
 
 A kind is found from the path: `table` (CSV/TSV, Parquet, JSON Lines files), `folder` (one subfolder per
 class of images or text files).
@@ -16,7 +17,7 @@ from pathlib import Path
 from kerakit.errors import KerakitError
 
 
-def data_report(path: "str | os.PathLike", label: str | None = None, *, sep: str | None = None,
+def data_report(path: "str | os.PathLike", label: "str | list[str] | None" = None, *, sep: str | None = None,
                 encoding: str | None = None, decimal: str | None = None, types: dict | None = None,
                 seed: int = 0, group: str | None = None, time: str | None = None, task: str | None = None) -> dict:
     """The data report of a path (see `kerakit.sources.checks`); one clear error for a path kerakit cannot read."""
@@ -24,7 +25,7 @@ def data_report(path: "str | os.PathLike", label: str | None = None, *, sep: str
                    dict(types=types, seed=seed, group=group, time=time, task=task))[0]
 
 
-def new_recipe(name: str, path: "str | os.PathLike", label: str | None = None, task: str | None = None,
+def new_recipe(name: str, path: "str | os.PathLike", label: "str | list[str] | None" = None, task: str | None = None,
                **read_options) -> tuple[dict, str]:
     """(the data report, the text of a recipe for it): what `kerakit new NAME --from PATH` writes.
 
@@ -39,7 +40,7 @@ def new_recipe(name: str, path: "str | os.PathLike", label: str | None = None, t
     return report, recipes.recipe_text(name, dataset, report, frame)
 
 
-def _report(path: Path, label: str | None, read: dict, check: dict) -> tuple[dict, object]:
+def _report(path: Path, label, read: dict, check: dict) -> tuple[dict, object]:
     """(the data report, a table's text frame or None for a folder): the one place a path's kind is told."""
     from kerakit.sources import checks, table
     from kerakit.sources.folder import scan_folder

@@ -22,7 +22,7 @@ import numpy as np
 
 from kerakit.errors import KerakitError
 from kerakit.sources.folder import SPLIT_FOLDERS
-from kerakit.sources.splits import NAMES, RATIOS, assign_splits
+from kerakit.sources.splits import NAMES, RATIOS, split_labels
 from kerakit.sources.table import Table, as_numbers, infer_types, missing_mask
 
 EXAMPLES = 5
@@ -33,39 +33,94 @@ OUTLIER_Z = 6.0           # robust z-score (median / 1.4826 MAD) beyond this: an
 LEAKAGE_ROWS = 20_000     # rows the single-column models see (a sample of a larger table)
 
 
-def table_report(table: Table, label: str | None = None, *, types: dict | None = None, seed: int = 0,
+def table_report(table: Table, label: "str | list[str] | None" = None, *, types: dict | None = None, seed: int = 0,
                  group: str | None = None, time: str | None = None, task: str | None = None,
                  ratios=RATIOS) -> dict:
-    """The data report of a table: its columns and types, the split it would get, and the flags."""
+    """The data report of a table: its columns and types, the split it would get, and the flags.
+
+    `label`: one column, or several (a list, or names joined by commas) for a multi-output model; each label is
+    checked on its own (missing values, conflicts, leakage, imbalance)."""
     frame = table.frame
-    if label is not None and label not in frame.columns:
-        raise KerakitError(f"Unknown label column {label!r} in {table.path.name}. Columns: {', '.join(frame.columns)}.")
+    labels = label_columns(label, list(frame.columns), table.path.name, group=group, time=time)
     types = infer_types(frame, table.decimal, types)
-    task = task or _task(types, label)
-    if label is not None and missing_mask(frame[label]).any():
-        rows = np.flatnonzero(missing_mask(frame[label]))
-        raise KerakitError(f"{table.path.name}: {len(rows)} row(s) have no label in column {label!r} "
-                           f"(data rows {', '.join(str(r + 1) for r in rows[:EXAMPLES])}). Drop them or fill them in.")
-    splits, rule = assign_splits(frame, label, seed=seed, ratios=ratios, group=group, time=time,
-                                 classification=task == "classification")
-    features = [c for c in frame.columns if c != label]
+    tasks = label_tasks(labels, types, task)
+    check_labelled(table.path.name, frame, tasks, table.decimal)
+    splits, rule = split_labels(frame, tasks, seed=seed, ratios=ratios, group=group, time=time)
+    features = [c for c in frame.columns if c not in tasks]
     keys = _row_hashes(frame, features)  # one hash of each row's features, for duplicates and conflicts
     flags = [*_missing(frame, features), *_constant(frame, features), *_mixed(frame, types, table.decimal),
-             *_spellings(frame, types, label), *_duplicates(frame, features, label, splits, keys),
+             *_spellings(frame, types, labels), *_duplicates(frame, features, labels, splits, keys),
              *_identifiers(frame, types, features), *_outliers(frame, types, table.decimal)]
-    if label is not None:
-        flags += [*_conflicts(frame, keys, label), *_leakage(frame, types, features, label, task, table.decimal)]
-        if task == "classification":
-            flags += _imbalance(frame[label])
-    return {"source": str(table.path), "read_as": table.describe(), "rows": len(frame), "label": label,
-            "task": task, "types": types, "split_rule": rule, "splits": _split_counts(frame, label, splits, task),
-            "columns": _column_summary(frame, types, table.decimal), "flags": flags}
+    for column, kind in tasks.items():
+        flags += [*_conflicts(frame, keys, column), *_leakage(frame, types, features, column, kind, table.decimal)]
+        if kind == "classification":
+            flags += _imbalance(frame[column], column)
+    return {"source": str(table.path), "read_as": table.describe(), "rows": len(frame),
+            "label": labels[0] if len(labels) == 1 else (labels or None),
+            "task": next(iter(tasks.values()), None), "tasks": tasks, "types": types, "split_rule": rule,
+            "splits": _split_counts(frame, tasks, splits), "columns": _column_summary(frame, types, table.decimal),
+            "flags": flags}
 
 
-def _task(types: dict, label: str | None) -> str | None:
+def label_columns(label, columns: list[str], name: str, *, group: str | None = None,
+                  time: str | None = None) -> list[str]:
+    """The label columns: none, one, or several (a list, or names joined by commas: "species,body_mass_g"; a
+    column whose own name holds a comma is one label). One clear error for a label that is no column, a column
+    named twice, or a label that is also the group or time column."""
     if label is None:
-        return None
-    return "regression" if types[label] == "number" else "classification"
+        return []
+    if isinstance(label, str):
+        labels = [label] if label in columns else [part.strip() for part in label.split(",")]
+    elif isinstance(label, (list, tuple)) and all(isinstance(c, str) for c in label):
+        labels = [c.strip() for c in label]
+    else:
+        raise KerakitError(f"Invalid label {label!r}: expected a column name or a list of them, e.g. "
+                           "label=['species', 'body_mass_g'].")
+    if not labels or "" in labels:
+        raise KerakitError(f"Invalid label {label!r}: name a column, or several joined by commas "
+                           "(--label species,body_mass_g).")
+    for column in labels:
+        if column not in columns:
+            raise KerakitError(f"Unknown label column {column!r} in {name}. Columns: {', '.join(columns)}.")
+        if labels.count(column) > 1:
+            raise KerakitError(f"Label column {column!r} is named twice in {', '.join(labels)}: name each label "
+                               "column once.")
+        for role, split_column in (("group", group), ("time", time)):
+            if column == split_column:
+                raise KerakitError(f"Column {column!r} is both a label and the {role} column: a label cannot "
+                                   f"decide the split; split by another column (--{role}) or predict another.")
+    return labels
+
+
+def label_tasks(labels: list[str], types: dict, task: str | None = None) -> dict[str, str]:
+    """{label column: task}, in order: regression for a number label, else classification; `task` overrides
+    the one label's."""
+    if task is not None and len(labels) > 1:
+        raise KerakitError(f"task={task!r} is the task of one label, and there are {len(labels)} "
+                           f"({', '.join(labels)}): each label's task follows its type (number: regression, any "
+                           "other: classification); give a number column of class codes the type category "
+                           "(--type COLUMN=category, or types= in the recipe's SOURCE).")
+    if task is not None and labels:
+        return {labels[0]: task}
+    return {c: "regression" if types[c] == "number" else "classification" for c in labels}
+
+
+def check_labelled(name: str, frame, tasks: dict[str, str], decimal: str, first_row: int = 0) -> None:
+    """Every row has every label (a number where the label is regression's), or one error naming the column and
+    the rows. A row without one of several labels is refused like a row without the one label: no output is
+    trained on a guess, and no row is dropped unsaid (`first_row`: where a streamed chunk starts)."""
+    for column, task in tasks.items():
+        missing = missing_mask(frame[column])
+        several = "; or leave the column out of the labels" if len(tasks) > 1 else ""
+        if missing.any():
+            raise KerakitError(f"{name}: {int(missing.sum())} row(s) have no label in column {column!r} "
+                               f"(data rows {_row_list(missing, first_row)}). Drop them or fill them in{several}.")
+        text = ~np.isfinite(as_numbers(frame[column], decimal)) if task == "regression" else missing
+        if text.any():
+            values = ", ".join(repr(v) for v in frame[column][text].unique()[:3])
+            raise KerakitError(f"{name}: {int(text.sum())} row(s) hold text, not a number, in the number label "
+                               f"column {column!r} (data rows {_row_list(text, first_row)}: {values}). Fix them "
+                               f"or drop them{several}.")
 
 
 def _flag(check: str, count: int, message: str, examples=()) -> dict:
@@ -77,17 +132,23 @@ def _plain(value):
     return value.item() if isinstance(value, np.generic) else value
 
 
+def _row_list(mask, first_row: int = 0) -> str:
+    return ", ".join(str(first_row + int(i) + 1) for i in np.flatnonzero(mask)[:EXAMPLES])
+
+
 def _rows(mask) -> list[int]:
     """1-based data row numbers of a mask's true cells (the header not counted)."""
     return [int(i) + 1 for i in np.flatnonzero(mask)[:EXAMPLES]]
 
 
-def _split_counts(frame, label, splits, task) -> dict:
+def _split_counts(frame, tasks: dict[str, str], splits) -> dict:
+    """Rows per split, and the classes of the label the split is stratified by (the first category label)."""
+    label = next((c for c, task in tasks.items() if task == "classification"), None)
     counts = {}
     for name in NAMES:
         part = splits == name
         entry = {"rows": int(part.sum())}
-        if label is not None and task == "classification":
+        if label is not None:
             entry["classes"] = {str(k): int(v) for k, v in frame[label][part].value_counts().sort_index().items()}
         counts[name] = entry
     return counts
@@ -162,11 +223,11 @@ def _mixed(frame, types: dict, decimal: str) -> list[dict]:
     return flags
 
 
-def _spellings(frame, types: dict, label) -> list[dict]:
+def _spellings(frame, types: dict, labels: list[str]) -> list[dict]:
     """One category written several ways ("Biscoe", "biscoe ", "BISCOE")."""
     flags = []
     for column, kind in types.items():
-        if kind not in ("category", "boolean") and column != label:
+        if kind not in ("category", "boolean") and column not in labels:
             continue
         values = frame[column][~missing_mask(frame[column])]
         spellings: dict[str, set] = {}
@@ -196,8 +257,8 @@ def _row_hashes(frame, columns) -> np.ndarray:
     return pd.util.hash_pandas_object(_normalized(frame, columns), index=False).to_numpy()
 
 
-def _duplicates(frame, features, label, splits, feature_keys) -> list[dict]:
-    keys = _normalized(frame, [*features, *([label] if label else [])])
+def _duplicates(frame, features, labels: list[str], splits, feature_keys) -> list[dict]:
+    keys = _normalized(frame, [*features, *labels])
     flags = []
     repeated = keys.duplicated(keep="first").to_numpy()
     if repeated.any():
@@ -259,11 +320,12 @@ def _outliers(frame, types: dict, decimal: str) -> list[dict]:
     return flags
 
 
-def _imbalance(labels) -> list[dict]:
+def _imbalance(labels, column: str | None = None) -> list[dict]:
     counts = labels.str.strip().value_counts()
     if len(counts) < 2 or counts.iloc[-1] / counts.iloc[0] >= IMBALANCE:
         return []
-    return [_flag("class_imbalance", counts.iloc[-1], f"class {counts.index[-1]!r} has {counts.iloc[-1]} rows, "
+    which = f"label {column!r}: " if column else ""
+    return [_flag("class_imbalance", counts.iloc[-1], f"{which}class {counts.index[-1]!r} has {counts.iloc[-1]} rows, "
                   f"{counts.iloc[-1] / counts.iloc[0]:.1%} of class {counts.index[0]!r}'s {counts.iloc[0]}: "
                   "accuracy will hide it; weigh classes or judge by macro F1", list(counts.index[-3:]))]
 

@@ -1,6 +1,6 @@
 """A source prepared once as a real TFDS dataset under the data directory, versioned by its content.
 
-    spec = SourceSpec(Path("data/penguins.csv"), label="species")
+    spec = SourceSpec(Path("data/penguins.csv"), label="species")   # or label=("species", "body_mass_g")
     builder = prepare(spec, data_dir)   # a tfds builder: builder.as_dataset(split="train"), builder.info
     builder.info.config_name            # 'c3f1a0d2e4b5a6978' : the content version
 
@@ -29,7 +29,7 @@ import kerakit.sources.folder as folders
 import kerakit.sources.splits as splitting
 import kerakit.sources.table as tables
 from kerakit.errors import KerakitError
-from kerakit.sources.checks import folder_report, table_report
+from kerakit.sources.checks import check_labelled, folder_report, table_report
 
 TFDS_VERSION = "1.0.0"  # the dataset format's own version; the content is the config name
 MEMORY_BUFFER = 64 << 20  # serialized records TFDS holds per split before spilling to disk (its default: 1 GB)
@@ -40,7 +40,7 @@ class SourceSpec:
     """What makes a dataset from a path: the path and every option that changes its records or splits."""
 
     path: Path
-    label: str | None = None
+    label: str | tuple | None = None  # one label column, or several (a multi-output model)
     task: str | None = None
     sep: str | None = None
     encoding: str | None = None
@@ -61,6 +61,8 @@ class SourceSpec:
         options = dict(options)
         options["types"] = tuple(sorted(dict(options.get("types") or {}).items()))
         options["split"] = tuple(float(r) for r in options.get("split", splitting.RATIOS))
+        if isinstance(options.get("label"), list):
+            options["label"] = tuple(options["label"])
         return cls(Path(path), **options)
 
     def options(self) -> dict:
@@ -153,8 +155,9 @@ def _prepared(spec: SourceSpec) -> Prepared:
 # --------------------------------------------------------------------------- tables
 
 def _table(spec: SourceSpec) -> Prepared:
-    """A table's features (numbers as float32 with NaN for missing, the rest as text, the label as a class
-    or a float) and its rows per split, read chunk by chunk where the file is streamed."""
+    """A table's features (numbers as float32 with NaN for missing, the rest as text) and each label (a class or
+    a float: "label" for one, its own name for each of several, `tables.label_keys`), and its rows per split,
+    read chunk by chunk where the file is streamed."""
     import tensorflow_datasets as tfds
 
     table = tables.read_table(spec.path, sep=spec.sep, encoding=spec.encoding, decimal=spec.decimal)
@@ -163,60 +166,60 @@ def _table(spec: SourceSpec) -> Prepared:
                            f"(columns of {spec.path.name}: {', '.join(table.frame.columns)}).")
     report = table_report(table, spec.label, types=dict(spec.types), seed=spec.seed, group=spec.group,
                           time=spec.time, task=spec.task, ratios=spec.split)
-    types, task = report["types"], report["task"]
-    names = tables.feature_names([c for c in table.frame.columns if c != spec.label])
-    classes, total = _scan(table, spec.label, task == "classification")
+    types, tasks = report["types"], report["tasks"]
+    names = tables.feature_names([c for c in table.frame.columns if c not in tasks])
+    keys = tables.label_keys(list(tasks), names)
+    classes, total = _scan(table, tasks)
     spread = 2**128 // (total + 1)  # see `_scan`
-    split_of, rule = _splits(table, spec, task)
+    split_of, rule = _splits(table, spec, tasks)
     features = {names[c]: tfds.features.Scalar(np.float32) if types[c] == "number" else tfds.features.Text()
                 for c in names}
-    features["label"] = tfds.features.ClassLabel(names=classes) if classes else tfds.features.Scalar(np.float32)
+    features.update({keys[c]: tfds.features.ClassLabel(names=classes[c]) if c in classes
+                     else tfds.features.Scalar(np.float32) for c in tasks})
 
     def rows(split):
         def generate():
             for start, chunk in table.chunks():
                 columns = {c: tables.as_numbers(chunk[c], table.decimal).astype(np.float32) if types[c] == "number"
                            else np.where(tables.missing_mask(chunk[c]), "", chunk[c].str.strip()) for c in names}
-                label = chunk[spec.label].str.strip().to_numpy()
-                labels = (np.searchsorted(np.array(classes), label) if classes
-                          else tables.as_numbers(chunk[spec.label], table.decimal).astype(np.float32))
+                labels = {c: np.searchsorted(np.array(classes[c]), chunk[c].str.strip().to_numpy()) if c in classes
+                          else tables.as_numbers(chunk[c], table.decimal).astype(np.float32) for c in tasks}
                 for i in np.flatnonzero(split_of(start, chunk) == split):
-                    yield (start + int(i)) * spread, {**{names[c]: columns[c][i] for c in names}, "label": labels[i]}
+                    yield (start + int(i)) * spread, {**{names[c]: columns[c][i] for c in names},
+                                                      **{keys[c]: labels[c][i] for c in tasks}}
         return generate
 
-    about = {"source": str(spec.path), "read_as": table.describe(), "task": task, "label": spec.label,
-             "classes": classes, "split_rule": rule, "flags": report["flags"],
-             "columns": {names[c]: {"column": c, "type": types[c]} for c in names}}
+    first = next(iter(tasks))
+    about = {"source": str(spec.path), "read_as": table.describe(), "task": report["task"], "label": report["label"],
+             "classes": classes.get(first), "split_rule": rule, "flags": report["flags"],
+             "columns": {names[c]: {"column": c, "type": types[c]} for c in names},
+             "labels": {keys[c]: {"column": c, "task": task, "classes": classes.get(c)} for c, task in tasks.items()}}
     return Prepared(tfds.features.FeaturesDict(features), {s: rows(s) for s in splitting.NAMES}, about)
 
 
-def _scan(table, label: str, classification: bool) -> tuple[list[str] | None, int]:
-    """(every label value of the whole table, sorted, for classification; its row count): a streamed file is
-    read once for them.
+def _scan(table, tasks: dict[str, str]) -> tuple[dict[str, list[str]], int]:
+    """(every value of each classification label over the whole table, sorted; its row count): a streamed file
+    is read once for them, and every row of it is checked for its labels (`check_labelled`).
 
     The row count spreads the examples' keys over TFDS's 128-bit key space: with `disable_shuffling` TFDS
     buckets records by the key's top bits and sorts each bucket in memory, so row numbers as keys put every
     record in bucket 0 and a split's whole size in memory (peak RSS 1.04 GB for 1M rows, 1.55 GB for 3M).
     """
-    found, total = set(), 0
-    for _, chunk in table.chunks():
+    found, total = {c: set() for c, task in tasks.items() if task == "classification"}, 0
+    for start, chunk in table.chunks():
         total += len(chunk)
-        missing = tables.missing_mask(chunk[label])
-        if missing.any():
-            raise KerakitError(f"{table.path.name}: {int(missing.sum())} row(s) have no label in column {label!r}. "
-                               "Drop them or fill them in.")
-        if classification:
-            found.update(chunk[label].str.strip().unique())
-    return (sorted(found) if classification else None), total
+        check_labelled(table.path.name, chunk, tasks, table.decimal, first_row=start)
+        for column, values in found.items():
+            values.update(chunk[column].str.strip().unique())
+    return {c: sorted(values) for c, values in found.items()}, total
 
 
-def _splits(table, spec: SourceSpec, task: str) -> tuple[Callable, str]:
-    """(first row, chunk) -> each row's split, and the rule. The whole table: `splitting.assign_splits`. A
+def _splits(table, spec: SourceSpec, tasks: dict[str, str]) -> tuple[Callable, str]:
+    """(first row, chunk) -> each row's split, and the rule. The whole table: `splitting.split_labels`. A
     streamed one: a seeded draw per row (its group's hash with `group`), stratified in expectation."""
     if not table.streamed:
-        split_of, rule = splitting.assign_splits(table.frame, spec.label, seed=spec.seed, ratios=spec.split,
-                                                 group=spec.group, time=spec.time,
-                                                 classification=task == "classification")
+        split_of, rule = splitting.split_labels(table.frame, tasks, seed=spec.seed, ratios=spec.split,
+                                                group=spec.group, time=spec.time)
         return (lambda start, chunk: split_of[start:start + len(chunk)]), rule
     if spec.time is not None:
         raise KerakitError(f"time={spec.time!r} needs the whole table in memory to sort it, and "

@@ -5,7 +5,9 @@
 A table gets an MLP over one feature vector that its `preprocess` builds from
 the raw columns (numbers with a missing flag, categories one-hot over the
 training split's values, free text as hashed words into a bag of
-embeddings); an image folder a small CNN on raw 0-255 pixels
+embeddings), and with several label columns one named output each (OUTPUTS:
+a class head per category label, a regression head in the label's units per
+number label, each with its own loss); an image folder a small CNN on raw 0-255 pixels
 (resized with padding in `preprocess`, scaled inside the model); a folder of
 text files a bag of embeddings over hashed words (tokens hashed in
 `preprocess`, as recipes/imdb_text.py does: a TextVectorization layer's string
@@ -56,23 +58,24 @@ def _dropped(report: dict) -> dict[str, str]:
         if reason and match:
             why.setdefault(match.group(1), reason)
     for column, kind in report["types"].items():
-        if kind == "date" and column != report["label"]:
+        if kind == "date" and column not in report["tasks"]:
             why.setdefault(column, "a date column (this model takes numbers, categories and text)")
     return why
 
 
 def _table_recipe(name: str, dataset: str, report: dict, frame) -> str:
-    from kerakit.sources.splits import assign_splits
-    from kerakit.sources.table import feature_names, missing_mask
+    from kerakit.sources.splits import split_labels
+    from kerakit.sources.table import feature_names, label_keys, missing_mask
 
-    label, task = report["label"], report["task"]
-    if label is None:
-        raise KerakitError("A table needs --label COLUMN: the column the model predicts.")
+    tasks = report["tasks"]
+    if not tasks:
+        raise KerakitError("A table needs --label COLUMN: the column the model predicts (or several, "
+                           "comma-separated, for one output each).")
     dropped = _dropped(report)
-    names = feature_names([c for c in report["types"] if c != label])
+    names = feature_names([c for c in report["types"] if c not in tasks])
     kept = [c for c in names if c not in dropped]
     numbers = [names[c] for c in kept if report["types"][c] == "number"]
-    splits, _ = assign_splits(frame, label, seed=0, classification=task == "classification")
+    splits, _ = split_labels(frame, tasks, seed=0)
     # A flag only where training rows have gaps: a feature that is 0 in every training row is nothing to learn
     # and a zero-variance column in the normalized vector (it broke an int8 ONNX file of this model).
     flags = [names[c] for c in kept if report["types"][c] == "number"
@@ -85,14 +88,34 @@ def _table_recipe(name: str, dataset: str, report: dict, frame) -> str:
             categories[names[c]] = list(train.value_counts().index[:MAX_CATEGORIES])
     width = len(numbers) + len(flags) + sum(len(v) for v in categories.values())
     if not width and not text:
-        raise KerakitError(f"No usable feature columns in {report['read_as']}: every column is the label or "
+        raise KerakitError(f"No usable feature columns in {report['read_as']}: every column is a label or "
                            f"left out ({', '.join(f'{c}: {w}' for c, w in dropped.items())}).")
-    head = TABLE_HEAD.format(name=name, read_as=report["read_as"], task=task, dataset=dataset, label=label,
+    head = TABLE_HEAD.format(name=name, read_as=report["read_as"], task=report["task"], dataset=dataset,
                              numbers=_literal(numbers), flags=_literal(flags), categories=_dict_literal(categories),
                              dropped=_dict_literal(dropped), width=width, rule=report["split_rule"],
-                             text=_literal(text))
-    model = TABLE_MODEL.format(name=name, **(CLASSIFIER_HEAD if task == "classification" else REGRESSOR_HEAD))
-    return head + model
+                             text=_literal(text), **_label_parts(report, label_keys(list(tasks), names)))
+    dropout = 0.2 if report["task"] == "classification" else 0.1
+    if len(tasks) > 1:
+        return head + TABLE_MODEL.format(name=name, dropout=dropout, **MULTI_HEAD) + MULTI_TAIL
+    single = CLASSIFIER_HEAD if report["task"] == "classification" else REGRESSOR_HEAD
+    return head + TABLE_MODEL.format(name=name, dropout=dropout, **single)
+
+
+def _label_parts(report: dict, keys: dict[str, str]) -> dict[str, str]:
+    """The recipe lines that name its labels: one label (one output), or several (OUTPUTS, an output each).
+    SOURCE says task= only where it is not the one the label's type gives."""
+    tasks, label = report["tasks"], report["label"]
+    inferred = {c: "regression" if report["types"][c] == "number" else "classification" for c in tasks}
+    task = "" if tasks == inferred else f", task={report['task']!r}"
+    source = f"dict(label={label!r}{task}, seed=0)"
+    if len(tasks) == 1:
+        return dict(described=f"label {label!r}", source=source, task_note="", outputs="",
+                    labels_out='example["label"]')
+    return dict(described=f"labels {', '.join(map(repr, tasks))}", source=source,
+                task_note="  # the first output's: the run is judged by it (and by METRIC); see OUTPUTS",
+                outputs=OUTPUTS_TEXT.format(outputs="".join(f"    {keys[c]!r}: {t!r},  # column {c!r}\n"
+                                                            for c, t in tasks.items())),
+                labels_out="{name: example[name] for name in OUTPUTS}")
 
 
 def _image_recipe(name: str, dataset: str, report: dict) -> str:
@@ -120,11 +143,11 @@ import tensorflow as tf
 
 from kerakit.recipe import Input
 
-DESCRIPTION = "MLP on {dataset} (label {label!r}), written by kerakit new."
-TASK = "{task}"
+DESCRIPTION = "MLP on {dataset} ({described}), written by kerakit new."
+TASK = "{task}"{task_note}
 DATASET = "{dataset}"  # prepared once as a TFDS dataset, versioned by the file's content
-SOURCE = dict(label={label!r}, seed=0)  # {rule}
-DEFAULTS = dict(epochs=80, batch_size=32, patience=12)
+SOURCE = {source}  # {rule}
+{outputs}DEFAULTS = dict(epochs=80, batch_size=32, patience=12)
 
 # The feature vector `preprocess` builds from a raw row, in this order: the numbers (a missing one as 0), a 1/0
 # flag per number that has gaps in training, and each category one-hot over its training-split values
@@ -158,8 +181,15 @@ def preprocess(example, config):
         ids = tf.strings.to_hash_bucket_fast(words, HASH_BUCKETS - 1) + 1
         ids = tf.pad(ids, [[0, SEQUENCE_LENGTH - tf.shape(ids)[0]]])
         features["tokens"] = tf.ensure_shape(tf.cast(ids, tf.int32), (SEQUENCE_LENGTH,))
-    return features, example["label"]
+    return features, {labels_out}
 
+'''
+# Several label columns: one named output each, named as the prepared dataset names each label.
+OUTPUTS_TEXT = '''# One output per label column, named as the prepared dataset names the label: a class head (softmax over
+# the label's classes) per category label, a regression head in the label's own units per number label. Each
+# output has its own loss, and is evaluated and verified by its name.
+OUTPUTS = {{
+{outputs}}}
 '''
 
 TABLE_MODEL = '''
@@ -184,14 +214,37 @@ def build_model(hp, data):
                   {loss})
     return model
 '''
-CLASSIFIER_HEAD = dict(dropout=0.2, head='''\
+CLASSIFIER_HEAD = dict(head='''\
     outputs = keras.layers.Dense(len(data.class_names), activation="softmax", name="probabilities")(x)''',
                        loss='loss="sparse_categorical_crossentropy", metrics=["accuracy"]')
-REGRESSOR_HEAD = dict(dropout=0.1, head='''\
+REGRESSOR_HEAD = dict(head='''\
     _, target = data.arrays("train")  # the model predicts in the target's own units: scaled inside it
     x = keras.layers.Dense(1)(x)
     outputs = keras.layers.Rescaling(float(target.std()) or 1.0, offset=float(target.mean()), name="prediction")(x)''',
                       loss='loss="mse", metrics=["mae"]')
+MULTI_HEAD = dict(head='''\
+    heads = {name: head(name, task, data, x) for name, task in OUTPUTS.items()}
+    outputs = [output for output, _ in heads.values()]  # in OUTPUTS' order: TASK and METRIC judge the first''',
+                  loss='''loss={name: LOSSES[task] for name, task in OUTPUTS.items()},
+                  loss_weights={name: weight for name, (_, weight) in heads.items()},
+                  metrics={name: [METRICS[task]] for name, task in OUTPUTS.items()}''')
+MULTI_TAIL = '''
+
+LOSSES = {"classification": "sparse_categorical_crossentropy", "regression": "mse"}
+METRICS = {"classification": "accuracy", "regression": "mae"}
+
+
+def head(name, task, data, x):
+    """(one label's output, its loss weight): a class head over the label's classes, or a regression head that
+    predicts in the label's own units (scaled inside the model), its squared error weighed by 1 / variance so
+    that a label in grams does not drown the others."""
+    if task == "classification":
+        return keras.layers.Dense(len(data.label_names(name)), activation="softmax", name=name)(x), 1.0
+    target = data.output_labels("train")[name]
+    scale = float(target.std()) or 1.0
+    x = keras.layers.Dense(1)(x)
+    return keras.layers.Rescaling(scale, offset=float(target.mean()), name=name)(x), 1.0 / scale**2
+'''
 
 IMAGE_RECIPE = '''"""{name}: a small CNN on {read_as}. Written by `kerakit new`; yours to edit."""
 

@@ -2,6 +2,8 @@
 
     splits, rule = assign_splits(frame, label="species", seed=0)
     rule  # 'stratified by species, seed 0: train 80 %, validation 10 %, test 10 %'
+    splits, rule = split_labels(frame, {"species": "classification", "mass": "regression"}, seed=0)
+    rule  # 'stratified by species (the first category label of species, mass), seed 0: ...'
 """
 
 from __future__ import annotations
@@ -14,13 +16,24 @@ RATIOS = (0.8, 0.1, 0.1)
 NAMES = ("train", "validation", "test")
 
 
+def split_labels(frame, tasks: dict[str, str], **options) -> tuple[np.ndarray, str]:
+    """`assign_splits` for a table's label columns ({column: task}, in order; none for a report without a
+    label): stratified by the first classification label, shuffled where every label is a number; with several
+    labels the rule names the one it stratified by."""
+    first = next((c for c, task in tasks.items() if task == "classification"), None)
+    label = first or next(iter(tasks), None)
+    return assign_splits(frame, label, classification=first is not None,
+                         among=tuple(tasks) if len(tasks) > 1 else (), **options)
+
+
 def assign_splits(frame, label: str | None = None, *, seed: int = 0, ratios=RATIOS, group: str | None = None,
-                  time: str | None = None, classification: bool = True) -> tuple[np.ndarray, str]:
+                  time: str | None = None, classification: bool = True, among: tuple = ()) -> tuple[np.ndarray, str]:
     """The split of each row ("train", "validation", "test") and the rule that made it.
 
     group: every row of one value of this column lands in one split. time: rows sorted by this column,
     the earliest in train and the latest in test. Otherwise shuffled with `seed`, stratified by
-    `label` for classification where every class has enough rows.
+    `label` for classification where every class has enough rows. among: every label column, where `label`
+    is one of several (the rule says which it stratified by).
     """
     ratios = _checked_ratios(ratios)
     n = len(frame)
@@ -42,8 +55,11 @@ def assign_splits(frame, label: str | None = None, *, seed: int = 0, ratios=RATI
     if label is not None and classification:
         counts = frame[label].value_counts()
         if len(counts) and counts.min() * min(r for r in ratios if r) >= 1:
-            return _stratified(frame[label].to_numpy(), ratios, rng), f"stratified by {label}, seed {seed}: {shares}"
-    return _by_position(rng.permutation(n), n, ratios), f"shuffled, seed {seed}: {shares}"
+            which = f" (the first category label of {', '.join(among)})" if among else ""
+            return _stratified(frame[label].to_numpy(), ratios, rng), \
+                f"stratified by {label}{which}, seed {seed}: {shares}"
+    why = " (every label a number)" if among and not classification else ""
+    return _by_position(rng.permutation(n), n, ratios), f"shuffled{why}, seed {seed}: {shares}"
 
 
 def _checked_ratios(ratios) -> tuple[float, float, float]:

@@ -315,9 +315,10 @@ def _dates(values) -> np.ndarray:
     return (parsed.notna() & values.str.contains(r"[-/.]")).to_numpy()
 
 
-def feature_names(columns: list[str]) -> dict[str, str]:
-    """Column -> a TFDS/Keras-safe feature name ("Bill length (mm)" -> "bill_length_mm"), unique, never "label"."""
-    names, used = {}, {"label"}
+def feature_names(columns: list[str], taken=()) -> dict[str, str]:
+    """Column -> a TFDS/Keras-safe feature name ("Bill length (mm)" -> "bill_length_mm"), unique, never "label"
+    nor one of `taken`."""
+    names, used = {}, {"label", *taken}
     for column in columns:
         base = re.sub(r"[^a-z0-9]+", "_", column.lower()).strip("_") or "column"
         base = f"c_{base}" if base[0].isdigit() else base
@@ -327,3 +328,20 @@ def feature_names(columns: list[str]) -> dict[str, str]:
         used.add(name)
         names[column] = name
     return names
+
+
+# Input names of `kerakit new`'s table recipes: a label's feature is its model output's name, and a Keras model's
+# layers need distinct names.
+RECIPE_INPUTS = ("features", "tokens")
+
+
+def label_keys(labels: list[str], features: dict[str, str]) -> dict[str, str]:
+    """Label column -> its feature in the prepared dataset: "label" for a table's one label; with several, each
+    label's own safe name, distinct from the feature columns' (`features`: column -> name) and the recipe's inputs.
+
+    >>> label_keys(["Species", "Body mass (g)"], {"island": "island"})
+    {'Species': 'species', 'Body mass (g)': 'body_mass_g'}
+    """
+    if len(labels) == 1:
+        return {labels[0]: "label"}
+    return feature_names(labels, taken={*features.values(), *RECIPE_INPUTS})
