@@ -458,7 +458,7 @@ def _print_columns(columns: list[dict]) -> None:
 @click.option("--data", required=True, type=click.Path(dir_okay=False), help="A `kerakit serve` request log (.jsonl), or model inputs (.npz by input name, .npy, .csv).")
 @click.option("--psi", "psi_threshold", default=0.2, show_default=True, type=click.FloatRange(min=0), help="Population stability index above which a series drifts.")
 @click.option("--ks", "ks_threshold", default=0.2, show_default=True, type=click.FloatRange(0, 1), help="Kolmogorov-Smirnov statistic above which a series drifts.")
-@click.option("--data-dir", help="TFDS data directory (for the run's training data, the first time).")
+@click.option("--data-dir", help="TFDS data directory (for the training data of a run that has no data_profile.json).")
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
 @click.pass_context
 def drift_cmd(ctx, run, data, psi_threshold, ks_threshold, data_dir, as_json) -> None:
@@ -483,6 +483,8 @@ def drift_cmd(ctx, run, data, psi_threshold, ks_threshold, data_dir, as_json) ->
             table.add_row("predictions", f"{p['psi']:.3f}", f"{p['ks']:.3f}" if "ks" in p else "-", "", "",
                           "DRIFT" if p["drift"] else "")
         Console(width=max(120, Console().width)).print(table)
+        if result["profiled_now"]:
+            click.echo("training data profiled now: the run has no data_profile.json of this kerakit")
         verdict = (f"drift in {len(result['drifted'])} series: {', '.join(result['drifted'])}" if result["drift"]
                    else "no drift")
         click.echo(f"{verdict} (thresholds PSI {psi_threshold}, KS {ks_threshold})")

@@ -8,14 +8,14 @@ Per feature, on the training split: missing values (NaN or infinite), min,
 median and max; flags for a constant feature (one value in train), a
 duplicate (the same column as an earlier feature) and a shift (the test
 split's distribution differs from train's by the PSI or KS thresholds of
-`kerakit drift`, whose statistics these are).
+`kerakit drift`, whose statistics these are: `kerakit.stats`).
 """
 
 from __future__ import annotations
 
 import numpy as np
 
-from kerakit import drift
+from kerakit import stats
 
 
 def feature_quality(train: np.ndarray, test: np.ndarray, names: list[str] | None = None,
@@ -39,7 +39,7 @@ def feature_quality(train: np.ndarray, test: np.ndarray, names: list[str] | None
                "max": float(values.max()) if len(values) else float("nan"), "psi": None, "ks": None}
         test_values = test[:, i][np.isfinite(test[:, i])]
         if len(values) and len(test_values):
-            shift = drift.compare_series(drift.summarize(values), test_values, psi_threshold, ks_threshold)
+            shift = stats.compare_series(stats.summarize(values), test_values, psi_threshold, ks_threshold)
             row.update(psi=shift["psi"], ks=shift["ks"])
             if shift["drift"] and "constant" not in flags:
                 flags.append("train/test shift")

@@ -9,6 +9,7 @@ Every other module asks a `Run` for its paths instead of spelling file names:
       model.keras        best model (by the recipe's validation metric)
       history.csv        one row per epoch
       metrics.json       test-split metrics
+      data_profile.json  training-split summary that `kerakit drift` compares against
       manifest.json      reproducibility record + SHA-256 of artifacts (written last:
                          a run is finished once it exists)
       logs/              TensorBoard
@@ -22,7 +23,6 @@ Every other module asks a `Run` for its paths instead of spelling file names:
       deployment.json    `kerakit bench`: per batch size, the fastest verified artifact on this
                          machine and its runtime settings (what `serve RUN`, `runtime.load(RUN)` use)
       report/            `kerakit report`: model_card.md, index.html, figures
-      data_profile.json  training-split summary that `kerakit drift` compares against
       requests.jsonl     `kerakit serve` request log (when serving this run's model)
       build.json         what `kerakit build` last exported and benched (skips them on a rerun)
       search/            `kerakit build --tune`: the search, laid out as a `Search`
@@ -423,6 +423,10 @@ class Run:
         return self.path / MODEL_FILE
 
     @property
+    def data_profile(self) -> Path:
+        return self.path / DATA_PROFILE_FILE
+
+    @property
     def backup_dir(self) -> Path:
         return self.path / BACKUP_DIR
 
@@ -462,10 +466,6 @@ class Run:
     @property
     def report_dir(self) -> Path:
         return self.path / REPORT_DIR
-
-    @property
-    def data_profile(self) -> Path:
-        return self.path / DATA_PROFILE_FILE
 
     @property
     def request_log(self) -> Path:

@@ -186,10 +186,12 @@ def _check_finite_loss(job: _Job, losses: list, hp, resumed_from: int) -> None:
 
 
 def _save_model(job: _Job, model, best, data, hp) -> dict:
-    """Write the best model, the cleaned history, test metrics and the final config; return the metrics."""
+    """Write the best model, the cleaned history, test metrics, the training data's profile (drift's reference)
+    and the final config; return the metrics."""
     from kerakit.callbacks import ensure_space
+    from kerakit.drift import training_profile
     from kerakit.evaluate import evaluate_model
-    from kerakit.formats.keras import load_keras_model
+    from kerakit.formats.keras import KerasPredictor, load_keras_model
 
     run = job.run
     ensure_space(run.path, model)
@@ -205,6 +207,7 @@ def _save_model(job: _Job, model, best, data, hp) -> dict:
         held_out = evaluate_model(model, data, "val")
         metrics["held_out"] = {job.recipe.metric: held_out[job.recipe.metric], "examples": held_out["examples"]}
     runs.write_json(run.metrics_path, metrics)
+    runs.write_json(run.data_profile, training_profile(job.recipe, data, KerasPredictor(run.model_path, model=model)))
     runs.write_json(run.config_path, {**job.requested, "hparams": dict(hp.values)})
     return metrics
 
@@ -212,7 +215,7 @@ def _save_model(job: _Job, model, best, data, hp) -> dict:
 def _finish_run(job: _Job, data, dist, hp, best, resumed_from: int, data_dir: str | None) -> None:
     """Write the manifest last (it marks the run finished) and drop the training-only checkpoint."""
     run, recipe, config = job.run, job.recipe, job.config
-    artifacts = [run.model_path, run.config_path, run.history_path, run.metrics_path, run.recipe_path]
+    artifacts = [run.model_path, run.config_path, run.history_path, run.metrics_path, run.recipe_path, run.data_profile]
     manifest = {
         "kind": "train",
         "recipe": {"name": recipe.name, "source": str(recipe.path), "task": recipe.task,
@@ -281,7 +284,8 @@ def _check_previous(run: runs.Run, requested: dict, overwrite: bool, log) -> run
 
 
 def _clear(run: runs.Run) -> None:
-    for path in (run.manifest_path, run.model_path, run.metrics_path, run.history_path, run.config_path):
+    for path in (run.manifest_path, run.model_path, run.metrics_path, run.history_path, run.config_path,
+                 run.data_profile):
         path.unlink(missing_ok=True)
     for path in (run.backup_dir, run.checkpoint_dir, run.logs_dir):
         shutil.rmtree(path, ignore_errors=True)

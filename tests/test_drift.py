@@ -1,6 +1,6 @@
 """`kerakit drift`: the training-data profile against new inputs, raw or from a server request log.
 
-The first tests pin the statistics on synthetic arrays (no run, no TensorFlow);
+The first tests pin the statistics (`kerakit.stats`) on synthetic arrays (no run, no TensorFlow);
 the rest run the real command on a copy of the shared digits run."""
 
 import json
@@ -11,7 +11,7 @@ import pytest
 import requests
 
 from conftest import cli_in_process
-from kerakit.drift import compare_series, proportions_psi, psi, summarize
+from kerakit.stats import compare_series, profile_split, proportions_psi, psi, summarize
 
 RNG = np.random.default_rng(0)
 REFERENCE = RNG.normal(size=20_000)
@@ -74,11 +74,30 @@ def test_compare_series_drifts_when_either_statistic_passes_its_threshold():
     assert compare_series(ref, shifted, psi_threshold=0.1, ks_threshold=1)["drift"], "PSI alone"
 
 
+def _profile(rows: np.ndarray, batch: int, keep: int) -> dict:
+    batches = ({"features": rows[i:i + batch]} for i in range(0, len(rows), batch))
+    return profile_split(batches, lambda x: x["features"][:, :2], {"features": ["a", "b", "c"]}, ["yes", "no"], keep)
+
+
+def test_a_profile_depends_on_the_rows_not_their_order_or_batching():
+    rows = RNG.normal(size=(5000, 3))
+    profile = _profile(rows, 32, keep=1000)
+    assert profile["rows"] == 5000 and profile["profiled_rows"] == 1000  # a larger split: a sample, in bounded memory
+    assert set(profile["series"]) == {"features.mean", "features.std", "features.min", "features.max",
+                                      "features[a]", "features[b]", "features[c]"}
+    assert profile == _profile(RNG.permutation(rows), 100, keep=1000)  # a shuffled pipeline: the same profile
+    assert profile["predictions"]["proportions"] == pytest.approx([0.5, 0.5], abs=0.05)
+    assert profile["predictions"]["class_names"] == ["yes", "no"]
+    everything = _profile(rows, 32, keep=10_000)
+    assert everything["profiled_rows"] == 5000
+    assert everything["series"]["features[a]"] == summarize(rows[:, 0])
+
+
 # ----------------------------------------------------------------------------- `kerakit drift` on a run
 
 @pytest.fixture(scope="module")
 def run_dir(digits_run, tmp_path_factory):
-    """A copy of the shared digits run: drift writes its profile (and this module an export) into it."""
+    """A copy of the shared digits run (this module exports it, and spoils its profile)."""
     out = tmp_path_factory.mktemp("drift") / "digits"
     shutil.copytree(digits_run.path, out)
     return out
@@ -94,13 +113,21 @@ def test_inputs(run_dir):
     return x["image"]
 
 
+def test_train_writes_the_profile_drift_compares_against(digits_run):
+    profile = json.loads(digits_run.data_profile.read_text())
+    assert profile["split"] == "train" and profile["rows"] == digits_run.manifest["data"]["sizes"]["train"]
+    assert "image.mean" in profile["series"] and profile["predictions"]["kind"] == "classes"
+    assert "data_profile.json" in digits_run.manifest["artifacts"]  # a run file like the model: hashed, checked
+
+
 def test_drift_passes_held_out_data_and_catches_a_shift(run_dir, test_inputs, tmp_path):
     np.savez(tmp_path / "same.npz", image=test_inputs)
     np.savez(tmp_path / "shifted.npz", image=np.clip(test_inputs * 0.6 + 0.25, 0, 1))  # washed-out scans
+    profile = (run_dir / "data_profile.json").read_bytes()
     same = cli_in_process("drift", run_dir, "--data", tmp_path / "same.npz", "--json")
     assert same.returncode == 0, same.stderr
-    assert not json.loads(same.stdout)["drift"]
-    assert (run_dir / "data_profile.json").exists()
+    assert not json.loads(same.stdout)["drift"] and not json.loads(same.stdout)["profiled_now"]
+    assert (run_dir / "data_profile.json").read_bytes() == profile  # drift only reads
     shifted = cli_in_process("drift", run_dir, "--data", tmp_path / "shifted.npz")
     assert shifted.returncode == 3, shifted.stderr
     assert "DRIFT" in shifted.stdout and "image.mean" in shifted.stdout.splitlines()[-1]
@@ -128,16 +155,18 @@ def test_drift_reads_the_server_request_log(run_dir, test_inputs, tmp_path):
     assert shifted.returncode == 3 and "DRIFT" in shifted.stdout
 
 
-def test_a_profile_from_an_older_kerakit_is_recomputed(run_dir, test_inputs, tmp_path):
+def test_a_run_without_a_current_profile_is_profiled_now_and_left_as_it_is(run_dir, test_inputs, tmp_path):
+    """A run trained by an older kerakit: its training data is profiled for this check; drift writes nothing."""
     np.savez(tmp_path / "same.npz", image=test_inputs)
-    assert cli_in_process("drift", run_dir, "--data", tmp_path / "same.npz").returncode == 0  # the profile exists
     profile = json.loads((run_dir / "data_profile.json").read_text())
     stale = {**profile, "version": 1, "series": {k: {**v, "proportions": [1.0] + [0.0] * (len(v["proportions"]) - 1)}
                                                   for k, v in profile["series"].items()}}
     (run_dir / "data_profile.json").write_text(json.dumps(stale))
     r = cli_in_process("drift", run_dir, "--data", tmp_path / "same.npz")
-    assert r.returncode == 0, r.stdout + r.stderr
-    assert json.loads((run_dir / "data_profile.json").read_text()) == profile
+    assert r.returncode == 0 and "no drift" in r.stdout, r.stdout + r.stderr  # the stale bins would have drifted
+    assert "training data profiled now: the run has no data_profile.json of this kerakit" in r.stdout
+    assert json.loads((run_dir / "data_profile.json").read_text()) == stale
+    (run_dir / "data_profile.json").write_text(json.dumps(profile))
 
 
 @pytest.mark.parametrize("data, fragment", [

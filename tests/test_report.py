@@ -23,16 +23,25 @@ def reported(tmp_path_factory):
     out = tmp_path_factory.mktemp("report") / "digits"
     kerakit.train("digits_cnn", out, epochs=4, verbose=0, log=lambda m: None)
     export(out, targets=["server", "edge"], log=lambda m: None)
-    return out, report(out, log=lambda m: None)
+    before = _files(out)
+    result = report(out, log=lambda m: None)
+    return out, result, before
 
 
-def test_report_writes_the_card_its_figures_and_the_drift_profile(reported):
-    out, result = reported
+def _files(run) -> dict:
+    """Every file of a run outside report/, with its bytes (not the writer lock, which names its holder)."""
+    return {str(p.relative_to(run)): p.read_bytes() for p in sorted(run.rglob("*"))
+            if p.is_file() and p.relative_to(run).parts[0] != "report" and p.name != ".kerakit.lock"}
+
+
+def test_report_writes_the_card_and_its_figures_and_nothing_else(reported):
+    out, result, before = reported
     assert result["html"] == str(out / "report" / "index.html")
     assert result["markdown"] == str(out / "report" / "model_card.md")
     for name in ("model_card.md", "index.html", "curves.png", "confusion.png", "saliency.png"):
         assert (out / "report" / name).stat().st_size > 0
-    assert (out / "data_profile.json").exists()
+    after = _files(out)
+    assert after == before, sorted(k for k in after.keys() | before.keys() if after.get(k) != before.get(k))
     assert [r["artifact"] for r in result["deployment"]][0] == "keras"
     assert sum(r["verdict"] == "verified" for r in result["deployment"]) == 5
 
@@ -40,7 +49,7 @@ def test_report_writes_the_card_its_figures_and_the_drift_profile(reported):
 def test_report_renders_in_headless_chromium_with_its_images(reported, tmp_path):
     from playwright.sync_api import sync_playwright
 
-    out, _ = reported
+    out, *_ = reported
     chromium = os.environ.get("KERAKIT_CHROMIUM", "/usr/bin/chromium")
     assert os.path.exists(chromium), f"{chromium} missing: `make test` installs Debian's chromium"
     page_file = out / "report" / "index.html"
@@ -70,7 +79,7 @@ def test_report_renders_in_headless_chromium_with_its_images(reported, tmp_path)
 
 
 def test_model_card_names_data_hparams_slices_and_versions(reported):
-    out, _ = reported
+    out, *_ = reported
     md = (out / "report" / "model_card.md").read_text()
     manifest = json.loads((out / "manifest.json").read_text())
     assert manifest["data"]["sha256"]["train"][:16] in md
@@ -131,7 +140,7 @@ def test_a_run_whose_model_has_a_custom_layer_is_reported_with_custom_objects(re
     from kerakit.formats.keras import CUSTOM_OBJECTS_ENV
 
     monkeypatch.delenv(CUSTOM_OBJECTS_ENV, raising=False)  # the CLI sets it in this process; restored after
-    out, _ = reported
+    out, *_ = reported
     run = tmp_path / "scaled"
     shutil.copytree(out, run)
     shutil.rmtree(run / "report")

@@ -85,6 +85,7 @@ SOURCES = sorted(name for name in MODULES if name == "kerakit.sources" or name.s
     ("kerakit.metrics", {"kerakit.errors"}),
     ("kerakit.dtypes", set()),
     ("kerakit.request_log", {"kerakit.errors", "kerakit.runs"}),
+    ("kerakit.stats", {"kerakit.errors", "kerakit.request_log"}),  # numbers in, numbers out: no run, model or data
     ("kerakit.runs", {"kerakit.errors", "kerakit.recipe"}),  # a run loads its own copy of its recipe
     # The user's files become data below everything that trains, exports or serves.
     *((m, {"kerakit.errors", "kerakit.quiet", *SOURCES}) for m in SOURCES),  # sorted: pytest-xdist needs one order
