@@ -26,11 +26,11 @@ from kerakit import formats, runs
 from kerakit.errors import KerakitError
 from kerakit.export import confidence
 from kerakit.export import layouts as _layouts
-from kerakit.export.context import ExportContext
+from kerakit.export.context import ExportContext, convert_from
 from kerakit.export.report import ExportReport, now
 from kerakit.export.source import verification_data
 from kerakit.export.targets import ArtifactSpec, Target, format_target, load_target
-from kerakit.export.verify import Check, Reference, kb, make_reference, verify_artifact
+from kerakit.export.verify import Check, Reference, judge_float32_copy, kb, make_reference, verify_artifact
 
 __all__ = ["ExportReport", "export", "load_target", "verify_artifact"]
 
@@ -77,7 +77,8 @@ def _export(chosen, run, model_path: Path, model, name: str, out: Path, recipe, 
             progress) -> ExportReport:
     from kerakit.formats.keras import KerasPredictor
 
-    keras_predictor = KerasPredictor(model_path, model=model)
+    source, policies = convert_from(model)  # a mixed-precision model: its float32 copy (export.context)
+    keras_predictor = KerasPredictor(model_path, model=source)
     samples = max(t.verify.samples for t in chosen)
     data = verification_data(run, recipe, sample, data_dir, keras_predictor.inputs, samples,
                              [s.name for s in keras_predictor.outputs])
@@ -87,6 +88,10 @@ def _export(chosen, run, model_path: Path, model, name: str, out: Path, recipe, 
                                metric_output=data.metric_output, other_labels=data.other_labels,
                                more_rows=data.more_rows)
     log(f"Verifying against Keras on {data.inputs_from}.")
+    if policies:
+        reference.precision = judge_float32_copy(reference, KerasPredictor(model_path, model=model), policies,
+                                                 [t.verify for t in chosen])
+        log(reference.precision["summary"])
     if data.class_names:
         runs.write_text(out / runs.LABELS_FILE, "\n".join(data.class_names) + "\n")
     metadata = {"name": name, "description": data.description, "inputs": [s.to_dict() for s in keras_predictor.inputs],
@@ -95,7 +100,7 @@ def _export(chosen, run, model_path: Path, model, name: str, out: Path, recipe, 
 
     specs = _plan(chosen)
     with tempfile.TemporaryDirectory(prefix=".staging-", dir=out) as staging:
-        context = ExportContext(model, keras_predictor.inputs, metadata["outputs"], Path(staging),
+        context = ExportContext(source, keras_predictor.inputs, metadata["outputs"], Path(staging),
                                 data.calibration, metadata)
         rows = []
         for spec, target in specs:
@@ -107,7 +112,8 @@ def _export(chosen, run, model_path: Path, model, name: str, out: Path, recipe, 
                           targets=[t.name for t in chosen], inputs_from=data.inputs_from,
                           keras_metric=({"name": reference.metric_name, "value": reference.metric}
                                         if reference.metric is not None else None),
-                          artifacts=rows, layouts=_write_layouts(chosen, rows, out, name), created=now())
+                          artifacts=rows, layouts=_write_layouts(chosen, rows, out, name), created=now(),
+                          precision=reference.precision)
     report.write(out)
     _record(report, run, model_path, out)
     return report

@@ -31,6 +31,9 @@ class ExportReport:
     keras_metric: dict | None = None    # {"name": "accuracy", "value": 0.98}
     run: str | None = None
     created: str = field(default_factory=now)
+    # A mixed-precision model: the float32 copy every format converts from, judged against the model as trained
+    # (policies, max_abs_error, metric change, argmax agreement, tolerance and why, summary; export.verify).
+    precision: dict | None = None
 
     @property
     def failed(self) -> list[str]:

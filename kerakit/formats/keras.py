@@ -79,6 +79,62 @@ def load_keras_model(path: "str | os.PathLike", objects: dict | None = None):
     return model
 
 
+LOW_PRECISION = ("float16", "bfloat16")  # compute dtypes of mixed_float16, mixed_bfloat16, float16, bfloat16
+_LOW_POLICIES = {"mixed_float16", "mixed_bfloat16", "float16", "bfloat16"}
+
+
+def low_precision_policies(model) -> list[str]:
+    """The dtype policies (`mixed_float16`, ...) under which some layer of `model` computes in float16 or bfloat16;
+    [] for a float32 model."""
+    return sorted({layer.dtype_policy.name for layer in model._flatten_layers(include_self=True)
+                   if getattr(layer.dtype_policy, "compute_dtype", None) in LOW_PRECISION})
+
+
+def float32_copy(model):
+    """The same architecture under the float32 policy, holding `model`'s weights as float32.
+
+    Functional, Sequential and subclassed models alike: the model's own config with every low-precision policy
+    replaced by float32, rebuilt under the float32 global policy (so layers a subclassed `__init__` makes take
+    it too); a layer that still computes in float16 after that (a dtype written into `__init__`) is switched in
+    place. The weights of a mixed policy are float32 already, so they are copied exactly.
+    """
+    import keras
+
+    config = _float32_config(keras.saving.serialize_keras_object(model))
+    classes = {type(layer).__name__: type(layer) for layer in model._flatten_layers(include_self=True)}
+    policy = keras.config.dtype_policy()
+    keras.config.set_dtype_policy("float32")
+    try:  # the config comes from a model already loaded here, so safe mode has nothing left to guard
+        copy = keras.saving.deserialize_keras_object(config, custom_objects=classes, safe_mode=False)
+        for layer in copy._flatten_layers(include_self=True):
+            if getattr(layer.dtype_policy, "compute_dtype", None) in LOW_PRECISION:
+                layer.dtype_policy = "float32"
+        copy.set_weights([np.asarray(w).astype(v.dtype) for w, v in zip(model.get_weights(), copy.weights)])
+    except (TypeError, ValueError) as e:
+        raise KerakitError(f"Cannot make a float32 copy of this {'/'.join(low_precision_policies(model))} model "
+                           f"to convert: {_first(e)}. Save a float32 copy yourself (the same layers under "
+                           "keras.config.set_dtype_policy('float32'), then set_weights) and export that.") from e
+    finally:
+        keras.config.set_dtype_policy(policy)
+    return copy
+
+
+def _float32_config(config):
+    """A serialized model with every float16/bfloat16 dtype policy (an object, or a name under "dtype") float32."""
+    if isinstance(config, list):
+        return [_float32_config(v) for v in config]
+    if not isinstance(config, dict):
+        return config
+    if config.get("class_name") == "DTypePolicy" and config.get("config", {}).get("name") in _LOW_POLICIES:
+        return {**config, "config": {**config["config"], "name": "float32"}}
+    return {k: "float32" if k == "dtype" and isinstance(v, str) and v in _LOW_POLICIES else _float32_config(v)
+            for k, v in config.items()}
+
+
+def _first(e: Exception) -> str:
+    return (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
+
+
 def _is_hdf5(path: Path) -> bool:
     with open(path, "rb") as f:
         return f.read(8) == b"\x89HDF\r\n\x1a\n"
