@@ -63,8 +63,10 @@ def evaluate(
         x, y = data.arrays(split)
         name = runtime.metric_output(model, metric_output)
         outputs = runtime.predict_all(model, model.validate(x))
-        metrics = _task_metrics(data, x, y, outputs[name])
-    return {"format": fmt, "output": name, **metrics, "split": split, "examples": int(len(y))}
+        per_output = _per_output(data, split, outputs)  # a multi-output recipe's: each on its own labels
+        metrics = per_output.get(name) or _task_metrics(data, x, y, outputs[name])
+    result = {"format": fmt, "output": name, **metrics, "split": split, "examples": int(len(y))}
+    return {**result, "outputs": per_output} if per_output else result
 
 
 def evaluate_sample(path: Path, sample: "str | os.PathLike", metric_output: str | None = None) -> dict:
@@ -91,6 +93,17 @@ def evaluate_sample(path: Path, sample: "str | os.PathLike", metric_output: str 
     if len(per_output) > 1:
         result["outputs"] = per_output
     return result
+
+
+def _per_output(data, split: str, outputs: dict) -> dict:
+    """Every output's task metrics on its own labels of `split`, by name, for a recipe with several OUTPUTS;
+    else {}."""
+    declared = data.recipe.outputs
+    if not declared or len(declared) < 2:
+        return {}
+    labels = data.output_labels(split)
+    return {name: task_metrics(task, labels[name], np.asarray(outputs[name]), data.label_names(name))
+            for name, task in declared.items() if name in outputs}
 
 
 def _task_metrics(data, x: dict, y, outputs) -> dict:
@@ -132,19 +145,18 @@ def evaluate_model(model, data, split: str = "test") -> dict:
     named, y = data.arrays(split)
     x = data.model_input(named)
     predictions = model.predict(x, batch_size=256, verbose=0)
-    outputs, labels = data.recipe.outputs, y
-    if outputs and len(outputs) > 1:
-        by_name = data.recipe.check_outputs(model, predictions)
-        labels = data.output_labels(split)
+    by_name = data.recipe.check_outputs(model, predictions)
+    per_output = _per_output(data, split, by_name)
+    if per_output:
         predictions = by_name[data.recipe.judged_output]
     predictions = np.asarray(next(iter(predictions.values())) if isinstance(predictions, dict) else predictions)
     metrics = _task_metrics(data, named, y, predictions)
-    if isinstance(labels, dict):
-        metrics["outputs"] = {name: task_metrics(task, labels[name], by_name[name], data.label_names(name))
-                              for name, task in outputs.items()}
+    if per_output:
+        metrics["outputs"] = per_output
     metrics["split"] = split
     metrics["examples"] = int(len(y))
     if getattr(model, "compiled", False) and model.loss is not None:
+        labels = data.output_labels(split) if per_output else y
         evaluated = model.evaluate(x, labels, batch_size=256, verbose=0, return_dict=True)
         for key, value in evaluated.items():
             metrics.setdefault(key, float(value))

@@ -506,3 +506,12 @@ def test_new_then_build_with_two_labels_trains_exports_and_verifies_each_output_
     assert metrics["accuracy"] == metrics["outputs"]["species"]["accuracy"] >= 0.8
     assert metrics["outputs"]["body_mass_g"]["r2"] >= 0.5 and metrics["outputs"]["body_mass_g"]["mae"] < 400
     assert json.loads((run / "manifest.json").read_text())["training"]["best_val_species_accuracy"] >= 0.8
+    # Any artifact is evaluated output by output, each on its own labels; --metric-output picks the headline.
+    scored = run_cli("evaluate", "runs/penguins/export/model.onnx", "--metric-output", "body_mass_g", "--json",
+                     cwd=project, env=env)
+    assert scored.returncode == 0, scored.stderr
+    scored = json.loads(scored.stdout)
+    assert scored["output"] == "body_mass_g" and scored["mae"] == scored["outputs"]["body_mass_g"]["mae"]
+    assert scored["outputs"]["body_mass_g"]["mae"] == pytest.approx(metrics["outputs"]["body_mass_g"]["mae"],
+                                                                    rel=1e-3)
+    assert scored["outputs"]["species"]["accuracy"] == metrics["accuracy"]
