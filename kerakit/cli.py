@@ -14,7 +14,7 @@ import click
 
 from kerakit.distribute import STRATEGIES
 from kerakit.errors import KerakitError
-from kerakit.tune import TUNERS
+from kerakit.tune import TUNERS, TuneRequest
 
 
 class _Group(click.Group):
@@ -155,45 +155,44 @@ def train_cmd(ctx, recipe, overrides, out, strategy, data_dir, hparams, overwrit
         _print_metrics(run.metrics)
 
 
+def _request_options(request_type):
+    """The options of a command whose request dataclass spells them once: each field's flag, help, default,
+    bounds or choices in its metadata (kerakit.tune.TuneRequest)."""
+    import dataclasses
+
+    def add(command):
+        for f in reversed(dataclasses.fields(request_type)):
+            meta = f.metadata
+            if "flag" not in meta:
+                continue
+            if isinstance(f.default, bool):  # --overwrite sets True; --no-retrain sets False
+                option = click.option(meta["flag"], f.name, flag_value=not f.default, default=f.default, help=meta["help"])
+            else:
+                kind = (click.Choice(meta["choices"]) if "choices" in meta else click.IntRange(min=meta["min"])
+                        if "min" in meta else click.Path(file_okay=False) if meta.get("dir") else meta.get("type"))
+                option = click.option(meta["flag"], f.name, type=kind, default=f.default, metavar=meta.get("metavar"),
+                                      show_default=f.default is not None, help=meta["help"])
+            command = option(command)
+        return command
+
+    return add
+
+
 @cli.command("tune")
 @click.argument("recipe")
 @click.argument("overrides", nargs=-1)
-@click.option("--tuner", type=click.Choice(list(TUNERS)), default="random", show_default=True)
-@click.option("--max-trials", default=10, show_default=True, type=click.IntRange(min=1), help="Trials for random, grid, bayesian.")
-@click.option("--max-epochs", type=click.IntRange(min=1), help="Hyperband: the most epochs one trial trains.")
-@click.option("--executions-per-trial", default=1, show_default=True, type=click.IntRange(min=1))
-@click.option("--objective", help="What to optimize (default: the recipe's validation metric, e.g. val_accuracy).")
-@click.option("--out", type=click.Path(file_okay=False), help="Search directory (default runs/RECIPE-tune-TUNER). Rerun to resume.")
-@click.option("--no-retrain", is_flag=True, help="Do not retrain the best hyperparameters as a run.")
-@click.option("--overwrite", is_flag=True, help="Start over in --out.")
-@click.option("--data-dir", help="TFDS data directory.")
-@click.option("--strategy", type=click.Choice(STRATEGIES), default="default", show_default=True, help="tf.distribute strategy inside each trial.")
-@click.option("--workers", default=0, type=click.IntRange(min=0), help="Run a chief and N local worker processes.")
-@click.option("--role", type=click.Choice(["chief", "worker"]), help="Join a distributed search (with --oracle).")
-@click.option("--oracle", help="HOST:PORT of the chief's oracle (the chief binds it; 127.0.0.1 unless told otherwise).")
-@click.option("--recycle-after", default=10, show_default=True, type=click.IntRange(min=0),
-              help="A worker process restarts after this many trials, bounding memory (0: never).")
-@click.option("--cv", "cv", default=0, type=click.IntRange(min=0), metavar="K",
-              help="Score each trial by K-fold cross-validation (the mean over the folds' held-out parts): "
-                   "each trial then costs K fits. 0: the recipe's val split. Not with hyperband.")
+@_request_options(TuneRequest)
 @click.pass_context
-def tune_cmd(ctx, recipe, overrides, tuner, max_trials, max_epochs, executions_per_trial, objective, out,
-             no_retrain, overwrite, data_dir, strategy, workers, role, oracle, recycle_after, cv) -> None:
+def tune_cmd(ctx, recipe, overrides, **options) -> None:
     """Search RECIPE's hyperparameters with keras-tuner (key=value fixes a value for the whole search)."""
-    from kerakit.tune import tune
+    from kerakit.tune import search
 
-    overrides = _parse_overrides(overrides)
-    if role and not oracle:
-        raise click.UsageError("--role needs --oracle HOST:PORT.")
-    if role and workers:
-        raise click.UsageError("--workers starts its own chief and workers; do not combine it with --role.")
-    if not workers:
+    request = TuneRequest(recipe, _parse_overrides(overrides), **options)
+    request.check()
+    if not request.workers:
         _needs_tensorflow(ctx)
-    result = tune(recipe, out, tuner=tuner, max_trials=max_trials, max_epochs=max_epochs,
-                  executions_per_trial=executions_per_trial, objective=objective, retrain=not no_retrain,
-                  overwrite=overwrite, data_dir=data_dir, strategy=strategy, workers=workers, role=role,
-                  oracle=oracle, recycle_after=recycle_after, cv=cv, **overrides)
-    if role == "worker":
+    result = search(request)
+    if request.role == "worker":
         return
     _print_trials(result)
     if result.run is not None and result.run.is_finished:

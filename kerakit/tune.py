@@ -2,6 +2,7 @@
 
     result = kerakit.tune("digits_cnn", tuner="hyperband", max_epochs=9)
     result.best_hparams, result.run.metrics["accuracy"]
+    kerakit.tune("digits_cnn", tuner="my_oracles:Annealing")   # your own keras_tuner.Oracle subclass
 
 The search space is whatever `build_model` asks `hp` for; `key=value`
 overrides fix a config value or a hyperparameter for the whole search.
@@ -10,6 +11,10 @@ kept, and a trial that was interrupted continues from its last finished epoch
 (each trial has its own BackupAndRestore). A different search (recipe, tuner,
 search space, or overrides) in the same directory is refused unless
 `overwrite=True`.
+
+A search is one `TuneRequest`: `kerakit.tune(...)` and `kerakit tune ...`
+both fill one, and `--workers` starts its chief and workers from it. Which
+tuner runs, and what kerakit adds to each trial, is `kerakit.tuners`.
 
 OUT is a `kerakit.runs.Search` (its docstring shows the layout): keras-tuner's
 project in OUT/tuner, the trials table and chart, best_hparams.json (for
@@ -20,24 +25,114 @@ from __future__ import annotations
 
 import contextlib
 import os
-import shutil
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any, Callable
 
-from kerakit import metrics, runs
+from kerakit import metrics, runs, tuners
+from kerakit.distribute import STRATEGIES
 from kerakit.errors import KerakitError
 from kerakit.recipe import Recipe, load_recipe
+from kerakit.tuners import RECYCLE_EXIT, TUNERS
 
-# --tuner names and the keras-tuner classes they run (adding a tuner is one entry here).
-TUNERS = {"random": "RandomSearch", "grid": "GridSearch", "bayesian": "BayesianOptimization", "hyperband": "Hyperband"}
 RECYCLE_AFTER = 10  # trials per worker process
 FAMILY_HP = "arch"  # the hyperparameter that picks a model family (see recipes/digits_select.py)
-RECYCLE_EXIT = 75  # EX_TEMPFAIL: "start me again", not a failure
-EPOCHS_FILE = "epochs_run.json"  # in each keras-tuner trial folder
-FOLDS_FILE = "cv_folds.json"  # in each keras-tuner trial folder, with --cv: the objective of each finished fold
+ROLES = ("chief", "worker")
+MAX_RESTARTS = 3  # per worker
+
+
+def _option(flag: str, help: str, default: Any = None, **cli: Any):
+    """A request field the command line spells `flag` (cli: min=, choices=, type=, metavar=, dir=)."""
+    return field(default=default, metadata={"flag": flag, "help": help, **cli})
+
+
+def _tuners_where(test: Callable[[tuners.TunerKind], bool]) -> str:
+    return ", ".join(name for name, kind in TUNERS.items() if test(kind))
+
+
+@dataclass
+class TuneRequest:
+    """One search as asked for. `kerakit.tune(...)` and `kerakit tune ...` both fill one, and `--workers`
+    starts its chief and workers from it (`argv`): each option is spelled here once, with its flag and help.
+
+        request = TuneRequest("breast_cancer_mlp", {"epochs": "4"}, tuner="bayesian", max_trials=5)
+        request.argv()   # -> ['tune', 'breast_cancer_mlp', 'epochs=4', '--tuner', 'bayesian', '--max-trials', '5']
+        search(request)   # from kerakit.tune import TuneRequest, search
+    """
+
+    recipe: "str | os.PathLike | Recipe"
+    overrides: dict = field(default_factory=dict)  # key=value: a config value or hyperparameter fixed for the search
+    out: "str | os.PathLike | None" = _option(
+        "--out", "Search directory (default runs/RECIPE-tune-TUNER). Rerun to resume.", dir=True)
+    tuner: "str | type" = _option(
+        "--tuner", f"One of {', '.join(TUNERS)}, or MODULE:CLASS naming a keras_tuner.Oracle subclass "
+        "(run by keras_tuner.Tuner).", "random")
+    max_trials: int = _option(
+        "--max-trials", f"Trials for {_tuners_where(lambda k: k.budget == 'max_trials')} and a custom Oracle.", 10,
+        min=1)
+    max_epochs: int | None = _option(
+        "--max-epochs", f"With --tuner {_tuners_where(lambda k: k.budget == 'max_epochs')}: the most epochs one "
+        "trial trains.", min=1)
+    executions_per_trial: int = _option("--executions-per-trial", "Fits per trial; its score is their mean.", 1,
+                                        min=1)
+    objective: str | None = _option(
+        "--objective", "What to optimize (default: the recipe's validation metric, e.g. val_accuracy).")
+    seed: int | None = _option("--tuner-seed", "Seed of the tuner's choices (default: the recipe's seed).",
+                               type=int)
+    retrain: bool = _option("--no-retrain", "Do not retrain the best hyperparameters as a run.", True)
+    overwrite: bool = _option("--overwrite", "Start over in --out.", False)
+    data_dir: str | None = _option("--data-dir", "TFDS data directory.")
+    strategy: str = _option("--strategy", "tf.distribute strategy inside each trial.", "default",
+                            choices=STRATEGIES)
+    workers: int = _option("--workers", "Run a chief and N local worker processes.", 0, min=0)
+    role: str | None = _option("--role", "Join a distributed search (with --oracle).", choices=ROLES)
+    oracle: str | None = _option(
+        "--oracle", "HOST:PORT of the chief's oracle (the chief binds it; 127.0.0.1 unless told otherwise).")
+    recycle_after: int = _option(
+        "--recycle-after", "A worker process restarts after this many trials, bounding memory (0: never).",
+        RECYCLE_AFTER, min=0)
+    cv: int = _option(
+        "--cv", "Score each trial by K-fold cross-validation (the mean over the folds' held-out parts): each "
+        f"trial then costs K fits. 0: the recipe's val split. Not with {_tuners_where(lambda k: not k.cv)}.", 0,
+        min=0, metavar="K")
+    verbose: "int | str" = "auto"  # Keras's fit verbosity ("auto": 1 on a terminal); the API's only
+
+    @classmethod
+    def of(cls, recipe, out=None, **options: Any) -> "TuneRequest":
+        """A request from keyword arguments: its fields by name, and every other one a key=value override."""
+        names = {f.name for f in fields(cls)} - {"recipe", "overrides"}
+        return cls(recipe, {k: v for k, v in options.items() if k not in names}, out=out,
+                   **{k: v for k, v in options.items() if k in names})
+
+    def argv(self) -> list[str]:
+        """This request as `kerakit tune` arguments: each option that differs from its default, by its flag."""
+        recipe = self.recipe.path if isinstance(self.recipe, Recipe) else self.recipe
+        args = ["tune", str(recipe), *(f"{k}={v}" for k, v in self.overrides.items())]
+        for f in fields(self):
+            value, flag = getattr(self, f.name), f.metadata.get("flag")
+            if flag is None or value is None or value == f.default:
+                continue
+            args += [flag] if isinstance(f.default, bool) else [flag, tuners.spec(value)]  # spec: an Oracle class
+        return args
+
+    def check(self) -> None:
+        """Refuse a value out of its field's range, and options that cannot go together (before TensorFlow loads)."""
+        for f in fields(self):
+            value, low, allowed = getattr(self, f.name), f.metadata.get("min"), f.metadata.get("choices")
+            if value is None:
+                continue
+            if low is not None and (isinstance(value, bool) or not isinstance(value, int) or value < low):
+                raise KerakitError(f"Invalid {f.name}={value!r}. Expected an integer >= {low}.")
+            if allowed is not None and value not in allowed:
+                raise KerakitError(f"Invalid {f.name}={value!r}. Expected one of {', '.join(allowed)}.")
+        if self.role and self.workers:
+            raise KerakitError("--workers starts its own chief and workers; do not combine it with --role.")
+        if self.role and not self.oracle:
+            raise KerakitError("--role needs --oracle HOST:PORT.")
+        if self.cv and (self.workers or self.role):
+            raise KerakitError("--cv runs in one process; do not combine it with --workers or --role.")
 
 
 @dataclass
@@ -53,44 +148,29 @@ class TuneResult:
 
 @dataclass
 class _Plan:
-    """One search's request, checked before TensorFlow starts."""
+    """A request checked and resolved before TensorFlow starts."""
 
+    request: TuneRequest
     recipe: Recipe
     config: dict
     hp_overrides: dict
     out: runs.Search
-    tuner: str
-    max_trials: int
-    max_epochs: int | None
+    kind: tuners.TunerKind
     objective: str
     direction: str
-    cv: int = 0  # folds per trial (0: the recipe's train/val split)
 
 
-def tune(
-    recipe: "str | os.PathLike | Recipe",
-    out: "str | os.PathLike | None" = None,
-    *,
-    tuner: str = "random",
-    max_trials: int = 10,
-    max_epochs: int | None = None,
-    executions_per_trial: int = 1,
-    objective: str | None = None,
-    seed: int | None = None,
-    retrain: bool = True,
-    overwrite: bool = False,
-    data_dir: str | None = None,
-    strategy: str | None = None,
-    workers: int = 0,
-    role: str | None = None,
-    oracle: str | None = None,
-    recycle_after: int = RECYCLE_AFTER,
-    cv: int = 0,
-    verbose: "int | str" = "auto",
-    log: Callable[[str], None] = print,
-    **overrides: Any,
-) -> TuneResult:
+def tune(recipe: "str | os.PathLike | Recipe", out: "str | os.PathLike | None" = None, *,
+         log: Callable[[str], None] = print, **options: Any) -> TuneResult:
     """Search `recipe`'s hyperparameters with keras-tuner; retrain the best as a normal run.
+
+    options: any `TuneRequest` field (tuner=, max_trials=, max_epochs=,
+    executions_per_trial=, objective=, seed=, retrain=, overwrite=, data_dir=,
+    strategy=, workers=, role=, oracle=, recycle_after=, cv=, verbose=); every
+    other keyword is a key=value override of the recipe's config or hyperparameters.
+
+    tuner: a name in `kerakit.tuners.TUNERS`, or a `keras_tuner.Oracle`
+    subclass (or "module:Class" naming one), which `keras_tuner.Tuner` runs.
 
     objective: what picks the best trial (default: the recipe's validation
     metric, e.g. val_accuracy); its direction comes from `kerakit.metrics`.
@@ -109,30 +189,23 @@ def tune(
     recipe's train and val splits together): the objective is the mean of the
     folds' best held-out values, so each trial costs K fits.
     """
-    if cv and (workers or role):
-        raise KerakitError("--cv runs in one process; do not combine it with --workers or --role.")
-    if workers:
-        return _launch(recipe, out, workers, dict(
-            tuner=tuner, max_trials=max_trials, max_epochs=max_epochs, executions_per_trial=executions_per_trial,
-            objective=objective, retrain=retrain, overwrite=overwrite, data_dir=data_dir, strategy=strategy,
-            recycle_after=recycle_after), overrides, log)
-    if role is not None:
-        _join(role, oracle)
-    plan = _check_request(recipe, out, tuner, max_trials, max_epochs, executions_per_trial, objective, overrides)
-    if cv:
-        from kerakit.folds import check_folds
+    return search(TuneRequest.of(recipe, out, **options), log)
 
-        if tuner == "hyperband":  # its trials continue from a parent trial's weights: one per fold does not exist
-            raise KerakitError("--cv works with --tuner random, grid or bayesian, not hyperband.")
-        plan.cv = check_folds(cv)
+
+def search(request: TuneRequest, log: Callable[[str], None] = print) -> TuneResult:
+    """Run `request`: here, as a chief or worker of a distributed search, or as the launcher of --workers."""
+    request.check()
+    if request.workers:
+        return _launch(request, log)
+    if request.role is not None:
+        _join(request.role, request.oracle)
+    plan = _check_request(request)
     # The chief (or a search on one machine) is the directory's one writer; workers only train trials.
-    with runs.writer(plan.out.path, "kerakit tune") if role != "worker" else contextlib.nullcontext():
-        return _search(plan, dict(executions_per_trial=executions_per_trial, seed=seed, retrain=retrain,
-                                  overwrite=overwrite, data_dir=data_dir, strategy=strategy, role=role,
-                                  recycle_after=recycle_after, verbose=verbose), overrides, log)
+    with runs.writer(plan.out.path, "kerakit tune") if request.role != "worker" else contextlib.nullcontext():
+        return _search(plan, log)
 
 
-def _search(plan: "_Plan", o: dict, overrides: dict, log) -> "TuneResult":
+def _search(plan: _Plan, log) -> TuneResult:
     """Search (resuming what is there), write the trials and the best, retrain it as a run."""
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     import keras
@@ -140,92 +213,105 @@ def _search(plan: "_Plan", o: dict, overrides: dict, log) -> "TuneResult":
     from kerakit import distribute
     from kerakit.data import load_data
 
-    role = o["role"]
-    dist = distribute.make_strategy(o["strategy"]) if o["strategy"] not in (None, "default") else None
+    request = plan.request
+    dist = distribute.make_strategy(request.strategy) if request.strategy not in (None, "default") else None
     # Seeded before the data (its shuffle combines the global seed with its own) and again after:
     # preparing a dataset the first time runs seeded TF ops, and the model's initial weights must
     # not depend on whether TFDS had the data on disk already.
     keras.utils.set_random_seed(plan.config["seed"])
-    data = load_data(plan.recipe, plan.config, o["data_dir"])
-    folds = _fold_data(plan, o["data_dir"])
+    data = load_data(plan.recipe, plan.config, request.data_dir)
+    folds = _fold_data(plan)
     keras.utils.set_random_seed(plan.config["seed"])
-    fixed = _check_search(plan, data, role, o["overwrite"])
-    searcher = _make_searcher(plan, data, fixed, o["executions_per_trial"], o["seed"], dist,
-                              o["recycle_after"] if role == "worker" else 0, log, folds)
-    verbose = (1 if sys.stdout.isatty() else 0) if o["verbose"] == "auto" else o["verbose"]
+    fixed = _check_search(plan, data)
+    searcher = _make_searcher(plan, data, fixed, dist, folds, log)
+    verbose = (1 if sys.stdout.isatty() else 0) if request.verbose == "auto" else request.verbose
     started = time.time()
-    _run_search(plan, searcher, data, role, verbose, log)
-    if role == "worker":
+    _run_search(plan, searcher, data, verbose, log)
+    if request.role == "worker":
         log(f"Worker {os.environ['KERASTUNER_TUNER_ID']}: the oracle has no more trials.")
         return TuneResult(plan.out.path, {}, [], None)
     best, trials = _finish(plan, searcher, started, log)
-    run = _retrain_best(plan, best, o, verbose, overrides, log) if o["retrain"] else None
+    run = _retrain_best(plan, best, verbose, log) if request.retrain else None
     return TuneResult(plan.out.path, best, trials, run)
 
 
-def _fold_data(plan: "_Plan", data_dir: str | None) -> list:
+def _fold_data(plan: _Plan) -> list:
     """With --cv K: the K folds' data (each fold's train and held-out parts as train and val)."""
     from kerakit.data import load_data
     from kerakit.folds import Fold
 
-    return [load_data(plan.recipe, plan.config, data_dir, fold=Fold(k, plan.cv, plan.config["seed"]))
-            for k in range(plan.cv)]
+    k_folds = plan.request.cv
+    return [load_data(plan.recipe, plan.config, plan.request.data_dir, fold=Fold(k, k_folds, plan.config["seed"]))
+            for k in range(k_folds)]
 
 
-def _retrain_best(plan: "_Plan", best: dict, o: dict, verbose, overrides: dict, log) -> runs.Run:
+def _retrain_best(plan: _Plan, best: dict, verbose, log) -> runs.Run:
     """Train the best hyperparameters into OUT/best; replace it when a longer search found a new best."""
     from kerakit.train import train
 
     previous = runs.Run(plan.out.best_dir)
-    replace = False
+    replace_best = False
     if previous.config_path.exists():
         try:
-            replace = previous.config.get("hparams_requested") != runs.read_json(plan.out.best_hparams)
+            replace_best = previous.config.get("hparams_requested") != runs.read_json(plan.out.best_hparams)
         except KerakitError:
-            replace = True  # a damaged best/ is trained again
-        if replace:
+            replace_best = True  # a damaged best/ is trained again
+        if replace_best:
             log(f"{previous.path} holds an earlier best; training the new best {best} in its place.")
-    return train(plan.recipe, previous.path, strategy=o["strategy"], data_dir=o["data_dir"],
-                 hparams=plan.out.best_hparams, overwrite=replace, verbose=verbose, log=log,
-                 **{k: v for k, v in overrides.items() if k in plan.config})
+    request = plan.request
+    return train(plan.recipe, previous.path, strategy=request.strategy, data_dir=request.data_dir,
+                 hparams=plan.out.best_hparams, overwrite=replace_best, verbose=verbose, log=log,
+                 **{k: v for k, v in request.overrides.items() if k in plan.config})
 
 
-def _check_request(recipe, out, tuner: str, max_trials: int, max_epochs: int | None, executions_per_trial: int,
-                   objective: str | None, overrides: dict) -> _Plan:
-    """The arguments checked and resolved: recipe, config, directory, objective and its direction."""
-    if tuner not in TUNERS:
-        raise KerakitError(f"Invalid tuner={tuner!r}. Expected one of {', '.join(TUNERS)}.")
-    if max_trials < 1 or executions_per_trial < 1 or (max_epochs is not None and max_epochs < 1):
-        raise KerakitError("max_trials, max_epochs and executions_per_trial must be integers >= 1.")
-    recipe = load_recipe(recipe)
-    config, hp_overrides = recipe.resolve_config(overrides)
-    out = Path(out) if out else Path("runs") / f"{recipe.name}-tune-{tuner}"
+def _out_dir(request: TuneRequest, recipe: Recipe, kind: tuners.TunerKind) -> Path:
+    return Path(request.out) if request.out else Path("runs") / f"{recipe.name}-tune-{kind.name.rpartition(':')[2]}"
+
+
+def _check_request(request: TuneRequest) -> _Plan:
+    """The request resolved: its tuner and budget, recipe, config, directory, objective and its direction."""
+    kind = tuners.resolve(request.tuner)
+    if getattr(request, kind.budget) is None:
+        flag = next(f.metadata["flag"] for f in fields(request) if f.name == kind.budget)
+        raise KerakitError(f"--tuner {kind.name} needs {flag} (the budget that bounds its search).")
+    if request.cv:
+        from kerakit.folds import check_folds
+
+        if not kind.cv:
+            raise KerakitError(f"--cv works with --tuner {_tuners_where(lambda k: k.cv)} or a custom Oracle, "
+                               f"not {kind.name}.")
+        check_folds(request.cv)
+    recipe = load_recipe(request.recipe)
+    config, hp_overrides = recipe.resolve_config(request.overrides)
+    out = _out_dir(request, recipe, kind)
     runs.ensure_writable_dir(out)
-    objective = objective or recipe.monitor
-    return _Plan(recipe=recipe, config=config, hp_overrides=hp_overrides, out=runs.Search(out), tuner=tuner,
-                 max_trials=max_trials, max_epochs=max_epochs, objective=objective,
-                 direction=metrics.direction(objective))
+    objective = request.objective or recipe.monitor
+    return _Plan(request=request, recipe=recipe, config=config, hp_overrides=hp_overrides, out=runs.Search(out),
+                 kind=kind, objective=objective, direction=metrics.direction(objective))
 
 
-def _check_search(plan: _Plan, data, role: str | None, overwrite: bool) -> dict:
+def _check_search(plan: _Plan, data) -> dict:
     """Record what this directory searches; refuse a different search in it. Returns the fixed hyperparameters."""
+    import shutil
+
     from kerakit.train import search_space
 
     space = search_space(plan.recipe, data)
     fixed = plan.recipe.check_hparams(plan.hp_overrides, space) if plan.hp_overrides else {}
     search = {
-        "recipe": plan.recipe.name, "tuner": plan.tuner, "objective": plan.objective, "direction": plan.direction,
-        "config": plan.config, "fixed_hparams": fixed,
+        "recipe": plan.recipe.name, "tuner": plan.kind.name, "objective": plan.objective,
+        "direction": plan.direction, "config": plan.config, "fixed_hparams": fixed,
         "space": sorted(({"name": hp.name, "class": type(hp).__name__, **hp.get_config()} for hp in space),
                         key=lambda h: h["name"]),
-        "max_epochs": plan.max_epochs if plan.tuner == "hyperband" else None,
+        # A trial count may grow (a longer search continues); an epoch budget cuts Hyperband's brackets.
+        "max_epochs": plan.request.max_epochs if plan.kind.budget == "max_epochs" else None,
     }
-    if plan.cv:
-        search["cv_folds"] = plan.cv
+    if plan.request.cv:
+        search["cv_folds"] = plan.request.cv
     out = plan.out
-    if role == "worker":
+    if plan.request.role == "worker":
         return fixed  # the chief owns the directory's search record
-    if out.search_file.exists() and not overwrite:
+    if out.search_file.exists() and not plan.request.overwrite:
         previous = runs.read_json(out.search_file)
         changed = sorted(k for k in search if previous.get(k) != search[k])
         if changed:
@@ -233,7 +319,7 @@ def _check_search(plan: _Plan, data, role: str | None, overwrite: bool) -> dict:
                 f"{out.path} holds a different search (changed: {', '.join(changed)}). "
                 "Use another --out, or --overwrite to start this one from scratch."
             )
-    elif overwrite:
+    elif plan.request.overwrite:
         for target in (out.tuner_dir, out.best_dir, out.search_file, out.best_hparams, out.trials_csv,
                        out.trials_json, out.trials_png):
             shutil.rmtree(target, ignore_errors=True) if target.is_dir() else target.unlink(missing_ok=True)
@@ -241,32 +327,26 @@ def _check_search(plan: _Plan, data, role: str | None, overwrite: bool) -> dict:
     return fixed
 
 
-def _make_searcher(plan: _Plan, data, fixed: dict, executions_per_trial: int, seed: int | None, dist,
-                   recycle_after: int, log, folds: list | None = None):
+def _make_searcher(plan: _Plan, data, fixed: dict, dist, folds: list, log):
     """The keras-tuner tuner over the recipe's own build_model, resuming the project in OUT/tuner."""
     import keras_tuner as kt
 
     hp = kt.HyperParameters()
     for name, value in fixed.items():
         hp.Fixed(name, value)
-    current = {"data": data}  # the data build_model adapts to: a fold's, under --cv
-    common = dict(
-        hypermodel=lambda trial_hp: plan.recipe.build(trial_hp, current["data"]),
+    request = plan.request
+    return tuners.make_tuner(
+        plan.kind, budget=getattr(request, plan.kind.budget), hyperparameters=hp,
         objective=kt.Objective(plan.objective, direction=plan.direction),
-        hyperparameters=hp,
-        tune_new_entries=True,
-        executions_per_trial=executions_per_trial,
-        directory=str(plan.out.path),
-        project_name=runs.TUNER_DIR,
-        seed=plan.config["seed"] if seed is None else seed,
-        distribution_strategy=dist,
-        overwrite=False,
+        seed=plan.config["seed"] if request.seed is None else request.seed,
+        recipe=plan.recipe, data=data, folds=folds, log=log,
+        recycle_after=request.recycle_after if request.role == "worker" else 0,
+        executions_per_trial=request.executions_per_trial, distribution_strategy=dist,
+        directory=str(plan.out.path), project_name=runs.TUNER_DIR, overwrite=False,
     )
-    return _make_tuner(plan.tuner, plan.max_trials, plan.max_epochs, common, log, recycle_after=recycle_after,
-                       folds=folds, current=current)
 
 
-def _run_search(plan: _Plan, searcher, data, role: str | None, verbose, log) -> None:
+def _run_search(plan: _Plan, searcher, data, verbose, log) -> None:
     """Run (or resume) every trial; a chief waits here until the workers have run them all."""
     import keras
 
@@ -275,11 +355,11 @@ def _run_search(plan: _Plan, searcher, data, role: str | None, verbose, log) -> 
         log(f"Resuming the search in {plan.out.path}: {done_before} trial(s) already done.")
     callbacks = [keras.callbacks.EarlyStopping(plan.objective, mode=plan.direction, patience=plan.config["patience"]),
                  keras.callbacks.TerminateOnNaN()]
-    epochs = plan.max_epochs if plan.tuner == "hyperband" else plan.config["epochs"]
-    if role == "chief":
+    if plan.request.role == "chief":
         log(f"Oracle serving on {os.environ['KERASTUNER_ORACLE_IP']}:{os.environ['KERASTUNER_ORACLE_PORT']}; "
             "waiting for workers to finish every trial.")
-    searcher.search(data.train, validation_data=data.val, epochs=epochs, callbacks=callbacks,
+    # Hyperband's own run_trial trains each trial for the epochs its bracket gives it instead.
+    searcher.search(data.train, validation_data=data.val, epochs=plan.config["epochs"], callbacks=callbacks,
                     verbose=verbose, shuffle=False)
 
 
@@ -298,106 +378,8 @@ def _finish(plan: _Plan, searcher, started: float, log) -> tuple[dict, list[dict
     return best, trials
 
 
-def _make_tuner(name: str, max_trials: int, max_epochs: int | None, common: dict, log, recycle_after: int = 0,
-                folds: list | None = None, current: dict | None = None):
-    import keras
-    import keras_tuner as kt
-
-    from kerakit.callbacks import Backup, restore_point
-
-    base = getattr(kt, TUNERS[name])
-
-    class Tuner(base):
-        """Adds a BackupAndRestore per trial, so an interrupted trial resumes from its last epoch; with
-        folds, fits each fold in turn (finished folds kept across a resume) and reports their mean."""
-
-        def run_trial(self, trial, *args, **kwargs):
-            if not folds:
-                return self._fit(trial, runs.BACKUP_DIR, *args, **kwargs)
-            return _run_folds(self, trial, folds, current, kwargs)
-
-        def _fit(self, trial, backup_name: str, *args, **kwargs):
-            backup = os.path.join(self.project_dir, f"trial_{trial.trial_id}", backup_name)
-            resumed = restore_point(Path(backup), log)
-            if resumed:
-                log(f"Trial {trial.trial_id} resumes from epoch {resumed} (interrupted earlier).")
-            counter = _EpochCounter(Path(self.project_dir) / f"trial_{trial.trial_id}" / EPOCHS_FILE)
-            callbacks = [*kwargs.pop("callbacks", []), counter, Backup(backup)]
-            return super().run_trial(trial, *args, callbacks=callbacks, **kwargs)
-
-        def on_trial_begin(self, trial):
-            super().on_trial_begin(trial)
-            done = sum(t.status == "COMPLETED" for t in getattr(self.oracle, "trials", {}).values())
-            best = self.oracle.get_best_trials(1)
-            best_text = f"best so far {best[0].score:.4f}" if best and best[0].score is not None else "no score yet"
-            total = self.oracle.max_trials if name != "hyperband" else "hyperband budget"
-            log(f"Trial {trial.trial_id} ({done + 1} of {total}) starting; {best_text}; "
-                f"{ {k: v for k, v in trial.hyperparameters.values.items() if not k.startswith('tuner/')} }")
-            self._trial_started = time.time()
-
-        def on_trial_end(self, trial):
-            super().on_trial_end(trial)  # reports the trial to the oracle first
-            log(f"Trial {trial.trial_id} {trial.status.lower()} in {time.time() - self._trial_started:.1f} s, "
-                f"score {trial.score}")
-            self._trials_here = getattr(self, "_trials_here", 0) + 1
-            if recycle_after and self._trials_here >= recycle_after:
-                log(f"Worker recycling after {self._trials_here} trials (frees what TensorFlow keeps per model).")
-                sys.stdout.flush()
-                os._exit(RECYCLE_EXIT)  # no interpreter teardown: TF's threads can stall a normal exit
-
-    class _EpochCounter(keras.callbacks.Callback):
-        """Epochs a trial really trained (early stopping and Hyperband make it vary), kept across resumes."""
-
-        def __init__(self, path: Path):
-            super().__init__()
-            self.path = path
-
-        def on_epoch_end(self, epoch, logs=None):
-            done = runs.read_json(self.path)["epochs"] if self.path.exists() else 0
-            runs.write_json(self.path, {"epochs": done + 1})
-
-    kwargs = dict(common)
-    if name == "hyperband":
-        if max_epochs is None:
-            raise KerakitError("--tuner hyperband needs --max-epochs (the most epochs a trial may train).")
-        kwargs.update(max_epochs=max_epochs, factor=3)
-    else:
-        kwargs.update(max_trials=max_trials)
-    try:
-        return Tuner(**kwargs)
-    except RuntimeError as e:  # keras-tuner cannot reload an incompatible project
-        raise KerakitError(f"Cannot resume the search: {e}") from e
-
-
-def _run_folds(tuner, trial, folds: list, current: dict, kwargs: dict) -> list[dict]:
-    """Fit `trial` on each fold in turn (a fold finished before an interruption is kept); the folds' metrics,
-    which keras-tuner averages into the trial's score."""
-    from keras_tuner.src.engine import tuner_utils
-
-    state = Path(tuner.project_dir) / f"trial_{trial.trial_id}" / FOLDS_FILE
-    done = runs.read_json(state) if state.exists() else {}
-    whole = current["data"]
-    try:
-        for k, fold in enumerate(folds, start=1):
-            if str(k) not in done:
-                current["data"] = fold  # build_model adapts to this fold's training part
-                histories = tuner._fit(trial, f"{runs.BACKUP_DIR}-fold{k}", fold.train,
-                                       **{**kwargs, "validation_data": fold.val})
-                done[str(k)] = tuner_utils.convert_to_metrics_dict(histories, tuner.oracle.objective)
-                runs.write_json(state, done)
-    finally:
-        current["data"] = whole
-    return [done[str(k)] for k in range(1, len(folds) + 1)]
-
-
-ROLES = ("chief", "worker")
-MAX_RESTARTS = 3  # per worker
-
-
 def _join(role: str, oracle: str | None) -> None:
     """Set keras-tuner's distributed environment for this process."""
-    if role not in ROLES:
-        raise KerakitError(f"Invalid role={role!r}. Expected one of {', '.join(ROLES)}.")
     host, sep, port = (oracle or "").rpartition(":")
     if not sep or not host or not port.isdigit():
         raise KerakitError(f"Invalid oracle={oracle!r}. Expected HOST:PORT, e.g. 127.0.0.1:8470.")
@@ -435,77 +417,81 @@ def _wait_for_port(port: int, chief, timeout: float = 120) -> None:
     raise KerakitError(f"The tuning chief did not open 127.0.0.1:{port} within {timeout:.0f} s.")
 
 
-def _launch(recipe, out, workers: int, options: dict, overrides: dict, log) -> TuneResult:
-    """A chief and `workers` worker processes on this machine; restart workers that die."""
+def _launch(request: TuneRequest, log) -> TuneResult:
+    """A chief and `request.workers` worker processes on this machine, each started from the request."""
     import subprocess
 
-    recipe = load_recipe(recipe)
-    if workers < 1:
-        raise KerakitError(f"Invalid workers={workers}. Expected an integer >= 1.")
-    out = Path(out) if out else Path("runs") / f"{recipe.name}-tune-{options['tuner']}"
-    search = runs.Search(out)
-    logs = runs.ensure_writable_dir(search.distributed_dir)
+    recipe = load_recipe(request.recipe)
+    kind = tuners.resolve(request.tuner)  # a bad --tuner is refused here, not in the chief's log
+    out = _out_dir(request, recipe, kind)
+    search_dir = runs.Search(out)
+    logs = runs.ensure_writable_dir(search_dir.distributed_dir)
     port = _free_port()
-    args = [sys.executable, "-m", "kerakit.cli", "tune", str(recipe.path),
-            *(f"{k}={v}" for k, v in overrides.items()), "--tuner", options["tuner"],
-            "--max-trials", str(options["max_trials"]), "--executions-per-trial", str(options["executions_per_trial"]),
-            "--out", str(out), "--oracle", f"127.0.0.1:{port}", "--recycle-after", str(options["recycle_after"])]
-    for flag, value in (("--max-epochs", options["max_epochs"]), ("--objective", options["objective"]),
-                        ("--data-dir", options["data_dir"]), ("--strategy", options["strategy"])):
-        if value is not None:
-            args += [flag, str(value)]
-    threads = str(max(1, (os.cpu_count() or 1) // workers))
+    shared = replace(request, recipe=str(recipe.path), out=str(out), tuner=kind.name, workers=0,
+                     oracle=f"127.0.0.1:{port}")
+    threads = str(max(1, (os.cpu_count() or 1) // request.workers))
     env = {**os.environ, "TF_NUM_INTRAOP_THREADS": threads, "TF_NUM_INTEROP_THREADS": "1", "OMP_NUM_THREADS": threads}
 
     def start(role: str, index: int | None = None):
-        extra = ["--role", role] + (["--no-retrain"] if role == "worker" or not options["retrain"] else []) \
-            + (["--overwrite"] if role == "chief" and options["overwrite"] else [])
-        name = "chief" if role == "chief" else f"worker{index}"
+        chief = role == "chief"  # the one that retrains the best and may start the directory over
+        argv = replace(shared, role=role, retrain=chief and shared.retrain, overwrite=chief and shared.overwrite).argv()
+        name = "chief" if chief else f"worker{index}"
         with open(logs / f"{name}.log", "ab") as f:
-            return subprocess.Popen([*args, *extra], stdout=f, stderr=subprocess.STDOUT,
-                                    env={**env, "KERASTUNER_TUNER_ID": "chief" if role == "chief" else f"tuner{index}"})
+            return subprocess.Popen([sys.executable, "-m", "kerakit.cli", *argv], stdout=f, stderr=subprocess.STDOUT,
+                                    env={**env, "KERASTUNER_TUNER_ID": "chief" if chief else f"tuner{index}"})
 
     chief = start("chief")
     procs: dict[int, Any] = {}
     try:
         _wait_for_port(port, chief)
-        log(f"Chief serving on 127.0.0.1:{port}; starting {workers} worker(s) with {threads} thread(s) each "
-            f"(logs in {logs}).")
-        procs = {i: start("worker", i) for i in range(workers)}
-        restarts = dict.fromkeys(procs, 0)
-        while chief.poll() is None:
-            for i, proc in procs.items():
-                code = proc.poll()
-                if code == RECYCLE_EXIT and chief.poll() is None:
-                    procs[i] = start("worker", i)
-                    continue
-                if code is not None and code != 0 and chief.poll() is None:
-                    if restarts[i] >= MAX_RESTARTS:
-                        raise KerakitError(
-                            f"Worker tuner{i} died {restarts[i] + 1} times (last status {code}; see "
-                            f"{logs}/worker{i}.log). The search is saved: rerun to resume it."
-                        )
-                    restarts[i] += 1
-                    log(f"Worker tuner{i} exited with status {code}; restarting it ({restarts[i]}/{MAX_RESTARTS}): "
-                        "its trial resumes from its last finished epoch.")
-                    procs[i] = start("worker", i)
-            time.sleep(0.5)
-        if chief.returncode != 0:
-            raise KerakitError(f"The tuning chief exited with status {chief.returncode}; see {logs}/chief.log.")
+        log(f"Chief serving on 127.0.0.1:{port}; starting {request.workers} worker(s) with {threads} thread(s) "
+            f"each (logs in {logs}).")
+        procs.update({i: start("worker", i) for i in range(request.workers)})
+        _supervise(chief, procs, start, logs, log)
     finally:
-        for proc in [chief, *procs.values()]:
-            if proc.poll() is None:
-                proc.terminate()
-        for proc in [chief, *procs.values()]:
-            try:
-                proc.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-    trials = runs.read_json(search.trials_json)["trials"]
-    run = runs.Run(search.best_dir) if runs.is_run(search.best_dir) else None
-    result = TuneResult(out, runs.read_json(search.best_hparams), trials, run)
-    log(f"Distributed search done: {len(trials)} trials by {workers} worker(s); best {result.best_hparams}")
+        _stop(chief, *procs.values())
+    trials = runs.read_json(search_dir.trials_json)["trials"]
+    run = runs.Run(search_dir.best_dir) if runs.is_run(search_dir.best_dir) else None
+    result = TuneResult(out, runs.read_json(search_dir.best_hparams), trials, run)
+    log(f"Distributed search done: {len(trials)} trials by {request.workers} worker(s); best {result.best_hparams}")
     return result
+
+
+def _supervise(chief, procs: dict, start, logs: Path, log) -> None:
+    """Until the chief exits: start a recycled worker again, restart a dead one (at most MAX_RESTARTS times)."""
+    restarts = dict.fromkeys(procs, 0)
+    while chief.poll() is None:
+        for i, proc in procs.items():
+            code = proc.poll()
+            if code == RECYCLE_EXIT and chief.poll() is None:
+                procs[i] = start("worker", i)
+                continue
+            if code is not None and code != 0 and chief.poll() is None:
+                if restarts[i] >= MAX_RESTARTS:
+                    raise KerakitError(
+                        f"Worker tuner{i} died {restarts[i] + 1} times (last status {code}; see "
+                        f"{logs}/worker{i}.log). The search is saved: rerun to resume it."
+                    )
+                restarts[i] += 1
+                log(f"Worker tuner{i} exited with status {code}; restarting it ({restarts[i]}/{MAX_RESTARTS}): "
+                    "its trial resumes from its last finished epoch.")
+                procs[i] = start("worker", i)
+        time.sleep(0.5)
+    if chief.returncode != 0:
+        raise KerakitError(f"The tuning chief exited with status {chief.returncode}; see {logs}/chief.log.")
+
+
+def _stop(*procs) -> None:
+    import subprocess
+
+    for proc in procs:
+        if proc.poll() is None:
+            proc.terminate()
+    for proc in procs:
+        try:
+            proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
 
 
 def trials_table(searcher, objective: str) -> list[dict]:
@@ -515,7 +501,7 @@ def trials_table(searcher, objective: str) -> list[dict]:
         # Only the hyperparameters this trial's model used: one family's under hp.conditional_scope, not another's.
         active = {hp.name for hp in hps.space if hps.is_active(hp)}
         values = {k: v for k, v in hps.values.items() if not k.startswith("tuner/") and k in active}
-        counted = Path(searcher.project_dir) / f"trial_{trial_id}" / EPOCHS_FILE
+        counted = tuners.trial_dir(searcher.project_dir, trial_id) / tuners.EPOCHS_FILE
         rows.append({"trial": trial_id, "status": trial.status, "score": trial.score,
                      "epochs": runs.read_json(counted)["epochs"] if counted.exists() else None, **values})
     return rows

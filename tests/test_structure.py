@@ -112,3 +112,42 @@ def test_serve_and_drift_share_the_request_log_not_each_other():
     assert not any("kerakit.drift" in GRAPH[s] for s in serve)
     assert not any(i.startswith("kerakit.serve") for i in GRAPH["kerakit.drift"])
     assert "kerakit.request_log" in GRAPH["kerakit.drift"]
+
+
+def _tuner_table() -> tuple[str, set[str]]:
+    """The module that defines TUNERS, and the --tuner names it lists (its dict's string keys, or the first
+    argument of each entry it builds)."""
+    for name, (_, tree) in MODULES.items():
+        for node in tree.body:
+            targets = node.targets if isinstance(node, ast.Assign) else [getattr(node, "target", None)]
+            if any(isinstance(t, ast.Name) and t.id == "TUNERS" for t in targets):
+                keys = {k.value for d in ast.walk(node.value) if isinstance(d, ast.Dict) for k in d.keys
+                        if isinstance(k, ast.Constant) and isinstance(k.value, str)}
+                firsts = {c.args[0].value for c in ast.walk(node.value) if isinstance(c, ast.Call) and c.args
+                          and isinstance(c.args[0], ast.Constant) and isinstance(c.args[0].value, str)}
+                return name, keys | firsts
+    raise AssertionError("no module defines TUNERS")
+
+
+def _spelled(node: ast.AST) -> set[str]:
+    """The string constants `node` is: itself, or the items of a tuple, list or set literal."""
+    items = node.elts if isinstance(node, (ast.Tuple, ast.List, ast.Set)) else [node]
+    return {i.value for i in items if isinstance(i, ast.Constant) and isinstance(i.value, str)}
+
+
+def test_no_tuner_is_told_apart_by_its_name_outside_the_tuner_table():
+    """A tuner's differences (its budget argument, cross-validation, its keras-tuner class) are fields of its
+    TUNERS entry, so adding a tuner, or running a custom Oracle, never means finding `== "hyperband"` branches."""
+    table, names = _tuner_table()
+    assert {"random", "hyperband"} <= names, names
+    found = []
+    for module, (path, tree) in MODULES.items():
+        for node in ast.walk(tree):
+            if isinstance(node, ast.Compare):
+                spelled = set().union(*map(_spelled, [node.left, *node.comparators]))
+            elif isinstance(node, ast.MatchValue):
+                spelled = _spelled(node.value)
+            else:
+                continue
+            found += [f"{module}:{node.lineno} compares {name!r}" for name in sorted(spelled & names)]
+    assert found == [], f"compare the fields of {table}.TUNERS' entries instead: {found}"

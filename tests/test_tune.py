@@ -2,6 +2,7 @@
 
 import json
 import os
+import re
 import signal
 import subprocess
 import time
@@ -85,13 +86,82 @@ def test_a_different_search_in_the_same_directory_is_refused(tmp_path):
 
 
 @pytest.mark.parametrize("kwargs, message", [
-    ({"tuner": "annealing"}, "Invalid tuner='annealing'. Expected one of random, grid, bayesian, hyperband"),
+    ({"tuner": "annealing"}, "Invalid tuner='annealing'. Expected one of random, grid, bayesian, hyperband, or "
+                             "MODULE:CLASS naming a keras_tuner.Oracle subclass"),
+    ({"tuner": "no_such_module:Oracle"}, "Cannot import 'no_such_module' for --tuner no_such_module:Oracle"),
+    ({"tuner": "custom_oracle:Nope"}, "module custom_oracle has no class 'Nope'"),
+    ({"tuner": "kerakit.tune:TuneResult"}, "TuneResult is not a keras_tuner.Oracle subclass"),
     ({"tuner": "hyperband"}, "needs --max-epochs"),
+    ({"tuner": "hyperband", "max_epochs": 2, "cv": 2}, "--cv works with --tuner random, grid, bayesian or a custom "
+                                                        "Oracle, not hyperband"),
+    ({"cv": 2, "workers": 2}, "--cv runs in one process"),
+    ({"max_trials": 0}, r"Invalid max_trials=0. Expected an integer >= 1"),
+    ({"role": "boss", "oracle": "127.0.0.1:1"}, "Invalid role='boss'. Expected one of chief, worker"),
+    ({"role": "worker"}, "--role needs --oracle HOST:PORT"),
     ({"colour": "red"}, "Unknown override 'colour'"),
 ])
 def test_bad_search_requests(kwargs, message, tmp_path):
-    with pytest.raises(KerakitError, match=message):
+    with pytest.raises(KerakitError, match=re.escape(message)):
         kerakit.tune("breast_cancer_mlp", tmp_path, **{**QUICK, **kwargs})
+
+
+def test_an_oracle_instance_is_refused_with_the_class_to_pass_instead(tmp_path):
+    from custom_oracle import UnitsLadder
+
+    with pytest.raises(KerakitError, match="pass the Oracle's class \\(custom_oracle:UnitsLadder\\)"):
+        kerakit.tune("breast_cancer_mlp", tmp_path, tuner=UnitsLadder(), **QUICK)
+
+
+def test_workers_are_started_from_the_request_with_every_option_it_holds():
+    """What the launcher passes its chief and workers parses back, through the command line, into the same request."""
+    from custom_oracle import UnitsLadder
+    from kerakit.cli import _parse_overrides, cli
+    from kerakit.tune import TuneRequest
+
+    request = TuneRequest(str(ROOT / "recipes" / "breast_cancer_mlp.py"), {"units": "48", "epochs": "2"},
+                          out="/tmp/search", tuner=UnitsLadder, max_trials=3, max_epochs=4, executions_per_trial=2,
+                          objective="val_loss", seed=7, retrain=False, overwrite=True, data_dir="/tmp/tfds",
+                          strategy="mirrored", role="worker", oracle="10.0.0.5:8470", recycle_after=2)
+    argv = request.argv()
+    assert argv[argv.index("--tuner") + 1] == "custom_oracle:UnitsLadder"
+    params = cli.commands["tune"].make_context("tune", argv[1:]).params
+    parsed = TuneRequest(params.pop("recipe"), _parse_overrides(params.pop("overrides")), **params)
+    assert parsed == TuneRequest(**{**vars(request), "tuner": "custom_oracle:UnitsLadder"})
+    assert TuneRequest("breast_cancer_mlp").argv() == ["tune", "breast_cancer_mlp"]  # defaults are not spelled
+
+
+@pytest.mark.slow
+def test_a_custom_oracle_plugs_in_by_class_or_module_path_and_its_proposals_are_what_is_trained(tmp_path):
+    """An Oracle subclass kerakit has never seen (tests/custom_oracle.py): passed as a class through the API, then
+    resumed by the command line's `--tuner MODULE:CLASS`; the search directory holds exactly the trials it proposed."""
+    from custom_oracle import UnitsLadder
+
+    first = kerakit.tune("breast_cancer_mlp", tmp_path, tuner=UnitsLadder, max_trials=2, **QUICK)
+    assert [t["units"] for t in first.trials] == list(UnitsLadder.LADDER[:2])
+    assert json.loads((tmp_path / "search.json").read_text())["tuner"] == "custom_oracle:UnitsLadder"
+
+    tests_dir = str(ROOT / "tests")
+    r = run_cli("tune", "breast_cancer_mlp", "epochs=2", "--tuner", "custom_oracle:UnitsLadder", "--max-trials", "3",
+                "--no-retrain", "--out", tmp_path, env={"PYTHONPATH": tests_dir})
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert "2 trial(s) already done" in r.stdout
+    assert sum(line.startswith("Trial ") and "starting" in line for line in r.stdout.splitlines()) == 1
+    trials = json.loads((tmp_path / "trials.json").read_text())["trials"]
+    assert [t["units"] for t in trials] == list(UnitsLadder.LADDER)
+    assert all(t["status"] == "COMPLETED" and t["score"] is not None and t["epochs"] for t in trials)
+    for t in trials:  # keras-tuner's own record of each trial: the values the oracle proposed, at their defaults else
+        values = json.loads((tmp_path / "tuner" / f"trial_{t['trial']}" / "trial.json").read_text())["hyperparameters"]
+        assert values["values"] == {"units": t["units"], "dropout": 0.2, "learning_rate": 3e-3}
+
+
+@pytest.mark.slow
+def test_the_readmes_defaults_first_oracle_scores_the_recipes_defaults_first(tmp_path):
+    from custom_oracle import DefaultsFirst
+
+    result = kerakit.tune("breast_cancer_mlp", tmp_path, tuner=DefaultsFirst, max_trials=2, **QUICK)
+    defaults = {"units": 32, "dropout": 0.2, "learning_rate": 3e-3}
+    assert {k: result.trials[0][k] for k in defaults} == defaults
+    assert {k: result.trials[1][k] for k in defaults} != defaults  # then random search's own proposals
 
 
 @pytest.mark.slow
