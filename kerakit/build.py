@@ -10,15 +10,19 @@ in OUT/search and its best hyperparameters are trained into OUT. Rerunning on
 the same OUT resumes: a finished step whose inputs have not changed is
 skipped (training resumes from its last epoch; the search from its last
 trial; export and bench are redone only when OUT/build.json says their inputs
-changed), so only the report is always rewritten.
+changed: the model, or a target's content as loaded now, not just its name),
+so only the report is always rewritten.
 
-An artifact that fails verification fails the build, as it fails `kerakit
-export`: every step still runs and the report shows the failure, then build
-raises `BuildFailed` (a KerakitError carrying the result it would have returned).
+An artifact that fails verification fails the build, as it fails `export`:
+every step still runs and the report shows the failure, then build raises
+`BuildFailed`, a `VerificationFailed` carrying the export's `report` and the
+`result` build would have returned.
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
 import os
 import time
 from contextlib import contextmanager
@@ -27,7 +31,7 @@ from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator
 
 from kerakit import runs
-from kerakit.errors import KerakitError
+from kerakit.errors import KerakitError, VerificationFailed
 
 BENCH_BATCHES = (1, 32)
 BENCH_THREADS = (1, 2)
@@ -50,11 +54,12 @@ def _bar(label: str, log: Callable[[str], None]) -> Iterator[tuple[Callable[[str
         yield say, lambda done, total: bar.update(task, completed=done, total=total)
 
 
-class BuildFailed(KerakitError):
-    """Every step ran, but some artifact failed verification; `result` is what `build` returns otherwise."""
+class BuildFailed(VerificationFailed):
+    """Every step ran, but some artifact failed verification; `result` is what `build` returns otherwise,
+    `report` the export's report."""
 
-    def __init__(self, message: str, result: dict):
-        super().__init__(message)
+    def __init__(self, message: str, result: dict, report):
+        super().__init__(message, report)
         self.result = result
 
 
@@ -95,16 +100,17 @@ def build(
     Returns the run path, each step's status and seconds, the report's paths
     and flags, and the deployment table.
     """
+    from kerakit.export import resolve_targets
     from kerakit.recipe import load_recipe
 
     loaded = load_recipe(recipe)
     run = runs.Run(Path(out) if out else Path("runs") / loaded.name)
-    targets = _check_targets(targets)
+    targets = resolve_targets(_check_targets(targets))  # a bad or clashing target is refused before training
     with runs.writer(run.path, "kerakit build"):
         return _build(loaded, run, targets, tune, max_trials, max_epochs, bench_runs, data_dir, log, overrides)
 
 
-def _build(loaded, run: runs.Run, targets: list[str], tune, max_trials, max_epochs, bench_runs, data_dir, log,
+def _build(loaded, run: runs.Run, targets: list, tune, max_trials, max_epochs, bench_runs, data_dir, log,
            overrides: dict) -> dict:
     steps = _Steps(total=4 + bool(tune), log=log)
     hparams = None
@@ -118,11 +124,10 @@ def _build(loaded, run: runs.Run, targets: list[str], tune, max_trials, max_epoc
     _bench_step(steps, run, state, bench_runs, data_dir, log)
     written = _report_step(steps, run, data_dir, log)
     result = {"run": str(run.path), "steps": steps.done, "report": written, "deployment": written["deployment"]}
-    if exported.failed:
-        try:
-            exported.raise_for_failures()
-        except KerakitError as e:
-            raise BuildFailed(f"{e} The report shows them: {written['html']}", result) from None
+    try:
+        exported.raise_for_failures()
+    except VerificationFailed as e:
+        raise BuildFailed(f"{e} The report shows them: {written['html']}", result, exported) from None
     return result
 
 
@@ -158,25 +163,32 @@ def _train_step(steps: _Steps, recipe, run: runs.Run, hparams: Path | None, data
     return run
 
 
-def _export_step(steps: _Steps, run: runs.Run, state: dict, targets: list[str], data_dir: str | None, log):
-    """Export and verify for every target, unless the same model was exported for the same targets.
+def _export_step(steps: _Steps, run: runs.Run, state: dict, targets: list, data_dir: str | None, log):
+    """Export and verify for every target, unless the same model was exported for targets of the same content
+    and every artifact is still verified.
 
     Returns the `ExportReport` (the one on disk when the step is already done).
     """
-    from kerakit.export import ExportReport, export
+    from kerakit.export import ExportReport, VerificationFailed, export
 
-    key = {"targets": targets, "model_sha256": run.manifest["artifacts"].get(runs.MODEL_FILE)}
-    start = steps.start("export", f"targets {', '.join(targets)} -> {run.export_dir}")
-    if state.get("export") == key and run.export_report.exists():
-        previous = ExportReport.read(run.export_dir)
-        stale = _stale_artifacts(previous, run.export_dir)
+    key = {"targets": [t.name for t in targets], "targets_sha256": [_content_sha256(t) for t in targets],
+           "model_sha256": run.manifest["artifacts"].get(runs.MODEL_FILE)}
+    start = steps.start("export", f"targets {', '.join(t.name for t in targets)} -> {run.export_dir}")
+    previous = ExportReport.find(run.export_dir) if state.get("export") else None
+    if previous is not None and state["export"] == key:
+        stale = previous.why_not_verified()
         if not stale:
             steps.finish("export", start, "already done")
             return previous
-        log(f"   export: {'; '.join(stale)}: exporting again")
+        log(f"   export: {'; '.join(stale.values())}: exporting again")
+    elif previous is not None:
+        log(f"   export: {_changed(state['export'], key)} since the last export: exporting again")
     state.pop("bench", None)  # new artifacts: their timings are stale
     with _bar("export", log) as (say, advance):
-        report = export(run.path, targets=targets, data_dir=data_dir, log=say, progress=advance)
+        try:
+            report = export(run.path, targets=targets, data_dir=data_dir, log=say, progress=advance)
+        except VerificationFailed as e:  # every step still runs; build raises at the end
+            report = e.report
     state["export"] = key
     runs.write_json(run.build_state, state)
     steps.finish("export", start, f"{len(report.artifacts) - len(report.failed)} of {len(report.artifacts)} "
@@ -184,18 +196,29 @@ def _export_step(steps: _Steps, run: runs.Run, state: dict, targets: list[str], 
     return report
 
 
-def _stale_artifacts(report, export_dir: Path) -> list[str]:
-    """Why an earlier export cannot be reused: a failed artifact, or one missing or changed on disk."""
-    stale = []
-    for row in report.artifacts:
-        path = export_dir / Path(row["path"]).name  # where it is now, if the run was copied or moved
-        if row["verdict"] != "verified":
-            stale.append(f"{row['artifact']} failed last time")
-        elif not path.exists():
-            stale.append(f"{path.name} missing")
-        elif not runs.intact(path, row.get("sha256")):
-            stale.append(f"{path.name} changed since it was verified")
-    return stale
+def _content_sha256(target) -> str:
+    """What a target asks export for (artifacts with their options as applied, tolerances, budget, layouts),
+    so that editing export/edge.toml exports again though its name is the same."""
+    from kerakit.export import artifact_options
+
+    content = {"description": target.description, "layouts": list(target.layouts),
+               "verify": vars(target.verify), "budget": vars(target.budget),
+               "artifacts": [{"format": str(a.format), "quantization": a.quantization, "options": artifact_options(a)}
+                             for a in target.artifacts]}
+    return hashlib.sha256(json.dumps(content, sort_keys=True, default=str).encode()).hexdigest()
+
+
+def _changed(before: dict, now: dict) -> str:
+    """What differs between the export recorded in build.json and the one asked for now."""
+    if before.get("model_sha256") != now["model_sha256"]:
+        return "the model changed"
+    if before.get("targets") != now["targets"]:
+        return f"the targets changed ({', '.join(before.get('targets') or [])} -> {', '.join(now['targets'])})"
+    if "targets_sha256" not in before:
+        return "build.json does not record what the targets held (an older kerakit wrote it)"
+    edited = [name for name, old, new in zip(now["targets"], before["targets_sha256"], now["targets_sha256"])
+              if old != new]
+    return f"target {', '.join(edited) or ', '.join(now['targets'])} changed"
 
 
 def _bench_step(steps: _Steps, run: runs.Run, state: dict, bench_runs: int, data_dir: str | None, log) -> None:

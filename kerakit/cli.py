@@ -291,16 +291,20 @@ def evaluate_cmd(ctx, target, overrides, recipe, data_dir, split, sample, metric
 @click.pass_context
 def export_cmd(ctx, source, targets, formats, out, recipe, sample, data_dir, opset) -> None:
     """Export a run or a .keras file for deployment targets; verify every artifact (exit 1 if any fails)."""
-    from kerakit.export import export
+    from kerakit.export import VerificationFailed, export
 
     split = lambda values: [v.strip() for value in values for v in value.split(",") if v.strip()]  # noqa: E731
     targets, formats = split(targets), split(formats)
     if not targets and not formats:
         targets = ["server"]
     _needs_tensorflow(ctx)
-    report = export(source, targets, formats, out=out, recipe=recipe, sample=sample, data_dir=data_dir, opset=opset)
+    try:
+        report = export(source, targets, formats, out=out, recipe=recipe, sample=sample, data_dir=data_dir,
+                        opset=opset)
+    except VerificationFailed as e:  # the table shows what failed; then the error line and exit 1
+        _print_export(e.report)
+        raise
     _print_export(report)
-    report.raise_for_failures()
 
 
 @cli.command("build")

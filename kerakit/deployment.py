@@ -27,16 +27,16 @@ FIX = "rerun `kerakit bench RUN` to measure it again"
 
 
 def candidates(run: runs.Run) -> dict[str, Path]:
-    """The run's verified exported artifacts that may be deployed, by file name."""
-    if not run.export_report.exists():
+    """The run's still-verified exported artifacts that may be deployed here, by file name."""
+    from kerakit.export.report import ExportReport
+
+    report = ExportReport.find(run.export_dir)
+    if report is None:
         return {}
-    rows = runs.load_json(run.export_report, "export the run again", ("artifacts",))["artifacts"]
     found = {}
-    for row in rows:
-        path = run.export_dir / Path(row.get("path", "")).name
-        if row.get("verdict") != "verified" or not path.exists() or not runs.intact(path, row.get("sha256")):
-            continue
-        if formats.for_path(path).timing_note:  # timed here, deployed elsewhere
+    for row in report.still_verified():
+        path = report.directory / row.filename
+        if formats.get(row.format).timing_note:  # timed here, deployed elsewhere
             continue
         found[path.name] = path
     return found

@@ -213,13 +213,14 @@ def slices(recipe, x: dict, y, outputs, overall: float) -> list[dict]:
 def deployment_rows(run: runs.Run) -> list[dict]:
     """Format x size, metric, change, p50 at batch 1, throughput at batch 32, verdict.
 
-    An artifact is shown verified only while its file still has the SHA-256 it was verified with.
+    An artifact is shown verified only while it is still verified (`ArtifactRow.still_verified`: its file, by
+    name in this run's export/, still has the SHA-256 it was verified with).
     """
     from kerakit.export import ExportReport
 
-    if not run.export_report.exists():
+    export = ExportReport.find(run.export_dir)
+    if export is None:
         return []
-    export = ExportReport.read(run.export_dir).to_dict()
     bench_rows = (runs.load_json(run.bench_result, "delete it and rerun `kerakit bench`", ("rows",))["rows"]
                   if run.bench_result.exists() else [])
 
@@ -232,23 +233,23 @@ def deployment_rows(run: runs.Run) -> list[dict]:
     def note(file_name: str) -> str:
         return next((r["note"] for r in bench_rows if r["artifact"] == file_name and r.get("note")), "")
 
-    keras_metric = export.get("keras_metric") or {}
+    keras_metric = export.keras_metric or {}
     p50, thr = timing(run.model_path.name)
     rows = [{"artifact": "keras", "format": "keras", "size_bytes": run.model_path.stat().st_size,
              "metric": keras_metric.get("value"), "metric_change": 0.0, "p50_ms_batch1": p50,
              "throughput_batch32": thr, "verdict": "reference"}]
-    for r in export["artifacts"]:
-        p50, thr = timing(Path(r["path"]).name) if r.get("path") else (None, None)
-        verdict, reasons = r["verdict"], r.get("reasons", [])
-        # By name in this run's export/, so a copied or moved run is checked where it is now.
-        if verdict == "verified" and not runs.intact(run.export_dir / Path(r["path"]).name, r.get("sha256")):
-            verdict = "failed"
-            reasons = [f"{Path(r['path']).name} is missing or changed since it was verified: export again"]
-        rows.append({"artifact": r["artifact"], "format": r["format"], "size_bytes": r.get("size_bytes"),
-                     "metric": r.get("metric"), "metric_change": r.get("metric_change"), "p50_ms_batch1": p50,
-                     "throughput_batch32": thr, "verdict": verdict, "reasons": reasons,
-                     "footprint": r.get("footprint"), "budget": r.get("budget"),
-                     "timing_note": note(Path(r["path"]).name) if r.get("path") else ""})
+    for r in export.artifacts:
+        p50, thr = timing(r.filename)
+        verdict, reasons = r.verdict, r.reasons
+        stale = r.why_not_verified(export.directory) if r.verified else None
+        if stale:
+            verdict, reasons = "failed", [f"{stale}: export again"]
+        figures = r.figures
+        rows.append({"artifact": r.artifact, "format": r.format, "size_bytes": figures.get("size_bytes"),
+                     "metric": figures.get("metric"), "metric_change": figures.get("metric_change"),
+                     "p50_ms_batch1": p50, "throughput_batch32": thr, "verdict": verdict, "reasons": reasons,
+                     "footprint": figures.get("footprint"), "budget": figures.get("budget"),
+                     "timing_note": note(r.filename)})
     return rows
 
 

@@ -84,4 +84,47 @@ def test_build_with_an_artifact_that_fails_verification_exits_1_after_writing_th
 
     again = run_cli("build", "digits_cnn", "epochs=1", "--target", strict, "--out", out, "--bench-runs", "5",
                     timeout=600)
-    assert again.returncode == 1 and "   export: onnx failed last time: exporting again" in again.stdout
+    assert again.returncode == 1 and "   export: onnx failed verification: exporting again" in again.stdout
+
+
+def test_build_refuses_clashing_targets_before_training(tmp_path):
+    """Two targets asking for model.onnx with different opsets: one line, before any training."""
+    from kerakit.build import build
+
+    (tmp_path / "old_onnx.toml").write_text('[[artifacts]]\nformat = "onnx"\nopset = 13\n')
+    out = tmp_path / "digits"
+    with pytest.raises(KerakitError, match=r"^target 'server' and target 'old_onnx' ask for onnx \(model.onnx\) "
+                                           r"with different options: opset=17 against opset=13\."):
+        build("digits_cnn", targets=["server", str(tmp_path / "old_onnx.toml")], out=out, log=lambda m: None)
+    assert not out.exists()
+
+
+@pytest.mark.slow
+def test_build_exports_again_when_a_targets_content_or_an_artifacts_bytes_change(tmp_path):
+    """Build remembers its export by what the targets hold, not their names, and by the artifacts' SHA-256."""
+    from kerakit.build import build
+
+    target = tmp_path / "mine.toml"
+    target.write_text('[[artifacts]]\nformat = "onnx"\n')
+    out, logged = tmp_path / "digits", []
+    again = lambda: build("digits_cnn", targets=[str(target)], out=out, bench_runs=5, epochs=1,  # noqa: E731
+                          log=logged.append)
+    again()
+    assert not (out / "export" / "savedmodel").exists()
+    target.write_text('[[artifacts]]\nformat = "onnx"\n[[artifacts]]\nformat = "savedmodel"\n')  # same name
+    logged.clear()
+    result = again()
+    assert "   export: target mine changed since the last export: exporting again" in logged
+    assert result["steps"]["export"]["status"] == "2 of 2 artifacts verified" and (out / "export" / "savedmodel").is_dir()
+    assert again()["steps"]["export"]["status"] == "already done"  # unchanged: not exported a third time
+
+    onnx = out / "export" / "model.onnx"
+    data = bytearray(onnx.read_bytes())
+    data[-1] ^= 0xFF  # one byte changed, same size
+    onnx.write_bytes(bytes(data))
+    logged.clear()
+    again()
+    assert "   export: model.onnx changed since it was verified: exporting again" in logged
+    from kerakit.export import ExportReport
+
+    assert [r.artifact for r in ExportReport.read(out / "export").still_verified()] == ["onnx", "savedmodel"]

@@ -11,7 +11,7 @@ import pytest
 from kerakit import deployment, runs, runtime
 from kerakit.bench import bench
 from kerakit.errors import KerakitError
-from kerakit.export import export
+from kerakit.export import ExportReport, VerificationFailed, export
 from kerakit.measure import StopRule, measure
 from kerakit.serve import ServeOptions, resolve
 from kerakit.serve.models import Model
@@ -24,7 +24,9 @@ def x86_run(digits_run, tmp_path_factory):
     shutil.copytree(digits_run.path, path, ignore=shutil.ignore_patterns("export", "bench", "deployment.json"))
     strict = path.parent / "strict.toml"  # first: its [verify] judges the onnx artifact x86 also names
     strict.write_text('[[artifacts]]\nformat = "onnx"\n[verify]\natol = 0\nrtol = 0\n')
-    report = export(path, targets=[str(strict), "x86"], log=lambda m: None)
+    with pytest.raises(VerificationFailed) as failed:
+        export(path, targets=[str(strict), "x86"], log=lambda m: None)
+    report = failed.value.report
     result = bench([path], batches=[1, 8], threads=[1], runs_=40, warmup=2, budget_s=0.3, log=lambda m: None)
     return runs.Run(path), report, result
 
@@ -53,6 +55,29 @@ def test_a_deployment_naming_an_unverified_artifact_is_refused(x86_run, tmp_path
             runtime.load(run.path)
     finally:
         run.deployment.write_text(saved)
+
+
+def test_a_tampered_artifact_is_no_longer_verified_for_deployment_or_the_report(x86_run, tmp_path):
+    """The batch-1 choice's bytes change after bench: deployment, runtime.load(RUN) and the report's table all
+    stop counting it as verified, with the one reason the export report gives (build's rerun: test_build.py)."""
+    from kerakit.report import deployment_rows
+
+    run = runs.Run(shutil.copytree(x86_run[0].path, tmp_path / "digits"))
+    chosen = deployment.choose(run, 1)["artifact"]
+    weights = run.export_dir / chosen / "model.bin"
+    data = bytearray(weights.read_bytes())
+    data[-1] ^= 0xFF  # one byte of one weight: same size, same name
+    weights.write_bytes(bytes(data))
+
+    report = ExportReport.read(run.export_dir)
+    tampered = next(r.artifact for r in report.artifacts if r.filename == chosen)
+    assert report.why_not_verified() == {"onnx": "onnx failed verification",
+                                         tampered: f"{chosen} changed since it was verified"}
+    assert chosen not in deployment.candidates(run) and len(deployment.candidates(run)) == 1
+    with pytest.raises(KerakitError, match=f"names '{chosen}', which is no longer a verified artifact"):
+        runtime.load(run.path)
+    row = next(r for r in deployment_rows(run) if r["artifact"] == tampered)
+    assert row["verdict"] == "failed" and row["reasons"] == [f"{chosen} changed since it was verified: export again"]
 
 
 def test_runtime_load_of_a_run_opens_the_choice_for_the_batch_size_with_its_settings(x86_run):

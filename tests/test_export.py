@@ -14,13 +14,28 @@ import tensorflow as tf
 from conftest import run_cli
 from kerakit import runs, runtime
 from kerakit.errors import KerakitError
-from kerakit.export import export, load_target, verify_artifact
+from kerakit.export import ExportReport, VerificationFailed, export, load_target, resolve_targets, verify_artifact
 from kerakit.formats.tflite import read_metadata as read_tflite_metadata
 from kerakit.export.targets import ArtifactSpec, Verify, format_target, parse_target
 
 
 def _row(report, name):
     return report.row(name)
+
+
+def _failed_export(*args, **kwargs) -> ExportReport:
+    """An export that must fail verification: it raises once every artifact is done, carrying its report."""
+    with pytest.raises(VerificationFailed) as failed:
+        export(*args, **kwargs)
+    return failed.value.report
+
+
+def _report_of(*args, **kwargs) -> ExportReport:
+    """The report of an export that may or may not fail verification."""
+    try:
+        return export(*args, **kwargs)
+    except VerificationFailed as e:
+        return e.report
 
 
 def test_server_and_edge_artifacts_are_all_verified(digits_export):
@@ -118,10 +133,19 @@ def _constant_model(path):
 
 
 def test_a_model_with_constant_output_fails_as_vacuous(tmp_path):
+    """The library call fails as the command does: VerificationFailed naming the artifact, with the report
+    attached and already written (the figures of what failed are on disk, the manifest marks it)."""
     _constant_model(tmp_path / "constant.keras")
-    report = export(tmp_path / "constant.keras", formats=["onnx"], recipe="digits_cnn", log=lambda m: None)
-    row = report.artifacts[0]
-    assert row["verdict"] == "failed" and "vacuous" in row["reasons"][0]
+    with pytest.raises(VerificationFailed) as failed:
+        export(tmp_path / "constant.keras", targets=[], formats=["onnx"], recipe="digits_cnn", log=lambda m: None)
+    out = tmp_path / "constant_export"
+    assert str(failed.value) == f"1 of 1 artifacts failed verification (onnx); figures in {out / 'export_report.json'}."
+    report = failed.value.report
+    row = report.row("onnx")
+    assert row.verdict == "failed" and "vacuous" in row.reasons[0] and report.failed == ["onnx"]
+    assert json.loads((out / "export_report.json").read_text()) == report.to_dict()
+    assert ExportReport.read(out).row("onnx") == row
+    assert json.loads((out / "manifest.json").read_text())["artifacts"]["onnx"]["verdict"] == "failed"
 
 
 def _input_ignoring_onnx(path, constant: np.ndarray) -> None:
@@ -284,9 +308,9 @@ def test_few_rows_cannot_decide_an_int8_verdict_and_enough_rows_do(tmp_path):
     for size, every in ((60, 50), (2000, 500)):
         x = _near_ties(size, every)
         np.savez(tmp_path / f"s{size}.npz", x=x, label=model.predict(x, verbose=0).argmax(-1))
-        report = export(tmp_path / "ties.keras", formats=["tflite-int8", "onnx-int8"], sample=tmp_path / f"s{size}.npz",
-                        out=tmp_path / f"out{size}", log=logged.append)
-        rows[size] = report
+        rows[size] = _report_of(tmp_path / "ties.keras", formats=["tflite-int8", "onnx-int8"],
+                                sample=tmp_path / f"s{size}.npz", out=tmp_path / f"out{size}", log=logged.append)
+    assert rows[60].failed == ["tflite-int8", "onnx-int8"] and rows[2000].passed
     assert any("30 of its 60 rows calibrate int8, the other 30 verify" in line for line in logged)
     assert any("300 of its 2000 rows calibrate int8, the other 1700 verify" in line for line in logged)
     assert any(line.startswith("  tflite-int8: verified; accuracy -0.18 points ± 0.20 (95 %, 1,700 rows)")
@@ -308,7 +332,7 @@ def test_few_rows_cannot_decide_an_int8_verdict_and_enough_rows_do(tmp_path):
 def test_without_data_float_formats_verify_on_random_inputs_and_quantized_cannot_be_judged(digits_run, tmp_path):
     model_path = tmp_path / "mine.keras"
     shutil.copyfile(digits_run.model_path, model_path)
-    report = export(model_path, formats=["onnx", "tflite-fp16"], log=lambda m: None)
+    report = _failed_export(model_path, formats=["onnx", "tflite-fp16"], log=lambda m: None)
     assert "random inputs" in report.inputs_from
     assert _row(report, "onnx")["verdict"] == "verified"
     assert "judged by the task metric" in _row(report, "tflite-fp16")["reasons"][0]
@@ -324,7 +348,7 @@ def test_an_op_a_format_cannot_express_is_named_and_other_formats_go_on(tmp_path
     inputs = keras.Input((4, 4), name="matrix")
     outputs = keras.layers.Dense(2, name="out")(SingularValues()(inputs))
     keras.Model(inputs, outputs).save(tmp_path / "svd.keras")
-    report = export(tmp_path / "svd.keras", formats=["savedmodel", "onnx", "tflite"], log=lambda m: None)
+    report = _failed_export(tmp_path / "svd.keras", formats=["savedmodel", "onnx", "tflite"], log=lambda m: None)
     assert _row(report, "savedmodel")["verdict"] == "verified"
     assert "Svd not supported by tf2onnx" in _row(report, "onnx")["reasons"][0]
     assert "Svd not supported by TFLite" in _row(report, "tflite")["reasons"][0]
@@ -369,7 +393,8 @@ def test_an_op_with_no_onnx_runtime_or_openvino_route_is_refused_in_one_line_nam
     ids = keras.Input((2,), name="ids", dtype="int64")
     h = keras.layers.Flatten()(keras.layers.Embedding(8, 2)(keras.layers.Hashing(num_bins=8)(ids)))
     keras.Model(ids, keras.layers.Dense(3, name="out")(h)).save(tmp_path / "hashing.keras")
-    report = export(tmp_path / "hashing.keras", formats=["savedmodel", "onnx", "openvino"], log=lambda m: None)
+    report = _failed_export(tmp_path / "hashing.keras", formats=["savedmodel", "onnx", "openvino"],
+                            log=lambda m: None)
     assert _row(report, "savedmodel")["verdict"] == "verified"
     assert _row(report, "onnx")["reasons"] == [
         "onnx conversion failed: TensorFlow op(s) StringToHashBucketFast not supported by tf2onnx at opset 17; "
@@ -426,6 +451,61 @@ def test_bad_targets_name_the_bad_value_and_the_allowed_ones(call, message):
         call()
 
 
+def test_a_report_written_before_typed_rows_reads_and_a_changed_file_is_no_longer_verified(tmp_path):
+    """export_report.json as kerakit wrote it before rows were typed (no options; a failed conversion without a
+    SHA-256) reads into rows, keeps every key when written again, and judges files by name where it is now."""
+    (tmp_path / "model.onnx").write_bytes(b"onnx bytes")
+    onnx_row = {"artifact": "onnx", "format": "onnx", "quantization": "none", "path": "/elsewhere/model.onnx",
+                "tolerances": {"atol": 1e-4}, "export_seconds": 1.2, "size_bytes": 10, "max_abs_error": 2e-7,
+                "metric": 0.9, "metric_change": 0.0, "verdict": "verified", "reasons": [],
+                "sha256": runs.sha256(tmp_path / "model.onnx")}
+    tflite_row = {"artifact": "tflite", "format": "tflite", "quantization": "none",
+                  "path": "/elsewhere/model_fp32.tflite", "tolerances": {"atol": 1e-4}, "verdict": "failed",
+                  "reasons": ["tflite conversion failed: Svd not supported"], "export_seconds": 0.4}
+    written = {"source": "/elsewhere/m.keras", "out": "/elsewhere", "targets": ["t"], "inputs_from": "a sample",
+               "artifacts": [onnx_row, tflite_row], "layouts": [], "keras_metric": {"name": "accuracy", "value": 0.9},
+               "run": None, "created": "2025-01-01T00:00:00", "passed": False}
+    (tmp_path / "export_report.json").write_text(json.dumps(written))
+
+    report = ExportReport.read(tmp_path)
+    onnx_read, tflite_read = report.artifacts
+    assert (onnx_read.options, onnx_read.figures["metric"], onnx_read["size_bytes"]) == ({}, 0.9, 10)
+    assert tflite_read.sha256 is None and report.failed == ["tflite"]
+    assert report.to_dict()["artifacts"] == [{**onnx_row, "options": {}}, {**tflite_row, "options": {}, "sha256": None}]
+    assert [r.artifact for r in report.still_verified()] == ["onnx"]  # by name here, not at /elsewhere
+    (tmp_path / "model.onnx").write_bytes(b"onnx bytez")  # one byte changed, same size
+    assert report.still_verified() == []
+    assert report.why_not_verified() == {"onnx": "model.onnx changed since it was verified",
+                                         "tflite": "tflite failed verification"}
+    (tmp_path / "model.onnx").unlink()
+    assert report.why_not_verified()["onnx"] == "model.onnx missing"
+    del tflite_row["verdict"]
+    (tmp_path / "export_report.json").write_text(json.dumps(written))
+    with pytest.raises(KerakitError, match=r"export_report.json is not an export report \(an artifact row lacks "
+                                           r"verdict\); delete it and export again"):
+        ExportReport.read(tmp_path)
+
+
+def test_two_targets_asking_for_one_artifact_with_different_options_are_refused_in_one_line(tmp_path):
+    """One artifact name is one file (model.onnx): server's opset 17 and another target's 13 cannot both be it."""
+    (tmp_path / "old_onnx.toml").write_text('[[artifacts]]\nformat = "onnx"\nopset = 13\n')
+    _constant_model(tmp_path / "model.keras")
+    out = tmp_path / "out"
+    with pytest.raises(KerakitError) as refused:
+        export(tmp_path / "model.keras", targets=["server", str(tmp_path / "old_onnx.toml")], out=out,
+               log=lambda m: None)
+    assert str(refused.value) == (
+        "target 'server' and target 'old_onnx' ask for onnx (model.onnx) with different options: opset=17 against "
+        "opset=13. One export writes one model.onnx: make the options agree, or export them to separate --out "
+        "directories.")
+    assert not out.exists(), "refused before anything was written"
+    with pytest.raises(KerakitError, match=r"^target 'server' and --format onnx ask for onnx \(model.onnx\) with "
+                                           r"different options: opset=17 against opset=13\. "):
+        resolve_targets(["server"], ["onnx"], opset=13)
+    # The same options, one written out and one the format's default, are one artifact.
+    assert [t.name for t in resolve_targets(["server"], ["onnx"])] == ["server", "onnx"]
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("name", ["breast_cancer_mlp", "diabetes_mlp", "mnist_cnn", "imdb_text"])
 def test_every_recipe_exports_for_server_and_edge(name, tmp_path):
@@ -440,7 +520,7 @@ def test_every_recipe_exports_for_server_and_edge(name, tmp_path):
     mocked = name in ("mnist_cnn", "imdb_text")
     with tfds.testing.mock_data(num_examples=256) if mocked else contextlib.nullcontext():
         run = kerakit.train(name, tmp_path / "run", verbose=0, **({"epochs": 2} if mocked else {}))
-        report = export(run.path, targets=["server", "edge"], log=lambda m: None)
+        report = _report_of(run.path, targets=["server", "edge"], log=lambda m: None)
     if not mocked:  # 114 and 89 test rows: an int8 file is verified, or these rows cannot decide (diabetes_mlp's
         # tflite-int8: MAE +0.61 of 44.4, 95 % interval -1.27 to +2.56 against the 2.22 allowed), never past the limit
         assert [r["verdict"] for r in report.artifacts if r["quantization"] == "none"] == ["verified"] * 2

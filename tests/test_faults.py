@@ -147,7 +147,7 @@ def test_a_missing_or_changed_artifact_is_rebuilt_and_never_reported_verified(bu
     from kerakit.report import deployment_rows
 
     onnx = next(r for r in deployment_rows(runs.Run(out)) if r["artifact"] == "onnx")
-    assert onnx["verdict"] == "failed" and "model.onnx is missing or changed" in onnx["reasons"][0]
+    assert onnx["verdict"] == "failed" and onnx["reasons"] == ["model.onnx missing: export again"]
     r = run_cli("build", "digits_cnn", "epochs=2", "--target", "server", "--out", out, "--bench-runs", "5",
                 timeout=600)
     assert r.returncode == 0, r.stderr[-2000:]

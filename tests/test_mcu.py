@@ -18,7 +18,7 @@ import pytest
 from conftest import run_cli
 from kerakit import runtime
 from kerakit.errors import KerakitError
-from kerakit.export import export
+from kerakit.export import VerificationFailed, export
 from kerakit.export.targets import load_target, parse_target
 from kerakit.formats import tflite_micro
 
@@ -237,7 +237,9 @@ def test_an_op_tflite_micro_lacks_fails_naming_the_op_its_layer_and_what_to_use(
     x = keras.layers.Dense(16, activation="gelu", name="dense_gelu")(x)
     outputs = keras.layers.Dense(10, activation="softmax", name="probabilities")(x)
     keras.Model(inputs, outputs).save(tmp_path / "gelu.keras")
-    report = export(tmp_path / "gelu.keras", targets=["mcu"], recipe="digits_cnn", log=lambda m: None)
+    with pytest.raises(VerificationFailed) as failed:
+        export(tmp_path / "gelu.keras", targets=["mcu"], recipe="digits_cnn", log=lambda m: None)
+    report = failed.value.report
     assert report.failed == ["tflite-micro-int8"]
     assert report.row("tflite-micro-int8")["reasons"] == [
         "tflite-micro-int8 conversion failed: TFLite Micro has no kernel for GELU (Keras layer dense_gelu): "

@@ -114,6 +114,37 @@ def test_serve_and_drift_share_the_request_log_not_each_other():
     assert "kerakit.request_log" in GRAPH["kerakit.drift"]
 
 
+# What only the export report may touch: the file's name, the run's path to it, and the SHA-256 check of a file.
+EXPORT_RESULTS = {"EXPORT_REPORT_FILE", "export_report", "intact"}
+
+
+def _export_results_touched(tree: ast.Module) -> list[str]:
+    """`name:line` of each place a module reads export_report.json itself or judges a file by its SHA-256."""
+    found = []
+    for node in ast.walk(tree):
+        names = []
+        if isinstance(node, ast.Attribute):
+            names = [node.attr]
+        elif isinstance(node, ast.Name):
+            names = [node.id]
+        elif isinstance(node, ast.ImportFrom):
+            names = [alias.name for alias in node.names]
+        elif isinstance(node, ast.Constant) and node.value == "export_report.json":
+            names = [node.value]
+        found += [f"{name}:{node.lineno}" for name in names if name in EXPORT_RESULTS | {"export_report.json"}]
+    return found
+
+
+def test_only_the_export_report_reads_export_results_and_judges_still_verified():
+    """Export's results are a typed contract: build, bench, deployment and report ask `kerakit.export.report`
+    (ExportReport.read / find, ArtifactRow.still_verified) instead of reading export_report.json's keys or
+    re-hashing artifacts, so "verified" cannot mean three different things."""
+    owners = {"kerakit.runs", "kerakit.export.report"}  # runs names the file and checks a run's own files
+    touched = {name: places for name, (_, tree) in MODULES.items() if name not in owners
+               and (places := _export_results_touched(tree))}
+    assert touched == {}
+
+
 def _tuner_table() -> tuple[str, set[str]]:
     """The module that defines TUNERS, and the --tuner names it lists (its dict's string keys, or the first
     argument of each entry it builds)."""

@@ -2,15 +2,17 @@
 
     from kerakit.export import export
     report = export("runs/demo", targets=["server", "edge"])
-    [(row["artifact"], row["verdict"]) for row in report.artifacts]
+    [(row.artifact, row.verdict) for row in report.artifacts]
     # [('savedmodel', 'verified'), ('onnx', 'verified'), ('tflite-int8', 'verified'), ...]
-    report.raise_for_failures()   # KerakitError naming each failed artifact
+    # an artifact that fails verification: VerificationFailed naming each, its `report` already written
 
 Every artifact is converted by its format (`kerakit.formats`), written
 atomically, then verified against the Keras model (`kerakit.export.verify`);
 figures go to `export_report.json`, verdicts and SHA-256s to the export's
-`manifest.json` (and the run's). One format failing does not stop the others;
-the report says which failed.
+`manifest.json` (and the run's). One format failing does not stop the others:
+every artifact is converted, checked and reported, then `export` raises
+`VerificationFailed` (a KerakitError carrying the report), as `build` raises
+`BuildFailed`.
 """
 
 from __future__ import annotations
@@ -23,21 +25,22 @@ from pathlib import Path
 from typing import Callable, Iterable
 
 from kerakit import formats, runs
-from kerakit.errors import KerakitError
+from kerakit.errors import KerakitError, VerificationFailed
 from kerakit.export import confidence
 from kerakit.export import layouts as _layouts
 from kerakit.export.context import ExportContext, convert_from
-from kerakit.export.report import ExportReport, now
+from kerakit.export.report import ArtifactRow, ExportReport, now
 from kerakit.export.source import verification_data
 from kerakit.export.targets import ArtifactSpec, Target, format_target, load_target
 from kerakit.export.verify import Check, Reference, judge_float32_copy, kb, make_reference, verify_artifact
 
-__all__ = ["ExportReport", "export", "load_target", "verify_artifact"]
+__all__ = ["ArtifactRow", "ExportReport", "VerificationFailed", "export", "load_target", "resolve_targets",
+           "verify_artifact"]
 
 
 def export(
     source: "str | os.PathLike",
-    targets: Iterable[str] = ("server",),
+    targets: "Iterable[str | Target]" = ("server",),
     formats: Iterable[str] = (),
     *,
     out: "str | os.PathLike | None" = None,
@@ -55,11 +58,12 @@ def export(
     inputs by name, plus `label` for the metric); with neither, verification
     uses random inputs of the model's shapes and quantized formats cannot be judged.
     progress(done, total) is called after each artifact is converted and checked.
-    A failed artifact does not raise: call `raise_for_failures()` on the result.
+    An artifact that fails verification raises `VerificationFailed` once every artifact is done and the
+    report is written; `e.report` is that report.
     """
     from kerakit.formats.keras import load_keras_model
 
-    chosen = [load_target(t) for t in targets] + [format_target(f, opset) for f in formats]
+    chosen = resolve_targets(targets, formats, opset)
     if not chosen:
         raise KerakitError("Nothing to export: pass --target NAME (e.g. server, edge) or --format NAME.")
     run, model_path = _resolve_source(Path(source))
@@ -116,42 +120,80 @@ def _export(chosen, run, model_path: Path, model, name: str, out: Path, recipe, 
                           precision=reference.precision)
     report.write(out)
     _record(report, run, model_path, out)
+    report.raise_for_failures()  # written first: the figures of what failed are on disk
     return report
 
 
+def resolve_targets(targets: "Iterable[str | Target]" = (), formats: Iterable[str] = (),
+                    opset: int | None = None) -> list[Target]:
+    """The targets (names, TOML paths or Targets) and `--format` names an export will build, as loaded now;
+    refused in one line where two of them ask for one artifact with different options."""
+    chosen = [t if isinstance(t, Target) else load_target(t) for t in targets]
+    chosen += [format_target(f, opset) for f in formats]
+    _plan(chosen)
+    return chosen
+
+
+def artifact_options(spec: ArtifactSpec) -> dict:
+    """The artifact's format options as they apply: its own values, else its format's defaults."""
+    return {key: spec.option(key) for key in sorted(formats.get(spec.format).options)}
+
+
 def _plan(chosen: list[Target]) -> list[tuple[ArtifactSpec, Target]]:
-    """Each artifact once (the first target naming it sets its tolerances and budget)."""
+    """Each artifact once (the first target naming it sets its tolerances and budget). One artifact name is
+    one file, so two targets asking for it with different options cannot both be served: refused."""
     specs: dict[str, tuple[ArtifactSpec, Target]] = {}
     for target in chosen:
         for spec in target.artifacts:
-            specs.setdefault(spec.name, (spec, target))
+            first, by = specs.setdefault(spec.name, (spec, target))
+            if artifact_options(first) != artifact_options(spec):
+                raise KerakitError(_clash_text(first, by, spec, target))
     return list(specs.values())
 
 
+def _clash_text(first: ArtifactSpec, by: Target, spec: ArtifactSpec, target: Target) -> str:
+    a, b = artifact_options(first), artifact_options(spec)
+    differ = [k for k in a if a[k] != b[k]]
+    asking = f"{_who(by)} asks" if by is target else f"{_who(by)} and {_who(target)} ask"
+    return (f"{asking} for {spec.name} ({spec.filename}) with different options: "
+            f"{', '.join(f'{k}={a[k]!r}' for k in differ)} against {', '.join(f'{k}={b[k]!r}' for k in differ)}. "
+            f"One export writes one {spec.filename}: make the options agree, or export them to separate --out "
+            "directories.")
+
+
+def _who(target: Target) -> str:
+    """`target 'edge'`, or `--format onnx` for a format named on the command line."""
+    by_format = target.path is None and target.description.startswith("--format ")
+    return target.description if by_format else f"target {target.name!r}"
+
+
 def _artifact(spec: ArtifactSpec, target: Target, context: ExportContext, reference: Reference, out: Path,
-              log: Callable[[str], None]) -> dict:
+              log: Callable[[str], None]) -> ArtifactRow:
     """Convert one artifact with its format, then verify it: its report row."""
     path = out / spec.filename
-    row = {"artifact": spec.name, "format": spec.format, "quantization": spec.quantization,
-           "path": str(path), "tolerances": vars(target.verify)}
+    row = ArtifactRow(spec.name, spec.format, spec.quantization, str(path), options=artifact_options(spec),
+                      figures={"tolerances": vars(target.verify)})
     started = time.perf_counter()
     try:
         note = formats.get(spec.format).convert(context, spec, path)
     except KerakitError:
         raise
     except Exception as e:  # one format failing must not stop the others
-        row.update(verdict="failed", reasons=[f"{spec.name} conversion failed: {_first_line(e)}"],
-                   export_seconds=round(time.perf_counter() - started, 2))
+        row.reasons = [f"{spec.name} conversion failed: {_first_line(e)}"]
+        row.figures["export_seconds"] = round(time.perf_counter() - started, 2)
         log(f"  {spec.name}: conversion failed: {_first_line(e)}")
         return row
-    row["export_seconds"] = round(time.perf_counter() - started, 2)
+    row.figures["export_seconds"] = round(time.perf_counter() - started, 2)
     if note:  # what the conversion chose and why (ops kept in float, the int8 form)
-        row["conversion"] = note
+        row.figures["conversion"] = note
     try:
         check = verify_artifact(path, reference, spec, target.verify, target.budget)
     except Exception as e:  # e.g. the runtime cannot load what the converter wrote
         check = Check(reasons=[f"{spec.name} could not run: {_first_line(e)}"])
-    row.update(size_bytes=_size(path), **check.to_dict(), sha256=_digest(path))
+    figures = check.to_dict()
+    row.verdict, row.reasons = figures.pop("verdict"), figures.pop("reasons")
+    row.figures.update(size_bytes=_size(path), **figures)
+    row.sha256 = _digest(path)
     log(f"  {spec.name}: {check.verdict}" + (f" ({'; '.join(check.reasons)})" if check.reasons else "")
         + _change_text(check, spec, reference) + _footprint_text(check.footprint)
         + (f"; {note['summary']}" if note and note.get("summary") else ""))
@@ -176,16 +218,16 @@ def _footprint_text(footprint: dict | None) -> str:
             f"{kb(footprint['flash_bytes'])} KB flash{macs}")
 
 
-def _size_ratios(rows: list[dict]) -> None:
-    fp32_tflite = next((r["size_bytes"] for r in rows if r["artifact"] == "tflite" and "size_bytes" in r), None)
+def _size_ratios(rows: list[ArtifactRow]) -> None:
+    fp32_tflite = next((r["size_bytes"] for r in rows if r.artifact == "tflite" and "size_bytes" in r), None)
     for r in rows:
         if fp32_tflite and "size_bytes" in r:
-            r["size_vs_tflite_fp32"] = round(r["size_bytes"] / fp32_tflite, 3)
+            r.figures["size_vs_tflite_fp32"] = round(r["size_bytes"] / fp32_tflite, 3)
 
 
-def _write_layouts(chosen: list[Target], rows: list[dict], out: Path, name: str) -> list[dict]:
+def _write_layouts(chosen: list[Target], rows: list[ArtifactRow], out: Path, name: str) -> list[dict]:
     """Model-server directories (TF Serving, Triton) from the verified artifact each one needs."""
-    verified = {r["format"]: Path(r["path"]) for r in rows if r["verdict"] == "verified" and r["quantization"] == "none"}
+    verified = {r.format: Path(r.path) for r in rows if r.verified and r.quantization == "none"}
     written = []
     for target in chosen:
         for layout in target.layouts:
@@ -201,10 +243,10 @@ def _write_layouts(chosen: list[Target], rows: list[dict], out: Path, name: str)
 
 def _record(report: ExportReport, run, model_path: Path, out: Path) -> None:
     """The export's manifest (verdicts and hashes), and its entry in the run's manifest."""
-    artifacts = {r["artifact"]: {"path": Path(r["path"]).name, "verdict": r["verdict"], "sha256": r.get("sha256")}
+    artifacts = {r.artifact: {"path": r.filename, "verdict": r.verdict, "sha256": r.sha256}
                  for r in report.artifacts}
     runs.write_json(out / runs.MANIFEST_FILE, {"source_sha256": runs.sha256(model_path),
-                                               "report": runs.EXPORT_REPORT_FILE, "artifacts": artifacts})
+                                               "report": report.path.name, "artifacts": artifacts})
     if run is not None:
         manifest = run.manifest
         manifest.setdefault("exports", {})[str(os.path.relpath(out, run.path))] = artifacts
