@@ -41,18 +41,18 @@ from kerakit.measure import StopRule, Timed, measure
 BLOCK = 10  # consecutive calls per artifact within a round (time_interleaved)
 
 
-def expand(paths: Iterable["str | os.PathLike"]) -> list[Path]:
-    """Artifacts to bench: files/SavedModels as given; a run directory means its model and every export."""
-    found: list[Path] = []
+def expand(paths: Iterable["str | os.PathLike"]) -> list[tuple[Path, formats.Format]]:
+    """Artifacts to bench, each with its format (found here, once, and carried from here on): files and
+    SavedModels as given; a run directory means its model and every export."""
+    found: list[tuple[Path, formats.Format]] = []
     for path in map(Path, paths):
         if path.is_dir() and runs.is_run(path):
             run = runs.Run(path)
-            found.append(run.model_path)
+            found.append((run.model_path, formats.for_path(run.model_path)))
             if run.export_dir.is_dir():
-                found += sorted(p for p in run.export_dir.iterdir() if formats.match(p) is not None)
+                found += [(p, fmt) for p in sorted(run.export_dir.iterdir()) if (fmt := formats.match(p)) is not None]
         else:
-            formats.for_path(path)  # raises a clear error for anything else
-            found.append(path)
+            found.append((path, formats.for_path(path)))  # a clear error for anything else
     if not found:
         raise KerakitError("Nothing to bench: pass artifact paths or a run directory.")
     return found
@@ -86,14 +86,18 @@ def peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
-def _open(path: Path, threads: int) -> runtime.Predictor:
+def _open(path: Path, fmt: formats.Format, threads: int) -> runtime.Predictor:
     """Open `path` with `threads` where its format takes a thread count.
 
     TensorFlow's thread pools are process-wide, set once at start: Keras and
     SavedModel run with what the process has.
     """
-    fmt = formats.for_path(path)
-    return runtime.load(path, **({"threads": threads} if fmt.takes_threads else {}))
+    return runtime.load(path, format=fmt, **_threads(fmt, threads))
+
+
+def _threads(fmt: formats.Format, threads: int) -> dict:
+    """The thread option of a format that takes one; {} for one that has no thread setting (bench times it once)."""
+    return fmt.thread_options(threads) if fmt.takes_threads else {}
 
 
 def _stats(samples: "list[int] | Timed", batch: int) -> dict:
@@ -161,7 +165,8 @@ def bench(
     input_shapes: the sizes of dimensions a model leaves open, for random
     inputs ({"image": (1, 64, 64, 3)}); a run's models take its test split instead.
     """
-    paths = expand(artifacts)
+    found = expand(artifacts)
+    paths = [path for path, _ in found]
     batches, threads = sorted(set(int(b) for b in batches)), sorted(set(int(t) for t in threads))
     if not batches or min(batches) < 1 or not threads or min(threads) < 1:
         raise KerakitError(f"Invalid --batch {batches} or --threads {threads}: expected positive integers.")
@@ -172,28 +177,29 @@ def bench(
     run = runs.find_run(paths[0])
     out = Path(out) if out else (run.bench_dir if run else Path("bench-results"))
     runs.ensure_writable_dir(out)
-    swept = {p for p in paths if sweep and formats.for_path(p).settings}
+    swept = [(path, fmt) for path, fmt in found if sweep and fmt.settings]
     deploy = next((runs.Run(Path(a)) for a in artifacts if sweep and runs.is_run(a)), None)
     rule = StopRule(precision=precision, budget_s=budget_s, max_calls=runs_)
     with contextlib.ExitStack() as locks:  # bench.json's directory, and where swept settings are saved
-        for directory in {runs.owner(out).resolve(), *(runs.owner(p.parent).resolve() for p in swept)}:
+        for directory in {runs.owner(out).resolve(), *(runs.owner(p.parent).resolve() for p, _ in swept)}:
             locks.enter_context(runs.writer(directory, "kerakit bench"))
-        return _bench(paths, batches, threads, rule, warmup, swept, deploy, data_dir, out, log, progress, input_shapes)
+        return _bench(found, batches, threads, rule, warmup, swept, deploy, data_dir, out, log, progress, input_shapes)
 
 
-def _bench(paths, batches, threads, rule: StopRule, warmup, swept, deploy, data_dir, out: Path, log, progress,
+def _bench(found, batches, threads, rule: StopRule, warmup, swept, deploy, data_dir, out: Path, log, progress,
            input_shapes=None) -> dict:
     started = time.perf_counter()
+    paths = [path for path, _ in found]
     names = _labels(paths)
-    with runtime.load(paths[0]) as first:
+    with runtime.load(paths[0], format=found[0][1]) as first:
         specs = first.inputs
     pool, inputs_from = _inputs(paths, specs, data_dir, max(batches), input_shapes)
     log(f"Inputs: {inputs_from}.")
 
     swept_result, deployed, measured = {}, None, {}
     if deploy is not None:  # first: its figures stand in for the comparison's wherever the settings are the same
-        swept_result, deployed, measured = sweep_deployment(deploy, pool, batches, threads, rule, warmup, log)
-    rows, memory = _compare(dict(zip(names, paths)), pool, batches, threads, rule, warmup, log, progress, measured)
+        swept_result, deployed, measured = sweep_deployment(deploy, found, pool, batches, threads, rule, warmup, log)
+    rows, memory = _compare(dict(zip(names, found)), pool, batches, threads, rule, warmup, log, progress, measured)
     result = {
         "artifacts": {name: str(path) for name, path in zip(names, paths)},
         "inputs_from": inputs_from,
@@ -209,8 +215,8 @@ def _bench(paths, batches, threads, rule: StopRule, warmup, swept, deploy, data_
     if deploy is not None:
         result["sweep"], result["deployment"] = swept_result, deployed
     elif swept:
-        result["sweep"] = {name: sweep_settings(path, pool, batches, threads, rule, warmup, log)
-                           for name, path in zip(names, paths) if path in swept}
+        result["sweep"] = {name: sweep_settings(path, fmt, pool, batches, threads, rule, warmup, log)
+                           for name, (path, fmt) in zip(names, found) if (path, fmt) in swept}
     result["seconds"] = round(time.perf_counter() - started, 1)
     runs.write_json(out / runs.BENCH_RESULT_FILE, result)
     chart(result, out / runs.BENCH_CHART_FILE)
@@ -222,8 +228,8 @@ def _setting_key(path: Path, options: dict) -> tuple[str, str]:
     return str(path.resolve()), json.dumps(options, sort_keys=True)
 
 
-def _compare(artifacts: dict[str, Path], pool: dict, batches: list[int], threads: list[int], rule: StopRule,
-             warmup: int, log, progress, measured: dict | None = None) -> tuple[list[dict], dict]:
+def _compare(artifacts: dict[str, tuple[Path, formats.Format]], pool: dict, batches: list[int], threads: list[int],
+             rule: StopRule, warmup: int, log, progress, measured: dict | None = None) -> tuple[list[dict], dict]:
     """Every artifact at every (threads, batch), interleaved; rows of figures and RSS per loaded model.
 
     measured: {(path, options): {batch: stats}} already taken by the sweep, reused for the same settings.
@@ -232,16 +238,15 @@ def _compare(artifacts: dict[str, Path], pool: dict, batches: list[int], threads
     rounds, done = len(threads) * len(batches), 0
     for n_threads in threads:
         predictors, reused = {}, {}
-        for name, path in artifacts.items():
-            fmt = formats.for_path(path)
+        for name, (path, fmt) in artifacts.items():
             if n_threads != threads[0] and not fmt.takes_threads:
                 continue  # one pass is all a format without a thread setting has
-            options = {**runtime.tuned_options(path), **({"threads": n_threads} if fmt.takes_threads else {})}
+            options = {**runtime.tuned_options(path), **_threads(fmt, n_threads)}
             reused[name] = (measured or {}).get(_setting_key(path, options))
             if reused[name] is not None and name in memory:
                 continue
             before = rss_mb()
-            predictors[name] = _open(path, n_threads)
+            predictors[name] = _open(path, fmt, n_threads)
             memory.setdefault(name, round(rss_mb() - before, 1))
         try:
             for batch in batches:
@@ -250,7 +255,7 @@ def _compare(artifacts: dict[str, Path], pool: dict, batches: list[int], threads
                 timing = {n: p for n, p in predictors.items() if n not in known and p.fixed_batch in (None, batch)}
                 feeds = {name: p.validate({k: v[:batch] for k, v in pool.items()}) for name, p in timing.items()}
                 timed = measure({name: (lambda p=p, f=feeds[name]: p.run(f)) for name, p in timing.items()}, rule, warmup)
-                new = [_row(name, formats.for_path(artifacts[name]).name, batch, n_threads,
+                new = [_row(name, artifacts[name][1], batch, n_threads,
                             timed[name] if name in timed else known[name]) for name in reused
                        if name in timed or name in known]
                 rows += new
@@ -270,32 +275,31 @@ def _pm(stats: dict) -> str:
     return f" +-{stats['precision']:.0%}" if stats.get("precision") is not None else ""
 
 
-def _row(name: str, format_name: str, batch: int, threads: int, timed: "Timed | dict") -> dict:
+def _row(name: str, fmt: formats.Format, batch: int, threads: int, timed: "Timed | dict") -> dict:
     """One bench row; a format whose timing is not its device's says so (`Format.timing_note`)."""
-    fmt = formats.get(format_name)
     stats = timed if isinstance(timed, dict) else _stats(timed, batch)
-    row = {"artifact": name, "format": format_name, "batch": batch,
+    row = {"artifact": name, "format": fmt.name, "batch": batch,
            "threads": threads if fmt.takes_threads else fmt.fixed_threads, **stats}
     return {**row, "note": fmt.timing_note} if fmt.timing_note else row
 
 
-def _configs(path: Path, threads: list[int]) -> dict[str, dict]:
+def _configs(fmt: formats.Format, threads: list[int]) -> dict[str, dict]:
     """The runtime settings to compare for one artifact: its format's, else its thread counts, else one."""
-    fmt = formats.for_path(path)
     if fmt.settings:
         return fmt.settings(threads)
     if fmt.takes_threads:
-        return {f"threads={t}": {"threads": t} for t in threads}
+        return {f"threads={t}": fmt.thread_options(t) for t in threads}
     return {fmt.fixed_threads: {}}
 
 
-def _sweep_table(configs: dict[tuple[str, str], tuple[Path, dict]], pool: dict, batches: list[int],
+def _sweep_table(configs: dict[tuple[str, str], tuple[Path, formats.Format, dict]], pool: dict, batches: list[int],
                  rule: StopRule, warmup: int) -> dict[int, dict[tuple[str, str], dict]]:
-    """{batch: {(artifact, setting): stats}}: every configuration timed against the others, per batch size."""
+    """{batch: {(artifact, setting): stats}}: every configuration (path, format, options) timed against the
+    others, per batch size."""
     predictors = {}
     try:
-        for key, (path, options) in configs.items():
-            predictors[key] = formats.for_path(path).load(path, **options)
+        for key, (path, fmt, options) in configs.items():
+            predictors[key] = fmt.load(path, **options)
         table = {}
         for batch in batches:
             # A model converted for a fixed batch (an LSTM's TFLite file: 1) is timed at that batch only.
@@ -317,48 +321,50 @@ def _best_setting(table: dict, batches: list[int], names: list[str]) -> tuple[st
     return best, {k: round(v, 4) for k, v in score.items()}
 
 
-def sweep_settings(path: Path, pool: dict, batches: list[int], threads: list[int], rule: StopRule, warmup: int,
-                   log: Callable[[str], None] = print) -> dict:
+def sweep_settings(path: Path, fmt: formats.Format, pool: dict, batches: list[int], threads: list[int],
+                   rule: StopRule, warmup: int, log: Callable[[str], None] = print) -> dict:
     """Every runtime setting the format offers, interleaved; the best becomes the file's default."""
-    configs = formats.for_path(path).settings(threads)
-    table = _sweep_table({(path.name, k): (path, o) for k, o in configs.items()}, pool, batches, rule, warmup)
+    configs = fmt.settings(threads)
+    table = _sweep_table({(path.name, k): (path, fmt, o) for k, o in configs.items()}, pool, batches, rule, warmup)
     table = {b: {k[1]: v for k, v in rows.items()} for b, rows in table.items()}
-    return _save_best(path, configs, table, batches, log)
+    return _save_best(path, fmt, configs, table, batches, log)
 
 
-def _save_best(path: Path, configs: dict, table: dict, batches: list[int], log) -> dict:
+def _save_best(path: Path, fmt: formats.Format, configs: dict, table: dict, batches: list[int], log) -> dict:
     best, score = _best_setting(table, batches, list(configs))
     runtime.save_tuned_options(path, configs[best], {"score": score[best], "batches": batches})
-    log(f"  {formats.for_path(path).name} best for {path.name}: {best} (saved as its default in "
+    log(f"  {fmt.name} best for {path.name}: {best} (saved as its default in "
         f"{runs.RUNTIME_SETTINGS_FILE})")
     return {"configs": {k: {str(b): table[b][k] for b in batches if k in table[b]} for k in configs}, "best": best,
             "best_options": configs[best], "score": score}
 
 
-def sweep_deployment(run: runs.Run, pool: dict, batches: list[int], threads: list[int], rule: StopRule,
-                     warmup: int, log) -> tuple[dict, dict, dict]:
+def sweep_deployment(run: runs.Run, found: list[tuple[Path, formats.Format]], pool: dict, batches: list[int],
+                     threads: list[int], rule: StopRule, warmup: int, log) -> tuple[dict, dict, dict]:
     """Every verified artifact of `run` x every setting, per batch size, pruning losers; writes deployment.json.
+    `found`: the artifacts `expand` found (the run's among them), with their formats.
 
     Returns the per-file sweeps, the choice per batch size, and every figure by (path, options).
     """
-    candidates = deployment.candidates(run)
+    known = {path.resolve(): fmt for path, fmt in found}
+    candidates = {name: (path, known[path.resolve()]) for name, path in deployment.candidates(run).items()}
     if not candidates:
         log(f"  no verified artifact in {run.export_dir}: no {run.deployment.name} written")
         return {}, {}, {}
-    settings = {name: _configs(path, threads) for name, path in candidates.items()}
-    configs = {(name, k): (candidates[name], o) for name, c in settings.items() for k, o in c.items()}
+    settings = {name: _configs(fmt, threads) for name, (_, fmt) in candidates.items()}
+    configs = {(name, k): (*candidates[name], o) for name, c in settings.items() for k, o in c.items()}
     table = _sweep_table(configs, pool, batches, StopRule(**{**vars(rule), "prune": True}), warmup)
-    sweep = {name: _save_best(candidates[name], settings[name],
+    sweep = {name: _save_best(*candidates[name], settings[name],
                               {b: {k[1]: v for k, v in rows.items() if k[0] == name} for b, rows in table.items()},
                               batches, log)
-             for name in candidates if formats.for_path(candidates[name]).settings}
+             for name, (_, fmt) in candidates.items() if fmt.settings}
     choices = {b: _choice(table[b], configs) for b in batches}
     deployment.write(run, choices, vars(rule), runtime.cores())
     for b, c in choices.items():
         log(f"  batch {b}: deploy {c['artifact']} ({c['setting']}) {c['p50_ms']:.3f} ms{_pm(c)}"
             + (f", {c['beat'][0]['ratio']:.2f}x faster than {c['beat'][0]['artifact']}" if c["beat"] else ""))
     measured = {_setting_key(path, options): {b: table[b][key] for b in batches if key in table[b]}
-                for key, (path, options) in configs.items()}
+                for key, (path, _, options) in configs.items()}
     return sweep, {str(b): c for b, c in choices.items()}, measured
 
 
@@ -370,8 +376,8 @@ def _choice(rows: dict[tuple[str, str], dict], configs: dict) -> dict:
         if name != artifact and (name not in others or r["p50_ms"] < others[name]["p50_ms"]):
             others[name] = {"artifact": name, "setting": k, "p50_ms": r["p50_ms"], "precision": r["precision"],
                             "stopped": r["stopped"], "ratio": round(r["p50_ms"] / stats["p50_ms"], 3)}
-    return {"artifact": artifact, "format": formats.for_path(configs[(artifact, setting)][0]).name,
-            "setting": setting, "options": configs[(artifact, setting)][1], "p50_ms": stats["p50_ms"],
+    _, fmt, options = configs[(artifact, setting)]
+    return {"artifact": artifact, "format": fmt.name, "setting": setting, "options": options, "p50_ms": stats["p50_ms"],
             "precision": stats["precision"], "stopped": stats["stopped"],
             "throughput_per_s": stats["throughput_per_s"],
             "beat": sorted(others.values(), key=lambda o: o["p50_ms"])}

@@ -32,6 +32,35 @@ class _Group(click.Group):
             ctx.exit(1)
 
 
+class _RegistryHelp(click.Option):
+    """An option whose help lists what the format registry holds (`help_from()`), written when help is
+    shown: always current, and loading the registry costs `kerakit --help` nothing."""
+
+    def __init__(self, *args, help_from, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.help_from = help_from
+
+    def get_help_record(self, ctx):
+        self.help = self.help_from()
+        return super().get_help_record(ctx)
+
+
+def _format_help() -> str:
+    from kerakit import formats
+
+    return f"One artifact by its --format name (repeat or comma-separate): {', '.join(formats.artifact_names())}."
+
+
+def _threads_help(serve: bool = False) -> str:
+    from kerakit import formats
+
+    takes = ", ".join(formats.with_threads())
+    if serve:
+        return (f"Runtime threads per model, at most the cores available, for a format that takes them ({takes}; "
+                "refused for another). Default: the setting `kerakit bench` saved.")
+    return f"Thread counts for the formats that take one ({takes})."
+
+
 def _disk_error(e: BaseException) -> str | None:
     """The one line for an exception that is the disk's fault, wherever it surfaced (h5py, TensorFlow, ...)."""
     import errno
@@ -282,7 +311,7 @@ def evaluate_cmd(ctx, target, overrides, recipe, data_dir, split, sample, metric
 @_custom_objects_option
 @click.argument("source", type=click.Path())
 @click.option("--target", "targets", multiple=True, help="Target name or TOML path (repeat or comma-separate): server, edge, mcu, x86, ...")
-@click.option("--format", "formats", multiple=True, help="One artifact by its --format name: savedmodel, tflite, tflite-fp16, tflite-dynamic, tflite-int8, onnx, onnx-dynamic, onnx-int8, tflite-micro-int8 (or a registered format's).")
+@click.option("--format", "formats", multiple=True, cls=_RegistryHelp, help_from=_format_help)
 @click.option("--out", type=click.Path(file_okay=False), help="Output directory (default RUN/export).")
 @click.option("--recipe", help="For a .keras file outside a run: the recipe whose data verifies and calibrates.")
 @click.option("--sample", type=click.Path(dir_okay=False), help="For a .keras file outside a run: .npz of inputs by name (+ 'label').")
@@ -509,7 +538,7 @@ def _int_list(text: str, option: str) -> list[int]:
 @_custom_objects_option
 @click.argument("artifacts", nargs=-1, required=True, type=click.Path())
 @click.option("--batch", "batches", default="1,8,32", show_default=True, help="Batch sizes to sweep.")
-@click.option("--threads", default="1,2", show_default=True, help="Thread counts for ONNX Runtime, LiteRT and OpenVINO.")
+@click.option("--threads", default="1,2", show_default=True, cls=_RegistryHelp, help_from=_threads_help)
 @click.option("--runs", "runs_", default=200, show_default=True, type=click.IntRange(min=5), help="Most timed calls per artifact and setting.")
 @click.option("--precision", default=0.03, show_default=True, type=click.FloatRange(0, 1, min_open=True, max_open=True),
               help="Stop timing a figure once its p50 is known within +-this fraction (95 %, bootstrap over blocks).")
@@ -634,7 +663,7 @@ def _print_metrics(metrics: dict) -> None:
 @click.option("--max-batch", default=1, show_default=True, type=click.IntRange(min=1), help="Dynamic batching: merge concurrent requests up to this many rows (1 = off).")
 @click.option("--batch-wait-ms", default=1.0, show_default=True, type=click.FloatRange(min=0), help="How long a batch waits for more requests.")
 @click.option("--max-batch-rows", default=1024, show_default=True, type=click.IntRange(min=1), help="Most rows in one request (413 above; max_batch_size in /config).")
-@click.option("--threads", type=click.IntRange(min=0), help="Runtime threads per model, at most the cores available (default: the setting `kerakit bench` saved).")
+@click.option("--threads", type=click.IntRange(min=0), cls=_RegistryHelp, help_from=lambda: _threads_help(serve=True))
 @click.option("--max-body-mb", default=4.0, show_default=True, type=click.FloatRange(min=0.001), help="Largest request body accepted, after decompression (413 above).")
 @click.option("--max-elements", default=1_000_000, show_default=True, type=click.IntRange(min=1), help="Most numbers in one request (413 above).")
 @click.option("--keep-alive-s", default=5.0, show_default=True, type=click.FloatRange(min=0.1), help="Close idle HTTP connections after this long.")
@@ -657,9 +686,11 @@ def serve_cmd(ctx, source, name, model_dir, host, port, grpc_port, no_grpc, work
     if log_path is None and not no_log and source is not None:
         run = runs.find_run(entries[0].path)
         log_path = str(run.request_log) if run is not None else None
-    from kerakit.formats.keras import LEGACY_SUFFIXES
+    from kerakit import formats
+    from kerakit.serve.models import check_threads
 
-    if any(Path(e.path).suffix in (".keras", *LEGACY_SUFFIXES) or Path(e.path).is_dir() for e in entries):
+    check_threads(entries, threads)  # before anything starts
+    if any(formats.get(e.format).needs_tensorflow for e in entries):
         _needs_tensorflow(ctx)
     grpc_host = f"[{host}]" if ":" in host else host
     options = ServeOptions(max_body_bytes=int(max_body_mb * 1024 * 1024), max_elements=max_elements,

@@ -89,15 +89,15 @@ def choose(run: runs.Run, batch: int | None = None) -> dict:
 
 
 def by_batch(run: runs.Run) -> list[list]:
-    """[[batch, path, options], ...] for each benched batch size above the smallest whose choice differs from
-    the one below it: where a server switches artifact or settings as its batches grow."""
+    """[[batch, path, options, format], ...] for each benched batch size above the smallest whose choice differs
+    from the one below it: where a server switches artifact or settings as its batches grow."""
     table = {int(b): c for b, c in read(run)["batches"].items()}
     switches, previous = [], None
     for batch in sorted(table):
         choice = choose(run, batch)
         key = (choice["artifact"], json.dumps(choice.get("options", {}), sort_keys=True))
         if previous is not None and key != previous:
-            switches.append([batch, choice["path"], dict(choice.get("options", {}))])
+            switches.append([batch, choice["path"], dict(choice.get("options", {})), choice["format"]])
         previous = key
     return switches
 

@@ -4,7 +4,9 @@
         p.inputs                 # [Spec(name='image', shape=(None, 8, 8, 1), dtype='float32')]
         p.predict({"image": x})  # {'probabilities': array(...)}
 
-The format comes from the path (`kerakit.formats.for_path`). Inputs are
+The format is found from the path a user hands in (`kerakit.formats.for_path`);
+code that knows it already (export's artifact spec, a run's deployment choice)
+passes its `Format` as `format=`, and nothing looks at the file again. Inputs are
 validated by name, rank, shape and dtype; every predictor takes and returns
 float arrays for float models, whatever the file stores.
 """
@@ -30,21 +32,22 @@ def detect_format(path: "str | os.PathLike") -> str:
     return formats.for_path(path).name
 
 
-def load(path: "str | os.PathLike", *, batch: int | None = None, **options: Any) -> Predictor:
+def load(path: "str | os.PathLike", *, format: "formats.Format | str | None" = None, batch: int | None = None,
+         **options: Any) -> Predictor:
     """Open a model for inference; `options` go to the format's predictor (threads, ...).
 
-    A run directory opens its deployment choice (`kerakit.deployment`): the
-    fastest verified artifact `kerakit bench RUN` measured on this machine for
-    `batch` (default: the smallest batch size benched), with its settings.
-    For a file, the settings `kerakit bench` found fastest for it (saved beside
-    it) are the defaults. Explicit options win.
+    format: the model's `Format` (or its registered name) where the caller knows it; by default
+    it is found from the path. A run directory opens its deployment choice (`kerakit.deployment`):
+    the fastest verified artifact `kerakit bench RUN` measured on this machine for `batch`
+    (default: the smallest batch size benched), with its settings. For a file, the settings
+    `kerakit bench` found fastest for it (saved beside it) are the defaults. Explicit options win.
     """
-    if Path(path).is_dir() and runs.is_run(path):
+    if format is None and Path(path).is_dir() and runs.is_run(path):
         from kerakit import deployment
 
-        path, chosen = deployment.artifact(path, batch)
-        return formats.for_path(path).load(path, **{**chosen, **options})
-    fmt = formats.for_path(path)
+        choice = deployment.choose(runs.Run(Path(path)), batch)
+        return formats.get(choice["format"]).load(choice["path"], **{**choice.get("options", {}), **options})
+    fmt = formats.for_path(path) if format is None else formats.get(format) if isinstance(format, str) else format
     return fmt.load(path, **{**tuned_options(path), **options})
 
 

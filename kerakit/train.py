@@ -346,12 +346,13 @@ def _dedupe_history(path: Path) -> None:
 
 
 def library_versions() -> dict[str, str]:
+    """The versions training ran on. Each format's libraries are recorded by export, which uses them
+    (`Format.libraries`, in each artifact's report row)."""
     import platform
     from importlib import metadata
 
     versions = {"python": platform.python_version(), "platform": platform.platform()}
-    for dist in ("kerakit", "tensorflow", "keras", "keras-tuner", "tensorflow-datasets", "numpy",
-                 "scikit-learn", "tf2onnx", "onnx", "onnxruntime", "ai-edge-litert"):
+    for dist in ("kerakit", "tensorflow", "keras", "keras-tuner", "tensorflow-datasets", "numpy", "scikit-learn"):
         try:
             versions[dist] = metadata.version(dist)
         except metadata.PackageNotFoundError:

@@ -56,8 +56,9 @@ def test_the_settings_sweep_saves_the_best_as_the_files_default(bench_result):
 
 def test_a_run_directory_means_all_of_its_formats(digits_run):
     export(digits_run.path, formats=["onnx", "tflite-int8"], log=lambda m: None)
-    names = [p.name for p in expand([digits_run.path])]
-    assert names[0] == "model.keras" and {"model.onnx", "model_int8.tflite"} <= set(names)
+    found = {path.name: fmt.name for path, fmt in expand([digits_run.path])}
+    assert next(iter(found)) == "model.keras" and {"model.onnx", "model_int8.tflite"} <= set(found)
+    assert (found["model.keras"], found["model.onnx"], found["model_int8.tflite"]) == ("keras", "onnx", "tflite")
 
 
 def test_bench_of_a_run_uses_its_test_split(digits_run, tmp_path):

@@ -82,3 +82,19 @@ def test_onnx_session_options(digits_export):
         assert p.session.get_session_options().intra_op_num_threads == 1
     with pytest.raises(KerakitError, match="Invalid optimization='max'"):
         runtime.load(out / "model.onnx", optimization="max")
+
+
+def test_a_format_the_caller_knows_is_carried_not_found_again_from_the_file(digits_export, tmp_path):
+    """Export passes its spec's format, serve its entry's: the file's name or contents are not asked again."""
+    from kerakit import formats
+
+    out, _ = digits_export
+    renamed = tmp_path / "model.bin"  # a name no format claims
+    renamed.write_bytes((out / "model.onnx").read_bytes())
+    with pytest.raises(KerakitError, match="Unsupported model file"):
+        runtime.load(renamed)
+    x = np.zeros((2, 8, 8, 1), np.float32)
+    with runtime.load(renamed, format=formats.get("onnx")) as p, runtime.load(out / "model.onnx") as reference:
+        assert p.format == "onnx"
+        np.testing.assert_array_equal(p.predict({"image": x})["probabilities"],
+                                      reference.predict({"image": x})["probabilities"])

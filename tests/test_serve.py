@@ -343,14 +343,17 @@ def test_model_dir_refuses_a_symlink_out_of_the_repository(digits_export, tmp_pa
     (["README.md"], "Unsupported model file"),
     ([], "Nothing to serve"),
     (["{onnx}", "--name", "../x"], "Invalid model name '../x'"),
-    (["{run}"], "has no exported ONNX model"),
+    (["{run}"], "has no exported float model to serve (none of model.onnx, model_fp32.tflite"),
+    # A thread count is refused, not dropped, for a model whose runtime takes none (TensorFlow's own pools).
+    (["{keras}", "--threads", "1"], "Cannot serve model 'digits_cnn' with --threads 1: Invalid threads=1: keras "
+                                    "models take no thread count"),
 ])
 def test_serve_cli_errors_are_one_line(args, fragment, onnx_path, digits_run, tmp_path):
     from conftest import run_cli
 
     unexported = tmp_path / "run"  # the shared run may have been exported by other tests
     shutil.copytree(digits_run.path, unexported, ignore=shutil.ignore_patterns("export"))
-    args = [a.format(onnx=onnx_path, run=unexported) for a in args]
+    args = [a.format(onnx=onnx_path, run=unexported, keras=digits_run.model_path) for a in args]
     r = run_cli("serve", *args, "--port", str(free_port()), timeout=60)
     assert r.returncode == 1 and r.stderr.startswith("error: ") and fragment in r.stderr, r.stderr
     assert len(r.stderr.strip().splitlines()) == 1

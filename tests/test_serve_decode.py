@@ -276,6 +276,28 @@ def test_served_onnx_sessions_do_not_spin(one_input):
     assert options.get_session_config_entry("session.intra_op.allow_spinning") == "0"
 
 
+def test_a_quick_onnx_model_is_opened_once_and_a_slow_one_again_with_spinning_threads(tmp_path, monkeypatch):
+    """Serve times a model opened without spinning threads: a quick one keeps that session (its calls run on the
+    event loop); one slower than INLINE_BELOW_S a call is opened once more, spinning, as ORT runs fastest alone."""
+    from kerakit.formats.onnx import OnnxPredictor
+
+    path = onnx_model(tmp_path / "model.onnx", {"x": (TensorProto.FLOAT, [4])}, {"y": "x"})
+    opened, init = [], OnnxPredictor.__init__
+
+    def recording(self, path, **options):
+        opened.append(options.get("spinning", True))
+        init(self, path, **options)
+
+    monkeypatch.setattr(OnnxPredictor, "__init__", recording)
+    Model(ModelEntry("quick", str(path)), ServeOptions()).close()
+    assert opened == [False]
+    opened.clear()
+    monkeypatch.setattr(models, "INLINE_BELOW_S", 0.0)  # as if every call were slow
+    slow = Model(ModelEntry("slow", str(path)), ServeOptions())
+    slow.close()
+    assert opened == [False, True] and slow.row_s > 0
+
+
 def test_quick_calls_run_on_the_event_loop_and_slow_ones_on_the_inference_thread(one_input):
     threads = []
     run = one_input.predictor.run

@@ -182,3 +182,62 @@ def test_no_tuner_is_told_apart_by_its_name_outside_the_tuner_table():
                 continue
             found += [f"{module}:{node.lineno} compares {name!r}" for name in sorted(spelled & names)]
     assert found == [], f"compare the fields of {table}.TUNERS' entries instead: {found}"
+
+
+def _format_names() -> set[str]:
+    """The format names kerakit registers: its `kerakit.formats` entry points, read from pyproject.toml."""
+    import tomllib
+
+    project = tomllib.loads((PACKAGE.parent / "pyproject.toml").read_text())["project"]
+    return set(project["entry-points"]["kerakit.formats"])
+
+
+def _outside_formats():
+    return ((name, path, tree) for name, (path, tree) in MODULES.items() if not name.startswith("kerakit.formats"))
+
+
+def test_no_module_outside_formats_names_a_format():
+    """The format travels as an object: a module outside `formats/` that wrote "onnx" would be deciding for
+    a format. The Keras reference model (the row every artifact is compared with, the model training
+    saves) is the one name the rest of kerakit may say."""
+    names = _format_names() - {"keras"}
+    assert {"onnx", "tflite", "savedmodel"} <= names  # what this test is guarding is read from the right place
+    named = [f"{path.relative_to(PACKAGE.parent)}:{node.lineno} {node.value!r}" for _, path, tree in _outside_formats()
+             for node in ast.walk(tree) if isinstance(node, ast.Constant) and isinstance(node.value, str)
+             and node.value in names]
+    assert named == []
+
+
+# Finding a format from a file happens where a user hands one in; everywhere else the `Format` is passed on.
+SNIFFERS = {"for_path", "match", "detect_format"}
+MAY_SNIFF = {
+    ("kerakit.runtime", "load"), ("kerakit.runtime", "detect_format"),  # runtime.load(PATH), the public API
+    ("kerakit.bench", "expand"),                                         # bench's ARTIFACTS, once each
+    ("kerakit.serve.models", "__post_init__"),                           # a ModelEntry of a path with no format
+    ("kerakit.serve.models", "discover"),                                # serve --model-dir's directories
+    ("kerakit.evaluate", "evaluate"),                                    # evaluate PATH
+}
+
+
+def _sniffs(tree: ast.Module) -> list[tuple[str, int]]:
+    """(enclosing function, line) of each `formats.for_path(...)`, `formats.match(...)`, `runtime.detect_format(...)`."""
+    found = []
+
+    def visit(node, function):
+        for child in ast.iter_child_nodes(node):
+            inner = child.name if isinstance(child, (ast.FunctionDef, ast.AsyncFunctionDef)) else function
+            call = child.func if isinstance(child, ast.Call) else None
+            if (isinstance(call, ast.Attribute) and call.attr in SNIFFERS and isinstance(call.value, ast.Name)
+                    and call.value.id in ("formats", "runtime")):
+                found.append((function, child.lineno))
+            visit(child, inner)
+
+    visit(tree, "<module>")
+    return found
+
+
+def test_only_where_a_user_hands_in_a_path_is_its_format_found_from_the_file():
+    sniffing = [f"{path.relative_to(PACKAGE.parent)}:{line} in {function}" for name, path, tree in _outside_formats()
+                for function, line in _sniffs(tree) if (name, function) not in MAY_SNIFF]
+    assert sniffing == []
+    assert any(_sniffs(MODULES["kerakit.bench"][1]))  # the detector finds the calls it is meant to

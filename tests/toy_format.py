@@ -2,8 +2,10 @@
 
 `toy` is the Keras model written by Keras's own `model.export(format="tf_saved_model")`
 into a `model.tfsm` directory, with its output names beside it (that exporter
-names outputs `output_0`, ...). Registered through $KERAKIT_FORMATS=toy_format
-(with tests/ on the Python path), it goes through export, verify, evaluate,
+names outputs `output_0`, ...). Registered the way any package registers a
+format, by an entry point in its metadata (tests/test_formats.py writes that
+metadata, `toy = "toy_format:FORMAT"` in the group `kerakit.formats`, and puts
+it and tests/ on the Python path), it goes through export, verify, evaluate,
 bench and serve like a built-in format.
 """
 
@@ -13,7 +15,6 @@ import json
 from pathlib import Path
 
 from kerakit import runs
-from kerakit.formats import register
 from kerakit.formats.base import Format, Predictor, Spec, Variant
 
 OUTPUT_NAMES = "output_names.json"
@@ -46,7 +47,7 @@ class ToyPredictor(Predictor):
         return {self._names[k]: v.numpy() for k, v in out.items()}
 
 
-FORMAT = register(Format(
+FORMAT = Format(
     name="toy",
     suffix=".tfsm",
     marker="saved_model.pb",
@@ -55,4 +56,6 @@ FORMAT = register(Format(
     convert=convert,
     triton_platform="tensorflow_savedmodel",
     repository_files=("model.tfsm",),
-))
+    libraries=("tensorflow", "keras"),
+    needs_tensorflow=True,
+)

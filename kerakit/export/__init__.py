@@ -173,6 +173,7 @@ def _artifact(spec: ArtifactSpec, target: Target, context: ExportContext, refere
     path = out / spec.filename
     row = ArtifactRow(spec.name, spec.format, spec.quantization, str(path), options=artifact_options(spec),
                       figures={"tolerances": vars(target.verify)})
+    row.figures["libraries"] = formats.get(spec.format).library_versions()  # what converts and runs it, as installed
     started = time.perf_counter()
     try:
         note = formats.get(spec.format).convert(context, spec, path)
@@ -219,7 +220,8 @@ def _footprint_text(footprint: dict | None) -> str:
 
 
 def _size_ratios(rows: list[ArtifactRow]) -> None:
-    fp32_tflite = next((r["size_bytes"] for r in rows if r.artifact == "tflite" and "size_bytes" in r), None)
+    fp32_tflite = next((r["size_bytes"] for r in rows if r.artifact == formats.SIZE_BASELINE and "size_bytes" in r),
+                       None)
     for r in rows:
         if fp32_tflite and "size_bytes" in r:
             r.figures["size_vs_tflite_fp32"] = round(r["size_bytes"] / fp32_tflite, 3)
@@ -231,12 +233,13 @@ def _write_layouts(chosen: list[Target], rows: list[ArtifactRow], out: Path, nam
     written = []
     for target in chosen:
         for layout in target.layouts:
-            needed = formats.for_layout(layout).name
+            fmt = formats.for_layout(layout)
+            needed = fmt.name
             if needed not in verified:
                 written.append({"layout": layout, "target": target.name, "written": False,
                                 "reason": f"{needed} artifact was not verified"})
                 continue
-            where = _layouts.write(layout, verified[needed], out, name)
+            where = _layouts.write(layout, verified[needed], fmt, out, name)
             written.append({"layout": layout, "target": target.name, "written": True, "path": str(where)})
     return written
 

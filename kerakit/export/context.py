@@ -37,7 +37,8 @@ class ExportContext:
         """The serving SavedModel (`{input: tensor} -> {output: tensor}`) all formats convert from."""
         from kerakit.formats.savedmodel import write_savedmodel
 
-        return self.intermediate("savedmodel", lambda p: write_savedmodel(self.model, self.inputs, self.output_names, p))
+        return self.intermediate("serving-savedmodel",
+                                 lambda p: write_savedmodel(self.model, self.inputs, self.output_names, p))
 
     def intermediate(self, name: str, build: Callable[[Path], None]) -> Path:
         """staging/NAME, built by `build(path)` the first time it is asked for."""

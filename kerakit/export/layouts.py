@@ -22,9 +22,12 @@ VERSION = "1"
 TRITON_MAX_BATCH = 64
 
 
-def write(layout: str, artifact: Path, root: Path, name: str) -> Path:
-    """Write `layout` for the verified `artifact` under `root`; returns the model's directory."""
-    return {"tfserving": tfserving, "triton": triton}[layout](artifact, root, name)
+def write(layout: str, artifact: Path, fmt: formats.Format, root: Path, name: str) -> Path:
+    """Write `layout` for the verified `artifact` (of format `fmt`, the one `formats.for_layout(layout)`
+    names) under `root`; returns the model's directory."""
+    writers = {"tfserving": lambda: tfserving(artifact, root, name),
+               "triton": lambda: triton(artifact, fmt, root, name)}
+    return writers[layout]()
 
 
 def tfserving(savedmodel: Path, root: Path, name: str) -> Path:
@@ -51,8 +54,7 @@ def triton_config(name: str, platform: str, inputs: list[Spec], outputs: list[Sp
     )
 
 
-def triton(artifact: Path, root: Path, name: str, max_batch_size: int = TRITON_MAX_BATCH) -> Path:
-    fmt = formats.for_path(artifact)
+def triton(artifact: Path, fmt: formats.Format, root: Path, name: str, max_batch_size: int = TRITON_MAX_BATCH) -> Path:
     with fmt.load(artifact) as predictor:
         config = triton_config(name, fmt.triton_platform, predictor.inputs, predictor.outputs, max_batch_size)
     target = root / "triton" / name

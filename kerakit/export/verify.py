@@ -220,9 +220,10 @@ def _copy_summary(record: dict, as_trained: Reference) -> str:
 
 def verify_artifact(path: "str | Path", reference: Reference, spec: ArtifactSpec, tolerances: Verify,
                     budget: Budget = Budget()) -> Check:
-    """Run the artifact through the runtime API and judge it against `reference` (and `budget`)."""
-    check = Check()
-    with runtime.load(path) as predictor:
+    """Run the artifact through the runtime API and judge it against `reference` (and `budget`).
+    Its format is the spec's: the file just written is not looked at to find it again."""
+    check, fmt = Check(), formats.get(spec.format)
+    with runtime.load(path, format=fmt) as predictor:
         rows = reference.rows(tolerances.samples)
         got = predict_all(predictor, {k: v[rows] for k, v in reference.numeric_inputs.items()})
         missing = set(reference.numeric_outputs) - set(got)
@@ -235,7 +236,7 @@ def verify_artifact(path: "str | Path", reference: Reference, spec: ArtifactSpec
             _judge_metric(check, predict_all(predictor, reference.eval_inputs), reference, tolerances, spec.quantized)
         elif spec.quantized:
             check.reasons.append("a quantized artifact is judged by the task metric, and no labelled data was given")
-    _judge_footprint(check, Path(path), spec, budget)
+    _judge_footprint(check, Path(path), fmt, budget)
     if reference.precision and reference.precision["reasons"]:
         check.reasons.append(f"converted from a float32 copy of this {'/'.join(reference.precision['policies'])} "
                              f"model that does not match the model: {'; '.join(reference.precision['reasons'])}")
@@ -358,9 +359,8 @@ def _looks_like_scores(keras: np.ndarray) -> bool:
     return bool(keras.min() >= 0 and np.allclose(keras.sum(-1), 1.0, atol=1e-3))
 
 
-def _judge_footprint(check: Check, path: Path, spec: ArtifactSpec, budget: Budget) -> None:
+def _judge_footprint(check: Check, path: Path, fmt: formats.Format, budget: Budget) -> None:
     """The format's measured RAM, flash and MACs, against the target's budget."""
-    fmt = formats.get(spec.format)
     if fmt.measure is None:
         return
     footprint = fmt.measure(path)

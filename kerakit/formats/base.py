@@ -164,7 +164,7 @@ class Footprint:
 
 @dataclass(frozen=True)
 class Format:
-    """Everything kerakit knows about one model format; registered with `kerakit.formats.register`.
+    """Everything kerakit knows about one model format; registered through the `kerakit.formats` entry point.
 
     suffix: the file suffix, or "" for a directory format recognised by `marker` (a file inside it);
         `other_suffixes`: more it reads (Keras's legacy .h5).
@@ -178,6 +178,11 @@ class Format:
     timing_note: what `kerakit bench`'s latency of this format means where it is not the device's own
         ("host timing of ..."); printed with its figures.
     fixed_threads: bench's threads label for a format without a thread setting.
+    libraries: the distributions that convert and run it; export records their versions in each
+        artifact's report row (`library_versions`).
+    needs_tensorflow: whether its predictor imports TensorFlow (the CLI then starts it quietly first).
+    preference: the registry's order, lowest first (ties by name): a model repository's files are
+        preferred in it, and a run's export in it; kerakit's own are 10..60, another package's default 100.
     """
 
     name: str
@@ -196,10 +201,34 @@ class Format:
     measure: Callable[[Path], Footprint] | None = None
     timing_note: str = ""
     fixed_threads: str = "tf-default"  # Keras and SavedModel run on TensorFlow's process-wide thread pools
+    libraries: tuple[str, ...] = ()
+    needs_tensorflow: bool = False
+    preference: int = 100
 
     @property
     def takes_threads(self) -> bool:
         return "threads" in self.runtime_options
+
+    def thread_options(self, threads: int) -> dict[str, int]:
+        """The runtime options that run this format on `threads` threads (`{"threads": 2}`); one clear
+        error for a format whose runtime takes no thread count, rather than dropping it."""
+        if not self.takes_threads:
+            raise KerakitError(f"Invalid threads={threads}: {self.name} models take no thread count "
+                               f"(their runtime's threads: {self.fixed_threads}).")
+        return {"threads": threads}
+
+    def library_versions(self) -> dict[str, str]:
+        """The installed version of each of `libraries` ({"onnxruntime": "1.23.2", ...}); one not installed
+        is left out."""
+        from importlib import metadata
+
+        versions = {}
+        for dist in self.libraries:
+            try:
+                versions[dist] = metadata.version(dist)
+            except metadata.PackageNotFoundError:
+                pass
+        return versions
 
     @property
     def quantizations(self) -> tuple[str, ...]:

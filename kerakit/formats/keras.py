@@ -13,7 +13,6 @@ from pathlib import Path
 import numpy as np
 
 from kerakit.errors import KerakitError
-from kerakit.formats import register
 from kerakit.formats.base import Format, Predictor, Spec
 
 
@@ -253,11 +252,14 @@ def _layer_name(tensor, index: int, model) -> str:
     return history.operation.name if history is not None else model.output_names[index]
 
 
-FORMAT = register(Format(
+FORMAT = Format(
     name="keras",
     suffix=".keras",
     other_suffixes=LEGACY_SUFFIXES,
     predictor=KerasPredictor,
     triton_platform="keras",
     repository_files=("model.keras",),
-))
+    libraries=("keras", "tensorflow"),
+    needs_tensorflow=True,
+    preference=30,
+)

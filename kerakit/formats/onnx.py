@@ -14,7 +14,7 @@ import numpy as np
 
 from kerakit import runs
 from kerakit.errors import KerakitError
-from kerakit.formats import calibration, register
+from kerakit.formats import calibration
 from kerakit.formats.base import Format, Option, Predictor, Spec, Variant
 from kerakit.formats.savedmodel import SIGNATURE
 
@@ -333,7 +333,7 @@ def settings(threads: list[int]) -> dict[str, dict]:
             for level in OPTIMIZATION for t in sorted({0, *threads})}
 
 
-FORMAT = register(Format(
+FORMAT = Format(
     name="onnx",
     suffix=".onnx",
     predictor=OnnxPredictor,
@@ -347,4 +347,6 @@ FORMAT = register(Format(
     triton_platform="onnxruntime_onnx",
     layout="triton",
     repository_files=("model.onnx",),
-))
+    libraries=("tensorflow", "tf2onnx", "onnx", "onnxruntime"),
+    preference=10,
+)

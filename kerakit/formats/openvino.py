@@ -21,7 +21,6 @@ import numpy as np
 
 from kerakit import runs
 from kerakit.errors import KerakitError
-from kerakit.formats import register
 from kerakit.formats.base import Format, Option, Predictor, Spec, Variant
 
 XML, BIN = "model.xml", "model.bin"
@@ -162,7 +161,7 @@ def settings(threads: list[int]) -> dict[str, dict]:
             for hint in HINTS for t in sorted({0, *threads})}
 
 
-FORMAT = register(Format(
+FORMAT = Format(
     name="openvino",
     suffix=".openvino",
     marker=XML,
@@ -173,4 +172,6 @@ FORMAT = register(Format(
     convert=convert,
     runtime_options=("threads", "hint", "precision"),
     settings=settings,
-))
+    libraries=("openvino", "tensorflow", "tf2onnx", "onnx"),  # IR from the SavedModel or the float ONNX
+    preference=60,
+)

@@ -14,7 +14,6 @@ from pathlib import Path
 
 from kerakit import runs
 from kerakit.errors import KerakitError
-from kerakit.formats import register
 from kerakit.formats.base import Format, Predictor, Spec, Variant
 
 SIGNATURE = "serving_default"
@@ -85,7 +84,7 @@ class SavedModelPredictor(Predictor):
         return {k: v.numpy() for k, v in out.items()}
 
 
-FORMAT = register(Format(
+FORMAT = Format(
     name="savedmodel",
     suffix="",
     marker="saved_model.pb",
@@ -95,4 +94,7 @@ FORMAT = register(Format(
     triton_platform="tensorflow_savedmodel",
     layout="tfserving",
     repository_files=("saved_model.pb", "model.savedmodel"),
-))
+    libraries=("tensorflow", "keras"),
+    needs_tensorflow=True,
+    preference=40,
+)

@@ -14,7 +14,7 @@ import numpy as np
 
 from kerakit import runs
 from kerakit.errors import KerakitError
-from kerakit.formats import calibration, register
+from kerakit.formats import calibration
 from kerakit.formats.base import Format, Option, Predictor, Spec, Variant
 from kerakit.formats.savedmodel import SIGNATURE, write_savedmodel
 
@@ -469,7 +469,7 @@ def _dequantizer(detail):
     return dequantize
 
 
-FORMAT = register(Format(
+FORMAT = Format(
     name="tflite",
     suffix=".tflite",
     predictor=LiteRTPredictor,
@@ -484,4 +484,6 @@ FORMAT = register(Format(
     runtime_options=("threads",),
     triton_platform="tensorflow_tflite",
     repository_files=("model.tflite",),
-))
+    libraries=("tensorflow", "ai-edge-litert"),
+    preference=20,
+)

@@ -34,7 +34,6 @@ import numpy as np
 
 from kerakit import runs
 from kerakit.errors import KerakitError
-from kerakit.formats import register
 from kerakit.formats.base import Footprint, Format, Option, Predictor, Spec, Variant
 
 MODEL_FILE = "model.tflite"
@@ -580,7 +579,7 @@ def measure(path: Path) -> Footprint:
                                           "(64-bit), rounded up to whole KiB; flash: the model's bytes"})
 
 
-FORMAT = register(Format(
+FORMAT = Format(
     name="tflite-micro",
     suffix=".tflm",
     marker=MODEL_FILE,
@@ -591,4 +590,6 @@ FORMAT = register(Format(
     measure=measure,
     timing_note=TIMING_NOTE,
     fixed_threads="1",
-))
+    libraries=("tensorflow", "tflite-micro"),
+    preference=50,
+)

@@ -21,7 +21,7 @@ from kerakit.errors import KerakitError
 from kerakit.request_log import RequestLog
 from kerakit.serve.context import Protocol
 from kerakit.serve.http import Context, internal, no_route
-from kerakit.serve.models import Model, ModelEntry, ServeOptions
+from kerakit.serve.models import Model, ModelEntry, ServeOptions, check_threads
 from kerakit.serve.openapi import Fragment, document, json_body
 
 CONFIG_ENV = "KERAKIT_SERVE_CONFIG"  # how `--workers N` hands the model list to each worker process
@@ -124,6 +124,7 @@ def serve(entries: list[ModelEntry], options: ServeOptions, host: str = "127.0.0
     import uvicorn
 
     check_options(options)
+    check_threads(entries, options.threads)  # here, once, rather than in every worker
     check_port(host, port)
     if options.grpc_address:
         grpc_host, _, grpc_port = options.grpc_address.rpartition(":")
@@ -133,8 +134,6 @@ def serve(entries: list[ModelEntry], options: ServeOptions, host: str = "127.0.0
     common = dict(host=host, port=port, log_level="warning", access_log=False, loop="uvloop", http="httptools",
                   timeout_graceful_shutdown=5, timeout_keep_alive=keep_alive_s)
     if workers > 1:
-        for e in entries:  # fail here, once, rather than in every worker
-            runtime.detect_format(e.path)
         os.environ[CONFIG_ENV] = json.dumps({"entries": [asdict(e) for e in entries], "options": asdict(options)})
         announce(banner(entries, host, port, workers, options))
         uvicorn.run(f"{__name__}:app_from_env", factory=True, workers=workers, **common)

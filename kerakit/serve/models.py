@@ -63,11 +63,19 @@ class ServeOptions:
 
 @dataclass
 class ModelEntry:
+    """One model to serve. `format` is its registered format's name: found from `path` here when the
+    caller does not know it (a file a user hands in), and carried from here on (to worker processes too)."""
+
     name: str
     path: str
     version: str = VERSION
     options: dict = field(default_factory=dict)  # runtime settings (a run's deployment choice)
-    by_batch: list = field(default_factory=list)  # [[rows, path, options], ...]: other choices from `rows` rows up
+    by_batch: list = field(default_factory=list)  # [[rows, path, options, format], ...]: choices from `rows` rows up
+    format: str | None = None
+
+    def __post_init__(self):
+        if self.format is None:
+            self.format = formats.for_path(self.path).name
 
 
 # --------------------------------------------------------------------------- what to serve
@@ -85,7 +93,8 @@ def resolve(source: "str | os.PathLike | None" = None, name: str | None = None,
 
     A run directory serves its deployment choice for batch 1 (`RUN/deployment.json`, written by
     `kerakit bench RUN`: the fastest verified artifact on this machine, with its settings); a run
-    never benched serves its exported ONNX model (`RUN/export/model.onnx`).
+    never benched serves its exported float model, the first in the format registry's order
+    (`RUN/export/model.onnx` where there is one).
     A model directory is a Triton/TF Serving layout, NAME/VERSION/{model.onnx,
     model.tflite, saved_model.pb, ...}; the highest numeric version is served.
     """
@@ -107,24 +116,32 @@ def resolve(source: "str | os.PathLike | None" = None, name: str | None = None,
 
 
 def _source_entry(path: Path, name: str | None) -> ModelEntry:
-    options, by_batch = {}, []
+    options, by_batch, fmt = {}, [], None
     if path.is_dir() and runs.is_run(path) and runs.Run(path).deployment.exists():
         from kerakit import deployment
 
-        by_batch = deployment.by_batch(runs.Run(path))
-        path, options = deployment.artifact(path, 1)
+        run = runs.Run(path)
+        by_batch, choice = deployment.by_batch(run), deployment.choose(run, 1)
+        path, options, fmt = Path(choice["path"]), dict(choice.get("options", {})), choice["format"]
     elif path.is_dir() and runs.is_run(path):
-        onnx = runs.Run(path).export_dir / formats.get("onnx").variant("none").filename
-        if not onnx.exists():
-            raise KerakitError(f"Run {str(path)!r} has no exported ONNX model ({onnx}). "
-                               f"Run `kerakit export {path} --target server` or pass an artifact path.")
-        path = onnx
-    runtime.detect_format(path)
+        path, fmt = _exported_float(runs.Run(path))
     if name is None:
         run = runs.find_run(path)
         name = run.config.get("recipe") if run is not None else None
         name = name or (path.stem if path.suffix else path.name)
-    return ModelEntry(check_name(name), str(path), options=options, by_batch=by_batch)
+    return ModelEntry(check_name(name), str(path), options=options, by_batch=by_batch, format=fmt)
+
+
+def _exported_float(run: runs.Run) -> tuple[Path, str]:
+    """A run never benched: its exported float artifact of the first format, in the registry's order, that has one."""
+    files = [(run.export_dir / f.variant("none").filename, f.name) for f in formats.all_formats()
+             if "none" in f.quantizations]
+    found = next(((path, fmt) for path, fmt in files if path.exists()), None)
+    if found is None:
+        raise KerakitError(f"Run {str(run.path)!r} has no exported float model to serve (none of "
+                           f"{', '.join(path.name for path, _ in files)} in {run.export_dir}). "
+                           f"Run `kerakit export {run.path} --target server` or pass an artifact path.")
+    return found
 
 
 def discover(model_dir: "str | os.PathLike") -> list[ModelEntry]:
@@ -142,10 +159,11 @@ def discover(model_dir: "str | os.PathLike") -> list[ModelEntry]:
         for version in reversed(versions):
             found = [version / f for f in files if (version / f).exists()]
             if found:
-                model = version if formats.match(version) is not None else found[0]  # e.g. saved_model.pb in it
+                fmt = formats.match(version)  # a directory format (saved_model.pb in it), else the preferred file
+                model, fmt = (version, fmt) if fmt is not None else (found[0], None)
                 if not model.resolve().is_relative_to(root):  # a symlink pointing out of the repository
                     raise KerakitError(f"Model {child.name!r} resolves outside {str(root)!r}; refusing to serve it.")
-                entries.append(ModelEntry(child.name, str(model), version.name))
+                entries.append(ModelEntry(child.name, str(model), version.name, format=fmt and fmt.name))
                 break
     if not entries:
         raise KerakitError(f"No models in {str(root)!r}: expected NAME/VERSION/model.onnx (or model.tflite, "
@@ -159,12 +177,17 @@ class Model:
     """One loaded model: protocol-free metadata, input checks, inference (optionally batched)."""
 
     def __init__(self, entry: ModelEntry, options: ServeOptions):
-        self.name, self.version, self.path = entry.name, entry.version, entry.path
-        self.predictor = _load(entry.path, entry.options, options.threads)
+        self.name, self.version, self.path, self.format = entry.name, entry.version, entry.path, entry.format
+        fmt = formats.get(entry.format)
+        # A runtime whose idle threads would spin-wait between calls is opened without (see below) until its
+        # call is timed: a quick model keeps that, and is loaded once.
+        probe = _spins(fmt, entry.options)
+        self.predictor = _load(self.name, fmt, entry.path, {**entry.options, **({"spinning": False} if probe else {})},
+                               options.threads)
         # A run's deployment may choose another artifact or setting for larger batches: loaded beside it.
-        self.routes = [(int(n), _load(p, o, options.threads)) for n, p, o in sorted(entry.by_batch, key=lambda r: -int(r[0]))]
-        self.format = self.predictor.format
-        self.platform = formats.get(self.format).triton_platform  # Triton's name, also what v2 metadata reports
+        self.routes = [(int(n), _load(self.name, formats.get(f), p, o, options.threads))
+                       for n, p, o, f in sorted(entry.by_batch, key=lambda r: -int(r[0]))]
+        self.platform = fmt.triton_platform  # Triton's name, also what v2 metadata reports
         self.inputs = {s.name: s for s in self.predictor.inputs}
         self.outputs = {s.name: s for s in self.predictor.outputs}
         check_servable(self.name, self.predictor)
@@ -178,13 +201,13 @@ class Model:
         self.batch_sizes: list[int] = []  # rows per model call, when batching (for metrics)
         shapes = {k: v for k, v in options.input_shapes.items() if k in self.inputs}
         self.row_s = self._warm_up(shapes, (self.predictor, *(p for _, p in self.routes)))
-        if self.row_s < INLINE_BELOW_S and _may_spin(entry.path, entry.options):
-            # Its calls will run on the event loop's thread: an ONNX Runtime pool thread spinning between
-            # them holds the core the loop and the other requests need (digits_cnn over REST at
-            # concurrency 16: 1,690 requests/s spinning, 2,800 not). Longer calls keep spinning,
-            # which pays inside a call (MobileNetV3-Small at batch 1, 2 threads: 1.24 ms, 2.11 ms not).
+        if probe and self.row_s >= INLINE_BELOW_S:
+            # A quick model's calls run on the event loop's thread: an ONNX Runtime pool thread spinning
+            # between them holds the core the loop and the other requests need (digits_cnn over REST at
+            # concurrency 16: 1,690 requests/s spinning, 2,800 not). Longer calls spin, which pays inside
+            # a call (MobileNetV3-Small at batch 1, 2 threads: 1.24 ms, 2.11 ms not): opened again so.
             self.predictor.close()
-            self.predictor = _load(entry.path, {**entry.options, "spinning": False}, options.threads)
+            self.predictor = _load(self.name, fmt, entry.path, entry.options, options.threads)
             self.row_s = self._warm_up(shapes, (self.predictor,))
 
     def _warm_up(self, shapes: dict, predictors) -> float:
@@ -310,15 +333,32 @@ class Model:
             predictor.close()
 
 
-def _load(path: str, options: dict, threads: int | None):
-    """The model at `path` with its chosen settings; --threads wins where the format takes threads."""
-    explicit = {"threads": threads} if threads is not None and formats.for_path(path).takes_threads else {}
-    return runtime.load(path, **{**options, **explicit})
+def _load(name: str, fmt: formats.Format, path: str, options: dict, threads: int | None):
+    """The model at `path` with its chosen settings; --threads wins (refused for a format without threads)."""
+    return runtime.load(path, format=fmt, **{**options, **thread_options(name, fmt, threads)})
 
 
-def _may_spin(path: str, options: dict) -> bool:
+def thread_options(name: str, fmt: formats.Format, threads: int | None) -> dict:
+    """The runtime options --threads sets for model `name`; one clear error where its format takes no thread count
+    (Keras and SavedModel run on TensorFlow's process-wide pools), rather than dropping it."""
+    if threads is None:
+        return {}
+    try:
+        return fmt.thread_options(threads)
+    except KerakitError as e:
+        raise KerakitError(f"Cannot serve model {name!r} with --threads {threads}: {e} Leave --threads out, or "
+                           f"serve a format that takes one ({', '.join(formats.with_threads())}).") from None
+
+
+def check_threads(entries: list[ModelEntry], threads: int | None) -> None:
+    """Refuse --threads before anything loads where a model's format takes no thread count."""
+    for e in entries:
+        thread_options(e.name, formats.get(e.format), threads)
+
+
+def _spins(fmt: formats.Format, options: dict) -> bool:
     """Whether the runtime's threads would spin-wait between calls (ONNX Runtime's default)."""
-    return "spinning" in formats.for_path(path).runtime_options and options.get("spinning", True)
+    return "spinning" in fmt.runtime_options and options.get("spinning", True)
 
 
 def _row_seconds(predictor, batch: dict[str, np.ndarray], calls: int = 7) -> float:
