@@ -7,7 +7,7 @@ from pathlib import Path
 
 import keras
 
-from kerakit import runs
+from kerakit import files
 
 BEST_CHECKPOINT = "best.keras"
 BEST_STATE = "best.json"
@@ -39,7 +39,7 @@ class BestCheckpoint(keras.callbacks.Callback):
         self.directory, self.monitor, self.mode = Path(directory), monitor, mode
         self.path = self.directory / BEST_CHECKPOINT
         state_path = self.directory / BEST_STATE
-        state = runs.read_json(state_path) if state_path.exists() and self.path.exists() else {}
+        state = files.read_json(state_path) if state_path.exists() and self.path.exists() else {}
         self.best = state.get("best")
         self.best_epoch = state.get("epoch")
 
@@ -49,10 +49,10 @@ class BestCheckpoint(keras.callbacks.Callback):
             return
         if self.best is None or (value > self.best if self.mode == "max" else value < self.best):
             ensure_space(self.directory, self.model)
-            with runs.atomic_path(self.path) as tmp:
+            with files.atomic_path(self.path) as tmp:
                 self.model.save(tmp)
             self.best, self.best_epoch = float(value), epoch + 1
-            runs.write_json(self.directory / BEST_STATE, {"best": self.best, "epoch": self.best_epoch})
+            files.write_json(self.directory / BEST_STATE, {"best": self.best, "epoch": self.best_epoch})
 
 
 FIT_DONE = "fit_done.json"  # in the backup directory: fit returned, the run is not recorded yet
@@ -95,7 +95,7 @@ class Backup(keras.callbacks.BackupAndRestore):
 
     def on_train_end(self, logs=None):
         if self.keep:
-            runs.write_json(self.directory / FIT_DONE, {"epoch": getattr(self, "_current_epoch", None)})
+            files.write_json(self.directory / FIT_DONE, {"epoch": getattr(self, "_current_epoch", None)})
         else:
             super().on_train_end(logs)
 
@@ -120,7 +120,7 @@ def restore_point(backup_dir: Path, log) -> int:
     if epoch is not None:
         log(f"{latest[0]} is damaged or incomplete; resuming from the previous epoch's backup (epoch {epoch}).")
         for src, dst in zip(previous, latest):
-            runs.copy_file(src, dst)
+            files.copy_file(src, dst)
         return epoch
     if any(p.exists() for p in (*latest, *previous)):
         log(f"The training backup in {backup_dir} is damaged; training starts over from epoch 0.")
@@ -133,7 +133,7 @@ def _readable(weights: Path, metadata: Path) -> int | None:
     import h5py
 
     try:
-        epoch = int(runs.read_json(metadata)["epoch"])
+        epoch = int(files.read_json(metadata)["epoch"])
         with h5py.File(weights, "r") as f:
             f.visititems(lambda name, item: item[()] if isinstance(item, h5py.Dataset) else None)
         return epoch

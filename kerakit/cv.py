@@ -23,7 +23,7 @@ from typing import Any, Callable
 
 import numpy as np
 
-from kerakit import runs
+from kerakit import files, runs
 from kerakit.errors import KerakitError
 from kerakit.folds import SCHEMES, Fold, check_folds
 from kerakit.recipe import Recipe, load_recipe
@@ -55,7 +55,7 @@ def cross_validate(
                "overrides": {k: str(v) for k, v in overrides.items()}, "hparams": hparams if isinstance(hparams, dict)
                else (str(hparams) if hparams else None)}
     started = time.time()
-    with runs.writer(cv.path, "kerakit cv"):
+    with files.writer(cv.path, "kerakit cv"):
         _check_request(cv, request, overwrite)
         rows = []
         for index in range(folds):
@@ -63,7 +63,7 @@ def cross_validate(
             run = train(recipe, cv.fold_dir(index + 1), data_dir=data_dir, hparams=hparams, verbose=verbose,
                         log=log, fold=Fold(index, folds, config["seed"]), **overrides)
             rows.append(_row(index + 1, run, recipe.metric))
-            runs.write_csv(cv.folds_csv, rows)
+            files.write_csv(cv.folds_csv, rows)
         return _summarize(cv, request, recipe, rows, started, log)
 
 
@@ -74,13 +74,13 @@ def _check_request(cv: runs.CrossValidation, request: dict, overwrite: bool) -> 
             if path.name.startswith("fold-") or path.name in (runs.CV_FILE, runs.FOLDS_CSV_FILE):
                 shutil.rmtree(path, ignore_errors=True) if path.is_dir() else path.unlink(missing_ok=True)
     elif cv.cv_file.exists():
-        previous = runs.load_json(cv.cv_file, f"delete it and rerun `kerakit cv` with --out {cv.path}")
+        previous = files.load_json(cv.cv_file, f"delete it and rerun `kerakit cv` with --out {cv.path}")
         changed = sorted(k for k in request if previous.get("request", {}).get(k) != request[k])
         if changed:
             raise KerakitError(f"{cv.path} holds a different cross-validation (changed: {', '.join(changed)}). "
                                "Use another --out, or --overwrite to start this one from scratch.")
         return  # the same request: a finished summary stays readable while it is checked again
-    runs.write_json(cv.cv_file, {"request": request})
+    files.write_json(cv.cv_file, {"request": request})
 
 
 def _row(index: int, run: runs.Run, metric: str) -> dict:
@@ -102,7 +102,7 @@ def _summarize(cv: runs.CrossValidation, request: dict, recipe: Recipe, rows: li
                "mean": float(held.mean()), "std": float(held.std(ddof=1)),
                "test_mean": float(test.mean()), "test_std": float(test.std(ddof=1)),
                "wall_seconds": round(time.time() - started, 1)}
-    runs.write_json(cv.cv_file, summary)
+    files.write_json(cv.cv_file, summary)
     log(f"Cross-validated {metric}: {summary['mean']:.4f} ± {summary['std']:.4f} over {len(rows)} folds "
         f"(held-out parts; the fold models score {summary['test_mean']:.4f} ± {summary['test_std']:.4f} on test) "
         f"-> {cv.cv_file}")

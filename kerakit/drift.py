@@ -23,7 +23,7 @@ from pathlib import Path
 
 import numpy as np
 
-from kerakit import request_log, runs, stats
+from kerakit import files, request_log, runs, stats
 from kerakit.errors import KerakitError
 
 MIN_ROWS = 30
@@ -47,7 +47,7 @@ def reference(run: runs.Run, data_dir: str | None = None) -> tuple[dict, bool]:
     it, else (a run from an older kerakit) the training data profiled now. Nothing is written."""
     path = run.data_profile
     if path.exists():
-        stored = runs.load_json(path, "delete it: `kerakit drift` then profiles the run's training data itself",
+        stored = files.load_json(path, "delete it: `kerakit drift` then profiles the run's training data itself",
                                 ("series", "predictions"))
         if stored.get("version") == stats.PROFILE_VERSION:
             return stored, False

@@ -1,89 +1,33 @@
-"""The run-directory layout, manifest, atomic writes: the one place a run file is named.
+"""The run, search and cross-validation directory layouts: the one place a run file is named.
 
 A run directory is the hand-off between steps (train -> export -> bench ...).
-Every other module asks a `Run` for its paths instead of spelling file names:
+Every other module asks a `Run` (a `Search`, a `CrossValidation`) for its
+paths instead of spelling file names. Each layout below is its table: one
+line per file, `attribute = In(name, what it holds)`, read on a directory as
+its full path (`Run("runs/demo").model_path`). Nothing else declares a name;
+the module constants (`MODEL_FILE`, ...) are read from these tables.
 
-    RUN/
-      config.json        resolved config and hyperparameters (written first)
-      recipe.py          copy of the recipe file, so the run is self-contained
-      model.keras        best model (by the recipe's validation metric)
-      history.csv        one row per epoch
-      metrics.json       test-split metrics
-      data_profile.json  training-split summary that `kerakit drift` compares against
-      manifest.json      reproducibility record + SHA-256 of artifacts (written last:
-                         a run is finished once it exists)
-      logs/              TensorBoard
-      checkpoints/       best checkpoint while training (removed once finished)
-      backup/            BackupAndRestore state while training is unfinished
-      export/            `kerakit export`: one file (or SavedModel folder) per artifact,
-                         labels.txt, export_report.json, manifest.json of the export,
-                         runtime.json (ONNX settings `kerakit bench` found best),
-                         tfserving/ and triton/ layouts
-      bench/             `kerakit bench`: bench.json, bench.png
-      deployment.json    `kerakit bench`: per batch size, the fastest verified artifact on this
-                         machine and its runtime settings (what `serve RUN`, `runtime.load(RUN)` use)
-      report/            `kerakit report`: model_card.md, index.html, figures
-      requests.jsonl     `kerakit serve` request log (when serving this run's model)
-      build.json         what `kerakit build` last exported and benched (skips them on a rerun)
-      search/            `kerakit build --tune`: the search, laid out as a `Search`
-      cv/                `kerakit cv ... --out RUN/cv`: a `CrossValidation`, shown in the report
+    RUN/                 `kerakit train` (`Run`), then export, bench, report, serve, build add theirs
+    OUT/                 `kerakit tune --out OUT`, or RUN/search (`Search`)
+    OUT/                 `kerakit cv RECIPE --folds K --out OUT`, or RUN/cv (`CrossValidation`)
 
-A search directory (`kerakit tune --out OUT`, or RUN/search):
-
-    OUT/
-      tuner/             keras-tuner's project (oracle state, one folder per trial)
-      search.json        what this directory is searching (checked on resume)
-      trials.json, trials.csv, trials.png
-      best_hparams.json  the best trial's hyperparameters (kerakit train --hparams ...)
-      best/              the best hyperparameters retrained as a normal run
-      distributed/       chief and worker logs of `--workers N`
-
-A cross-validation directory (`kerakit cv RECIPE --folds K --out OUT`):
-
-    OUT/
-      fold-1/ ... fold-K/  one run per fold, laid out as a `Run` (each resumes like `kerakit train`)
-      folds.csv            one row per finished fold
-      cv.json              the request, then (written last: finished once it has `mean`) the per-fold
-                           table and the mean and standard deviation of the recipe's metric
-
-Every file is written to a temporary name beside its target and renamed into
-place, so a killed process leaves the old file or the new one, never half.
+How files are written (atomically, under one writer per directory) is
+`kerakit.files`; its functions are also importable from here, as they were
+before the split, for the modules that still call `runs.write_json` & co.
 """
 
 from __future__ import annotations
 
-import contextlib
-import hashlib
-import json
 import os
-import shutil
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator
 
 from kerakit.errors import KerakitError
+from kerakit.files import (LEFTOVER_MARKS, LOCK_FILE, atomic_dir, atomic_path, copy_file,  # noqa: F401 (re-exported)
+                           ensure_writable_dir, intact, load_json, read_json, remove_leftovers, sha256, tree_sha256,
+                           write_csv, write_json, write_text, writer)
 
-# A run directory.
-MODEL_FILE = "model.keras"
-CONFIG_FILE = "config.json"
-MANIFEST_FILE = "manifest.json"
-METRICS_FILE = "metrics.json"
-HISTORY_FILE = "history.csv"
-RECIPE_FILE = "recipe.py"
-BACKUP_DIR = "backup"
-CHECKPOINT_DIR = "checkpoints"
-LOGS_DIR = "logs"
-EXPORT_DIR = "export"
-BENCH_DIR = "bench"
-REPORT_DIR = "report"
-SEARCH_DIR = "search"
-DATA_PROFILE_FILE = "data_profile.json"
-REQUEST_LOG_FILE = "requests.jsonl"
-BUILD_STATE_FILE = "build.json"
-DEPLOYMENT_FILE = "deployment.json"
-
-# Files that also live in directories that are not a run (`--out` of export, bench, ...).
+# Files of a step's own directory: RUN/export, RUN/bench and RUN/report, or any --out of export, bench or report.
 EXPORT_REPORT_FILE = "export_report.json"
 LABELS_FILE = "labels.txt"
 RUNTIME_SETTINGS_FILE = "runtime.json"  # per artifact directory: the ONNX settings `kerakit bench` found best
@@ -92,257 +36,40 @@ BENCH_CHART_FILE = "bench.png"
 REPORT_MARKDOWN_FILE = "model_card.md"
 REPORT_HTML_FILE = "index.html"
 
-# A search directory.
-TUNER_DIR = "tuner"
-SEARCH_FILE = "search.json"
-TRIALS_JSON_FILE = "trials.json"
-TRIALS_CSV_FILE = "trials.csv"
-TRIALS_PNG_FILE = "trials.png"
-BEST_HPARAMS_FILE = "best_hparams.json"
-BEST_DIR = "best"
-DISTRIBUTED_DIR = "distributed"
 
-# A cross-validation directory.
-CV_DIR = "cv"
-CV_FILE = "cv.json"
-FOLDS_CSV_FILE = "folds.csv"
-FOLD_DIR = "fold-{index}"  # 1-based
+class In:
+    """One line of a layout: a path inside the directory (`parts` joined) and what it holds.
 
+    On the layout class it is itself (`Run.model_path.name`); on a directory, the full path:
 
-@contextlib.contextmanager
-def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
-    """Yield a temporary path beside `path`; rename it onto `path` on success.
-
-    The temporary name keeps the target's suffix (Keras checks `.keras`).
-
-        with atomic_path("run/notes.txt") as tmp:
-            _ = tmp.write_text("written in full, or not at all")
-        Path("run/notes.txt").read_text()
-        # -> 'written in full, or not at all'
+        Run("runs/demo").export_report
+        # -> PosixPath('runs/demo/export/export_report.json')
     """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=f".tmp{path.suffix}", dir=path.parent)
-    os.close(fd)
-    tmp = Path(tmp)
-    os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; artifacts get ordinary permissions
-    try:
-        yield tmp
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
+
+    def __init__(self, *parts: "str | In", what: str):
+        # An entry inside another (`In(export_dir, EXPORT_REPORT_FILE, ...)`) takes that entry's path.
+        self.parts = tuple(p for part in parts for p in (part.parts if isinstance(part, In) else (part,)))
+        self.what = what
+
+    @property
+    def name(self) -> str:
+        """The file's own name (its last part)."""
+        return self.parts[-1]
+
+    def __repr__(self) -> str:
+        return f"In({'/'.join(self.parts)!r})"
+
+    def __get__(self, directory, layout=None) -> "Path | In":
+        return self if directory is None else directory.path.joinpath(*self.parts)
 
 
-@contextlib.contextmanager
-def atomic_dir(path: str | os.PathLike) -> Iterator[Path]:
-    """Yield a temporary directory beside `path`; swap it into place on success.
+def layout(cls: type) -> dict[str, In]:
+    """A layout's table: attribute -> `In`, in declaration order.
 
-    An existing `path` is moved aside first and removed after the swap, so a
-    reader sees the old directory or the new one, never a mix.
+        {k: "/".join(v.parts) for k, v in layout(Search).items()}["best_hparams"]
+        # -> 'best_hparams.json'
     """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
-    os.chmod(tmp, 0o777 & ~_umask())  # mkdtemp makes 0700; the directory gets ordinary permissions
-    try:
-        yield tmp
-        old = None
-        if path.exists():
-            old = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".old", dir=path.parent))
-            os.replace(path, old / path.name)
-        os.replace(tmp, path)
-        if old is not None:
-            shutil.rmtree(old, ignore_errors=True)
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
-
-
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
-
-
-def write_text(path: str | os.PathLike, text: str) -> Path:
-    with atomic_path(path) as tmp:
-        with open(tmp, "w", encoding="utf-8") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-    return Path(path)
-
-
-def write_json(path: str | os.PathLike, data: Any) -> Path:
-    return write_text(path, json.dumps(data, indent=2, sort_keys=True, default=_json_default) + "\n")
-
-
-def copy_file(src: str | os.PathLike, dst: str | os.PathLike) -> Path:
-    with atomic_path(dst) as tmp:
-        shutil.copyfile(src, tmp)
-    return Path(dst)
-
-
-def write_csv(path: str | os.PathLike, rows: list[dict]) -> Path:
-    """Rows as CSV, atomically; the columns are every key, in first-seen order."""
-    import csv
-    import io
-
-    buf = io.StringIO()
-    writer = csv.DictWriter(buf, fieldnames=list(dict.fromkeys(k for row in rows for k in row)), lineterminator="\n")
-    writer.writeheader()
-    writer.writerows(rows)
-    return write_text(path, buf.getvalue())
-
-
-def read_json(path: str | os.PathLike) -> Any:
-    with open(path, encoding="utf-8") as f:
-        return json.load(f)
-
-
-def load_json(path: str | os.PathLike, fix: str, keys: tuple[str, ...] = ()) -> dict:
-    """A JSON object kerakit wrote, or one line naming the file, what is wrong and `fix` (what to do).
-
-    A file that is torn, hand-edited or replaced by garbage must not become a
-    traceback three steps later: `keys` are the entries the caller needs.
-    """
-    path = Path(path)
-    try:
-        data = read_json(path)
-    except FileNotFoundError:
-        raise KerakitError(f"{path} is missing; {fix}.") from None
-    except UnicodeDecodeError:
-        raise KerakitError(f"{path} is not valid JSON (not UTF-8 text); {fix}.") from None
-    except json.JSONDecodeError as e:
-        raise KerakitError(f"{path} is not valid JSON (line {e.lineno}); {fix}.") from None
-    if not isinstance(data, dict):
-        raise KerakitError(f"{path} holds a JSON {type(data).__name__} where an object is expected; {fix}.")
-    missing = [k for k in keys if k not in data]
-    if missing:
-        raise KerakitError(f"{path} lacks {', '.join(map(repr, missing))}; {fix}.")
-    return data
-
-
-def sha256(path: str | os.PathLike) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
-def intact(path: Path, digest: str | None) -> bool:
-    """Whether the file at `path` exists with SHA-256 `digest` (a directory: `tree_sha256`)."""
-    if digest is None or not path.exists():
-        return False
-    return (tree_sha256(path) if path.is_dir() else sha256(path)) == digest
-
-
-def tree_sha256(path: Path) -> str:
-    """One SHA-256 over a directory's files: their relative names and contents, in sorted order."""
-    h = hashlib.sha256()
-    for p in sorted(q for q in path.rglob("*") if q.is_file()):
-        h.update(str(p.relative_to(path)).encode())
-        h.update(sha256(p).encode())
-    return h.hexdigest()
-
-
-def _json_default(value: Any) -> Any:
-    # numpy scalars and arrays, Paths
-    if hasattr(value, "tolist"):
-        return value.tolist()
-    if isinstance(value, Path):
-        return str(value)
-    raise TypeError(f"Not JSON serializable: {type(value).__name__}")
-
-
-def ensure_writable_dir(path: str | os.PathLike) -> Path:
-    """Create `path` if needed and prove we can write into it, or raise a clear error."""
-    path = Path(path)
-    try:
-        path.mkdir(parents=True, exist_ok=True)
-        with tempfile.NamedTemporaryFile(dir=path, prefix=".write-test-"):
-            pass
-    except OSError as e:
-        raise KerakitError(
-            f"Cannot write to output directory {str(path)!r}: {e.strerror or e}. "
-            "Pass a writable --out DIR."
-        ) from None
-    return path
-
-
-LOCK_FILE = ".kerakit.lock"
-# Names the atomic writes above and export's staging give their temporaries: what a killed writer leaves.
-LEFTOVER_MARKS = (".tmp", ".old", ".staging-", ".write-test-")
-_held: dict[Path, list] = {}  # directory -> [lock file descriptor, depth], for re-entrant writers
-
-
-@contextlib.contextmanager
-def writer(path: str | os.PathLike, command: str) -> Iterator[Path]:
-    """Hold `path`'s writer lock while the block runs: one writing kerakit process per directory.
-
-    An advisory `fcntl.flock` on DIR/.kerakit.lock, which the OS releases when
-    the process dies, so a SIGKILL never leaves a stale lock. A second process
-    gets one line naming the holder. Re-entrant within a process (`build`
-    holds it while train, export, bench and report take it again). The first
-    holder also removes what killed writers left behind (temporary files and
-    staging directories), since no other writer can be mid-write.
-
-        with writer("runs/demo", "kerakit export"):
-            ...
-    """
-    path = ensure_writable_dir(path)
-    key = path.resolve()
-    if key in _held:
-        _held[key][1] += 1
-        try:
-            yield path
-        finally:
-            _held[key][1] -= 1
-        return
-    fd = _acquire(path, command)
-    _held[key] = [fd, 1]
-    try:
-        remove_leftovers(path)
-        yield path
-    finally:
-        del _held[key]
-        os.close(fd)  # releases the flock
-
-
-def _acquire(path: Path, command: str) -> int:
-    import datetime as _dt
-    import fcntl
-
-    fd = os.open(path / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o666 & ~_umask())
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        holder = os.read(fd, 4096).decode(errors="replace").strip() or "another process"
-        os.close(fd)
-        raise KerakitError(f"{path} is in use by {holder}. Wait for it to finish, or use another --out.") from None
-    since = _dt.datetime.now().strftime("%H:%M:%S")
-    os.ftruncate(fd, 0)
-    os.pwrite(fd, f"pid {os.getpid()} ({command}, since {since})\n".encode(), 0)
-    return fd
-
-
-def remove_leftovers(path: Path) -> list[Path]:
-    """Delete temporaries that killed writers left in `path` and its direct subdirectories."""
-    found = []
-    for folder in [path, *(p for p in path.iterdir() if p.is_dir() and not p.name.startswith("."))]:
-        for p in folder.iterdir():
-            if p.name.startswith(".") and any(mark in p.name for mark in LEFTOVER_MARKS):
-                shutil.rmtree(p, ignore_errors=True) if p.is_dir() else p.unlink(missing_ok=True)
-                found.append(p)
-    return found
-
-
-def owner(path: str | os.PathLike) -> Path:
-    """The directory whose writer lock covers `path`: the run it lies in, else `path` itself."""
-    run = find_run(path)
-    return run.path if run is not None else Path(path)
+    return {k: v for k, v in vars(cls).items() if isinstance(v, In)}
 
 
 def is_run(path: str | os.PathLike) -> bool:
@@ -363,7 +90,8 @@ def is_run(path: str | os.PathLike) -> bool:
 
 @dataclass
 class Run:
-    """A run directory, and every path in it.
+    """A run directory, and every path in it. Every file is written to a temporary name beside its target
+    and renamed into place (`kerakit.files`), so a killed process leaves the old file or the new one.
 
     >>> run = Run("runs/demo")              # e.g. kerakit.train("digits_cnn", "runs/demo")
     >>> run.model_path, run.export_dir
@@ -371,6 +99,34 @@ class Run:
     """
 
     path: Path
+
+    # `kerakit train`: config.json first, manifest.json last (a run is finished once it exists).
+    config_path = In("config.json", what="resolved config and hyperparameters")
+    recipe_path = In("recipe.py", what="copy of the recipe file, so the run is self-contained")
+    model_path = In("model.keras", what="best model (by the recipe's validation metric)")
+    history_path = In("history.csv", what="one row per epoch")
+    metrics_path = In("metrics.json", what="test-split metrics")
+    data_profile = In("data_profile.json", what="training-split summary that `kerakit drift` compares against")
+    manifest_path = In("manifest.json", what="reproducibility record + SHA-256 of the files above")
+    logs_dir = In("logs", what="TensorBoard")
+    checkpoint_dir = In("checkpoints", what="best checkpoint while training (removed once finished)")
+    backup_dir = In("backup", what="BackupAndRestore state while training is unfinished")
+    # What later steps add.
+    export_dir = In("export", what="`kerakit export`: one file (or SavedModel folder) per artifact, labels.txt, "
+                                   "export_report.json, the export's manifest.json, runtime.json (ONNX settings "
+                                   "`kerakit bench` found best), tfserving/ and triton/ layouts")
+    export_report = In(export_dir, EXPORT_REPORT_FILE, what="the export's typed rows (`kerakit.export.report`)")
+    bench_dir = In("bench", what="`kerakit bench`: bench.json, bench.png")
+    bench_result = In(bench_dir, BENCH_RESULT_FILE, what="`kerakit bench`: every timing row")
+    bench_chart = In(bench_dir, BENCH_CHART_FILE, what="`kerakit bench`: the chart")
+    deployment = In("deployment.json", what="`kerakit bench`: per batch size, the fastest verified artifact on "
+                                            "this machine and its runtime settings (what `serve RUN`, "
+                                            "`runtime.load(RUN)` use)")
+    report_dir = In("report", what="`kerakit report`: model_card.md, index.html, figures")
+    request_log = In("requests.jsonl", what="`kerakit serve` request log (when serving this run's model)")
+    build_state = In("build.json", what="what `kerakit build` last exported and benched (skips them on a rerun)")
+    search_dir = In("search", what="`kerakit build --tune`: the search, laid out as a `Search`")
+    cv_dir = In("cv", what="`kerakit cv ... --out RUN/cv`: a `CrossValidation`, shown in the report")
 
     def __post_init__(self):
         self.path = Path(self.path)
@@ -396,92 +152,6 @@ class Run:
     @property
     def is_finished(self) -> bool:
         return is_run(self.path)
-
-    # Files written by `kerakit train`.
-    @property
-    def config_path(self) -> Path:
-        return self.path / CONFIG_FILE
-
-    @property
-    def manifest_path(self) -> Path:
-        return self.path / MANIFEST_FILE
-
-    @property
-    def metrics_path(self) -> Path:
-        return self.path / METRICS_FILE
-
-    @property
-    def history_path(self) -> Path:
-        return self.path / HISTORY_FILE
-
-    @property
-    def recipe_path(self) -> Path:
-        return self.path / RECIPE_FILE
-
-    @property
-    def model_path(self) -> Path:
-        return self.path / MODEL_FILE
-
-    @property
-    def data_profile(self) -> Path:
-        return self.path / DATA_PROFILE_FILE
-
-    @property
-    def backup_dir(self) -> Path:
-        return self.path / BACKUP_DIR
-
-    @property
-    def checkpoint_dir(self) -> Path:
-        return self.path / CHECKPOINT_DIR
-
-    @property
-    def logs_dir(self) -> Path:
-        return self.path / LOGS_DIR
-
-    # What later steps add.
-    @property
-    def export_dir(self) -> Path:
-        return self.path / EXPORT_DIR
-
-    @property
-    def export_report(self) -> Path:
-        return self.export_dir / EXPORT_REPORT_FILE
-
-    @property
-    def bench_dir(self) -> Path:
-        return self.path / BENCH_DIR
-
-    @property
-    def bench_result(self) -> Path:
-        return self.bench_dir / BENCH_RESULT_FILE
-
-    @property
-    def bench_chart(self) -> Path:
-        return self.bench_dir / BENCH_CHART_FILE
-
-    @property
-    def deployment(self) -> Path:
-        return self.path / DEPLOYMENT_FILE
-
-    @property
-    def report_dir(self) -> Path:
-        return self.path / REPORT_DIR
-
-    @property
-    def request_log(self) -> Path:
-        return self.path / REQUEST_LOG_FILE
-
-    @property
-    def build_state(self) -> Path:
-        return self.path / BUILD_STATE_FILE
-
-    @property
-    def search_dir(self) -> Path:
-        return self.path / SEARCH_DIR
-
-    @property
-    def cv_dir(self) -> Path:
-        return self.path / CV_DIR
 
     # Contents.
     @property
@@ -533,6 +203,12 @@ def find_run(path: str | os.PathLike) -> Run | None:
     return None
 
 
+def owner(path: str | os.PathLike) -> Path:
+    """The directory whose writer lock covers `path`: the run it lies in, else `path` itself."""
+    run = find_run(path)
+    return run.path if run is not None else Path(path)
+
+
 @dataclass
 class Search:
     """A search directory written by `kerakit tune` (or RUN/search of `kerakit build --tune`).
@@ -545,48 +221,29 @@ class Search:
 
     path: Path
 
+    tuner_dir = In("tuner", what="keras-tuner's project (oracle state, one folder per trial)")
+    search_file = In("search.json", what="what this directory is searching (checked on resume)")
+    trials_json = In("trials.json", what="every trial: its hyperparameters and score")
+    trials_csv = In("trials.csv", what="the same, one row per trial")
+    trials_png = In("trials.png", what="the scores, trial by trial")
+    best_hparams = In("best_hparams.json", what="the best trial's hyperparameters (kerakit train --hparams ...)")
+    best_dir = In("best", what="the best hyperparameters retrained as a normal run")
+    distributed_dir = In("distributed", what="chief and worker logs of `--workers N`")
+
     def __post_init__(self):
         self.path = Path(self.path)
-
-    @property
-    def tuner_dir(self) -> Path:
-        return self.path / TUNER_DIR
-
-    @property
-    def search_file(self) -> Path:
-        return self.path / SEARCH_FILE
-
-    @property
-    def trials_json(self) -> Path:
-        return self.path / TRIALS_JSON_FILE
-
-    @property
-    def trials_csv(self) -> Path:
-        return self.path / TRIALS_CSV_FILE
-
-    @property
-    def trials_png(self) -> Path:
-        return self.path / TRIALS_PNG_FILE
-
-    @property
-    def best_hparams(self) -> Path:
-        return self.path / BEST_HPARAMS_FILE
-
-    @property
-    def best_dir(self) -> Path:
-        return self.path / BEST_DIR
-
-    @property
-    def distributed_dir(self) -> Path:
-        return self.path / DISTRIBUTED_DIR
 
     def __repr__(self) -> str:
         return f"Search({str(self.path)!r})"
 
 
+FOLD_DIR = "fold-{index}"  # 1-based: CrossValidation.fold_dir(index)
+
+
 @dataclass
 class CrossValidation:
-    """A directory written by `kerakit cv` (or RUN/cv): one run per fold, the table, the summary.
+    """A directory written by `kerakit cv` (or RUN/cv): one run per fold (fold-1/ ... fold-K/, each laid out
+    as a `Run` and resuming like `kerakit train`), the table, the summary.
 
         result = kerakit.cross_validate("breast_cancer_mlp", "runs/cv", folds=3)
         cv = CrossValidation(result["path"])
@@ -596,16 +253,12 @@ class CrossValidation:
 
     path: Path
 
+    folds_csv = In("folds.csv", what="one row per finished fold")
+    cv_file = In("cv.json", what="the request, then (written last: finished once it has `mean`) the per-fold "
+                                 "table and the mean and standard deviation of the recipe's metric")
+
     def __post_init__(self):
         self.path = Path(self.path)
-
-    @property
-    def cv_file(self) -> Path:
-        return self.path / CV_FILE
-
-    @property
-    def folds_csv(self) -> Path:
-        return self.path / FOLDS_CSV_FILE
 
     def fold_dir(self, index: int) -> Path:
         """The run of fold `index` (1-based)."""
@@ -620,3 +273,18 @@ class CrossValidation:
 
     def __repr__(self) -> str:
         return f"CrossValidation({str(self.path)!r})"
+
+
+# The names other modules use where they hold no `Run` (a directory they are about to fill, a glob, a listing):
+# read from the tables above, not declared a second time.
+MODEL_FILE, CONFIG_FILE, MANIFEST_FILE = Run.model_path.name, Run.config_path.name, Run.manifest_path.name
+METRICS_FILE, HISTORY_FILE, RECIPE_FILE = Run.metrics_path.name, Run.history_path.name, Run.recipe_path.name
+DATA_PROFILE_FILE, REQUEST_LOG_FILE = Run.data_profile.name, Run.request_log.name
+BUILD_STATE_FILE, DEPLOYMENT_FILE = Run.build_state.name, Run.deployment.name
+BACKUP_DIR, CHECKPOINT_DIR, LOGS_DIR = Run.backup_dir.name, Run.checkpoint_dir.name, Run.logs_dir.name
+EXPORT_DIR, BENCH_DIR, REPORT_DIR = Run.export_dir.name, Run.bench_dir.name, Run.report_dir.name
+SEARCH_DIR, CV_DIR = Run.search_dir.name, Run.cv_dir.name
+TUNER_DIR, SEARCH_FILE, BEST_HPARAMS_FILE = Search.tuner_dir.name, Search.search_file.name, Search.best_hparams.name
+TRIALS_JSON_FILE, TRIALS_CSV_FILE = Search.trials_json.name, Search.trials_csv.name
+TRIALS_PNG_FILE, BEST_DIR, DISTRIBUTED_DIR = Search.trials_png.name, Search.best_dir.name, Search.distributed_dir.name
+CV_FILE, FOLDS_CSV_FILE = CrossValidation.cv_file.name, CrossValidation.folds_csv.name

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from kerakit import runs
+from kerakit import files, runs
 from kerakit.errors import KerakitError
 from kerakit.runs import Run, Search, find_run, is_run
 
@@ -30,9 +30,20 @@ def test_run_paths_cover_the_whole_directory(tmp_path):
         "export_dir": "export", "export_report": "export/export_report.json",
         "bench_dir": "bench", "bench_result": "bench/bench.json", "bench_chart": "bench/bench.png",
         "report_dir": "report", "data_profile": "data_profile.json", "request_log": "requests.jsonl",
-        "build_state": "build.json", "search_dir": "search", "deployment": "deployment.json",
+        "build_state": "build.json", "search_dir": "search", "deployment": "deployment.json", "cv_dir": "cv",
     }
     assert {name: getattr(run, name) for name in expected} == {k: tmp_path / v for k, v in expected.items()}
+    assert set(runs.layout(Run)) == set(expected)  # the table is the whole directory
+
+
+def test_every_file_name_is_declared_once_in_the_layout_tables():
+    """One line of a layout (or, for a step's own directory, one constant) names a file; the module constants
+    are read from the tables, so renaming a file is a one-line change."""
+    source = Path(runs.__file__).read_text()
+    names = {entry.name for layout in (Run, Search, runs.CrossValidation) for entry in runs.layout(layout).values()}
+    assert {name: source.count(f'"{name}"') for name in names} == {name: 1 for name in names}
+    assert (runs.MODEL_FILE, runs.TUNER_DIR, runs.CV_FILE) == (Run.model_path.name, Search.tuner_dir.name,
+                                                                runs.CrossValidation.cv_file.name)
 
 
 def test_run_accepts_a_string_path():
@@ -114,7 +125,7 @@ def test_an_unfinished_run_is_not_finished(tmp_path):
 def test_verify_artifacts_rehashes_what_the_manifest_lists(tmp_path):
     run_dir = make_run(tmp_path / "run")
     (run_dir / "model.keras").write_bytes(b"weights")
-    (run_dir / "manifest.json").write_text(json.dumps({"artifacts": {"model.keras": runs.sha256(run_dir / "model.keras")}}))
+    (run_dir / "manifest.json").write_text(json.dumps({"artifacts": {"model.keras": files.sha256(run_dir / "model.keras")}}))
     run = Run(run_dir)
     assert run.verify_artifacts() == {"model.keras": True}
     (run_dir / "model.keras").write_bytes(b"tampered")
@@ -123,8 +134,8 @@ def test_verify_artifacts_rehashes_what_the_manifest_lists(tmp_path):
 
 def test_write_json_is_atomic_and_leaves_no_temporary_file(tmp_path):
     target = tmp_path / "metrics.json"
-    runs.write_json(target, {"accuracy": 0.9})
+    files.write_json(target, {"accuracy": 0.9})
     with pytest.raises(TypeError):
-        runs.write_json(target, {"accuracy": object()})
+        files.write_json(target, {"accuracy": object()})
     assert json.loads(target.read_text()) == {"accuracy": 0.9}
     assert [p.name for p in tmp_path.iterdir()] == ["metrics.json"]

@@ -86,9 +86,11 @@ SOURCES = sorted(name for name in MODULES if name == "kerakit.sources" or name.s
     ("kerakit.dtypes", set()),
     ("kerakit.request_log", {"kerakit.errors", "kerakit.runs"}),
     ("kerakit.stats", {"kerakit.errors", "kerakit.request_log"}),  # numbers in, numbers out: no run, model or data
-    ("kerakit.runs", {"kerakit.errors", "kerakit.recipe"}),  # a run loads its own copy of its recipe
-    # The user's files become data below everything that trains, exports or serves.
-    *((m, {"kerakit.errors", "kerakit.quiet", *SOURCES}) for m in SOURCES),  # sorted: pytest-xdist needs one order
+    ("kerakit.files", {"kerakit.errors"}),  # atomic writes, JSON, SHA-256, the writer lock: no layout
+    ("kerakit.runs", {"kerakit.errors", "kerakit.files", "kerakit.recipe"}),  # a run loads its own copy of its recipe
+    # The user's files become data below everything that trains, exports or serves; a source may write a file of
+    # its own atomically (kerakit.files), but knows no run. Sorted: pytest-xdist needs one order.
+    *((m, {"kerakit.errors", "kerakit.quiet", "kerakit.files", *SOURCES}) for m in SOURCES),
 ])
 def test_the_bottom_layers_import_only_what_is_below_them(module, may_import):
     assert GRAPH[module] <= may_import
