@@ -12,7 +12,7 @@ BENCH ?=
 $(STAMP): pyproject.toml constraints.txt kserve-sdk.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade "pip>=24"
-	$(BIN)/python -m pip install -q -c constraints.txt -e '.[test]'
+	$(BIN)/python -m pip install -q -c constraints.txt -e '.[test,track]'
 	rm -rf $(VENV)/kserve-sdk
 	$(BIN)/python -m pip install -q --no-deps --target $(VENV)/kserve-sdk -r kserve-sdk.txt
 	touch $@
