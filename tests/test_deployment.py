@@ -16,10 +16,12 @@ from kerakit.measure import StopRule, measure
 from kerakit.serve import ServeOptions, resolve
 from kerakit.serve.models import Model
 
+OPENVINO = {"model.openvino", "model_bf16.openvino", "model_int8.openvino"}  # x86's OpenVINO files: f32, bf16, int8
+
 
 @pytest.fixture(scope="module")
 def x86_run(digits_run, tmp_path_factory):
-    """The digits run exported for x86 (OpenVINO f32/bf16, ONNX), ONNX under a tolerance nothing meets, benched."""
+    """The digits run exported for x86 (OpenVINO f32/bf16/int8, ONNX), ONNX under a tolerance nothing meets, benched."""
     path = tmp_path_factory.mktemp("x86") / "digits"
     shutil.copytree(digits_run.path, path, ignore=shutil.ignore_patterns("export", "bench", "deployment.json"))
     strict = path.parent / "strict.toml"  # first: its [verify] judges the onnx artifact x86 also names
@@ -37,7 +39,7 @@ def test_deployment_only_ever_names_a_verified_artifact(x86_run):
     written = json.loads(run.deployment.read_text())
     assert set(written["batches"]) == {"1", "8"}
     for choice in written["batches"].values():
-        assert choice["artifact"] in {"model.openvino", "model_bf16.openvino"}
+        assert choice["artifact"] in OPENVINO
         assert all(b["artifact"] != "model.onnx" for b in choice["beat"])  # not even a contender
         assert all(b["ratio"] >= 1 for b in choice["beat"]) and choice["p50_ms"] > 0
     assert written["machine"]["cores"] == runtime.cores() and written["machine"]["cpu"]
@@ -73,7 +75,7 @@ def test_a_tampered_artifact_is_no_longer_verified_for_deployment_or_the_report(
     tampered = next(r.artifact for r in report.artifacts if r.filename == chosen)
     assert report.why_not_verified() == {"onnx": "onnx failed verification",
                                          tampered: f"{chosen} changed since it was verified"}
-    assert chosen not in deployment.candidates(run) and len(deployment.candidates(run)) == 1
+    assert chosen not in deployment.candidates(run) and len(deployment.candidates(run)) == len(OPENVINO) - 1
     with pytest.raises(KerakitError, match=f"names '{chosen}', which is no longer a verified artifact"):
         runtime.load(run.path)
     row = next(r for r in deployment_rows(run) if r["artifact"] == tampered)
@@ -117,11 +119,45 @@ def test_openvino_artifact_agrees_with_keras_when_loaded_by_openvino_itself(x86_
     np.testing.assert_allclose(got, want, atol=1e-5)
 
 
+def test_openvino_int8_is_verified_in_openvino_and_its_convolutions_and_matmuls_run_in_int8(x86_run):
+    """NNCF's int8 IR, read and compiled by OpenVINO itself: FakeQuantize before every convolution and matrix
+    multiplication, int8 weights, the CPU plugin running those ops on u8/i8 data, and Keras's answers."""
+    import keras
+    import openvino as ov
+    from sklearn.datasets import load_digits
+
+    run, report, _ = x86_run
+    row = report.row("openvino-int8")
+    assert row["verdict"] == "verified" and row["libraries"]["nncf"]
+    core = ov.Core()
+    model = core.read_model(str(run.export_dir / "model_int8.openvino" / "model.xml"))
+    ops = model.get_ordered_ops()
+    weighted = [op for op in ops if op.get_type_name() in ("Convolution", "MatMul")]
+    assert len(weighted) == 4  # digits_cnn: 2 Conv2D, 2 Dense
+    for op in weighted:  # activations through a FakeQuantize; weights stored int8 (Constant i8 -> Convert -> * scale)
+        activations, weights = (op.input(i).get_source_output().get_node() for i in (0, 1))
+        while activations.get_type_name() in ("Transpose", "Reshape", "MaxPool"):  # NNCF quantizes above these
+            activations = activations.input(0).get_source_output().get_node()
+        assert activations.get_type_name() == "FakeQuantize", op.get_friendly_name()
+        stored = weights.input(0).get_source_output().get_node().input(0).get_source_output().get_node()
+        assert (stored.get_type_name(), stored.get_output_element_type(0)) == ("Constant", ov.Type.i8)
+    assert row["conversion"]["fake_quantize"] == sum(op.get_type_name() == "FakeQuantize" for op in ops)
+
+    compiled = core.compile_model(model, "CPU", {"INFERENCE_PRECISION_HINT": "f32"})
+    ran = {(op.get_rt_info()["layerType"].astype(str), op.get_rt_info()["runtimePrecision"].astype(str))
+           for op in compiled.get_runtime_model().get_ops()}
+    assert {("Convolution", "u8"), ("FullyConnected", "u8")} <= ran, ran  # oneDNN's int8 kernels, not f32
+
+    images = (load_digits().images[-300:, :, :, None] / 16.0).astype(np.float32)
+    want = keras.saving.load_model(run.model_path).predict(images, verbose=0).argmax(axis=1)
+    got = compiled(images)[compiled.output("probabilities")].argmax(axis=1)
+    assert (got == want).mean() >= 0.97
+
+
 def test_bench_times_openvino_and_sweeps_its_settings(x86_run):
     _, _, result = x86_run
     rows = [r for r in result["rows"] if r["format"] == "openvino"]
-    assert {(r["artifact"], r["batch"]) for r in rows} == {(a, b) for a in ("model.openvino", "model_bf16.openvino")
-                                                           for b in (1, 8)}
+    assert {(r["artifact"], r["batch"]) for r in rows} == {(a, b) for a in OPENVINO for b in (1, 8)}
     assert all(r["p50_ms"] > 0 and r["stopped"] in ("precise", "budget", "calls", "pruned") for r in rows)
     assert set(result["sweep"]["model.openvino"]["configs"]) == {"hint=latency,threads=auto", "hint=latency,threads=1",
                                                                   "hint=throughput,threads=auto",
