@@ -638,6 +638,13 @@ def _print_metrics(metrics: dict) -> None:
                   + "  ".join(f"{k}={v:.4f}" if isinstance(v, float) else f"{k}={v}" for k, v in headline.items()))
     for name, values in metrics.get("outputs", {}).items():
         console.print(f"  {name}: " + "  ".join(f"{k}={v:.4f}" for k, v in values.items() if isinstance(v, float)))
+    if "baselines" in metrics:  # a tabular recipe's (kerakit.baselines)
+        found = metrics["baselines"]
+        console.print(f"baselines (trained on the same {found['train_examples']} training rows; {found['rows']}):",
+                      markup=False)
+        for name, values in found.items():
+            if isinstance(values, dict):
+                console.print(f"  {name}: " + "  ".join(f"{k}={v:.4f}" for k, v in values.items()))
     if "per_class" in metrics:
         table = Table("class", "precision", "recall", "f1", "support", box=None)
         for row in metrics["per_class"]:

@@ -58,7 +58,7 @@ def evaluate(
 
         model = KerasPredictor(model_path, model=model)  # a functional or subclassed model, by output name
         if len(model.outputs) == 1 and metric_output is None:
-            return {"format": fmt, **evaluate_model(model.model, data, split)}
+            return with_baselines({"format": fmt, **evaluate_model(model.model, data, split)}, data, split)
     with model:
         x, y = data.arrays(split)
         name = runtime.metric_output(model, metric_output)
@@ -66,7 +66,16 @@ def evaluate(
         per_output = _per_output(data, split, outputs)  # a multi-output recipe's: each on its own labels
         metrics = per_output.get(name) or _task_metrics(data, x, y, outputs[name])
     result = {"format": fmt, "output": name, **metrics, "split": split, "examples": int(len(y))}
-    return {**result, "outputs": per_output} if per_output else result
+    return with_baselines({**result, "outputs": per_output} if per_output else result, data, split)
+
+
+def with_baselines(result: dict, data, split: str) -> dict:
+    """`result` with "baselines" added for a tabular recipe: a majority-class (or mean) predictor and gradient
+    boosting, trained on the same training rows and scored on the same split (`kerakit.baselines`)."""
+    from kerakit.baselines import baselines
+
+    found = baselines(data, split)
+    return {**result, "baselines": found} if found else result
 
 
 def evaluate_sample(path: Path, sample: "str | os.PathLike", metric_output: str | None = None) -> dict:

@@ -268,6 +268,7 @@ class _Card:
     outputs: np.ndarray  # the model's first output on the test split
     overall: float  # the recipe's metric on the test split
     deploy: list[dict]
+    baselines: dict | None = None  # kerakit.baselines on the test split, for a tabular recipe
     figures: Path = Path()  # where the figures are written
     flags: list[str] = field(default_factory=list)
 
@@ -312,8 +313,10 @@ def _gather(run: runs.Run, data_dir: str | None) -> _Card:
     x_test, y_test = data.arrays("test")
     outputs = runtime.first_output(predictor, x_test)  # eager calls: no retracing per input size
     overall = metrics.score(recipe.task, recipe.metric, y_test, outputs)
+    from kerakit.baselines import baselines
+
     return _Card(run=run, recipe=recipe, data=data, x_test=x_test, y_test=y_test, predictor=predictor,
-                 outputs=outputs, overall=overall, deploy=deployment_rows(run))
+                 outputs=outputs, overall=overall, deploy=deployment_rows(run), baselines=baselines(data, "test"))
 
 
 def _markdown(card: _Card) -> str:
@@ -429,6 +432,7 @@ def _metrics_section(card: _Card) -> list[str]:
     recorded = card.run.metrics
     lines = ["## Test metrics", "", _table(["metric", "value"], [[k, _fmt(v)] for k, v in recorded.items()
                                                                  if isinstance(v, (int, float))]), ""]
+    lines += _baseline_lines(card)
     if "forecast" in recorded:
         return lines + _forecast_lines(card, recorded["forecast"])
     if card.recipe.task != "classification" or "per_class" not in recorded:
@@ -447,6 +451,35 @@ def _metrics_section(card: _Card) -> list[str]:
     return lines + ["Per class (flagged when recall is more than the slice margin below overall accuracy):", "",
                     _table(["class", "precision", "recall", "f1", "support", "flag"], rows), "",
                     f"![confusion matrix]({confusion.name})", ""]
+
+
+BASELINE_NAMES = {"majority": "majority class (the training split's most frequent)", "mean": "mean (of the training labels)",
+                  "gradient_boosting": "gradient boosting (scikit-learn HistGradientBoosting, native categories)"}
+GRADIENT_BOOSTING_MARGIN = dict(max_drop=0.01, max_rel_increase=0.05)  # within 1 point, or 5 % of an error
+
+
+def _baseline_lines(card: _Card) -> list[str]:
+    """The model beside a majority-class (or mean) predictor and gradient boosting, trained on the same training
+    rows and scored on the same test rows; flagged when the model does not beat the first, or when gradient
+    boosting beats it by more than 1 point (5 % of an error)."""
+    found = card.baselines
+    if not found:
+        return []
+    model = metrics.task_metrics(card.recipe.task, card.y_test, card.outputs, card.data.class_names)
+    keys = metrics.TASK_SCALARS[card.recipe.task]
+    simple = next(name for name in ("majority", "mean") if name in found)
+    metric = card.metric
+    if metrics.worsening(metric, found[simple][metric], model[metric]) >= 0:
+        card.flags.append(f"baseline: the model's test {metric} {model[metric]:.4g} does not beat the "
+                          f"{simple} predictor's {found[simple][metric]:.4g}")
+    gap = metrics.judge(metric, found["gradient_boosting"][metric], model[metric], **GRADIENT_BOOSTING_MARGIN)
+    if gap:
+        card.flags.append(f"baseline: gradient boosting on the same rows scores test {metric} "
+                          f"{found['gradient_boosting'][metric]:.4g}, the model {model[metric]:.4g} ({gap})")
+    rows = [["this model", *(_fmt(model[k]) for k in keys)]]
+    rows += [[BASELINE_NAMES[name], *(_fmt(found[name][k]) for k in keys)] for name in (simple, "gradient_boosting")]
+    return [f"Baselines, trained by kerakit on the same {found['train_examples']} training rows and scored on the "
+            f"same test rows ({found['rows']}):", "", _table(["model", *keys], rows), ""]
 
 
 def _forecast_lines(card: _Card, forecast: dict) -> list[str]:
@@ -593,6 +626,9 @@ def _summary_section(card: _Card) -> list[str]:
     lines = ["## Summary", "", _table(["", " "], [
         ["task", card.recipe.task],
         [f"test {card.metric}", f"{_fmt(card.overall)} on {len(np.asarray(card.y_test))} examples"],
+        *([[f"baselines' test {card.metric}", ", ".join(f"{name.replace('_', ' ')} {_fmt(v[card.metric])}"
+                                                        for name, v in card.baselines.items() if isinstance(v, dict))]]
+          if card.baselines else []),
         *_cv_rows(card),
         ["artifacts verified", f"{sum(r['verdict'] == 'verified' for r in deploy[1:])} of {len(deploy) - 1}" if deploy else "not exported"],
         ["flags", "none" if not flags else f"{len(flags)} (below)"],
