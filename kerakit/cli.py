@@ -163,6 +163,12 @@ def recipes_cmd(ctx) -> None:
     Console(width=max(140, Console().width)).print(table)
 
 
+def _track_option(command):
+    """`--track`: log to MLflow ($MLFLOW_TRACKING_URI, else MLflow's local store); unset, the recipe's default."""
+    return click.option("--track", is_flag=True, default=None,
+                        help="Log to MLflow: $MLFLOW_TRACKING_URI, else ./mlflow.db (MLflow's local default).")(command)
+
+
 @cli.command("train", context_settings={"ignore_unknown_options": False})
 @click.argument("recipe")
 @click.argument("overrides", nargs=-1)
@@ -171,15 +177,16 @@ def recipes_cmd(ctx) -> None:
 @click.option("--data-dir", help="TFDS data directory (default $TFDS_DATA_DIR or ~/tensorflow_datasets).")
 @click.option("--hparams", type=click.Path(dir_okay=False), help="JSON of hyperparameter values, e.g. a search's best_hparams.json.")
 @click.option("--overwrite", is_flag=True, help="Replace a run already in --out.")
+@_track_option
 @click.pass_context
-def train_cmd(ctx, recipe, overrides, out, strategy, data_dir, hparams, overwrite) -> None:
+def train_cmd(ctx, recipe, overrides, out, strategy, data_dir, hparams, overwrite, track) -> None:
     """Train RECIPE (a name or a .py path) with key=value overrides."""
     from kerakit.train import train
 
     overrides = _parse_overrides(overrides)
     _needs_tensorflow(ctx, start_devices=strategy != "multi-worker")
     run = train(recipe, out, strategy=strategy, data_dir=data_dir, hparams=hparams,
-                overwrite=overwrite, **overrides)
+                overwrite=overwrite, track=track, **overrides)
     if run.is_finished:
         _print_metrics(run.metrics)
 
@@ -374,6 +381,18 @@ def report_cmd(ctx, run, data_dir) -> None:
     _needs_tensorflow(ctx)
     result = report(run, data_dir=data_dir, log=lambda m: None)
     _print_deployment(result["deployment"], result)
+
+
+@cli.command("track")
+@click.argument("run", type=click.Path(file_okay=False))
+def track_cmd(run) -> None:
+    """Send a finished RUN to MLflow: what a tracking server that was down missed (nothing twice)."""
+    from kerakit.tracking import track_run
+
+    run_id = track_run(run)
+    if run_id is None:
+        raise KerakitError(f"Nothing of {run} was sent to MLflow (the line above says why).")
+    print(f"{run} -> MLflow run {run_id}")
 
 
 def _print_deployment(rows: list[dict], written: dict) -> None:

@@ -35,6 +35,8 @@ BENCH_RESULT_FILE = "bench.json"
 BENCH_CHART_FILE = "bench.png"
 REPORT_MARKDOWN_FILE = "model_card.md"
 REPORT_HTML_FILE = "index.html"
+# In a run, a search and a cross-validation directory alike: the MLflow run id of each role (`kerakit.tracking`).
+TRACKING_FILE = "mlflow.json"
 
 
 class In:
@@ -127,6 +129,7 @@ class Run:
     build_state = In("build.json", what="what `kerakit build` last exported and benched (skips them on a rerun)")
     search_dir = In("search", what="`kerakit build --tune`: the search, laid out as a `Search`")
     cv_dir = In("cv", what="`kerakit cv ... --out RUN/cv`: a `CrossValidation`, shown in the report")
+    tracking = In(TRACKING_FILE, what="`--track`: the MLflow run ids of this run's training and build")
 
     def __post_init__(self):
         self.path = Path(self.path)
@@ -229,6 +232,7 @@ class Search:
     best_hparams = In("best_hparams.json", what="the best trial's hyperparameters (kerakit train --hparams ...)")
     best_dir = In("best", what="the best hyperparameters retrained as a normal run")
     distributed_dir = In("distributed", what="chief and worker logs of `--workers N`")
+    tracking = In(TRACKING_FILE, what="`--track`: the MLflow run ids of the search and of each trial")
 
     def __post_init__(self):
         self.path = Path(self.path)
@@ -256,6 +260,7 @@ class CrossValidation:
     folds_csv = In("folds.csv", what="one row per finished fold")
     cv_file = In("cv.json", what="the request, then (written last: finished once it has `mean`) the per-fold "
                                  "table and the mean and standard deviation of the recipe's metric")
+    tracking = In(TRACKING_FILE, what="`--track`: the MLflow run id of the cross-validation")
 
     def __post_init__(self):
         self.path = Path(self.path)

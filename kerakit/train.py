@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
-from kerakit import distribute, runs
+from kerakit import distribute, runs, tracking
 from kerakit.errors import KerakitError
 from kerakit.recipe import Recipe, load_recipe
 
@@ -40,6 +40,7 @@ class _Job:
     work: runs.Run  # where training writes: the run itself, or a private directory on a non-chief worker
     chief: bool
     started: float
+    tracker: Any = None  # kerakit.tracking.Tracker: the MLflow run (--track); None or off: not tracked
 
 
 def train(
@@ -53,6 +54,7 @@ def train(
     verbose: "int | str" = "auto",
     log: Callable[[str], None] = print,
     fold: Any = None,
+    track: bool | None = None,
     **overrides: Any,
 ) -> runs.Run:
     """Train `recipe` with `overrides` (config keys or hyperparameter names) into `out`.
@@ -60,7 +62,8 @@ def train(
     hparams: a dict or a JSON file of hyperparameter values (e.g. a tuner's
     best_hparams.json); `overrides` win over it. fold: a `kerakit.folds.Fold`
     (what `kerakit cv` passes): train on that fold's training part, pick the
-    best epoch on its held-out part, and record the metric there too.
+    best epoch on its held-out part, and record the metric there too. track: log to MLflow
+    (`kerakit.tracking`; None: the recipe's `tracking` default); a resume continues the same MLflow run.
     """
     job = _setup(recipe, out, strategy, hparams, overrides, started=time.time(), fold=fold)
     if not job.chief:  # a non-chief worker trains in lockstep into a private directory
@@ -68,10 +71,13 @@ def train(
     with runs.writer(job.run.path, "kerakit train"):
         finished = _check_previous(job.run, job.requested, overwrite, log)
         if finished is not None:
+            if tracking.wanted(track, job.config):  # what a server that was down missed
+                tracking.track_run(finished.path, log)
             return finished
         runs.write_json(job.run.config_path, job.requested)
         runs.copy_file(job.recipe.path, job.run.recipe_path)
-        return _train(job, data_dir, verbose, log)
+        with tracking.training(job.run, job.recipe, job.config, track, log) as job.tracker:
+            return _train(job, data_dir, verbose, log)
 
 
 def _train(job: "_Job", data_dir: str | None, verbose, log) -> runs.Run:
@@ -161,6 +167,7 @@ def _fit(job: _Job, model, data, hp, verbose, log):
         keras.callbacks.TensorBoard(str(work.logs_dir)),
         keras.callbacks.CSVLogger(str(work.history_path), append=True),
         keras.callbacks.TerminateOnNaN(),
+        *(job.tracker.keras_callbacks() if job.tracker is not None else []),
         # Last: an epoch counts as done for resuming only once its history row
         # and best checkpoint are on disk (a kill in between repeats the epoch).
         Backup(work.backup_dir, keep=job.chief),
@@ -285,7 +292,7 @@ def _check_previous(run: runs.Run, requested: dict, overwrite: bool, log) -> run
 
 def _clear(run: runs.Run) -> None:
     for path in (run.manifest_path, run.model_path, run.metrics_path, run.history_path, run.config_path,
-                 run.data_profile):
+                 run.data_profile, run.tracking):  # a run trained over is a new MLflow run
         path.unlink(missing_ok=True)
     for path in (run.backup_dir, run.checkpoint_dir, run.logs_dir):
         shutil.rmtree(path, ignore_errors=True)

@@ -31,6 +31,7 @@ def test_run_paths_cover_the_whole_directory(tmp_path):
         "bench_dir": "bench", "bench_result": "bench/bench.json", "bench_chart": "bench/bench.png",
         "report_dir": "report", "data_profile": "data_profile.json", "request_log": "requests.jsonl",
         "build_state": "build.json", "search_dir": "search", "deployment": "deployment.json", "cv_dir": "cv",
+        "tracking": "mlflow.json",
     }
     assert {name: getattr(run, name) for name in expected} == {k: tmp_path / v for k, v in expected.items()}
     assert set(runs.layout(Run)) == set(expected)  # the table is the whole directory

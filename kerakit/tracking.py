@@ -1,0 +1,410 @@
+"""Experiment tracking in MLflow: opt-in, and never in training's way.
+
+    kerakit train digits_cnn --track                   # or tracking = "mlflow" in the recipe's DEFAULTS
+    MLFLOW_TRACKING_URI=http://mlflow:5000 kerakit build digits_cnn --track --register digits
+
+The store is $MLFLOW_TRACKING_URI when it is set, else MLflow's own local default (since MLflow 3.7 a SQLite
+database, ./mlflow.db, with artifacts in ./mlruns; an ./mlruns file store that already holds experiments is
+kept). The experiment is $MLFLOW_EXPERIMENT_NAME, else the recipe's name.
+
+A directory kerakit writes (a run, a search, a cross-validation) records its MLflow run ids in mlflow.json
+(`runs.TRACKING_FILE`), one per role ("train", "build", ...), so a training killed and resumed continues the
+same MLflow run instead of starting a second one. Per-epoch metrics go out while training, through MLflow's
+own Keras callback (asynchronously: a slow server does not hold an epoch up); the rest is sent from the
+files once the step has written them, and what was already logged is not logged twice, so `kerakit track
+RUN` (or the next resume) sends only what is missing.
+
+A server that is down or fails is one line, never a failed or stalled training: the server is asked once
+(`/health`, 3 s) before anything is logged, and after the first failure nothing more is tried.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import csv
+import hashlib
+import json
+import math
+import os
+import time
+from pathlib import Path
+from typing import Any, Callable, Iterator
+
+from kerakit import files, runs
+from kerakit.errors import KerakitError
+
+TRACKING_CHOICES = ("mlflow", "none")
+# MLflow's REST client retries 7 times with doubling back-off and waits 120 s per request by default: minutes
+# of a finished training spent waiting on a dead server. kerakit's defaults, unless the environment sets them.
+HTTP_DEFAULTS = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "2", "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1",
+                 "MLFLOW_HTTP_REQUEST_TIMEOUT": "30"}
+PROBE_TIMEOUT_S = 3.0
+# The epochs' metrics MLflow's callback queued are waited for this long at the end; past it (a server that died
+# mid-training) they are left to the rerun or `kerakit track RUN`, which send what the store lacks.
+FLUSH_WAIT_S = 10.0
+MAX_PARAM_CHARS = 6000  # MLflow's limit on a param's value
+BATCH = {"params": 100, "metrics": 1000, "tags": 100}  # MLflow's limits per log_batch call
+
+
+def wanted(track: bool | None, config: dict) -> bool:
+    """Whether to track: `track` when given (--track), else the recipe's `tracking` default.
+
+        wanted(None, {"tracking": "mlflow"}), wanted(False, {"tracking": "mlflow"}), wanted(None, {})
+        # -> (True, False, False)
+    """
+    value = config.get("tracking", "none")
+    if value not in TRACKING_CHOICES:
+        raise KerakitError(f"Invalid tracking={value!r}. Expected one of: {', '.join(TRACKING_CHOICES)}.")
+    return bool(track) if track is not None else value == "mlflow"
+
+
+def tracking_uri() -> str:
+    """$MLFLOW_TRACKING_URI, else MLflow's local default; a relative local store made absolute, so a resume
+    from another working directory finds the same one."""
+    import mlflow
+
+    uri = os.environ.get("MLFLOW_TRACKING_URI") or mlflow.get_tracking_uri()
+    if uri.startswith("sqlite:///") and not uri.startswith("sqlite:////"):
+        return "sqlite:///" + os.path.abspath(uri[len("sqlite:///"):])
+    if "://" not in uri and not uri.startswith(("databricks", "file:")):
+        return Path(uri).resolve().as_uri()
+    return uri
+
+
+class Tracker:
+    """One MLflow run kerakit logs to. Every call is safe: the first failure is one line naming what was not
+    logged and how to send it later, and after it nothing more is tried. A tracker that is off does nothing.
+
+        tracker = Tracker.start(run.path, "train", name="digits", experiment="digits_cnn", log=print)
+        tracker.params({"epochs": 3}); tracker.end("FINISHED")
+    """
+
+    def __init__(self, log: Callable[[str], None] = print, uri: str | None = None, run_id: str | None = None,
+                 resend: str = ""):
+        self.log, self.uri, self.run_id, self.resend = log, uri, run_id, resend
+        self.failed: str | None = None
+
+    @property
+    def on(self) -> bool:
+        return self.run_id is not None and self.failed is None
+
+    @classmethod
+    def start(cls, directory: "str | os.PathLike", role: str, *, name: str, experiment: str, log,
+              tags: dict | None = None, resend: str = "", parent: "Tracker | None" = None) -> "Tracker":
+        """Continue the MLflow run that directory/mlflow.json records for `role`, or create one (nested under
+        `parent`, else under the active MLflow run if any) and record it. An unreachable server: one line,
+        and a tracker that is off."""
+        uri = tracking_uri()
+        down = _unreachable(uri)
+        if down:
+            log(f"MLflow at {uri} is not reachable ({down}): nothing of {name} is logged there; "
+                f"{resend or 'rerun with --track'} sends it once it is up.")
+            return cls(log)
+        tracker = cls(log, uri, resend=resend)
+        tracker.run_id = tracker._call(f"the MLflow run of {name}", _open_run, uri, Path(directory), role, name,
+                                       experiment, tags or {}, parent.run_id if parent is not None and parent.on
+                                       else _active_run_id())
+        return tracker
+
+    def _call(self, what: str, fn, *args, **kwargs):
+        """fn(*args) if tracking is on; on failure, the one line, and off from now on."""
+        if self.uri is None or self.failed is not None:
+            return None
+        try:
+            return fn(*args, **kwargs)
+        except Exception as e:  # a tracking failure must never fail the step it tracks
+            self.failed = f"{type(e).__name__}: {str(e).strip().splitlines()[0][:200] if str(e).strip() else ''}"
+            self.log(f"MLflow at {self.uri}: {what} not logged, nor anything after it ({self.failed}); "
+                     f"{self.resend or 'rerun with --track'} sends what is missing.")
+            return None
+
+    def client(self):
+        from mlflow import MlflowClient
+
+        return MlflowClient(tracking_uri=self.uri)
+
+    # What a step logs.
+    def params(self, values: dict, what: str = "the parameters") -> None:
+        self._call(what, _log_params, self.client(), self.run_id, values) if self.on else None
+
+    def tags(self, values: dict, what: str = "the tags") -> None:
+        self._call(what, _log_batch, self.client(), self.run_id, "tags", values) if self.on else None
+
+    def metrics(self, values: dict, step: int = 0, what: str = "the metrics") -> None:
+        self._call(what, _log_batch, self.client(), self.run_id, "metrics", values, step) if self.on else None
+
+    def history(self, rows: list[dict], what: str = "the per-epoch metrics") -> None:
+        """Rows of history.csv (one per epoch): every value not yet logged at its epoch."""
+        self._call(what, _log_history, self.client(), self.run_id, rows) if self.on else None
+
+    def artifacts(self, paths: list, artifact_path: str | None = None, what: str = "the artifacts") -> None:
+        """Files and directories, each under `artifact_path` by its own name; missing ones are skipped."""
+        self._call(what, _log_artifacts, self.client(), self.run_id, paths, artifact_path) if self.on else None
+
+    def end(self, status: str = "FINISHED") -> None:
+        self._call("the run's end", lambda: self.client().set_terminated(self.run_id, status)) if self.on else None
+
+    @contextlib.contextmanager
+    def active(self) -> Iterator["Tracker"]:
+        """The run as MLflow's active run while the block runs (what MLflow's Keras callback logs to), ended
+        FINISHED, FAILED (an exception) or KILLED (Ctrl-C) when it leaves."""
+        import mlflow
+
+        with _environment("MLFLOW_TRACKING_URI", self.uri if self.on else None):
+            started = self._call("the active run", lambda: mlflow.start_run(
+                run_id=self.run_id, nested=mlflow.active_run() is not None)) if self.on else None
+            status = "FAILED"
+            try:
+                yield self
+                status = "FINISHED"
+            except KeyboardInterrupt:
+                status = "KILLED"
+                raise
+            finally:
+                if started is not None:
+                    _flush(self, FLUSH_WAIT_S)
+                    with contextlib.suppress(Exception):  # a failure was said already; end_run pops the run first
+                        mlflow.end_run(status)
+
+    def keras_callbacks(self) -> list:
+        """MLflow's own Keras callback, logging each epoch's metrics while the run is active."""
+        if not self.on:
+            return []
+        from mlflow.keras import MlflowCallback
+
+        class EpochMetrics(MlflowCallback):
+            # Its on_test_end logs validation figures at step 0 after every epoch's validation: the same
+            # figures the epoch's logs already hold as val_*, at the right step.
+            def on_test_end(self, logs=None):
+                pass
+
+        return [EpochMetrics()]
+
+
+@contextlib.contextmanager
+def _environment(key: str, value: str | None) -> Iterator[None]:
+    """os.environ[key] = value while the block runs (None: unchanged). MLflow's fluent API (what its Keras
+    callback calls) reads the store from $MLFLOW_TRACKING_URI; mlflow.set_tracking_uri would outlast the run
+    and hide MLflow's default from the next one."""
+    before = os.environ.get(key)
+    if value is not None:
+        os.environ[key] = value
+    try:
+        yield
+    finally:
+        if value is not None and before is None:
+            os.environ.pop(key, None)
+        elif value is not None:
+            os.environ[key] = before
+
+
+def _flush(tracker: Tracker, wait_s: float) -> None:
+    """MLflow's queue of asynchronously logged metrics, flushed for at most `wait_s` seconds."""
+    import threading
+
+    import mlflow
+
+    done = threading.Event()
+
+    def flush():
+        try:
+            mlflow.flush_async_logging()
+        except Exception as e:  # noqa: BLE001  (said below, as every tracking failure is)
+            tracker._call("the per-epoch metrics", _raise, e)
+        finally:
+            done.set()
+
+    threading.Thread(target=flush, daemon=True, name="kerakit-mlflow-flush").start()
+    if not done.wait(wait_s):
+        tracker._call("the per-epoch metrics", _raise, TimeoutError(f"still queued after {wait_s:g} s"))
+
+
+def _raise(error: Exception):
+    raise error
+
+
+def _unreachable(uri: str) -> str | None:
+    """Why an HTTP tracking server cannot be used now, or None (a local store is always tried)."""
+    if not uri.startswith(("http://", "https://")):
+        return None
+    import urllib.error
+    import urllib.request
+
+    for key, value in HTTP_DEFAULTS.items():
+        os.environ.setdefault(key, value)
+    try:
+        with urllib.request.urlopen(uri.rstrip("/") + "/health", timeout=PROBE_TIMEOUT_S) as answer:
+            return None if answer.status == 200 else f"/health answered {answer.status}"
+    except urllib.error.HTTPError as e:
+        return f"/health answered {e.code}"
+    except (OSError, ValueError) as e:
+        reason = getattr(e, "reason", e)
+        return str(reason) if not isinstance(reason, TimeoutError) else f"no answer in {PROBE_TIMEOUT_S:g} s"
+
+
+def _active_run_id() -> str | None:
+    import mlflow
+
+    active = mlflow.active_run()
+    return active.info.run_id if active is not None else None
+
+
+def _open_run(uri: str, directory: Path, role: str, name: str, experiment: str, tags: dict,
+              parent_id: str | None) -> str:
+    """The id of the run directory/mlflow.json records for `role` in this store, still there; else a new run's."""
+    import mlflow
+    from mlflow.exceptions import MlflowException
+
+    client = mlflow.MlflowClient(tracking_uri=uri)
+    record_path = directory / runs.TRACKING_FILE
+    record = files.read_json(record_path) if record_path.is_file() else {}
+    known = record.get("runs", {}).get(role) if record.get("tracking_uri") == uri else None
+    if known:
+        try:
+            if client.get_run(known).info.lifecycle_stage == "active":
+                return known
+        except MlflowException:
+            pass  # deleted from the store: a new run
+    experiment = os.environ.get("MLFLOW_EXPERIMENT_NAME") or experiment
+    found = client.get_experiment_by_name(experiment)
+    experiment_id = found.experiment_id if found is not None else client.create_experiment(experiment)
+    tags = {**tags, **({"mlflow.parentRunId": parent_id} if parent_id else {})}
+    run_id = client.create_run(experiment_id, run_name=name, tags={k: str(v) for k, v in tags.items()}).info.run_id
+    if record.get("tracking_uri") != uri:
+        record = {"tracking_uri": uri, "runs": {}}
+    record["runs"][role] = run_id
+    files.write_json(record_path, record)
+    return run_id
+
+
+def _text(value: Any) -> str:
+    text = value if isinstance(value, str) else json.dumps(value, sort_keys=True, default=str)
+    return text[:MAX_PARAM_CHARS]
+
+
+def _log_params(client, run_id: str, values: dict) -> None:
+    """Params not logged yet (MLflow refuses a second, different value; an equal one is no news)."""
+    from mlflow.entities import Param
+
+    logged = client.get_run(run_id).data.params
+    new = [Param(k, _text(v)) for k, v in values.items() if k not in logged]
+    for i in range(0, len(new), BATCH["params"]):
+        client.log_batch(run_id, params=new[i:i + BATCH["params"]])
+
+
+def _log_batch(client, run_id: str, kind: str, values: dict, step: int = 0) -> None:
+    from mlflow.entities import Metric, RunTag
+
+    now = int(time.time() * 1000)
+    if kind == "tags":
+        entries = [RunTag(k, _text(v)) for k, v in values.items()]
+    else:
+        entries = [Metric(k, float(v), now, step) for k, v in values.items() if _number(v)]
+    for i in range(0, len(entries), BATCH[kind]):
+        client.log_batch(run_id, **{kind: entries[i:i + BATCH[kind]]})
+
+
+def _number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def _log_history(client, run_id: str, rows: list[dict]) -> None:
+    """Each epoch's values (history.csv: `epoch` 0-based, as Keras and the callback count) not logged yet."""
+    from mlflow.entities import Metric
+
+    now, missing = int(time.time() * 1000), []
+    keys = [k for k in dict.fromkeys(k for row in rows for k in row) if k != "epoch"]
+    for key in keys:
+        logged = {m.step for m in client.get_metric_history(run_id, key)}
+        for row in rows:
+            value = _float(row.get(key))
+            if value is not None and int(row["epoch"]) not in logged:
+                missing.append(Metric(key, value, now, int(row["epoch"])))
+    for i in range(0, len(missing), BATCH["metrics"]):
+        client.log_batch(run_id, metrics=missing[i:i + BATCH["metrics"]])
+
+
+def _float(text: Any) -> float | None:
+    try:
+        value = float(text)
+    except (TypeError, ValueError):
+        return None
+    return value if math.isfinite(value) else None
+
+
+def _log_artifacts(client, run_id: str, paths: list, artifact_path: str | None) -> None:
+    for path in map(Path, paths):
+        if path.is_dir():
+            client.log_artifacts(run_id, str(path), f"{artifact_path}/{path.name}" if artifact_path else path.name)
+        elif path.is_file():
+            client.log_artifact(run_id, str(path), artifact_path)
+
+
+# --------------------------------------------------------------------------- train
+
+@contextlib.contextmanager
+def training(run: runs.Run, recipe, config: dict, track: bool | None, log) -> Iterator[Tracker]:
+    """Track the training of `run` while the block trains it: the MLflow run is active (the Keras callback logs
+    each epoch), then, once the block has written the run, everything else is sent and the run ends."""
+    if not wanted(track, config):
+        yield Tracker(log)
+        return
+    tracker = Tracker.start(run.path, "train", name=run.path.name, experiment=recipe.name, log=log,
+                            resend=f"`kerakit track {run.path}`",
+                            tags={"kerakit.recipe": recipe.name, "kerakit.run_dir": str(run.path.resolve())})
+    tracker.params(config)
+    with tracker.active():
+        yield tracker
+        send_training(tracker, run)  # only once the block has written the run
+
+
+def send_training(tracker: Tracker, run: runs.Run) -> None:
+    """What a finished run holds: its config and hyperparameters as params, each epoch's metrics, the test
+    metrics, the tags (recipe, data version, code version, kerakit version) and its files as artifacts."""
+    config, manifest = run.config, run.manifest
+    tracker.params({**config["config"], **config.get("hparams", {})})
+    tracker.tags(run_tags(config, manifest))
+    tracker.history(_read_rows(run.history_path))
+    tracker.metrics(split_metrics(run.metrics))
+    tracker.artifacts([run.config_path, run.manifest_path, run.metrics_path, run.history_path, run.recipe_path,
+                       run.data_profile, run.model_path])
+
+
+def track_run(path: "str | os.PathLike", log=print) -> str | None:
+    """`kerakit track RUN`: send a finished run to MLflow, continuing the MLflow run it records (what a
+    server that was down missed); returns the MLflow run id, or None where nothing could be sent."""
+    run = runs.Run.open(path)
+    tracker = Tracker.start(run.path, "train", name=run.path.name, experiment=run.config["recipe"], log=log,
+                            resend=f"`kerakit track {run.path}`",
+                            tags={"kerakit.recipe": run.config["recipe"],
+                                  "kerakit.run_dir": str(run.path.resolve())})
+    send_training(tracker, run)
+    tracker.end("FINISHED")
+    return tracker.run_id if tracker.on else None
+
+
+def run_tags(config: dict, manifest: dict) -> dict:
+    """Recipe, data version (dataset name and version, and one SHA-256 over its splits' contents), code
+    version (MLflow's own git-commit tag) and kerakit's version."""
+    data, code = manifest.get("data") or {}, manifest.get("code") or {}
+    tags = {"kerakit.recipe": config.get("recipe"), "kerakit.version": manifest.get("versions", {}).get("kerakit"),
+            "kerakit.data.dataset": data.get("dataset"), "kerakit.data.version": data.get("version"),
+            "kerakit.data.sha256": (hashlib.sha256(json.dumps(data["sha256"], sort_keys=True).encode()).hexdigest()
+                                    if data.get("sha256") else None),
+            "mlflow.source.git.commit": code.get("git_commit"), "kerakit.code.git_dirty": code.get("git_dirty"),
+            "kerakit.task": manifest.get("recipe", {}).get("task")}
+    return {k: v for k, v in tags.items() if v is not None}
+
+
+def split_metrics(metrics: dict) -> dict:
+    """The test split's figures as test_<name> (a fold's held-out figures as held_out_<name>)."""
+    found = {f"test_{k}": v for k, v in metrics.items() if _number(v)}
+    found.update({f"held_out_{k}": v for k, v in (metrics.get("held_out") or {}).items() if _number(v)})
+    return found
+
+
+def _read_rows(path: Path) -> list[dict]:
+    if not path.is_file():
+        return []
+    with open(path, newline="") as f:
+        return list(csv.DictReader(f))

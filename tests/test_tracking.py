@@ -1,0 +1,187 @@
+"""`--track`: runs, nested runs, per-epoch metrics, artifacts and registered versions in a real MLflow.
+
+A real `mlflow server` (SQLite backend store, its own artifact store) on 127.0.0.1, started once for the
+module; everything is read back through `MlflowClient`, as a team's dashboard would. Needs the `track` extra.
+"""
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import requests
+
+pytest.importorskip("mlflow", reason="the 'track' extra (pip install -e '.[track]'; make test installs it)")
+
+import kerakit  # noqa: E402
+from kerakit import runs, tracking  # noqa: E402
+from conftest import KERAKIT, run_cli  # noqa: E402
+
+MLFLOW = str(Path(sys.executable).parent / "mlflow")
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def mlflow_server(tmp_path_factory):
+    """`mlflow server` with a throwaway SQLite store; its URI."""
+    root = tmp_path_factory.mktemp("mlflow-server")
+    port = _free_port()
+    log = open(root / "server.log", "w")
+    proc = subprocess.Popen([MLFLOW, "server", "--backend-store-uri", f"sqlite:///{root}/mlflow.db",
+                             "--artifacts-destination", str(root / "artifacts"), "--host", "127.0.0.1",
+                             "--port", str(port), "--workers", "1"],
+                            stdout=log, stderr=subprocess.STDOUT, start_new_session=True, cwd=root)
+    uri = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        try:
+            if requests.get(f"{uri}/health", timeout=2).status_code == 200:
+                break
+        except requests.RequestException:  # not listening yet, or busy starting
+            pass
+        assert proc.poll() is None, (root / "server.log").read_text()[-3000:]
+        time.sleep(0.5)
+    else:
+        raise AssertionError("mlflow server did not answer /health in 120 s")
+    yield uri
+    os.killpg(proc.pid, signal.SIGTERM)  # the server and its uvicorn worker, which this fixture started
+    try:
+        proc.wait(5)
+    except subprocess.TimeoutExpired:  # uvicorn's graceful shutdown takes 20 s; its store is thrown away
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait(30)
+    log.close()
+
+
+@pytest.fixture
+def tracked(mlflow_server, monkeypatch):
+    """MLFLOW_TRACKING_URI set to the test server; its client."""
+    from mlflow import MlflowClient
+
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", mlflow_server)
+    return MlflowClient(tracking_uri=mlflow_server)
+
+
+def _record(path: Path) -> dict:
+    return json.loads((path / "mlflow.json").read_text())
+
+
+def _steps(client, run_id: str, key: str) -> list[int]:
+    return sorted(m.step for m in client.get_metric_history(run_id, key))
+
+
+def _artifacts(client, run_id: str, path: str | None = None) -> set[str]:
+    return {Path(f.path).name for f in client.list_artifacts(run_id, path)}
+
+
+def test_a_tracked_training_is_one_mlflow_run_with_its_config_epochs_tags_and_files(tracked, tmp_path):
+    run = kerakit.train("digits_cnn", tmp_path / "run", epochs=2, patience=100, verbose=0, track=True)
+    run_id = _record(run.path)["runs"]["train"]
+    logged = tracked.get_run(run_id)
+    assert logged.info.status == "FINISHED" and logged.info.run_name == "run"
+    assert tracked.get_experiment(logged.info.experiment_id).name == "digits_cnn"
+    params = logged.data.params
+    assert (params["epochs"], params["batch_size"], params["learning_rate"], params["filters"]) == (
+        "2", "64", "0.003", "32")  # the resolved config and the hyperparameters the model was built with
+    for key in ("loss", "accuracy", "val_loss", "val_accuracy"):
+        assert _steps(tracked, run_id, key) == [0, 1], key  # one value per epoch, each at its epoch
+    history = [float(row.split(",")[1]) for row in run.history_path.read_text().splitlines()[1:]]
+    assert [m.value for m in sorted(tracked.get_metric_history(run_id, "accuracy"), key=lambda m: m.step)] == \
+        pytest.approx(history)
+    assert logged.data.metrics["test_accuracy"] == pytest.approx(run.metrics["accuracy"])
+    manifest, tags = run.manifest, logged.data.tags
+    assert tags["kerakit.recipe"] == "digits_cnn"
+    assert (tags["kerakit.data.dataset"], tags["kerakit.data.version"]) == ("kerakit_digits", "1.0.0")
+    assert len(tags["kerakit.data.sha256"]) == 64
+    assert tags["mlflow.source.git.commit"] == manifest["code"]["git_commit"]
+    assert tags["kerakit.version"] == manifest["versions"]["kerakit"]
+    assert {"config.json", "manifest.json", "metrics.json", "history.csv", "recipe.py", "model.keras"} <= \
+        _artifacts(tracked, run_id)
+
+    # The same finished run, tracked again: the same MLflow run, nothing logged twice.
+    again = kerakit.train("digits_cnn", run.path, epochs=2, patience=100, verbose=0, track=True)
+    assert _record(again.path)["runs"]["train"] == run_id
+    assert _steps(tracked, run_id, "loss") == [0, 1]
+
+
+def test_a_server_that_is_down_costs_training_one_line_and_track_sends_it_later(mlflow_server, monkeypatch,
+                                                                                tmp_path):
+    from mlflow import MlflowClient
+
+    down = f"http://127.0.0.1:{_free_port()}"  # nothing listens there
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", down)
+    lines = []
+    start = time.monotonic()
+    run = kerakit.train("digits_cnn", tmp_path / "run", epochs=1, verbose=0, track=True, log=lines.append)
+    seconds = time.monotonic() - start
+    said = [line for line in lines if "MLflow" in line]
+    assert len(said) == 1 and f"MLflow at {down} is not reachable" in said[0], lines
+    assert f"kerakit track {run.path}" in said[0]
+    assert run.is_finished and not (run.path / "mlflow.json").exists()
+    assert seconds < 120, seconds  # not MLflow's minutes of retries
+
+    # Once the server is up, `kerakit track RUN` sends what was missed.
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", mlflow_server)
+    run_id = tracking.track_run(run.path, log=lines.append)
+    logged = MlflowClient(tracking_uri=mlflow_server).get_run(run_id)
+    assert logged.data.params["epochs"] == "1" and "test_accuracy" in logged.data.metrics
+    assert _steps(MlflowClient(tracking_uri=mlflow_server), run_id, "loss") == [0]
+    assert _record(run.path)["runs"]["train"] == run_id
+
+
+def test_without_a_tracking_uri_the_run_goes_to_mlflows_local_default_store(monkeypatch, tmp_path):
+    from mlflow import MlflowClient
+
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    monkeypatch.chdir(tmp_path)
+    run = kerakit.train("digits_cnn", tmp_path / "run", epochs=1, verbose=0, track=True)
+    record = _record(run.path)
+    assert record["tracking_uri"] == f"sqlite:///{tmp_path / 'mlflow.db'}"  # MLflow 3.7+'s default, in the cwd
+    logged = MlflowClient(tracking_uri=record["tracking_uri"]).get_run(record["runs"]["train"])
+    assert logged.info.status == "FINISHED" and "test_accuracy" in logged.data.metrics
+    assert "model.keras" in _artifacts(MlflowClient(tracking_uri=record["tracking_uri"]), logged.info.run_id)
+
+
+def test_a_recipe_default_turns_tracking_on_and_a_bad_value_is_one_line():
+    assert tracking.wanted(None, {"tracking": "mlflow"}) and not tracking.wanted(None, {})
+    assert not tracking.wanted(False, {"tracking": "mlflow"}) and tracking.wanted(True, {"tracking": "none"})
+    with pytest.raises(kerakit.KerakitError, match=r"Invalid tracking='wandb'. Expected one of: mlflow, none"):
+        tracking.wanted(None, {"tracking": "wandb"})
+
+
+@pytest.mark.slow
+def test_a_killed_training_resumes_the_same_mlflow_run(tracked, mlflow_server, tmp_path):
+    out = tmp_path / "run"
+    args = ["train", "digits_cnn", "epochs=4", "patience=100", "--out", out, "--track"]
+    env = {**os.environ, "MLFLOW_TRACKING_URI": mlflow_server, "PYTHONUNBUFFERED": "1"}
+    proc = subprocess.Popen([*KERAKIT, *map(str, args)], stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                            text=True, env=env)
+    deadline = time.monotonic() + 300
+    while not ((out / "backup" / "training_metadata.json").exists() and (out / "mlflow.json").exists()):
+        assert proc.poll() is None, proc.stdout.read()[-3000:]
+        assert time.monotonic() < deadline, "no epoch finished in 300 s"
+        time.sleep(0.005)
+    proc.send_signal(signal.SIGKILL)  # the training this test started, after its first epoch
+    proc.wait(30)
+    run_id = _record(out)["runs"]["train"]
+    assert tracked.get_run(run_id).info.status == "RUNNING"  # killed: nobody ended it
+
+    r = run_cli(*args, env={"MLFLOW_TRACKING_URI": mlflow_server}, timeout=600)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert "Resuming digits_cnn from epoch" in r.stdout
+    assert _record(out)["runs"]["train"] == run_id
+    assert tracked.get_run(run_id).info.status == "FINISHED"
+    assert _steps(tracked, run_id, "loss") == [0, 1, 2, 3]  # each epoch once: none lost, none twice
+    same_dir = tracked.search_runs([tracked.get_run(run_id).info.experiment_id],
+                                   f"tags.`kerakit.run_dir` = '{out.resolve()}'")
+    assert [r.info.run_id for r in same_dir] == [run_id]
