@@ -56,6 +56,7 @@ class BestCheckpoint(keras.callbacks.Callback):
 
 
 FIT_DONE = "fit_done.json"  # in the backup directory: fit returned, the run is not recorded yet
+FINE_TUNE = "fine_tune.json"  # in the backup directory: the second phase started, {"from_epoch": N}
 WEIGHTS = "latest.weights.h5"
 METADATA = "training_metadata.json"
 PREVIOUS = ".bkp"  # Keras's suffix for the previous epoch's pair (double_checkpoint)
@@ -71,12 +72,13 @@ class Backup(keras.callbacks.BackupAndRestore):
     moment one complete pair exists (`restore_point` picks it). With
     `keep=True` the backup stays after `fit`, marked done, so a process killed
     before the run is recorded does not train again; `kerakit train` removes
-    it once the manifest is written.
+    it once the manifest is written. `last=False`: a first phase, whose end
+    marks nothing done.
     """
 
-    def __init__(self, backup_dir, keep: bool = False):
+    def __init__(self, backup_dir, keep: bool = False, last: bool = True):
         super().__init__(str(backup_dir), double_checkpoint=True, delete_checkpoint=not keep)
-        self.directory, self.keep = Path(backup_dir), keep
+        self.directory, self.keep, self.last = Path(backup_dir), keep, last
 
     def _save_model(self):
         import json
@@ -93,7 +95,17 @@ class Backup(keras.callbacks.BackupAndRestore):
         os.replace(new_weights, weights)
         os.replace(new_metadata, metadata)
 
+    def save_now(self, model, epoch: int) -> None:
+        """Back up `model` as it is now, as the state after `epoch` epochs (a phase switch: its new optimizer)."""
+        if model.optimizer is not None and not model.optimizer.built:
+            model.optimizer.build(model.trainable_variables)
+        self.set_model(model)
+        self._current_epoch, self._last_batch_seen = epoch, 0
+        self._save_model()
+
     def on_train_end(self, logs=None):
+        if not self.last:
+            return
         if self.keep:
             files.write_json(self.directory / FIT_DONE, {"epoch": getattr(self, "_current_epoch", None)})
         else:

@@ -27,6 +27,12 @@ SLICES = {"name": fn(features, labels) -> bool mask} (subsets of the test
 split whose metric is checked against the overall one, SLICE_MARGIN apart)
 and FEATURE_NAMES (of a tabular input, for attributions).
 
+Training in two phases (transfer learning: a head on a frozen backbone, then fine-tuning): a recipe defines
+`fine_tune(model, hp, data)`, which unfreezes what the second phase trains and recompiles the model, and the
+config key `fine_tune_epochs` (in DEFAULTS). `epochs` are the first phase; the second runs after it (after
+early stopping too) and resumes like any training: a run interrupted in it calls `fine_tune` again before
+restoring its weights, so `fine_tune` must depend on (model, hp, data) alone.
+
 A model with several outputs, each with its own labels (a multi-output table:
 `kerakit new --label species,body_mass_g`), declares them in Keras order:
 OUTPUTS = {"species": "classification", "body_mass_g": "regression"}. Its
@@ -146,6 +152,7 @@ class Recipe:
     series: "Series | None" = None  # forecasting: window, horizon, season, time key
     source: dict | None = None  # SOURCE: how a DATASET path becomes a dataset (label, sep, split, ...)
     outputs: dict[str, str] | None = None  # OUTPUTS: {output name: task} of a multi-output model, in Keras order
+    fine_tune: Callable | None = None  # fine_tune(model, hp, data): the second training phase (fine_tune_epochs)
     module: ModuleType | None = None
 
     def dataset_path(self) -> Path | None:
@@ -467,6 +474,7 @@ def _from_module(module: ModuleType, path: Path) -> Recipe:
         series=_series(module, path, inputs) if task == "forecasting" else None,
         source=source if source is not None else ({} if from_files else None),
         outputs=outputs,
+        fine_tune=getattr(module, "fine_tune", None),
         module=module,
     )
 

@@ -144,14 +144,18 @@ def _build_model(job: _Job, data, dist):
 
 
 def _fit(job: _Job, model, data, hp, verbose, log):
-    """model.fit with kerakit's callbacks, resuming from the backup; returns (BestCheckpoint, resumed epoch)."""
-    import keras
-
-    from kerakit.callbacks import FIT_DONE, WEIGHTS, BestCheckpoint, Backup, restore_point
+    """model.fit with kerakit's callbacks, resuming from the backup; returns (BestCheckpoint, resumed epoch).
+    A recipe with `fine_tune` trains in two phases: `epochs`, then `fine_tune_epochs` after `fine_tune`."""
+    from kerakit.callbacks import FINE_TUNE, FIT_DONE, WEIGHTS, Backup, BestCheckpoint, restore_point
 
     recipe, work = job.recipe, job.work
     resumed_from = restore_point(work.backup_dir, log)
     best = BestCheckpoint(work.checkpoint_dir, recipe.monitor, recipe.metric_direction)
+    second = job.config.get("fine_tune_epochs", 0) if recipe.fine_tune is not None else 0
+    marker = work.backup_dir / FINE_TUNE
+    switched = runs.read_json(marker)["from_epoch"] if second and resumed_from and marker.exists() else None
+    if switched is not None:  # the backup is of the second phase: its trainable variables, its optimizer
+        _start_fine_tuning(model, hp, data, recipe)
     if (work.backup_dir / FIT_DONE).exists() and resumed_from:
         # Killed after fit returned but before the run was recorded: the last epoch's weights are the model.
         log(f"{recipe.name} had finished training ({resumed_from} epochs) before it was interrupted; recording it.")
@@ -161,6 +165,36 @@ def _fit(job: _Job, model, data, hp, verbose, log):
         return best, resumed_from
     if resumed_from:
         log(f"Resuming {recipe.name} from epoch {resumed_from} (backup in {work.backup_dir}).")
+    if switched is None:
+        history = _fit_phase(job, model, data, best, 0, job.config["epochs"], last=not second, verbose=verbose)
+        _check_finite_loss(job, history.history.get("loss", []), hp, resumed_from)
+        if not second:
+            return best, resumed_from
+        switched = history.epoch[-1] + 1 if history.epoch else resumed_from
+        log(f"Fine-tuning {recipe.name} from epoch {switched} for {second} epoch(s) (recipe's fine_tune).")
+        _start_fine_tuning(model, hp, data, recipe)
+        # The backup becomes the second phase's (its variables, its fresh optimizer) before the marker says so:
+        # a kill in between repeats the switch from the first phase's last epoch.
+        Backup(work.backup_dir, keep=job.chief).save_now(model, switched)
+        runs.write_json(marker, {"from_epoch": switched})
+    history = _fit_phase(job, model, data, best, switched, switched + second, last=True, verbose=verbose)
+    _check_finite_loss(job, history.history.get("loss", []), hp, resumed_from)
+    return best, resumed_from
+
+
+def _start_fine_tuning(model, hp, data, recipe: Recipe) -> None:
+    """The recipe's `fine_tune` (unfreeze, recompile), in the model's distribution strategy."""
+    with model.distribute_strategy.scope():
+        recipe.fine_tune(model, hp, data)
+
+
+def _fit_phase(job: _Job, model, data, best, initial_epoch: int, epochs: int, last: bool, verbose):
+    """One model.fit from `initial_epoch` (the backup's epoch wins, resuming) to `epochs`."""
+    import keras
+
+    from kerakit.callbacks import Backup
+
+    recipe, work = job.recipe, job.work
     callbacks = [
         best,
         keras.callbacks.EarlyStopping(recipe.monitor, mode=recipe.metric_direction, patience=job.config["patience"]),
@@ -170,14 +204,12 @@ def _fit(job: _Job, model, data, hp, verbose, log):
         *(job.tracker.keras_callbacks() if job.tracker is not None else []),
         # Last: an epoch counts as done for resuming only once its history row
         # and best checkpoint are on disk (a kill in between repeats the epoch).
-        Backup(work.backup_dir, keep=job.chief),
+        Backup(work.backup_dir, keep=job.chief, last=last),
     ]
     if verbose == "auto":
         verbose = 1 if sys.stdout.isatty() else 2
-    history = model.fit(data.train, validation_data=data.val, epochs=job.config["epochs"],
-                        callbacks=callbacks, verbose=verbose, shuffle=False)
-    _check_finite_loss(job, history.history.get("loss", []), hp, resumed_from)
-    return best, resumed_from
+    return model.fit(data.train, validation_data=data.val, initial_epoch=initial_epoch, epochs=epochs,
+                     callbacks=callbacks, verbose=verbose, shuffle=False)
 
 
 def _check_finite_loss(job: _Job, losses: list, hp, resumed_from: int) -> None:
@@ -239,7 +271,7 @@ def _finish_run(job: _Job, data, dist, hp, best, resumed_from: int, data_dir: st
         "code": code_version(recipe.path),
         "training": {"epochs_run": len(_read_history(run.history_path)),
                      "best_epoch": best.best_epoch, "best_" + recipe.monitor: best.best,
-                     "resumed_from_epoch": resumed_from},
+                     "resumed_from_epoch": resumed_from, "fine_tune_from_epoch": _fine_tune_start(run)},
         "started": _dt.datetime.fromtimestamp(job.started).isoformat(timespec="seconds"),
         "wall_seconds": round(time.time() - job.started, 2),
         "artifacts": {path.name: runs.sha256(path) for path in artifacts},
@@ -248,6 +280,14 @@ def _finish_run(job: _Job, data, dist, hp, best, resumed_from: int, data_dir: st
     # Only now: until the manifest is on disk, a rerun resumes from these instead of training again.
     shutil.rmtree(run.checkpoint_dir, ignore_errors=True)
     shutil.rmtree(run.backup_dir, ignore_errors=True)
+
+
+def _fine_tune_start(run: runs.Run) -> int | None:
+    """The epoch the second phase (the recipe's `fine_tune`) started from; None where it had one phase."""
+    from kerakit.callbacks import FINE_TUNE
+
+    marker = run.backup_dir / FINE_TUNE
+    return runs.read_json(marker)["from_epoch"] if marker.exists() else None
 
 
 def _load_hparams(hparams) -> dict:

@@ -7,8 +7,9 @@ the raw columns (numbers with a missing flag, categories one-hot over the
 training split's values, free text as hashed words into a bag of
 embeddings), and with several label columns one named output each (OUTPUTS:
 a class head per category label, a regression head in the label's units per
-number label, each with its own loss); an image folder a small CNN on raw 0-255 pixels
-(resized with padding in `preprocess`, scaled inside the model); a folder of
+number label, each with its own loss); an image folder a transfer-learning model on
+raw uint8 pixels (a Keras Applications backbone, two phases: `kerakit.images`; fitted to size with padding in
+`preprocess`, scaled inside the model); a folder of
 text files a bag of embeddings over hashed words (tokens hashed in
 `preprocess`, as recipes/imdb_text.py does: a TextVectorization layer's string
 ops would keep TFLite and ONNX from taking the model). Columns the
@@ -91,7 +92,7 @@ def _table_recipe(name: str, dataset: str, report: dict, frame) -> str:
         raise KerakitError(f"No usable feature columns in {report['read_as']}: every column is a label or "
                            f"left out ({', '.join(f'{c}: {w}' for c, w in dropped.items())}).")
     head = TABLE_HEAD.format(name=name, read_as=report["read_as"], task=report["task"], dataset=dataset,
-                             numbers=_literal(numbers), flags=_literal(flags), categories=_dict_literal(categories),
+                             numbers=_literal(numbers), flags=_literal(flags), categories=_literal(list(categories)),
                              dropped=_dict_literal(dropped), width=width, rule=report["split_rule"],
                              text=_literal(text), **_label_parts(report, label_keys(list(tasks), names)))
     dropout = 0.2 if report["task"] == "classification" else 0.1
@@ -121,7 +122,8 @@ def _label_parts(report: dict, keys: dict[str, str]) -> dict[str, str]:
 def _image_recipe(name: str, dataset: str, report: dict) -> str:
     sizes = report.get("images", {})
     median = min(sizes.get("width", {}).get("median", 64), sizes.get("height", {}).get("median", 64))
-    size = int(min(128, max(32, 2 ** round(np.log2(max(median, 1))))))
+    # A power of two near the median photo, from 32 (the smallest a backbone takes) to 224 (ImageNet's size).
+    size = int(min(224, max(32, 2 ** round(np.log2(max(median, 1))))))
     return IMAGE_RECIPE.format(name=name, read_as=report["read_as"], dataset=dataset, size=size,
                                classes=len(report["classes"]), rule=report["split_rule"])
 
@@ -136,9 +138,10 @@ def _dict_literal(mapping: dict) -> str:
     return "{\n" + "".join(f"    {k!r}: {v!r},\n" for k, v in mapping.items()) + "}"
 
 
-TABLE_HEAD = '''"""{name}: an MLP on {read_as}. Written by `kerakit new`; yours to edit."""
+TABLE_HEAD = '''"""{name}: an MLP on {read_as}, raw columns in. Written by `kerakit new`; yours to edit."""
 
 import keras
+import numpy as np
 import tensorflow as tf
 
 from kerakit.recipe import Input
@@ -149,31 +152,29 @@ DATASET = "{dataset}"  # prepared once as a TFDS dataset, versioned by the file'
 SOURCE = {source}  # {rule}
 {outputs}DEFAULTS = dict(epochs=80, batch_size=32, patience=12)
 
-# The feature vector `preprocess` builds from a raw row, in this order: the numbers (a missing one as 0), a 1/0
-# flag per number that has gaps in training, and each category one-hot over its training-split values
-# (lowercased; a value training never saw is all zeros).
+# The model takes the table's columns raw, one named input each, and preprocesses them itself (layers adapted on
+# the training split), so every artifact takes a row as the table has it and nothing is written twice.
+# Numbers: float32, NaN where missing; scaled by the training mean and spread; a missing one becomes the mean,
+# with a 1/0 flag for the columns that have gaps in training.
 NUMBERS = {numbers}
 MISSING_FLAGS = {flags}
+# Categories: text as the table has it (stripped of spaces); one-hot over the MAX_TOKENS most frequent training
+# values, and one out-of-vocabulary slot that a missing value ("") and a value training never saw share.
 CATEGORIES = {categories}
-# Free-text columns: their words, hashed into token ids, are a second input (a bag of embeddings).
+MAX_TOKENS = 50
+# Free-text columns: their words, hashed into token ids in `preprocess`, are one more input (a bag of embeddings).
 TEXT = {text}
 SEQUENCE_LENGTH, HASH_BUCKETS = 64, 10_000  # words per row (cut or padded with id 0); hash buckets
 # Columns the data report says would hurt the model, and why.
 DROPPED = {dropped}
-FEATURE_NAMES = [*NUMBERS, *(f"{{n}} missing" for n in MISSING_FLAGS),
-                 *(f"{{n}}={{v}}" for n, values in CATEGORIES.items() for v in values)]
-INPUTS = [Input("features", shape=({width},), dtype="float32")]
+INPUTS = [*(Input(name, shape=(1,), dtype="float32") for name in NUMBERS),
+          *(Input(name, shape=(1,), dtype="string") for name in CATEGORIES)]
 if TEXT:
     INPUTS.append(Input("tokens", shape=(SEQUENCE_LENGTH,), dtype="int32"))
 
 
 def preprocess(example, config):
-    parts = [tf.where(tf.math.is_nan(example[name]), 0.0, example[name]) for name in NUMBERS]
-    parts += [tf.cast(tf.math.is_nan(example[name]), tf.float32) for name in MISSING_FLAGS]
-    for name, values in CATEGORIES.items():
-        value = tf.strings.lower(tf.strings.strip(example[name]), encoding="utf-8")
-        parts += [tf.cast(tf.equal(value, v), tf.float32) for v in values]
-    features = {{"features": tf.stack(parts) if parts else tf.zeros((0,))}}
+    features = {{name: tf.reshape(example[name], [1]) for name in [*NUMBERS, *CATEGORIES]}}
     if TEXT:
         text = tf.strings.reduce_join([example[name] for name in TEXT], separator=" ")
         text = tf.strings.lower(text, encoding="utf-8")
@@ -195,24 +196,44 @@ OUTPUTS = {{
 TABLE_MODEL = '''
 def build_model(hp, data):
     units = hp.Int("units", 16, 256, step=16, default=64)
+    depth = hp.Int("layers", 1, 3, default=2)
     dropout = hp.Float("dropout", 0.0, 0.5, step=0.1, default={dropout})
     learning_rate = hp.Float("learning_rate", 1e-4, 1e-2, sampling="log", default=3e-3)
 
-    normalize = keras.layers.Normalization(name="normalize")  # adapted on the training split: inside the model
-    normalize.adapt(data.features("train", "features"))
     inputs = {{spec.name: spec.keras() for spec in INPUTS}}
-    x = normalize(inputs["features"])
+    parts = encode(inputs, data.arrays("train")[0])
     if TEXT:
         words = keras.layers.Embedding(HASH_BUCKETS, hp.Int("embedding_dim", 8, 64, step=8, default=16))
-        x = keras.layers.Concatenate()([x, keras.layers.GlobalAveragePooling1D()(words(inputs["tokens"]))])
-    x = keras.layers.Dense(units, activation="relu")(x)
-    x = keras.layers.Dropout(dropout)(x)
-    x = keras.layers.Dense(units, activation="relu")(x)
+        parts.append(keras.layers.GlobalAveragePooling1D()(words(inputs["tokens"])))
+    x = keras.layers.Concatenate(name="encoded")(parts) if len(parts) > 1 else parts[0]
+    for _ in range(depth):
+        x = keras.layers.Dense(units, activation="relu")(x)
+        x = keras.layers.Dropout(dropout)(x)
 {head}
-    model = keras.Model(inputs if TEXT else inputs["features"], outputs, name="{name}")
+    model = keras.Model(inputs, outputs, name="{name}")
     model.compile(optimizer=keras.optimizers.Adam(learning_rate),
                   {loss})
     return model
+
+
+def encode(inputs, train):
+    """Each column's preprocessing layers, adapted on `train` (the training split's raw columns)."""
+    parts = []
+    for name in NUMBERS:
+        seen = train[name][~np.isnan(train[name])]
+        scale = keras.layers.Normalization(mean=float(seen.mean()) if seen.size else 0.0,
+                                           variance=float(seen.var()) if seen.size else 1.0, name=f"{{name}}_scaled")
+        missing = keras.ops.not_equal(inputs[name], inputs[name])  # NaN is the one value not equal to itself
+        parts.append(keras.ops.where(missing, 0.0, scale(inputs[name])))  # missing: the training mean, scaled
+        if name in MISSING_FLAGS:
+            parts.append(keras.ops.cast(missing, "float32"))
+    for name in CATEGORIES:
+        values, counts = np.unique(train[name][train[name] != b""], return_counts=True)
+        vocabulary = [v.decode("utf-8") for v in values[np.argsort(-counts, kind="stable")][:MAX_TOKENS]]
+        lookup = keras.layers.StringLookup(vocabulary=vocabulary or ["(none)"], output_mode="one_hot",
+                                           name=f"{{name}}_lookup")  # index 0: missing or unseen
+        parts.append(lookup(inputs[name]))
+    return parts
 '''
 CLASSIFIER_HEAD = dict(head='''\
     outputs = keras.layers.Dense(len(data.class_names), activation="softmax", name="probabilities")(x)''',
@@ -246,45 +267,72 @@ def head(name, task, data, x):
     return keras.layers.Rescaling(scale, offset=float(target.mean()), name=name)(x), 1.0 / scale**2
 '''
 
-IMAGE_RECIPE = '''"""{name}: a small CNN on {read_as}. Written by `kerakit new`; yours to edit."""
+IMAGE_RECIPE = '''"""{name}: transfer learning on {read_as}. Written by `kerakit new`; yours to edit.
+
+A Keras Applications backbone (`backbone=`, weights from `weights=`) with a new head, trained in two phases as
+the Keras transfer-learning guide does: `epochs` on the head with the backbone frozen, then `fine_tune_epochs`
+with the top of the backbone unfrozen at a lower learning rate, BatchNormalization kept in inference mode.
+"""
 
 import keras
 import tensorflow as tf
 
+from kerakit.images import BACKBONES, backbone, fit_image, unfreeze_top
 from kerakit.recipe import Input
 
-DESCRIPTION = "Small CNN on the image folder {dataset}, written by kerakit new."
+DESCRIPTION = "Transfer learning on the image folder {dataset}, written by kerakit new."
 TASK = "classification"
 DATASET = "{dataset}"  # prepared once as a TFDS dataset (RGB, each image at its own size), versioned by content
 SOURCE = dict(seed=0)  # {rule}
-DEFAULTS = dict(epochs=40, batch_size=32, patience=10)
-SIZE = {size}  # images are resized to SIZE x SIZE keeping their aspect ratio (padded with black)
-INPUTS = [Input("image", shape=(SIZE, SIZE, 3), dtype="float32")]  # raw pixel values 0-255
+# weights: imagenet (downloaded once, as Keras does), none (from scratch), or PATH (a weights file of the
+# backbone, or a kerakit run's model.keras: its 'backbone' layer).
+DEFAULTS = dict(epochs=15, fine_tune_epochs=15, batch_size=32, patience=6, weights="imagenet")
+SIZE = {size}  # photos are fitted to SIZE x SIZE keeping their aspect ratio, padded with black (nothing cropped)
+INPUTS = [Input("image", shape=(SIZE, SIZE, 3), dtype="uint8")]  # raw RGB pixels, as every artifact takes them
 
 
 def preprocess(example, config):
-    image = tf.image.resize_with_pad(tf.cast(example["image"], tf.float32), SIZE, SIZE)
-    return {{"image": image}}, example["label"]
+    return {{"image": fit_image(example["image"], SIZE)}}, example["label"]
 
 
 def build_model(hp, data):
-    filters = hp.Int("filters", 16, 64, step=16, default=32)
-    dropout = hp.Float("dropout", 0.0, 0.5, step=0.1, default=0.3)
-    learning_rate = hp.Float("learning_rate", 1e-4, 1e-2, sampling="log", default=2e-3)
+    name = hp.Choice("backbone", list(BACKBONES), default="mobilenet_v3_small")
+    dropout = hp.Float("dropout", 0.0, 0.5, step=0.1, default=0.2)
+    learning_rate = hp.Float("learning_rate", 1e-4, 1e-2, sampling="log", default=1e-3)
+    hp.Float("fine_tune_learning_rate", 1e-6, 1e-3, sampling="log", default=1e-4)
+    hp.Float("unfreeze", 0.1, 1.0, step=0.1, default=0.3)  # the top fraction of the backbone's layers
+    pretrained = data.config["weights"].lower() != "none"
 
+    base = backbone(name, SIZE, data.config["weights"])
+    base.trainable = not pretrained  # phase 1 trains the head alone on a pretrained backbone
     inputs = INPUTS[0].keras()
-    x = keras.layers.RandomFlip("horizontal")(inputs)  # training only: not in any exported artifact's math
-    x = keras.layers.Rescaling(1 / 255)(x)
-    for scale in (1, 2, 4):
-        x = keras.layers.Conv2D(filters * scale, 3, padding="same", activation="relu")(x)
-        x = keras.layers.MaxPooling2D()(x)
-    x = keras.layers.GlobalAveragePooling2D()(x)
+    x = keras.layers.Rescaling(1.0, name="pixels")(inputs)  # uint8 -> float32 0-255: the backbone scales them
+    # Augmentation runs in training only: at inference these layers return their input, and no exported
+    # artifact holds an op of theirs.
+    x = keras.layers.RandomFlip("horizontal")(x)
+    x = keras.layers.RandomRotation(0.05)(x)
+    x = keras.layers.RandomZoom(0.1)(x)
+    # training=False keeps BatchNormalization on the statistics it was pretrained with, also once unfrozen;
+    # from scratch (weights=none) it learns them.
+    x = base(x, training=False if pretrained else None)
     x = keras.layers.Dropout(dropout)(x)
     outputs = keras.layers.Dense({classes}, activation="softmax", name="probabilities")(x)
     model = keras.Model(inputs, outputs, name="{name}")
+    _compile(model, learning_rate)
+    return model
+
+
+def fine_tune(model, hp, data):
+    """Phase 2, after `epochs` of phase 1: the top of the backbone learns too, at a lower learning rate (from
+    scratch, all of it: it learned in phase 1 already)."""
+    pretrained = data.config["weights"].lower() != "none"
+    unfreeze_top(model.get_layer("backbone"), hp.get("unfreeze") if pretrained else 1.0)
+    _compile(model, hp.get("fine_tune_learning_rate"))
+
+
+def _compile(model, learning_rate):
     model.compile(optimizer=keras.optimizers.Adam(learning_rate), loss="sparse_categorical_crossentropy",
                   metrics=["accuracy"])
-    return model
 '''
 
 TEXT_RECIPE = '''"""{name}: a bag-of-embeddings text classifier on {read_as}. Written by `kerakit new`; yours to edit."""

@@ -1,0 +1,125 @@
+"""Image models' building blocks: a Keras Applications backbone by name with its weights (ImageNet, a local
+file, or none), the rule that fits a photo to the model's size, and unfreezing the top of a backbone.
+
+    base = backbone("mobilenet_v3_small", size=96, weights="imagenet")   # takes 0-255 RGB floats
+    x = base(x, training=False)      # BatchNormalization stays in inference mode, even once unfrozen
+    ...
+    unfreeze_top(base, 0.3)          # the fine-tuning phase: the top 30 % of its layers learn too
+
+Every backbone here takes RGB values 0-255 and scales them itself, as it was trained: MobileNetV3 and
+EfficientNet(V2) carry their own Rescaling (include_preprocessing), and MobileNetV2's [-1, 1] scaling is built
+into the backbone model here. So an image model takes raw pixels, and nothing is written twice.
+
+`fit_image` is the one resizing rule: the training pipeline (a recipe's `preprocess`) and the server's decoder
+of encoded photos (`kerakit.serve.images`) both call it, so a served JPEG becomes the very pixels training saw.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from kerakit.errors import KerakitError
+
+# name -> (keras.applications constructor, its keyword arguments, (scale, offset) applied before it or None).
+BACKBONES = {
+    "mobilenet_v3_small": ("MobileNetV3Small", {"include_preprocessing": True}, None),
+    "mobilenet_v3_large": ("MobileNetV3Large", {"include_preprocessing": True}, None),
+    "mobilenet_v2": ("MobileNetV2", {}, (1 / 127.5, -1.0)),
+    "efficientnet_b0": ("EfficientNetB0", {}, None),  # normalizes 0-255 inputs itself
+    "efficientnet_v2_b0": ("EfficientNetV2B0", {"include_preprocessing": True}, None),
+    "efficientnet_v2_b1": ("EfficientNetV2B1", {"include_preprocessing": True}, None),
+    "efficientnet_v2_b2": ("EfficientNetV2B2", {"include_preprocessing": True}, None),
+}
+MIN_SIZE = 32  # the smallest input Keras Applications accept
+WEIGHTS_HELP = ("weights=imagenet (downloaded once into ~/.keras/models, as Keras does), weights=none (from "
+                "scratch), or weights=PATH: a weights file of this backbone (keras.applications' .h5, a "
+                ".weights.h5) or a kerakit run's model.keras whose model has a layer named 'backbone'")
+
+
+def check_backbone(name: str) -> str:
+    if name not in BACKBONES:
+        raise KerakitError(f"Unknown backbone={name!r}: expected one of {', '.join(BACKBONES)}.")
+    return name
+
+
+def backbone(name: str, size: int, weights: str = "imagenet", *, layer_name: str = "backbone"):
+    """The Keras Applications model `name` without its top, pooled to a vector, for `size` x `size` RGB input
+    with values 0-255; `weights`: "imagenet", "none" or a path (see WEIGHTS_HELP)."""
+    import keras
+
+    constructor, options, scaling = BACKBONES[check_backbone(name)]
+    if size < MIN_SIZE:
+        raise KerakitError(f"Image size {size} is below {MIN_SIZE}, the smallest input backbone={name} takes.")
+    source = _weights_source(str(weights))
+    inputs = keras.Input((size, size, 3), name=f"{layer_name}_pixels")
+    tensor = keras.layers.Rescaling(*scaling, name=f"{layer_name}_scaling")(inputs) if scaling else inputs
+    try:
+        model = getattr(keras.applications, constructor)(
+            input_tensor=tensor, include_top=False, pooling="avg", weights="imagenet" if source == "imagenet" else None,
+            name=layer_name, **options)
+    except Exception as e:  # noqa: BLE001 - Keras's get_file raises a bare Exception when it cannot download
+        if source == "imagenet" and str(e).startswith("URL fetch failure"):
+            raise KerakitError(f"weights=imagenet: cannot download the ImageNet weights of backbone={name} "
+                               f"(offline? {str(e)[:160]}). Pass weights=PATH to a weights file of {name} "
+                               "copied from a machine with internet (~/.keras/models/), or weights=none to "
+                               "train from scratch.") from None
+        raise
+    if isinstance(source, Path):
+        _load_weights(model, source, name)
+    if source is None:
+        # Keras builds these with BatchNormalization momentum 0.99-0.999, tuned for ImageNet-length runs: over
+        # the few hundred steps of a small folder its moving statistics would never catch up.
+        for layer in model.layers:
+            if isinstance(layer, keras.layers.BatchNormalization):
+                layer.momentum = 0.9
+    return model
+
+
+def _weights_source(weights: str):
+    """"imagenet", None (from scratch) or the Path of a weights file."""
+    if weights.lower() in ("imagenet", "none"):
+        return None if weights.lower() == "none" else "imagenet"
+    path = Path(weights).expanduser()
+    if not path.is_file():
+        raise KerakitError(f"weights={weights!r} is neither 'imagenet', 'none' nor an existing file. "
+                           f"Expected {WEIGHTS_HELP}.")
+    return path
+
+
+def _load_weights(model, path: Path, name: str) -> None:
+    """Weights of the same backbone into `model`: from a weights file, or a saved model's 'backbone' layer."""
+    import keras
+
+    try:
+        if path.name.endswith(".keras"):
+            saved = keras.saving.load_model(path, compile=False, safe_mode=False)
+            layer = next((x for x in saved.layers if x.name == model.name), None)
+            if layer is None:
+                raise ValueError(f"it has no layer named {model.name!r} (layers: "
+                                 f"{', '.join(x.name for x in saved.layers)[:200]})")
+            model.set_weights(layer.get_weights())
+        else:
+            model.load_weights(path)
+    except (ValueError, KeyError, OSError) as e:
+        raise KerakitError(f"weights={str(path)!r} does not fit backbone={name}: {str(e)[:240]}. "
+                           f"Expected {WEIGHTS_HELP}.") from None
+
+
+def unfreeze_top(base, fraction: float) -> int:
+    """Make the top `fraction` of `base`'s layers trainable (the rest stay frozen); the count unfrozen.
+    BatchNormalization keeps its moving statistics: the model calls `base` with training=False."""
+    base.trainable = True
+    layers = [layer for layer in base.layers if layer.weights]
+    cut = len(layers) - round(len(layers) * fraction)
+    for layer in layers[:cut]:
+        layer.trainable = False
+    return len(layers) - cut
+
+
+def fit_image(image, size: int):
+    """An RGB image of any size (uint8, height x width x 3) as `size` x `size` uint8 pixels: scaled to fit
+    keeping its aspect ratio and padded with black (letterbox; nothing is cropped), rounded back to 0-255."""
+    import tensorflow as tf
+
+    fitted = tf.image.resize_with_pad(tf.cast(image, tf.float32), size, size, antialias=True)
+    return tf.cast(tf.clip_by_value(tf.round(fitted), 0.0, 255.0), tf.uint8)
