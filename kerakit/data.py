@@ -128,7 +128,7 @@ class Data:
             ys.append(y)
         if not xs:
             raise KerakitError(f"Split {split!r} ({self.recipe.splits[split]}) of {self.recipe.dataset} is empty.")
-        x = {k: np.concatenate([b[k] for b in xs]) for k in xs[0]}
+        x = {k: as_text(np.concatenate([b[k] for b in xs])) for k in xs[0]}
         if not isinstance(ys[0], dict):
             return x, np.concatenate(ys)
         declared = list(self.recipe.outputs or ())
@@ -167,14 +167,74 @@ class Data:
         return naive, scale
 
     def representative_sample(self, n: int = 300) -> dict[str, np.ndarray]:
-        """Up to `n` training inputs, unshuffled: the int8 calibration set.
+        """The int8 calibration set: `n` training inputs (all, if fewer), `calibration_rule(n)` says which.
 
+        A function of the data and the run's seed alone, so that exporting a model twice writes the same
+        int8 files. (It was the first `n` of the shuffled training pipeline, whose order also depends on
+        TensorFlow's global seed: `train` sets it, so an export in the process that trained calibrated on
+        other rows than a later `kerakit export`, and the int8 files' answers moved by ~0.008.)
         A recipe may define `representative_sample(data, n)` to choose otherwise.
         """
         if self.recipe.representative_sample is not None:
             return self.recipe.representative_sample(self, n)
-        batches = list(self.features("train").unbatch().take(n).batch(n).as_numpy_iterator())
-        return batches[0]
+        ds, fn = _examples(self.recipe, self.config, self.raw["train"])
+        rows = pipeline(ds.take(CALIBRATION_POOL), fn, self.config["batch_size"]).map(lambda x, y: x)
+        return draw_rows(rows.as_numpy_iterator(), n, CALIBRATION_POOL, self.config["seed"])
+
+    def calibration_rule(self, n: int = 300) -> str:
+        """Which rows `representative_sample(n)` holds, in words (the export report records it)."""
+        if self.recipe.representative_sample is not None:
+            return f"the recipe's representative_sample(data, {n})"
+        return (f"{n} rows drawn with seed {self.config['seed']} from the first {CALIBRATION_POOL:,} of the "
+                "train split in stored order (all of them, where it has fewer), kept in that order")
+
+
+# The int8 calibration rows are drawn from the first rows of the train split, as many as the default shuffle
+# buffer held when calibration took the shuffled pipeline's first rows: the draw reads (and preprocesses) no
+# more of the split than that did.
+CALIBRATION_POOL = 10_000
+
+
+def draw_rows(batches, n: int, pool: int, seed: int) -> dict[str, np.ndarray]:
+    """`n` rows drawn without replacement from the first `pool` rows of `batches` ({name: array} each), kept
+    in their order; every row if there are fewer. The draw depends on `seed` alone (numpy's generator), not on
+    TensorFlow's random state, and holds at most `n` rows plus a batch in memory.
+
+    >>> batches = [{"x": np.arange(i, i + 4)} for i in range(0, 12, 4)]   # rows 0..11, four a batch
+    >>> draw_rows(iter(batches), 3, pool=100, seed=0)["x"].tolist()
+    [3, 5, 11]
+    >>> draw_rows(iter(batches), 3, pool=6, seed=0)["x"].tolist()    # from rows 0..5 only
+    [1, 4, 5]
+    >>> draw_rows(iter(batches), 20, pool=100, seed=0)["x"].tolist() == list(range(12))
+    True
+    """
+    rank = np.random.default_rng(seed).permutation(pool)  # a row's place in the draw: the n lowest are kept
+    kept: dict[str, np.ndarray] | None = None
+    kept_at = np.zeros(0, dtype=np.int64)
+    seen = 0
+    for batch in batches:
+        size = len(next(iter(batch.values())))
+        at = np.arange(seen, min(seen + size, pool))
+        seen += size
+        rows = {k: v[: len(at)] for k, v in batch.items()}
+        kept = rows if kept is None else {k: np.concatenate([kept[k], rows[k]]) for k in kept}
+        kept_at = np.concatenate([kept_at, at])
+        best = np.sort(np.argsort(rank[kept_at], kind="stable")[:n])  # the n lowest ranks, in stored order
+        kept, kept_at = {k: v[best] for k, v in kept.items()}, kept_at[best]
+        if seen >= pool:
+            break
+    if kept is None:
+        raise KerakitError("The train split is empty: there is nothing to calibrate int8 with.")
+    return kept
+
+
+def as_text(values: np.ndarray) -> np.ndarray:
+    """A string input's values as text (an object array of str, as every runtime takes strings); tf.data gives
+    bytes. Any other array unchanged."""
+    if values.dtype != object:
+        return values
+    return np.array([v.decode("utf-8") if isinstance(v, bytes) else v for v in values.ravel()],
+                    dtype=object).reshape(values.shape)
 
 
 def load_data(recipe: Recipe, config: dict, data_dir: str | None = None, fold: "Fold | None" = None) -> Data:

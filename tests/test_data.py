@@ -79,6 +79,22 @@ def test_representative_sample_comes_from_training_inputs():
     assert 0.0 <= sample["image"].min() and sample["image"].max() <= 1.0
 
 
+def test_the_calibration_rows_follow_the_data_and_the_runs_seed_not_tensorflows_random_state():
+    import keras
+
+    recipe = load_recipe("digits_cnn")
+    config, _ = recipe.resolve_config({})
+    first = load_data(recipe, config).representative_sample(100)["image"]
+    keras.utils.set_random_seed(1234)  # what `train` leaves behind in the process that then exports (`build`)
+    again = load_data(recipe, config).representative_sample(100)["image"]
+    np.testing.assert_array_equal(first, again)
+    other_seed = load_data(recipe, {**config, "seed": config["seed"] + 1}).representative_sample(100)["image"]
+    assert not np.array_equal(first, other_seed)
+    whole = load_data(recipe, config).representative_sample(5000)["image"]
+    assert len(whole) == 1221  # a split smaller than the draw: every training row, once
+    assert "seed 42" in load_data(recipe, config).calibration_rule(100)
+
+
 def test_catalogue_dataset_unavailable_offline_says_how_to_get_it(tmp_path):
     recipe = load_recipe("mnist_cnn")
     config, _ = recipe.resolve_config({})

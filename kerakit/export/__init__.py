@@ -117,7 +117,7 @@ def _export(chosen, run, model_path: Path, model, name: str, out: Path, recipe, 
                           keras_metric=({"name": reference.metric_name, "value": reference.metric}
                                         if reference.metric is not None else None),
                           artifacts=rows, layouts=_write_layouts(chosen, rows, out, name), created=now(),
-                          precision=reference.precision)
+                          precision=reference.precision, calibration=data.calibration_record())
     report.write(out)
     _record(report, run, model_path, out)
     report.raise_for_failures()  # written first: the figures of what failed are on disk
@@ -249,6 +249,7 @@ def _record(report: ExportReport, run, model_path: Path, out: Path) -> None:
     artifacts = {r.artifact: {"path": r.filename, "verdict": r.verdict, "sha256": r.sha256}
                  for r in report.artifacts}
     runs.write_json(out / runs.MANIFEST_FILE, {"source_sha256": runs.sha256(model_path),
+                                               "calibration": report.calibration,
                                                "report": report.path.name, "artifacts": artifacts})
     if run is not None:
         manifest = run.manifest

@@ -128,6 +128,9 @@ class ExportReport:
     # A mixed-precision model: the float32 copy every format converts from, judged against the model as trained
     # (policies, max_abs_error, metric change, argmax agreement, tolerance and why, summary; export.verify).
     precision: dict | None = None
+    # What the int8 artifacts were calibrated on: rows, their SHA-256, and which rows ("300 rows drawn with
+    # seed 42 from ..."): with the source model and the targets, what makes an export give the same files.
+    calibration: dict | None = None
     read_from: Path | None = field(default=None, init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import os
 from dataclasses import dataclass
 from typing import Callable
@@ -32,11 +33,39 @@ class VerificationData:
     metric: str | None = None                # the recipe's metric (None: the task's default)
     class_names: list[str] | None = None
     calibration: dict[str, np.ndarray] | None = None
+    calibration_from: str = ""               # which rows calibrate, in words: with their hash, what fixes them
     metric_output: str | None = None         # None: the first Keras output
     other_labels: dict[str, np.ndarray] | None = None  # labels of further outputs (--sample label:NAME)
     more_rows: "Callable[[int | None], str] | None" = None  # where N more verification rows come from
     description: str = ""
     normalization: str = "unknown"
+
+    def calibration_record(self) -> dict | None:
+        """What an int8 artifact was calibrated on, for the export report and manifest: the same record means
+        the same rows in the same order, so a re-export writes the same int8 files."""
+        if self.calibration is None:
+            return None
+        return {"rows": len(next(iter(self.calibration.values()))), "sha256": arrays_sha256(self.calibration),
+                "from": self.calibration_from}
+
+
+def arrays_sha256(arrays: dict[str, np.ndarray]) -> str:
+    """SHA-256 of named arrays: each name, dtype, shape and bytes, by name.
+
+    >>> arrays_sha256({"x": np.zeros((2, 3), "float32")}) == arrays_sha256({"x": np.zeros((3, 2), "float32")})
+    False
+    """
+    digest = hashlib.sha256()
+    for name in sorted(arrays):
+        values = np.ascontiguousarray(arrays[name])
+        digest.update(f"{name}|{values.dtype.str}|{values.shape}|".encode())
+        if values.dtype.kind != "O":
+            digest.update(values.tobytes())
+            continue
+        for item in values.ravel():  # text: an object array's bytes are pointers
+            item = item if isinstance(item, bytes) else str(item).encode()
+            digest.update(len(item).to_bytes(8, "big") + item)
+    return digest.hexdigest()
 
 
 def verification_data(run, recipe, sample: "str | os.PathLike | None", data_dir: str | None, inputs: list[Spec],
@@ -72,7 +101,8 @@ def _from_recipe(run, recipe, data_dir, inputs, samples) -> VerificationData:
         numeric=numeric, split_at=split_at, eval_inputs=test_x, eval_labels=test_y, task=loaded.task,
         metric=loaded.metric, class_names=data.class_names,
         metric_output=loaded.judged_output if several else None, other_labels=others,
-        calibration=data.representative_sample(CALIBRATION_SAMPLES), description=loaded.description,
+        calibration=data.representative_sample(CALIBRATION_SAMPLES),
+        calibration_from=data.calibration_rule(CALIBRATION_SAMPLES), description=loaded.description,
         normalization="inside the model (raw inputs)", more_rows=lambda rows: "a larger test split",
         inputs_from=f"{loaded.name}: {len(next(iter(numeric.values())))} val+test inputs, "
                     f"{len(test_y)} labelled test examples")
@@ -98,7 +128,7 @@ def _from_sample(sample, inputs, outputs: list[str]) -> VerificationData:
         numeric=held, eval_inputs=held if labels else None,
         eval_labels=first[cut:] if first is not None else None, task=task_of(first) if first is not None else None,
         metric_output=metric_output, other_labels={k: v[cut:] for k, v in labels.items() if k != metric_output},
-        calibration={k: v[:cut] for k, v in arrays.items()},
+        calibration={k: v[:cut] for k, v in arrays.items()}, calibration_from=f"the first {cut} rows of {sample}",
         more_rows=_more_sample_rows,
         inputs_from=f"--sample {sample}: {cut} of its {n} rows calibrate int8, the other {n - cut} verify"
                     + (f" (labels for {', '.join(labels)})" if labels else " (no labels: no metric)"))
@@ -142,6 +172,7 @@ def _random(inputs: list[Spec], samples: int) -> VerificationData:
                           else rng.integers(0, 10, shape).astype(s.dtype))
     return VerificationData(numeric={k: v[CALIBRATION_SAMPLES:] for k, v in arrays.items()},
                             calibration={k: v[:CALIBRATION_SAMPLES] for k, v in arrays.items()},
+                            calibration_from=f"{CALIBRATION_SAMPLES} random inputs of the model's shapes (seed 0)",
                             inputs_from=f"random inputs of the model's shapes ({samples}; no --recipe or --sample given)")
 
 

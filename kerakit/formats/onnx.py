@@ -7,6 +7,7 @@ file's default.
 
 from __future__ import annotations
 
+import re
 import tempfile
 from pathlib import Path
 
@@ -88,8 +89,86 @@ def write_onnx(savedmodel: Path, opset: int, path: Path) -> None:
         dims = value.type.tensor_type.shape.dim
         if dims and not dims[0].HasField("dim_value"):
             dims[0].dim_param = "batch"  # tf2onnx names it unk__NN
+    stable_names(proto.graph)
     with runs.atomic_path(path) as tmp:
         onnx.save(proto, str(tmp))
+
+
+_MADE_NAME = re.compile(r"^(.*)__(\d+)(:\d+)?$")  # tf2onnx's `make_name`: `const_axes__21`, `Shape__18:0`
+
+
+def stable_names(graph) -> None:
+    """Renumber the names tf2onnx made (`NAME__N`) 1, 2, ... in graph order, in place.
+
+    tf2onnx numbers them from a process-wide counter, and how far it has counted differs from one conversion
+    to the next (a second export in one process, and even a fresh process: `const_axes__21` once,
+    `const_axes__24` the next time), so the same model gave ONNX files, and int8 files quantized from them,
+    that differ in their names and bytes. Renumbered in the order they appear, a model converts to one file.
+    Graph inputs and outputs keep their names (clients call them by name).
+    """
+    def made(name: str):
+        return _MADE_NAME.match(name) if name and name not in kept else None
+
+    kept = {v.name for v in [*graph.input, *graph.output]}
+    constants = {t.name for g in _graphs(graph) for t in g.initializer}
+    numbers: dict[str, str] = {}
+    for name in _names_in_order(graph):
+        found = made(name)
+        if found and found.group(2) not in numbers:
+            numbers[found.group(2)] = str(len(numbers) + 1)
+
+    def rename(name: str) -> str:
+        found = made(name)
+        if not found:
+            return name
+        # Of equal constants tf2onnx keeps one, either's name (`const_axes__8` or `const_starts__8`): no prefix.
+        prefix = "const" if name in constants else found.group(1)
+        return f"{prefix}__{numbers[found.group(2)]}{found.group(3) or ''}"
+
+    _rename_all(graph, rename)
+    for g in _graphs(graph):  # constants in the order the graph first uses them (tf2onnx's order varies too)
+        first_use = {n: i for i, n in reversed(list(enumerate(_names_in_order(g))))}
+        ordered = sorted(g.initializer, key=lambda t: (first_use.get(t.name, len(first_use)), t.name))
+        ordered = [type(t).FromString(t.SerializeToString()) for t in ordered]
+        del g.initializer[:]
+        g.initializer.extend(ordered)
+
+
+def _graphs(graph):
+    """`graph` and the subgraphs of its nodes' attributes (If, Loop), depth first."""
+    yield graph
+    for node in graph.node:
+        for attribute in node.attribute:
+            for sub in [*([attribute.g] if attribute.HasField("g") else []), *attribute.graphs]:
+                yield from _graphs(sub)
+
+
+def _names_in_order(graph):
+    for g in _graphs(graph):
+        for node in g.node:
+            yield node.name
+            yield from node.input
+            yield from node.output
+        for tensor in [*g.initializer, *g.value_info]:
+            yield tensor.name
+        for value in [*g.input, *g.output, *g.value_info]:
+            yield from (d.dim_param for d in value.type.tensor_type.shape.dim)
+
+
+def _rename_all(graph, rename) -> None:
+    for g in _graphs(graph):
+        for node in g.node:
+            node.name = rename(node.name)
+            for names in (node.input, node.output):
+                renamed = [rename(n) for n in names]
+                del names[:]
+                names.extend(renamed)
+        for tensor in [*g.initializer, *g.value_info, *g.input, *g.output]:
+            tensor.name = rename(tensor.name)
+        for value in [*g.input, *g.output, *g.value_info]:
+            for d in value.type.tensor_type.shape.dim:
+                if d.HasField("dim_param"):
+                    d.dim_param = rename(d.dim_param)
 
 
 _HANDLERS: list = []
