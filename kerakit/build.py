@@ -30,7 +30,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator
 
-from kerakit import runs
+from kerakit import runs, tracking
 from kerakit.errors import KerakitError, VerificationFailed
 
 BENCH_BATCHES = (1, 32)
@@ -93,12 +93,16 @@ def build(
     bench_runs: int = 100,
     data_dir: str | None = None,
     log: Callable[[str], None] = print,
+    track: bool | None = None,
+    register: str | None = None,
     **overrides: Any,
 ) -> dict:
     """Train (after a `tune` search, if given), export for `targets`, bench, report: all into `out`.
 
     Returns the run path, each step's status and seconds, the report's paths
-    and flags, and the deployment table.
+    and flags, and the deployment table. track: a parent MLflow run with the
+    training nested in it and the steps' figures (`kerakit.tracking`); register:
+    each verified artifact a version of that registered model (implies track).
     """
     from kerakit.export import resolve_targets
     from kerakit.recipe import load_recipe
@@ -106,23 +110,30 @@ def build(
     loaded = load_recipe(recipe)
     run = runs.Run(Path(out) if out else Path("runs") / loaded.name)
     targets = resolve_targets(_check_targets(targets))  # a bad or clashing target is refused before training
-    with runs.writer(run.path, "kerakit build"):
-        return _build(loaded, run, targets, tune, max_trials, max_epochs, bench_runs, data_dir, log, overrides)
+    config = loaded.resolve_config(overrides)[0]
+    with runs.writer(run.path, "kerakit build"), \
+            tracking.building(run, loaded, config, track, register, log) as tracker:
+        return _build(loaded, run, targets, tune, max_trials, max_epochs, bench_runs, data_dir, log, overrides,
+                      tracker, register)
 
 
 def _build(loaded, run: runs.Run, targets: list, tune, max_trials, max_epochs, bench_runs, data_dir, log,
-           overrides: dict) -> dict:
+           overrides: dict, tracker=None, register: str | None = None) -> dict:
     steps = _Steps(total=4 + bool(tune), log=log)
     hparams = None
+    # Nested in the build's MLflow run; not tracked where the build's tracking is off (said once, by it).
+    track = {"track": tracker.on} if tracker is not None and tracker.wanted else {}
     if tune:
         hparams = _tune_step(steps, loaded, run, tune, max_trials, max_epochs, data_dir, log, overrides)
-    run = _train_step(steps, loaded, run, hparams, data_dir, log, overrides)
+    run = _train_step(steps, loaded, run, hparams, data_dir, log, {**overrides, **track})
     # What export and bench were last run on, so a rerun redoes only what changed.
     state = (runs.load_json(run.build_state, "delete it; the next build exports and benches again")
              if run.build_state.exists() else {})
     exported = _export_step(steps, run, state, targets, data_dir, log)
     _bench_step(steps, run, state, bench_runs, data_dir, log)
     written = _report_step(steps, run, data_dir, log)
+    if tracker is not None:
+        tracking.send_build(tracker, run, steps.done, register, log)
     result = {"run": str(run.path), "steps": steps.done, "report": written, "deployment": written["deployment"]}
     try:
         exported.raise_for_failures()

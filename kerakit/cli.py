@@ -353,8 +353,12 @@ def export_cmd(ctx, source, targets, formats, out, recipe, sample, data_dir, ops
 @click.option("--out", type=click.Path(file_okay=False), help="Run directory (default runs/RECIPE). Rerun to resume.")
 @click.option("--bench-runs", default=100, show_default=True, type=click.IntRange(min=5), help="Timed calls per artifact and setting.")
 @click.option("--data-dir", help="TFDS data directory.")
+@_track_option
+@click.option("--register", metavar="NAME", help="Register each verified artifact as a version of model NAME in "
+              "MLflow's registry (implies --track); a failed one never is.")
 @click.pass_context
-def build_cmd(ctx, recipe, overrides, targets, tuner, max_trials, max_epochs, out, bench_runs, data_dir) -> None:
+def build_cmd(ctx, recipe, overrides, targets, tuner, max_trials, max_epochs, out, bench_runs, data_dir, track,
+              register) -> None:
     """Train (or tune, then train), export and verify, bench every artifact, write the report (exit 1 if an artifact fails)."""
     from kerakit.build import BuildFailed, build
 
@@ -362,7 +366,7 @@ def build_cmd(ctx, recipe, overrides, targets, tuner, max_trials, max_epochs, ou
     _needs_tensorflow(ctx)
     try:
         result = build(recipe, targets.split(","), out, tune=tuner, max_trials=max_trials, max_epochs=max_epochs,
-                       bench_runs=bench_runs, data_dir=data_dir, **overrides)
+                       bench_runs=bench_runs, data_dir=data_dir, track=track, register=register, **overrides)
     except BuildFailed as e:  # the table shows what failed; then the error line and exit 1
         _print_deployment(e.result["deployment"], e.result["report"])
         raise

@@ -80,8 +80,9 @@ class Tracker:
     """
 
     def __init__(self, log: Callable[[str], None] = print, uri: str | None = None, run_id: str | None = None,
-                 resend: str = ""):
+                 resend: str = "", wanted: bool = False):
         self.log, self.uri, self.run_id, self.resend = log, uri, run_id, resend
+        self.wanted = wanted  # tracking was asked for (on, or off because the server is down: said once)
         self.failed: str | None = None
 
     @property
@@ -99,8 +100,8 @@ class Tracker:
         if down:
             log(f"MLflow at {uri} is not reachable ({down}): nothing of {name} is logged there; "
                 f"{resend or 'rerun with --track'} sends it once it is up.")
-            return cls(log)
-        tracker = cls(log, uri, resend=resend)
+            return cls(log, wanted=True)
+        tracker = cls(log, uri, resend=resend, wanted=True)
         tracker.run_id = tracker._call(f"the MLflow run of {name}", _open_run, uri, Path(directory), role, name,
                                        experiment, tags or {}, parent.run_id if parent is not None and parent.on
                                        else _active_run_id())
@@ -408,3 +409,145 @@ def _read_rows(path: Path) -> list[dict]:
         return []
     with open(path, newline="") as f:
         return list(csv.DictReader(f))
+
+
+# --------------------------------------------------------------------------- build
+
+@contextlib.contextmanager
+def building(run: runs.Run, recipe, config: dict, track: bool | None, register: str | None,
+             log) -> Iterator[Tracker]:
+    """Track a build of `run` as a parent MLflow run while the block builds (the training, and a search, nest
+    in it); the block sends the steps' figures (`send_build`). `register` implies tracking."""
+    if not (register or wanted(track, config)):
+        yield Tracker(log)
+        return
+    tracker = Tracker.start(run.path, "build", name=f"{run.path.name} build", experiment=recipe.name, log=log,
+                            resend=f"`kerakit track {run.path}`",
+                            tags={"kerakit.recipe": recipe.name, "kerakit.run_dir": str(run.path.resolve()),
+                                  "kerakit.step": "build"})
+    with tracker.active():
+        yield tracker
+
+
+def send_build(tracker: Tracker, run: runs.Run, steps: dict, register: str | None = None, log=print) -> None:
+    """A build's figures on its parent run: each step's status and seconds, each artifact's verdict and
+    verification figures, the artifact `deployment.json` picked per batch size and its p50; the export report,
+    deployment.json and the report as artifacts, and each verified artifact as a model directory (the file and
+    an MLmodel holding its signature and figures). `register`: each of those a version of that registered
+    model; a failed artifact is never one."""
+    if not tracker.on:
+        return
+    from kerakit.export.report import ExportReport
+
+    report = ExportReport.find(run.export_dir)
+    picks = _deployment_picks(run)
+    tracker.tags({f"step.{name}": str(done["status"])[:200] for name, done in steps.items()})
+    tracker.metrics({f"step.{name}.seconds": done["seconds"] for name, done in steps.items()})
+    if report is not None:
+        tracker.tags({f"export.{row.artifact}.verdict": row.verdict for row in report.artifacts})
+        tracker.metrics({f"export.{row.artifact}.{key}": value for row in report.artifacts
+                         for key, value in row.figures.items() if _number(value)})
+        tracker.artifacts([report.path], "export")
+    tracker.tags({f"deployment.batch_{batch}": f"{pick['artifact']} ({pick.get('setting', '')})"
+                  for batch, pick in picks.items()})
+    tracker.metrics({f"deployment.batch_{batch}.p50_ms": pick.get("p50_ms") for batch, pick in picks.items()})
+    tracker.artifacts([run.deployment, run.report_dir, run.bench_result])
+    if report is not None:
+        verified = report.still_verified()
+        tracker._call("the verified artifacts", _log_models, tracker, report.directory, verified, picks)
+        if register:
+            tracker._call(f"the model versions of {register!r}", _register, tracker, register, verified, picks,
+                          log)
+
+
+def _deployment_picks(run: runs.Run) -> dict[int, dict]:
+    """{batch size: deployment.json's choice}; {} where the run was not benched."""
+    if not run.deployment.is_file():
+        return {}
+    try:
+        return {int(b): c for b, c in files.read_json(run.deployment).get("batches", {}).items()}
+    except (OSError, ValueError, AttributeError):
+        return {}
+
+
+def _picked_for(filename: str, picks: dict[int, dict]) -> list[int]:
+    return sorted(b for b, pick in picks.items() if pick.get("artifact") == filename)
+
+
+def _log_models(tracker: Tracker, directory: Path, rows: list, picks: dict[int, dict]) -> None:
+    """Each verified artifact under models/ARTIFACT/: its file (or SavedModel folder) and an MLmodel with its
+    signature (input and output names, dtypes, shapes, as its runtime reports them) and figures."""
+    import shutil
+    import tempfile
+
+    client = tracker.client()
+    for row in rows:
+        with tempfile.TemporaryDirectory(prefix="kerakit-mlflow-") as tmp:
+            folder = Path(tmp) / row.artifact
+            folder.mkdir()
+            source = directory / row.filename
+            if source.is_dir():
+                shutil.copytree(source, folder / source.name)
+            else:
+                shutil.copy2(source, folder / source.name)
+            _mlmodel(source, row, _picked_for(row.filename, picks)).save(str(folder / "MLmodel"))
+            client.log_artifacts(tracker.run_id, str(folder), f"models/{row.artifact}")
+
+
+def _mlmodel(path: Path, row, batches: list[int]):
+    """MLflow's model description of one artifact: no flavor (kerakit's runtime loads it), its signature and
+    kerakit's figures as metadata."""
+    from mlflow.models import Model
+
+    signature, why = _signature(path, row.format)
+    return Model(signature=signature, metadata={"kerakit": {
+        "artifact": row.artifact, "file": row.filename, "format": row.format, "quantization": row.quantization,
+        "verdict": row.verdict, "sha256": row.sha256, "deployment_batch_sizes": batches,
+        "figures": {k: v for k, v in row.figures.items() if _number(v)},
+        **({"signature_unavailable": why} if why else {})}})
+
+
+def _signature(path: Path, format_name: str):
+    """(ModelSignature, None) from the artifact's own runtime, or (None, why it could not be read)."""
+    import numpy as np
+    from mlflow.models import ModelSignature
+    from mlflow.types import Schema, TensorSpec
+
+    from kerakit import formats
+
+    try:
+        with formats.get(format_name).load(path) as predictor:
+            specs = [[TensorSpec(np.dtype(s.dtype), tuple(-1 if d is None else int(d) for d in s.shape), s.name)
+                      for s in side] for side in (predictor.inputs, predictor.outputs)]
+    except Exception as e:  # noqa: BLE001  (an artifact whose runtime is not here is still registered)
+        return None, f"{type(e).__name__}: {str(e)[:200]}"
+    return ModelSignature(inputs=Schema(specs[0]), outputs=Schema(specs[1])), None
+
+
+def _register(tracker: Tracker, name: str, rows: list, picks: dict[int, dict], log) -> None:
+    """One version of registered model `name` per verified artifact of this build run, its source the model
+    directory `_log_models` wrote; a version already registered from this run for the same file is kept."""
+    from mlflow.exceptions import MlflowException
+
+    client = tracker.client()
+    try:
+        client.create_registered_model(name, description="Verified artifacts of kerakit builds.")
+    except MlflowException as e:
+        if e.error_code != "RESOURCE_ALREADY_EXISTS":
+            raise
+    existing = {(v.tags.get("kerakit.artifact"), v.tags.get("kerakit.sha256"))
+                for v in client.search_model_versions(f"name = '{name}' and run_id = '{tracker.run_id}'")}
+    artifact_uri = client.get_run(tracker.run_id).info.artifact_uri
+    for row in rows:
+        if (row.artifact, row.sha256) in existing:
+            continue
+        batches = _picked_for(row.filename, picks)
+        tags = {"kerakit.artifact": row.artifact, "kerakit.format": row.format,
+                "kerakit.quantization": row.quantization, "kerakit.verdict": row.verdict,
+                "kerakit.sha256": row.sha256, "kerakit.deployment_batch_sizes": ",".join(map(str, batches)) or "none",
+                **{f"kerakit.{k}": _text(v) for k, v in row.figures.items() if _number(v)}}
+        version = client.create_model_version(
+            name, f"{artifact_uri}/models/{row.artifact}", tracker.run_id, tags=tags,
+            description=f"{row.artifact} ({row.filename}): verified"
+                        + (f"; deployment.json's pick at batch {', '.join(map(str, batches))}" if batches else ""))
+        log(f"Registered {row.artifact} as {name} version {version.version}.")

@@ -185,3 +185,48 @@ def test_a_killed_training_resumes_the_same_mlflow_run(tracked, mlflow_server, t
     same_dir = tracked.search_runs([tracked.get_run(run_id).info.experiment_id],
                                    f"tags.`kerakit.run_dir` = '{out.resolve()}'")
     assert [r.info.run_id for r in same_dir] == [run_id]
+
+
+@pytest.mark.slow
+def test_build_is_a_parent_run_and_registers_each_verified_artifact_never_a_failed_one(tracked, tmp_path):
+    """Two targets: a SavedModel that verifies, and an ONNX file held to atol 0, which no float conversion meets."""
+    from kerakit.build import BuildFailed, build
+
+    (tmp_path / "loose.toml").write_text('[[artifacts]]\nformat = "savedmodel"\n')
+    (tmp_path / "strict.toml").write_text('[[artifacts]]\nformat = "onnx"\n[verify]\natol = 0\nrtol = 0\n')
+    out, lines = tmp_path / "digits", []
+    with pytest.raises(BuildFailed):
+        build("digits_cnn", [str(tmp_path / "loose.toml"), str(tmp_path / "strict.toml")], out, bench_runs=5,
+              epochs=1, register="digits", log=lines.append)
+    record = _record(out)["runs"]
+    parent, child = tracked.get_run(record["build"]), tracked.get_run(record["train"])
+    assert parent.info.status == "FAILED"  # as the build did: an artifact failed
+    assert child.data.tags["mlflow.parentRunId"] == parent.info.run_id and child.info.status == "FINISHED"
+    assert _steps(tracked, child.info.run_id, "loss") == [0]
+    tags, metrics = parent.data.tags, parent.data.metrics
+    assert (tags["export.savedmodel.verdict"], tags["export.onnx.verdict"]) == ("verified", "failed")
+    assert metrics["export.onnx.max_abs_error"] > 0 and "export.savedmodel.metric" in metrics
+    assert {"step.train.seconds", "step.export.seconds", "step.bench.seconds"} <= set(metrics)
+    deployment = json.loads((out / "deployment.json").read_text())["batches"]
+    assert tags["deployment.batch_1"].startswith(deployment["1"]["artifact"])
+    assert metrics["deployment.batch_1.p50_ms"] == pytest.approx(deployment["1"]["p50_ms"])
+    assert {"deployment.json", "report", "export", "models", "bench.json"} <= _artifacts(tracked, parent.info.run_id)
+    assert {"index.html", "model_card.md"} <= _artifacts(tracked, parent.info.run_id, "report")
+    assert _artifacts(tracked, parent.info.run_id, "models") == {"savedmodel"}  # the verified one only
+
+    versions = tracked.search_model_versions("name = 'digits'")
+    assert [v.tags["kerakit.artifact"] for v in versions] == ["savedmodel"]  # never the failed onnx
+    version = versions[0]
+    assert version.run_id == parent.info.run_id and version.tags["kerakit.verdict"] == "verified"
+    assert version.tags["kerakit.deployment_batch_sizes"] == "1,32"
+    assert float(version.tags["kerakit.metric"]) == pytest.approx(
+        json.loads((out / "export" / "export_report.json").read_text())["artifacts"][0]["metric"])
+    from mlflow.artifacts import download_artifacts
+    from mlflow.models import Model
+
+    model = Model.load(download_artifacts(f"{version.source}/MLmodel", dst_path=str(tmp_path / "dl")))
+    inputs, outputs = model.signature.inputs.to_dict(), model.signature.outputs.to_dict()
+    assert [(i["name"], i["tensor-spec"]["dtype"], list(i["tensor-spec"]["shape"])) for i in inputs] == [
+        ("image", "float32", [-1, 8, 8, 1])]
+    assert [(o["name"], list(o["tensor-spec"]["shape"])) for o in outputs] == [("probabilities", [-1, 10])]
+    assert any(line == "Registered savedmodel as digits version 1." for line in lines)
