@@ -127,8 +127,7 @@ def _build(loaded, run: runs.Run, targets: list, tune, max_trials, max_epochs, b
         hparams = _tune_step(steps, loaded, run, tune, max_trials, max_epochs, data_dir, log, overrides)
     run = _train_step(steps, loaded, run, hparams, data_dir, log, {**overrides, **track})
     # What export and bench were last run on, so a rerun redoes only what changed.
-    state = (runs.load_json(run.build_state, "delete it; the next build exports and benches again")
-             if run.build_state.exists() else {})
+    state = _build_state(run, log)
     exported = _export_step(steps, run, state, targets, data_dir, log)
     _bench_step(steps, run, state, bench_runs, data_dir, log)
     written = _report_step(steps, run, data_dir, log)
@@ -174,18 +173,42 @@ def _train_step(steps: _Steps, recipe, run: runs.Run, hparams: Path | None, data
     return run
 
 
+def _build_state(run: runs.Run, log) -> dict:
+    """What export and bench were last run on (OUT/build.json); {} where there is none, or it cannot be read:
+    then both are done again, saying so, as deleting it by hand would have them."""
+    if not run.build_state.exists():
+        return {}
+    try:
+        return runs.load_json(run.build_state, "exporting and benching again")
+    except KerakitError as e:
+        log(f"   {e}")
+        return {}
+
+
+def _previous_export(run: runs.Run, log):
+    """The last export's report, or None where there is none or it is not a report (exported again then, as
+    `kerakit export` would rewrite it)."""
+    from kerakit.export.report import ExportReport, NotAReport
+
+    try:
+        return ExportReport.find(run.export_dir)
+    except NotAReport as e:
+        log(f"   export: {e.path.name} is not an export report ({e.why}): exporting again")
+        return None
+
+
 def _export_step(steps: _Steps, run: runs.Run, state: dict, targets: list, data_dir: str | None, log):
     """Export and verify for every target, unless the same model was exported for targets of the same content
     and every artifact is still verified.
 
     Returns the `ExportReport` (the one on disk when the step is already done).
     """
-    from kerakit.export import ExportReport, VerificationFailed, export
+    from kerakit.export import VerificationFailed, export
 
     key = {"targets": [t.name for t in targets], "targets_sha256": [_content_sha256(t) for t in targets],
            "model_sha256": run.manifest["artifacts"].get(runs.MODEL_FILE)}
     start = steps.start("export", f"targets {', '.join(t.name for t in targets)} -> {run.export_dir}")
-    previous = ExportReport.find(run.export_dir) if state.get("export") else None
+    previous = _previous_export(run, log) if state.get("export") else None
     if previous is not None and state["export"] == key:
         stale = previous.why_not_verified()
         if not stale:

@@ -505,7 +505,8 @@ def test_a_report_written_before_typed_rows_reads_and_a_changed_file_is_no_longe
     del tflite_row["verdict"]
     (tmp_path / "export_report.json").write_text(json.dumps(written))
     with pytest.raises(KerakitError, match=r"export_report.json is not an export report \(an artifact row lacks "
-                                           r"verdict\); delete it and export again"):
+                                           r"verdict\); export again: `kerakit export` \(or a rerun of "
+                                           r"`kerakit build`\) rewrites it"):
         ExportReport.read(tmp_path)
 
 

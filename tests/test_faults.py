@@ -131,13 +131,24 @@ def test_a_corrupt_file_is_one_line_on_the_command_line(built, tmp_path):
 
 
 @pytest.mark.slow
-def test_a_corrupt_build_state_is_named_and_bench_results_are_never_lost(built, tmp_path):
-    out = _copy(built, tmp_path)
-    (out / "build.json").write_text("garbage")
-    with pytest.raises(KerakitError, match=r"build.json is not valid JSON \(line 1\); delete it"):
-        from kerakit.build import build
+@pytest.mark.parametrize("relative, said", [
+    ("build.json", "build.json is not valid JSON (line 1); exporting and benching again"),
+    ("export/export_report.json", "export: export_report.json is not an export report (Expecting value: line 1 "
+                                  "column 1 (char 0)): exporting again"),
+], ids=["build-state", "export-report"])
+def test_build_repairs_its_own_garbage_record_files_itself(built, tmp_path, relative, said):
+    """What `kerakit export` would rewrite, `build` rewrites too: no `rm` asked of the user."""
+    from kerakit.build import build
+    from kerakit.export import ExportReport
 
-        build("digits_cnn", targets=["server"], out=out, bench_runs=5, epochs=2, log=lambda m: None)
+    out = _copy(built, tmp_path)
+    (out / relative).write_text("garbage")
+    lines = []
+    result = build("digits_cnn", targets=["server"], out=out, bench_runs=5, epochs=2, log=lines.append)
+    assert said in "\n".join(lines)
+    assert result["steps"]["train"]["status"] == "already done"
+    assert result["steps"]["export"]["status"] == "2 of 2 artifacts verified"
+    assert ExportReport.read(out / "export").passed and json.loads((out / "build.json").read_text())["export"]
 
 
 @pytest.mark.slow

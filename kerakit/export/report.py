@@ -27,6 +27,16 @@ VERIFIED = "verified"
 FAILED = "failed"
 
 
+class NotAReport(KerakitError):
+    """An `export_report.json` that cannot be read as a report (torn, hand-edited, garbage): `why`. Exporting
+    again rewrites it, and `build` does that itself."""
+
+    def __init__(self, path: Path, why: str):
+        super().__init__(f"{path} is not an export report ({why}); export again: `kerakit export` (or a rerun of "
+                         "`kerakit build`) rewrites it.")
+        self.path, self.why = path, why
+
+
 def now() -> str:
     return _dt.datetime.now().isoformat(timespec="seconds")
 
@@ -193,7 +203,7 @@ class ExportReport:
         except FileNotFoundError:
             raise KerakitError(f"{path} does not exist: run `kerakit export` first.") from None
         except (ValueError, TypeError, AttributeError) as e:
-            raise KerakitError(f"{path} is not an export report ({str(e)[:100]}); delete it and export again.") from None
+            raise NotAReport(path, str(e)[:100]) from None
         report.read_from = Path(out)
         return report
 
