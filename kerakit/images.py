@@ -99,10 +99,23 @@ def _load_weights(model, path: Path, name: str) -> None:
                                  f"{', '.join(x.name for x in saved.layers)[:200]})")
             model.set_weights(layer.get_weights())
         else:
-            model.load_weights(path)
+            _load_strictly(model, path)
     except (ValueError, KeyError, OSError) as e:
-        raise KerakitError(f"weights={str(path)!r} does not fit backbone={name}: {str(e)[:240]}. "
+        raise KerakitError(f"weights={str(path)!r} does not fit backbone={name}: {' '.join(str(e).split())[:240]}. "
                            f"Expected {WEIGHTS_HELP}.") from None
+
+
+def _load_strictly(model, path: Path) -> None:
+    """`model.load_weights(path)`, where a layer the file does not fill is an error: Keras 3 only warns
+    ("Skipping ... Affected layers will retain their freshly-initialized weights") and goes on."""
+    import warnings
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        model.load_weights(path)
+    skipped = [str(w.message) for w in caught if "Skipping" in str(w.message)]
+    if skipped:
+        raise ValueError(f"{len(skipped)} part(s) of the model found no weights in the file, e.g. {skipped[0][:120]}")
 
 
 def unfreeze_top(base, fraction: float) -> int:
