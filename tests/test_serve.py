@@ -386,3 +386,24 @@ def test_workers_share_the_port_and_answer_alike(onnx_path, expected, tmp_path):
         assert len([c for c in children if "spawn_main" in " ".join(c.cmdline())]) == 2
     finally:
         server.stop()
+
+
+def test_an_exported_file_given_by_path_is_served_only_while_its_export_report_still_verifies_it(digits_export,
+                                                                                                 tmp_path):
+    """`serve RUN/export/model_int8.tflite` checks the file's SHA-256 as `serve RUN` checks the run's choice."""
+    from conftest import cli_in_process
+    from kerakit.serve import resolve
+
+    export_dir = tmp_path / "export"
+    shutil.copytree(digits_export[0], export_dir)
+    assert resolve(export_dir / "model_int8.tflite")[0].path == str(export_dir / "model_int8.tflite")
+    data = bytearray((export_dir / "model_int8.tflite").read_bytes())
+    data[-1] ^= 1  # one bit of the file as verified
+    (export_dir / "model_int8.tflite").write_bytes(bytes(data))
+    result = cli_in_process("serve", export_dir / "model_int8.tflite", "--port", free_port())
+    assert result.returncode == 1 and len(result.stderr.strip().splitlines()) == 1
+    assert (f"error: Refusing to serve {export_dir / 'model_int8.tflite'}: model_int8.tflite changed since it was "
+            f"verified ({export_dir / 'export_report.json'}). Export it again") in result.stderr
+    elsewhere = tmp_path / "mine.tflite"  # out of the export directory: the user vouches for it
+    shutil.copyfile(export_dir / "model_int8.tflite", elsewhere)
+    assert resolve(elsewhere)[0].path == str(elsewhere)

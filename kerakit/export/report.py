@@ -211,3 +211,22 @@ class ExportReport:
     def find(cls, out: "str | os.PathLike") -> "ExportReport | None":
         """The report in `out`, or None where nothing was exported (a corrupt one still raises)."""
         return cls.read(out) if (Path(out) / runs.EXPORT_REPORT_FILE).exists() else None
+
+
+def why_not_verified(path: "str | os.PathLike") -> str | None:
+    """Why the exported file `path` (RUN/export/model_int8.tflite, a file in an export's --out) may not be
+    served, judged by the export report beside it as `serve RUN` judges the run's artifacts: it failed
+    verification, or it changed since (SHA-256). None while it is still verified, and where no report beside
+    it names it (not an export's file, or one an earlier export there wrote): nothing is known against it.
+
+        why_not_verified("runs/demo/export/model_int8.tflite")
+        # 'model_int8.tflite changed since it was verified (runs/demo/export/export_report.json)'
+    """
+    path = Path(path)
+    report = ExportReport.find(path.parent)
+    if report is None:
+        return None
+    row = next((r for r in report.artifacts if r.filename == path.name), None)
+    why = row.why_not_verified(report.directory) if row is not None else None
+    return why and f"{why} ({report.path})"
+

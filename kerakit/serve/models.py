@@ -123,13 +123,26 @@ def _source_entry(path: Path, name: str | None) -> ModelEntry:
         run = runs.Run(path)
         by_batch, choice = deployment.by_batch(run), deployment.choose(run, 1)
         path, options, fmt = Path(choice["path"]), dict(choice.get("options", {})), choice["format"]
-    elif path.is_dir() and runs.is_run(path):
-        path, fmt = _exported_float(runs.Run(path))
+    else:
+        if path.is_dir() and runs.is_run(path):
+            path, fmt = _exported_float(runs.Run(path))
+        _refuse_unverified(path)  # what deployment.choose checks for a benched run's choice
     if name is None:
         run = runs.find_run(path)
         name = run.config.get("recipe") if run is not None else None
         name = name or (path.stem if path.suffix else path.name)
     return ModelEntry(check_name(name), str(path), options=options, by_batch=by_batch, format=fmt)
+
+
+def _refuse_unverified(path: Path) -> None:
+    """An exported artifact, handed in by path or a run's unbenched float choice, is served only while its
+    export report still calls it verified, as `serve RUN` serves only such."""
+    from kerakit.export.report import why_not_verified
+
+    why = why_not_verified(path)
+    if why is not None:
+        raise KerakitError(f"Refusing to serve {path}: {why}. Export it again (`kerakit export`), or serve a "
+                           "copy of it from outside the export directory to vouch for it yourself.")
 
 
 def _exported_float(run: runs.Run) -> tuple[Path, str]:
