@@ -195,10 +195,21 @@ def test_v2_inputs_with_different_batch_sizes_are_refused(two_inputs):
 
 def test_v2_integer_inputs_refuse_fractions_and_out_of_range_values(two_inputs):
     a = {"name": "a", "shape": [1, 2], "datatype": "FP32", "data": [1, 2]}
-    for data, fragment in (([1.5, 2, 3], "got fractional numbers"), ([2**63] * 3, "outside the int64 range")):
+    for data, fragment in (([1.5, 2, 3], "got fractional numbers"), ([2**63] * 3, "outside the int64 range"),
+                           # beyond 64 bits, which the JSON parser reads as floats: still out of range, not fractions
+                           ([2**64, 1, 2], r"outside the int64 range \[-9223372036854775808, "),
+                           ([1, -(2**63) - 1, 2], "outside the int64 range"), ([2**70] * 3, "outside the int64 range")):
         with pytest.raises(BadRequest, match=fragment):
             kserve_v2.decode(two_inputs, v2(a, {"name": "ids", "shape": [1, 3], "datatype": "INT64", "data": data}),
                              None, LIMIT)
+
+
+def test_v2_float_inputs_take_integers_of_any_length(two_inputs):
+    """A 25-digit integer is a number like any other to a float input (float32 rounds it)."""
+    ids = {"name": "ids", "shape": [1, 3], "datatype": "INT64", "data": [1, 2, 3]}
+    inputs, *_ = kserve_v2.decode(two_inputs, v2({"name": "a", "shape": [1, 2], "datatype": "FP32",
+                                                  "data": [10**24, -(10**24)]}, ids), None, LIMIT)
+    np.testing.assert_array_equal(inputs["a"], np.array([[1e24, -1e24]], np.float32))
 
 
 # ----------------------------------------------------------------------------- TF Serving
