@@ -60,7 +60,7 @@ def table_rows(data, split: str) -> tuple[np.ndarray, list[bool], np.ndarray, st
     source = data.fingerprint.get("source") or {}
     if source.get("columns") and split in data.raw:
         return _source_rows(data, split, source)
-    flat = [i for i in data.recipe.inputs if len(i.shape) == 1 and np.dtype(i.dtype).kind == "f"]
+    flat = [i for i in data.recipe.inputs if len(i.shape) == 1 and i.dtype.startswith("float")]
     if len(data.recipe.inputs) == 1 and flat:
         x, y = data.arrays(split)
         name = flat[0].name

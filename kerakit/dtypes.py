@@ -32,6 +32,16 @@ TF_TYPES = {"float32": "DT_FLOAT", "float64": "DT_DOUBLE", "float16": "DT_HALF",
             "object": "DT_STRING"}
 
 
+def tf_name(dtype: str) -> str:
+    """TensorFlow's (and Keras') name of a kerakit dtype name: "string" for strings ("object"), else the same."""
+    return "string" if dtype == "object" else dtype
+
+
+def from_tf_name(name: str) -> str:
+    """kerakit's dtype name of a TensorFlow or Keras one: "object" for "string" (text in and out), else the same."""
+    return "object" if name == "string" else name
+
+
 def tf_type(dtype: str) -> str:
     """TF's `DT_*` name of a numpy dtype name; names not in TF_TYPES are spelled DT_<NAME>."""
     return TF_TYPES.get(dtype, "DT_" + dtype.upper())

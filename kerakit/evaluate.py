@@ -148,11 +148,21 @@ def _resolve(target: Path, recipe, overrides) -> tuple[Path, Recipe, dict, Any]:
     return model_path, recipe, config, from_record(run.config.get("fold"))
 
 
+def keras_ready(named: dict) -> dict:
+    """Inputs as Keras' fit/predict/evaluate take them: text (an object array) as a string tensor, which Keras'
+    array adapter refuses as numpy."""
+    if not any(np.asarray(v).dtype == object for v in named.values()):
+        return named
+    import tensorflow as tf
+
+    return {k: tf.constant(v.astype(str)) if np.asarray(v).dtype == object else v for k, v in named.items()}
+
+
 def evaluate_model(model, data, split: str = "test") -> dict:
     """Task metrics of `model` on one split of `data` (a `kerakit.data.Data`); a multi-output recipe's (OUTPUTS)
     first output's at the top, and every output's under "outputs", by name."""
     named, y = data.arrays(split)
-    x = data.model_input(named)
+    x = data.model_input(keras_ready(named))
     predictions = model.predict(x, batch_size=256, verbose=0)
     by_name = data.recipe.check_outputs(model, predictions)
     per_output = _per_output(data, split, by_name)

@@ -396,7 +396,7 @@ def _quality_lines(card: _Card) -> list[str]:
     from kerakit.quality import feature_quality
 
     lines = []
-    for spec in (i for i in card.recipe.inputs if len(i.shape) == 1 and np.dtype(i.dtype).kind == "f"):
+    for spec in (i for i in card.recipe.inputs if len(i.shape) == 1 and i.dtype.startswith("float")):
         x_train, _ = card.data.arrays("train")
         names = card.recipe.feature_names if len(card.recipe.inputs) == 1 else None
         rows = feature_quality(x_train[spec.name], card.x_test[spec.name], names)
@@ -527,7 +527,7 @@ def _interpretability_section(card: _Card) -> list[str]:
     """Permutation importance for a tabular input, gradient saliency for a single image input."""
     lines = ["## Interpretability", ""]
     first = card.recipe.inputs[0]
-    if len(first.shape) == 1 and np.dtype(first.dtype).kind == "f":
+    if len(first.shape) == 1 and first.dtype.startswith("float"):
         return lines + _importance(card, first.name)
     if len(first.shape) == 3 and len(card.recipe.inputs) == 1:
         return lines + _saliency(card)

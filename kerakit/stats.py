@@ -43,7 +43,7 @@ def series_of_inputs(inputs: dict[str, np.ndarray], feature_names: dict[str, lis
         for stat, values in row_statistics(x).items():
             series[f"{name}.{stat}"] = values
         x = np.asarray(x)
-        if x.ndim == 2 and x.shape[1] <= MAX_TABULAR_FEATURES:
+        if x.ndim == 2 and x.shape[1] <= MAX_TABULAR_FEATURES and x.dtype.kind in "biuf":  # text: its lengths
             names = (feature_names or {}).get(name) or [str(i) for i in range(x.shape[1])]
             for i, feature in enumerate(names):
                 series[f"{name}[{feature}]"] = x[:, i].astype(np.float64)

@@ -82,3 +82,37 @@ def test_weights_imagenet_downloads_or_says_offline_what_to_pass_instead(tmp_pat
         assert "Pass weights=PATH" in str(e) and "or weights=none to train from scratch" in str(e)
         return
     assert model.count_params() > 0
+
+
+@pytest.mark.slow
+def test_two_phases_run_in_one_history_and_an_interrupted_second_phase_resumes(tmp_path, monkeypatch):
+    """Head on a frozen backbone, then fine-tuning: both in history.csv, the switch in the manifest; a run
+    killed in the second phase resumes in it (fine_tune applied again before its backup is restored)."""
+    import kerakit
+    from kerakit.callbacks import Backup
+
+    monkeypatch.setenv("TFDS_DATA_DIR", str(tmp_path / "tfds"))
+    recipe = _recipe(tmp_path, per_class=20)
+    quiet = dict(verbose=0, log=lambda m: None, weights="none", epochs=2, fine_tune_epochs=2, patience=50)
+    run = kerakit.train(recipe, tmp_path / "run", **quiet)
+    manifest = json.loads((run.path / "manifest.json").read_text())
+    assert manifest["training"]["fine_tune_from_epoch"] == 2 and manifest["training"]["epochs_run"] == 4
+    assert [int(r["epoch"]) for r in kerakit.train.__globals__["_read_history"](run.history_path)] == [0, 1, 2, 3]
+
+    real = Backup.on_epoch_end
+    calls = []
+
+    def killed_in_phase_two(self, epoch, logs=None):
+        real(self, epoch, logs)
+        calls.append(epoch)
+        if epoch == 2:
+            raise KeyboardInterrupt  # after the first fine-tuning epoch's backup
+    monkeypatch.setattr(Backup, "on_epoch_end", killed_in_phase_two)
+    with pytest.raises(KeyboardInterrupt):
+        kerakit.train(recipe, tmp_path / "again", **quiet)
+    monkeypatch.setattr(Backup, "on_epoch_end", real)
+    logs = []
+    again = kerakit.train(recipe, tmp_path / "again", **{**quiet, "log": logs.append})
+    assert any("Resuming shapes from epoch 3" in line for line in logs)
+    assert not any("Fine-tuning" in line for line in logs)  # resumed inside phase two, not switched again
+    assert json.loads((again.path / "manifest.json").read_text())["training"]["fine_tune_from_epoch"] == 2

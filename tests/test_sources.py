@@ -269,7 +269,7 @@ def test_new_then_build_from_a_messy_table_photos_and_texts_ends_in_verified_art
     assert "Recipe written to recipes/visits.py" in made.stdout
     recipe = (project / "recipes" / "visits.py").read_text()
     assert 'DATASET = "data/visits.csv"' in recipe and "NUMBERS = ['x1', 'x2']" in recipe
-    assert "'site': ['" in recipe and "MISSING_FLAGS = ['x2']" in recipe and "TEXT = ['note']" in recipe
+    assert "CATEGORIES = ['site']" in recipe and "MISSING_FLAGS = ['x2']" in recipe and "TEXT = ['note']" in recipe
     refused = run_cli("new", "visits", "--from", "data/visits.csv", "--label", "outcome", cwd=project, env=env)
     assert refused.returncode == 1 and "recipes/visits.py exists: pick another NAME, or pass --force" in refused.stderr
     assert run_cli("new", "shapes", "--from", "data/shapes", cwd=project, env=env).returncode == 0

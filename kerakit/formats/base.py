@@ -105,6 +105,9 @@ class Predictor:
 
 def _checked(spec: Spec, value: np.ndarray) -> np.ndarray:
     if spec.dtype == "object":  # a string input: text in, as ONNX Runtime takes it
+        if value.dtype.kind in "OS" and any(isinstance(v, bytes) for v in value.flat):  # tf.data's strings
+            value = np.array([v.decode("utf-8") if isinstance(v, bytes) else v for v in value.flat],
+                             dtype=object).reshape(value.shape)
         if value.dtype.kind not in "OU" or not all(isinstance(v, str) for v in value.flat):
             raise KerakitError(f"Input {spec.name!r} has dtype {value.dtype}; expected strings.")
     elif value.dtype.kind not in "biuf":

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
+from kerakit.dtypes import from_tf_name
 from kerakit.errors import KerakitError
 from kerakit.formats.base import Format, Predictor, Spec
 
@@ -165,7 +166,7 @@ def model_inputs(model) -> list[Spec]:
     `call` arguments with the shapes of its first call (batch dynamic); one dict argument: its keys."""
     traced = getattr(model, "inputs", None)  # a subclassed model has none
     if traced:
-        return [Spec(t.name, tuple(t.shape), str(t.dtype)) for t in traced]
+        return [Spec(t.name, tuple(t.shape), from_tf_name(str(t.dtype))) for t in traced]
     shapes = getattr(model, "_build_shapes_dict", None)
     if not getattr(model, "built", False) or not shapes:
         raise KerakitError(f"The subclassed model {type(model).__name__!r} was never called, so its inputs are "

@@ -13,6 +13,7 @@ import shutil
 from pathlib import Path
 
 from kerakit import runs
+from kerakit.dtypes import from_tf_name, tf_name
 from kerakit.errors import KerakitError
 from kerakit.formats.base import Format, Predictor, Spec, Variant
 
@@ -25,7 +26,7 @@ def serving_function(model, inputs: list[Spec], outputs: list[str], batch: int |
 
     from kerakit.formats.keras import call_model, named_outputs
 
-    signature = [{s.name: tf.TensorSpec((batch, *s.shape[1:]), s.dtype, name=s.name) for s in inputs}]
+    signature = [{s.name: tf.TensorSpec((batch, *s.shape[1:]), tf_name(s.dtype), name=s.name) for s in inputs}]
 
     def serve(features):  # a functional or subclassed model; a tensor, list or dict of outputs
         result = named_outputs(call_model(model, features, inputs), outputs)
@@ -71,8 +72,9 @@ class SavedModelPredictor(Predictor):
             raise KerakitError(f"SavedModel {str(path)!r} has no {SIGNATURE!r} signature.")
         self._fn = self._loaded.signatures[SIGNATURE]
         _, kwargs = self._fn.structured_input_signature
-        self.inputs = [Spec(k, tuple(v.shape), v.dtype.name) for k, v in sorted(kwargs.items())]
-        self.outputs = [Spec(k, tuple(v.shape), v.dtype.name) for k, v in sorted(self._fn.structured_outputs.items())]
+        self.inputs = [Spec(k, tuple(v.shape), from_tf_name(v.dtype.name)) for k, v in sorted(kwargs.items())]
+        self.outputs = [Spec(k, tuple(v.shape), from_tf_name(v.dtype.name))
+                        for k, v in sorted(self._fn.structured_outputs.items())]
         self._tf = tf
 
     def keras_outputs(self) -> list[str] | None:

@@ -314,7 +314,7 @@ class LiteRTPredictor(Predictor):
             from kerakit.quiet import muted_stderr
 
             with muted_stderr():  # the first invoke creates the XNNPACK delegate and says so on stderr
-                self._run({s.name: np.zeros((s.shape[0] or 1, *s.shape[1:]), s.dtype) for s in self.inputs})
+                self._run({s.name: _blank((s.shape[0] or 1, *s.shape[1:]), s.dtype) for s in self.inputs})
 
     def keras_outputs(self) -> list[str] | None:
         return (read_metadata(self.path) or {}).get("outputs")
@@ -428,7 +428,14 @@ def _scale(detail) -> bool:
 
 
 def _float_view(detail) -> str:
+    if np.dtype(detail["dtype"]).kind in "SO":  # a string tensor: text in, as every runtime takes it
+        return "object"
     return "float32" if _scale(detail) else np.dtype(detail["dtype"]).name
+
+
+def _blank(shape: tuple, dtype: str) -> np.ndarray:
+    """A warm-up input: zeros, or empty strings for a string input."""
+    return np.full(shape, "", dtype=object) if dtype == "object" else np.zeros(shape, dtype)
 
 
 def _quantizer(detail):

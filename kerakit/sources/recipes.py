@@ -228,8 +228,8 @@ def encode(inputs, train):
         if name in MISSING_FLAGS:
             parts.append(keras.ops.cast(missing, "float32"))
     for name in CATEGORIES:
-        values, counts = np.unique(train[name][train[name] != b""], return_counts=True)
-        vocabulary = [v.decode("utf-8") for v in values[np.argsort(-counts, kind="stable")][:MAX_TOKENS]]
+        values, counts = np.unique(train[name][train[name] != ""].astype(str), return_counts=True)
+        vocabulary = list(values[np.argsort(-counts, kind="stable")][:MAX_TOKENS])
         lookup = keras.layers.StringLookup(vocabulary=vocabulary or ["(none)"], output_mode="one_hot",
                                            name=f"{{name}}_lookup")  # index 0: missing or unseen
         parts.append(lookup(inputs[name]))
