@@ -1,4 +1,4 @@
-"""`make bench`: benchmarks, written as JSON to bench/results/ (foundation, export, inference, serve, tune, data).
+"""`make bench`: benchmarks, written as JSON to bench/results/ (foundation, export, inference, serve, tune, data, int8_call).
 
 `python bench/run.py serve` (or foundation / export / tune) runs one section.
 
@@ -44,6 +44,11 @@ Figures are ratios measured within one run (this machine is shared and noisy):
   under "limits": REST vs a bare Starlette endpoint on the same uvicorn (goal >= 0.7),
   gRPC vs REST (goal >= 1.5 for digits_mobilenet), RSS after 200 requests of 3.8 MB
   (digits_cnn, goal <= 1.5x before), and a profile of the server's event loop.
+- int8_call (int8_call.json), `python bench/run.py int8_call`: kerakit's LiteRT int8 call (`Predictor.run`, 1
+  thread) over LiteRT's own SetTensor/Invoke/GetTensor on pre-quantized input of an int8-I/O file ("floor"), at
+  batch 1 and 32, interleaved, 3 repeats: the edge target's int8 file (float I/O, quantized inside the graph;
+  goal <= 1.05) and the int8-I/O file (kerakit quantizing in numpy). digits_cnn and digits_mobilenet (1 epoch;
+  KERAKIT_BENCH_MOBILENET=0 skips it). The load average before and after is recorded beside the figures.
 - data (data.json): preparing generated CSV tables: rows/s against pandas.read_csv, peak RSS flat in the
   file's size while a large CSV streams, training steps/s from the prepared dataset against the same rows
   in memory; see bench/data_prep.py.
@@ -521,6 +526,78 @@ def _int8_goals(models: list[dict]) -> list[str]:
     return lines
 
 
+# --------------------------------------------------------------------------- int8 through kerakit (issue 28)
+
+def _lite_floor(path: Path, x: np.ndarray):
+    """LiteRT's own call and nothing else: SetTensor/Invoke/GetTensor on the interpreter's wrapper, the input
+    already in the file's input type (quantized once, outside the timing)."""
+    from ai_edge_litert.interpreter import Interpreter
+
+    interpreter = Interpreter(model_path=str(path), num_threads=1)
+    inp, out = interpreter.get_input_details()[0], interpreter.get_output_details()[0]
+    interpreter.resize_tensor_input(inp["index"], x.shape)
+    interpreter.allocate_tensors()
+    scale, zero_point = inp["quantization"]
+    if inp["dtype"] != np.float32 and scale:
+        info = np.iinfo(inp["dtype"])
+        x = np.clip(np.rint(x / scale + zero_point), info.min, info.max).astype(inp["dtype"])
+    wrapper, i, o = interpreter._interpreter, inp["index"], out["index"]
+
+    def call():
+        wrapper.SetTensor(i, x, 0)
+        wrapper.Invoke(0)
+        return wrapper.GetTensor(o, 0)
+    return call
+
+
+def int8_call(run_path: Path, repeats: int = 3) -> dict:
+    """kerakit's LiteRT int8 call over LiteRT's own call on an int8-I/O file, at batch 1 and 32, interleaved:
+    the edge target's file (float I/O: QUANTIZE/DEQUANTIZE inside the graph) and the int8-I/O file
+    (`--format tflite-int8`, kerakit (de)quantizing in numpy per call)."""
+    from kerakit import formats
+    from kerakit.data import load_data
+    from kerakit.export import export
+    from kerakit.runs import Run
+
+    from kerakit.export import VerificationFailed
+
+    run = Run.open(run_path)
+    x_test, _ = load_data(run.recipe(), run.config["config"]).arrays("test")
+    files, verdicts = {}, {}
+    with tempfile.TemporaryDirectory() as tmp:
+        for io in ("int8", "float32"):
+            target = Path(tmp) / f"int8_{io}.toml"
+            target.write_text(f'[[artifacts]]\nformat = "tflite"\nquantization = "int8"\nio = "{io}"\n')
+            try:  # a briefly trained model's int8 may fail its metric; its timing is what is measured here
+                report = export(run.path, targets=[str(target)], out=Path(tmp) / io, log=lambda m: None)
+            except VerificationFailed as e:
+                report = e.report
+            files[io] = Path(tmp) / io / "model_int8.tflite"
+            verdicts[io] = next(r["verdict"] for r in report.artifacts)
+        result = {"recipe": run.config["recipe"], "threads": 1, "verdicts_by_io": verdicts,
+                  "load_average_before": os.getloadavg(), "batches": {}}
+        for batch in (1, 32):
+            x = {k: v[:batch].astype(np.float32) for k, v in x_test.items()}
+            single = next(iter(x.values()))
+            loaded = {io: formats.get("tflite").load(path, threads=1) for io, path in files.items()}
+            feeds = {io: p.validate(x) for io, p in loaded.items()}
+            calls = {"kerakit_float_io": lambda: loaded["float32"].run(feeds["float32"]),
+                     "kerakit_int8_io": lambda: loaded["int8"].run(feeds["int8"]),
+                     "floor_int8_io": _lite_floor(files["int8"], single),
+                     "floor_float_io": _lite_floor(files["float32"], single),
+                     "bare_int8_io_numpy": _lite_bare(files["int8"], single)}
+            result["batches"][str(batch)] = _ratio_repeats(calls, {
+                "kerakit_float_io/floor_int8_io": ("kerakit_float_io", "floor_int8_io"),
+                "kerakit_int8_io/floor_int8_io": ("kerakit_int8_io", "floor_int8_io"),
+                "floor_float_io/floor_int8_io": ("floor_float_io", "floor_int8_io"),
+                "kerakit_int8_io/bare_int8_io_numpy": ("kerakit_int8_io", "bare_int8_io_numpy")},
+                repeats, seconds=4.0, block=10 if batch == 1 else 3)
+            for p in loaded.values():
+                p.close()
+    result["load_average_after"] = os.getloadavg()
+    return result
+
+
 def tune_memory(trials: int = 20) -> dict:
     """RSS after each finished trial of a 20-trial random search on digits_cnn, in this process."""
     import kerakit
@@ -688,7 +765,7 @@ def serve(run_path: Path) -> dict:
             "limits": limits(model, x_test, with_memory=run.config["recipe"] == "digits_cnn")}
 
 
-SECTIONS = ("foundation", "export", "inference", "serve", "tune", "data")
+SECTIONS = ("foundation", "export", "inference", "serve", "tune", "data", "int8_call")
 
 
 def main(sections: list[str]) -> None:
@@ -732,6 +809,18 @@ def main(sections: list[str]) -> None:
                 _write("deployment.json", {"machine": machine, "models": [deployment_figures(p) for p in trained]})
             if "serve" in sections:
                 _write("serve.json", {"machine": machine, "models": [serve(p) for p in trained]})
+    if "int8_call" in sections:  # kerakit's LiteRT int8 call / LiteRT's own (goal <= 1.05), both int8 file forms
+        with tempfile.TemporaryDirectory() as tmp:
+            import kerakit
+
+            trained = [kerakit.train("digits_cnn", f"{tmp}/digits_cnn", epochs=3, verbose=0, log=lambda m: None).path]
+            if os.environ.get("KERAKIT_BENCH_MOBILENET", "1") != "0":  # its shape matters here, not its accuracy
+                trained.append(kerakit.train("digits_mobilenet", f"{tmp}/digits_mobilenet", epochs=1, verbose=0,
+                                             log=lambda m: None).path)
+            models = []
+            for p in trained:  # written after each model, so a cut-short run keeps the first
+                models.append(int8_call(p))
+                _write("int8_call.json", {"machine": machine, "models": models})
     if "data" in sections:
         from data_prep import data_figures
 

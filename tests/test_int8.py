@@ -113,3 +113,29 @@ def test_the_onnx_int8_form_follows_orts_guidance_per_cpu():
     assert (vnni["activations"], vnni["weights"], vnni["reduce_range"]) == ("uint8", "int8", False)
     arm = int8_form("aarch64", {"asimd", "asimddp"})
     assert (arm["activations"], arm["weights"], arm["reduce_range"]) == ("int8", "int8", False)
+
+
+def test_kerakit_quantizes_an_int8_io_file_as_litert_would_and_answers_by_shape_in_any_order(hard_swish_export):
+    """A file with int8 I/O (`--format tflite-int8`): kerakit's call is the tensor's own scale and zero point
+    around set/invoke/get, and switching batch sizes back and forth never answers from another shape's
+    interpreter."""
+    from kerakit import runtime
+
+    out, _ = hard_swish_export
+    path = out / "model_int8.tflite"
+    x = np.random.default_rng(5).random((7, 16, 16, 3), dtype=np.float32)
+    interpreter = Interpreter(model_path=str(path))
+    inp, outp = interpreter.get_input_details()[0], interpreter.get_output_details()[0]
+    (scale, zero), (out_scale, out_zero) = inp["quantization"], outp["quantization"]
+    interpreter.resize_tensor_input(inp["index"], (1, 16, 16, 3))
+    interpreter.allocate_tensors()
+    want = []
+    for row in x:
+        interpreter.set_tensor(inp["index"], np.clip(np.rint(row[None] / scale + zero), -128, 127).astype(np.int8))
+        interpreter.invoke()
+        want.append((interpreter.get_tensor(outp["index"]).astype(np.float32) - out_zero) * out_scale)
+    want = np.concatenate(want)
+    with runtime.load(path) as p:
+        assert p.quantized_io
+        for rows in (slice(0, 1), slice(0, 3), slice(3, 4), slice(0, 7), slice(2, 3), slice(1, 5)):
+            np.testing.assert_allclose(p.predict(x[rows])["probabilities"], want[rows], atol=1e-6)
