@@ -95,6 +95,7 @@ def build(
     log: Callable[[str], None] = print,
     track: bool | None = None,
     register: str | None = None,
+    overwrite: bool = False,
     **overrides: Any,
 ) -> dict:
     """Train (after a `tune` search, if given), export for `targets`, bench, report: all into `out`.
@@ -102,7 +103,8 @@ def build(
     Returns the run path, each step's status and seconds, the report's paths
     and flags, and the deployment table. track: a parent MLflow run with the
     training nested in it and the steps' figures (`kerakit.tracking`); register:
-    each verified artifact a version of that registered model (implies track).
+    each verified artifact a version of that registered model (implies track). overwrite: start over in
+    `out` (search and train again) where it holds another request.
     """
     from kerakit.export import resolve_targets
     from kerakit.recipe import load_recipe
@@ -110,7 +112,10 @@ def build(
     loaded = load_recipe(recipe)
     run = runs.Run(Path(out) if out else Path("runs") / loaded.name)
     targets = resolve_targets(_check_targets(targets))  # a bad or clashing target is refused before training
+    _check_tune(tune, max_trials, max_epochs)
     config = loaded.resolve_config(overrides)[0]
+    if overwrite:  # train (and tune) start over, as they take it; export and bench follow the new model
+        overrides = {**overrides, "overwrite": True}
     with runs.writer(run.path, "kerakit build"), \
             tracking.building(run, loaded, config, track, register, log) as tracker:
         return _build(loaded, run, targets, tune, max_trials, max_epochs, bench_runs, data_dir, log, overrides,
@@ -141,6 +146,16 @@ def _build(loaded, run: runs.Run, targets: list, tune, max_trials, max_epochs, b
     return result
 
 
+def _check_tune(tuner: "str | None", max_trials: int, max_epochs: "int | None") -> None:
+    """A --tune search's budget, said in build's own options (the search would name `kerakit tune`'s)."""
+    from kerakit import tuners
+
+    kind = tuners.TUNERS.get(tuner) if isinstance(tuner, str) else None
+    budget = {"max_trials": (max_trials, "--max-trials"), "max_epochs": (max_epochs, "--max-epochs")}
+    if kind is not None and budget[kind.budget][0] is None:
+        raise KerakitError(f"--tune {kind.name} needs {budget[kind.budget][1]} (the budget that bounds its search).")
+
+
 def _check_targets(targets: Iterable[str]) -> list[str]:
     targets = [t.strip() for t in targets if t.strip()]
     if not targets:
@@ -166,7 +181,7 @@ def _train_step(steps: _Steps, recipe, run: runs.Run, hparams: Path | None, data
     from kerakit.train import train
 
     start = steps.start("train", f"{recipe.name} -> {run.path}")
-    finished_before = run.is_finished
+    finished_before = run.is_finished and not overrides.get("overwrite")  # --overwrite trains it again
     run = train(recipe, run.path, hparams=hparams, data_dir=data_dir, log=log, **overrides)
     steps.finish("train", start, "already done" if finished_before
                  else f"{run.metrics.get(recipe.metric, '')} {recipe.metric} on test")

@@ -25,11 +25,16 @@ class _Group(click.Group):
         try:
             return super().invoke(ctx)
         except Exception as e:
-            message = str(e) if isinstance(e, KerakitError) else _disk_error(e)
+            message = str(e) if isinstance(e, KerakitError) else _disk_error(e, self._takes_out(ctx))
             if message is None or ctx.params.get("debug") or os.environ.get("KERAKIT_DEBUG"):
                 raise
             click.echo(f"error: {message}", err=True)
             ctx.exit(1)
+
+    def _takes_out(self, ctx) -> bool:
+        """Whether the command that failed has --out (a full disk's line offers another directory only then)."""
+        command = self.get_command(ctx, ctx.invoked_subcommand or "")
+        return command is not None and any("--out" in p.opts for p in command.params)
 
 
 class _RegistryHelp(click.Option):
@@ -61,7 +66,7 @@ def _threads_help(serve: bool = False) -> str:
     return f"Thread counts for the formats that take one ({takes})."
 
 
-def _disk_error(e: BaseException) -> str | None:
+def _disk_error(e: BaseException, takes_out: bool = True) -> str | None:
     """The one line for an exception that is the disk's fault, wherever it surfaced (h5py, TensorFlow, ...)."""
     import errno
 
@@ -69,10 +74,11 @@ def _disk_error(e: BaseException) -> str | None:
     full = getattr(e, "errno", None) in (errno.ENOSPC, errno.EDQUOT) or "No space left on device" in text
     read_only = getattr(e, "errno", None) == errno.EROFS or "Read-only file system" in text
     if not (full or read_only):
-        return _disk_error(e.__cause__) if e.__cause__ is not None else None
+        return _disk_error(e.__cause__, takes_out) if e.__cause__ is not None else None
     where = f" writing {e.filename}" if getattr(e, "filename", None) else ""
     what = "No space left on device" if full else "The file system is read-only"
-    return (f"{what}{where}. Free space (or pass another --out) and rerun the same command: every step "
+    instead = " (or pass another --out)" if takes_out else ""
+    return (f"{what}{where}. Free space{instead} and rerun the same command: every step "
             "that finished is kept, and an interrupted one resumes or starts again.")
 
 
@@ -170,6 +176,7 @@ def _track_option(command):
 
 
 @cli.command("train", context_settings={"ignore_unknown_options": False})
+@_custom_objects_option
 @click.argument("recipe")
 @click.argument("overrides", nargs=-1)
 @click.option("--out", type=click.Path(file_okay=False), help="Run directory (default runs/RECIPE-TIMESTAMP). Rerun with the same --out to resume.")
@@ -215,6 +222,7 @@ def _request_options(request_type):
 
 
 @cli.command("tune")
+@_custom_objects_option
 @click.argument("recipe")
 @click.argument("overrides", nargs=-1)
 @_request_options(TuneRequest)
@@ -251,6 +259,7 @@ def _print_trials(result) -> None:
 
 
 @cli.command("cv")
+@_custom_objects_option
 @click.argument("recipe")
 @click.argument("overrides", nargs=-1)
 @click.option("--folds", default=5, show_default=True, type=click.IntRange(min=2), help="Number of folds (K).")
@@ -344,6 +353,7 @@ def export_cmd(ctx, source, targets, formats, out, recipe, sample, data_dir, ops
 
 
 @cli.command("build")
+@_custom_objects_option
 @click.argument("recipe")
 @click.argument("overrides", nargs=-1)
 @click.option("--target", "targets", default="server,edge", show_default=True, help="Export targets, comma-separated (names or TOML paths).")
@@ -351,14 +361,15 @@ def export_cmd(ctx, source, targets, formats, out, recipe, sample, data_dir, ops
 @click.option("--max-trials", default=10, show_default=True, type=click.IntRange(min=1), help="With --tune.")
 @click.option("--max-epochs", type=click.IntRange(min=1), help="With --tune hyperband: the most epochs one trial trains.")
 @click.option("--out", type=click.Path(file_okay=False), help="Run directory (default runs/RECIPE). Rerun to resume.")
+@click.option("--overwrite", is_flag=True, help="Start over in --out: search (with --tune) and train again, then export and bench.")
 @click.option("--bench-runs", default=100, show_default=True, type=click.IntRange(min=5), help="Timed calls per artifact and setting.")
 @click.option("--data-dir", help="TFDS data directory.")
 @_track_option
 @click.option("--register", metavar="NAME", help="Register each verified artifact as a version of model NAME in "
               "MLflow's registry (implies --track); a failed one never is.")
 @click.pass_context
-def build_cmd(ctx, recipe, overrides, targets, tuner, max_trials, max_epochs, out, bench_runs, data_dir, track,
-              register) -> None:
+def build_cmd(ctx, recipe, overrides, targets, tuner, max_trials, max_epochs, out, overwrite, bench_runs, data_dir,
+              track, register) -> None:
     """Train (or tune, then train), export and verify, bench every artifact, write the report (exit 1 if an artifact fails)."""
     from kerakit.build import BuildFailed, build
 
@@ -366,7 +377,8 @@ def build_cmd(ctx, recipe, overrides, targets, tuner, max_trials, max_epochs, ou
     _needs_tensorflow(ctx)
     try:
         result = build(recipe, targets.split(","), out, tune=tuner, max_trials=max_trials, max_epochs=max_epochs,
-                       bench_runs=bench_runs, data_dir=data_dir, track=track, register=register, **overrides)
+                       bench_runs=bench_runs, data_dir=data_dir, track=track, register=register, overwrite=overwrite,
+                       **overrides)
     except BuildFailed as e:  # the table shows what failed; then the error line and exit 1
         _print_deployment(e.result["deployment"], e.result["report"])
         raise

@@ -174,18 +174,18 @@ def _json_default(value: Any) -> Any:
     raise TypeError(f"Not JSON serializable: {type(value).__name__}")
 
 
-def ensure_writable_dir(path: str | os.PathLike) -> Path:
-    """Create `path` if needed and prove we can write into it, or raise a clear error."""
+def ensure_writable_dir(path: str | os.PathLike, has_out: bool = True) -> Path:
+    """Create `path` if needed and prove we can write into it, or raise a clear error.
+
+    has_out: whether the command writing it takes --out (`kerakit report` writes into the run it is given)."""
     path = Path(path)
     try:
         path.mkdir(parents=True, exist_ok=True)
         with tempfile.NamedTemporaryFile(dir=path, prefix=".write-test-"):
             pass
     except OSError as e:
-        raise KerakitError(
-            f"Cannot write to output directory {str(path)!r}: {e.strerror or e}. "
-            "Pass a writable --out DIR."
-        ) from None
+        fix = "Pass a writable --out DIR." if has_out else "Make it writable, or copy the run somewhere writable."
+        raise KerakitError(f"Cannot write to output directory {str(path)!r}: {e.strerror or e}. {fix}") from None
     return path
 
 
@@ -196,7 +196,7 @@ _held: dict[Path, list] = {}  # directory -> [lock file descriptor, depth], for 
 
 
 @contextlib.contextmanager
-def writer(path: str | os.PathLike, command: str) -> Iterator[Path]:
+def writer(path: str | os.PathLike, command: str, has_out: bool = True) -> Iterator[Path]:
     """Hold `path`'s writer lock while the block runs: one writing kerakit process per directory.
 
     An advisory `fcntl.flock` on DIR/.kerakit.lock, which the OS releases when
@@ -208,8 +208,10 @@ def writer(path: str | os.PathLike, command: str) -> Iterator[Path]:
 
         with writer("runs/demo", "kerakit export"):
             ...
+
+    has_out: whether `command` takes --out, so that its messages offer another directory only where it does.
     """
-    path = ensure_writable_dir(path)
+    path = ensure_writable_dir(path, has_out)
     key = path.resolve()
     if key in _held:
         _held[key][1] += 1
@@ -218,7 +220,7 @@ def writer(path: str | os.PathLike, command: str) -> Iterator[Path]:
         finally:
             _held[key][1] -= 1
         return
-    fd = _acquire(path, command)
+    fd = _acquire(path, command, has_out)
     _held[key] = [fd, 1]
     try:
         remove_leftovers(path)
@@ -228,7 +230,7 @@ def writer(path: str | os.PathLike, command: str) -> Iterator[Path]:
         os.close(fd)  # releases the flock
 
 
-def _acquire(path: Path, command: str) -> int:
+def _acquire(path: Path, command: str, has_out: bool = True) -> int:
     import datetime as _dt
     import fcntl
 
@@ -238,7 +240,8 @@ def _acquire(path: Path, command: str) -> int:
     except BlockingIOError:
         holder = os.read(fd, 4096).decode(errors="replace").strip() or "another process"
         os.close(fd)
-        raise KerakitError(f"{path} is in use by {holder}. Wait for it to finish, or use another --out.") from None
+        instead = ", or use another --out" if has_out else ""
+        raise KerakitError(f"{path} is in use by {holder}. Wait for it to finish{instead}.") from None
     since = _dt.datetime.now().strftime("%H:%M:%S")
     os.ftruncate(fd, 0)
     os.pwrite(fd, f"pid {os.getpid()} ({command}, since {since})\n".encode(), 0)

@@ -355,9 +355,9 @@ def find_recipe(name_or_path: str | os.PathLike) -> Path:
     text = str(name_or_path)
     given = Path(text)
     if given.exists() and (given.is_dir() or given.suffix.lower() != ".py"):
-        label = " --label COLUMN" if given.is_file() else ""
         raise KerakitError(f"{text!r} is data, not a recipe: write a recipe for it with `kerakit new NAME --from "
-                           f"{text}{label}` (it prints a data report first), then `kerakit train NAME`.")
+                           f"{text}{' --label COLUMN' if given.is_file() else ''}` (it prints a data report first), "
+                           "then `kerakit train NAME`.")
     if text.endswith(".py") or os.sep in text or "/" in text:
         path = Path(text)
         if not path.is_file():

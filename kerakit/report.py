@@ -280,7 +280,7 @@ class _Card:
 def report(run_path: "str | os.PathLike", data_dir: str | None = None, log=print) -> dict:
     """Write RUN/report/{model_card.md, index.html, *.png}; returns paths and flags."""
     run = runs.Run.open(run_path)
-    with runs.writer(run.path, "kerakit report"):
+    with runs.writer(run.path, "kerakit report", has_out=False):  # it writes RUN/report
         return _write(run, data_dir, log)
 
 
@@ -565,8 +565,8 @@ def _reproducibility_section(card: _Card) -> list[str]:
         ["recipe", f"`{recipe.name}` (copy in `{run.recipe_path}`)"],
         ["seeds", ", ".join(f"{k}={v}" for k, v in (manifest.get("seeds") or {}).items()) or str(config["config"].get("seed"))],
         ["code", ", ".join(f"{k}: {v}" for k, v in code.items()) if isinstance(code, dict) else str(code)],
-        ["retrain", f"`kerakit train {recipe.name} --out NEW_DIR "
-                    + " ".join(f"{k}={v}" for k, v in config["config"].items()) + "` with `--hparams` of the values above"],
+        ["retrain", f"`kerakit train {recipe.name} --out NEW_DIR --hparams HPARAMS.json "
+                    + " ".join(f"{k}={v}" for k, v in config["config"].items()) + "` (HPARAMS.json: the values above)"],
         ["started", manifest.get("started", "?")],
     ]), "", "Artifacts (sha256):", "",
         _table(["file", "sha256"], [[k, f"`{v[:16]}…`"] for k, v in manifest.get("artifacts", {}).items()]), "",

@@ -41,7 +41,13 @@ def test_build_rerun_resumes_every_finished_step(built):
         assert f"   {step}: already done" in r.stdout
     assert {p: p.stat().st_mtime_ns for p in before} == before
     r = run_cli("build", "digits_cnn", "epochs=5", "--out", out, timeout=120)
-    assert r.returncode == 1 and "changed: epochs" in r.stderr
+    assert r.returncode == 1 and "changed: epochs" in r.stderr and "or --overwrite to replace it" in r.stderr
+    from conftest import cli_in_process
+
+    r = cli_in_process("build", "digits_cnn", "epochs=5", "--out", out, "--bench-runs", "5", "--overwrite")
+    assert r.returncode == 0, r.stderr[-2000:]  # the option the line advised: trained, exported, benched again
+    assert "   train: already done" not in r.stdout and "export: the model changed since the last export" in r.stdout
+    assert json.loads((out / "config.json").read_text())["config"]["epochs"] == 5
 
 
 def test_build_needs_an_export_target(tmp_path):
@@ -49,6 +55,14 @@ def test_build_needs_an_export_target(tmp_path):
 
     with pytest.raises(KerakitError, match=r"No export target: pass --target, e.g. server,edge"):
         build("digits_cnn", targets=[" ", ""], out=tmp_path, log=lambda m: None)
+    assert list(tmp_path.iterdir()) == [], "refused before anything was written"
+
+
+def test_build_with_a_tuner_that_needs_an_epoch_budget_names_builds_own_option(tmp_path):
+    from kerakit.build import build
+
+    with pytest.raises(KerakitError, match=r"^--tune hyperband needs --max-epochs \(the budget that bounds its "):
+        build("digits_cnn", tune="hyperband", out=tmp_path, log=lambda m: None)
     assert list(tmp_path.iterdir()) == [], "refused before anything was written"
 
 

@@ -48,6 +48,28 @@ def test_a_second_writer_is_refused_with_one_line_naming_the_first(tmp_path):
     assert not (out / runs.CONFIG_FILE).exists(), "the refused writers wrote nothing"
 
 
+def test_a_command_without_out_is_offered_what_it_can_do_instead(tmp_path):
+    """`kerakit report` writes into the run it is given (it has no --out): its lines do not offer one."""
+    code = (f"from kerakit import runs\nwith runs.writer({str(tmp_path)!r}, 'kerakit train'):\n"
+            "    print('held', flush=True)\n    input()")
+    holder = subprocess.Popen([sys.executable, "-c", code], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline() == "held\n"
+        with pytest.raises(KerakitError, match=r"\(kerakit train, since [0-9:]+\)\. Wait for it to finish\.$"):
+            with runs.writer(tmp_path, "kerakit report", has_out=False):
+                pass
+        with pytest.raises(KerakitError, match=r"Wait for it to finish, or use another --out\.$"):
+            with runs.writer(tmp_path, "kerakit export"):
+                pass
+    finally:
+        holder.communicate("\n", timeout=30)
+    (tmp_path / "a-file").write_text("not a directory")
+    with pytest.raises(KerakitError, match=r"Make it writable, or copy the run somewhere writable\.$"):
+        runs.writer(tmp_path / "a-file" / "run", "kerakit report", has_out=False).__enter__()
+    with pytest.raises(KerakitError, match=r"Pass a writable --out DIR\.$"):
+        runs.writer(tmp_path / "a-file" / "run", "kerakit export").__enter__()
+
+
 def test_the_lock_is_reentrant_in_one_process_and_released_with_it(tmp_path):
     with runs.writer(tmp_path, "kerakit build"):
         with runs.writer(tmp_path, "kerakit train"):  # build holds it while train runs inside

@@ -432,7 +432,8 @@ def test_a_row_without_one_of_its_labels_is_refused_naming_the_column_and_rows(t
     ("island", {"time": "island"}, "Column 'island' is both a label and the time column"),
     (["species", MASS], {"task": "classification"}, "task='classification' is the task of one label, and there "
                                                     f"are 2 (species, {MASS})"),
-    ("species,", {}, "Invalid label 'species,': name a column, or several joined by commas"),
+    ("species,", {}, "Invalid label 'species,': name a column, or several (`kerakit data` and `kerakit new` take "
+                     "--label species,body_mass_g; a recipe's SOURCE takes label=['species', 'body_mass_g'])"),
 ])
 def test_a_bad_label_list_gets_one_line(tmp_path, label, options, message):
     csv, _ = _two_label_csv(tmp_path / "t.csv", n=60)

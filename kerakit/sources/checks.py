@@ -77,8 +77,9 @@ def label_columns(label, columns: list[str], name: str, *, group: str | None = N
         raise KerakitError(f"Invalid label {label!r}: expected a column name or a list of them, e.g. "
                            "label=['species', 'body_mass_g'].")
     if not labels or "" in labels:
-        raise KerakitError(f"Invalid label {label!r}: name a column, or several joined by commas "
-                           "(--label species,body_mass_g).")
+        raise KerakitError(f"Invalid label {label!r}: name a column, or several (`kerakit data` and `kerakit new` "
+                           "take --label species,body_mass_g; a recipe's SOURCE takes label=['species', "
+                           "'body_mass_g']).")
     for column in labels:
         if column not in columns:
             raise KerakitError(f"Unknown label column {column!r} in {name}. Columns: {', '.join(columns)}.")
@@ -88,7 +89,8 @@ def label_columns(label, columns: list[str], name: str, *, group: str | None = N
         for role, split_column in (("group", group), ("time", time)):
             if column == split_column:
                 raise KerakitError(f"Column {column!r} is both a label and the {role} column: a label cannot "
-                                   f"decide the split; split by another column (--{role}) or predict another.")
+                                   f"decide the split; split by another column (`kerakit data` and `kerakit new` "
+                                   f"take --{role}; a recipe's SOURCE takes {role}=) or predict another.")
     return labels
 
 
@@ -99,7 +101,8 @@ def label_tasks(labels: list[str], types: dict, task: str | None = None) -> dict
         raise KerakitError(f"task={task!r} is the task of one label, and there are {len(labels)} "
                            f"({', '.join(labels)}): each label's task follows its type (number: regression, any "
                            "other: classification); give a number column of class codes the type category "
-                           "(--type COLUMN=category, or types= in the recipe's SOURCE).")
+                           "(`kerakit data` and `kerakit new` take --type COLUMN=category; a recipe's SOURCE takes "
+                           "types={COLUMN: 'category'}).")
     if task is not None and labels:
         return {labels[0]: task}
     return {c: "regression" if types[c] == "number" else "classification" for c in labels}
@@ -269,7 +272,8 @@ def _duplicates(frame, features, labels: list[str], splits, feature_keys) -> lis
         flags.append(_flag("duplicates_across_splits", leaked.sum(), f"{leaked.sum()} validation/test row(s) have "
                            "the same features as a training row: the score on them measures memory, not "
                            "generalization (train/test leakage); drop them, or keep related rows in one split "
-                           "(--group COLUMN)", _rows(leaked)))
+                           "(`kerakit data` and `kerakit new` take --group COLUMN; a recipe's SOURCE takes group=)",
+                           _rows(leaked)))
     return flags
 
 
@@ -290,8 +294,8 @@ def _identifiers(frame, types: dict, features) -> list[dict]:
         if types[column] == "identifier" or (unique and types[column] in ("number", "category")
                                             and _integers(present)):
             flags.append(_flag("identifier", len(present), f"column {column!r} looks like an identifier (a distinct "
-                               "value in every row): it cannot generalize; drop it, or split by it (--group)",
-                               list(present[:3])))
+                               "value in every row): it cannot generalize; drop it, or split by it (`kerakit data` "
+                               "and `kerakit new` take --group; a recipe's SOURCE takes group=)", list(present[:3])))
     return flags
 
 

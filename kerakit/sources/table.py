@@ -76,7 +76,8 @@ class Table:
                 start += len(chunk)
         except UnicodeDecodeError as e:
             raise KerakitError(f"{str(self.path)!r} cannot be decoded as {self.encoding} after row {start:,}: "
-                               f"{e.reason}. Pass --encoding (e.g. latin-1).") from None
+                               f"{e.reason}. Pass its encoding, e.g. latin-1 (`kerakit data` and `kerakit new` take "
+                               "--encoding; a recipe's SOURCE takes encoding=).") from None
         except pd.errors.ParserError as e:
             raise KerakitError(f"{str(self.path)!r}: {_parser_message(e)}.") from None
 
@@ -105,8 +106,9 @@ def read_table(path: "str | Path", *, sep: str | None = None, encoding: str | No
     try:
         text = raw.decode(encoding)
     except (UnicodeDecodeError, LookupError) as e:
-        raise KerakitError(f"{str(path)!r} cannot be decoded as {encoding}: {e}. Pass --encoding "
-                           "(e.g. latin-1, cp1252, utf-16).") from None
+        raise KerakitError(f"{str(path)!r} cannot be decoded as {encoding}: {e}. Pass its encoding, e.g. latin-1, "
+                           "cp1252, utf-16 (`kerakit data` and `kerakit new` take --encoding; a recipe's SOURCE takes "
+                           "encoding=).") from None
     sep = sep or detect_separator(text, path)
     frame = _read_csv(text, sep, path)
     decimal = decimal or detect_decimal(frame, sep)
