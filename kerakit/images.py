@@ -10,8 +10,9 @@ Every backbone here takes RGB values 0-255 and scales them itself, as it was tra
 EfficientNet(V2) carry their own Rescaling (include_preprocessing), and MobileNetV2's [-1, 1] scaling is built
 into the backbone model here. So an image model takes raw pixels, and nothing is written twice.
 
-`fit_image` is the one resizing rule: the training pipeline (a recipe's `preprocess`) and the server's decoder
-of encoded photos (`kerakit.serve.images`) both call it, so a served JPEG becomes the very pixels training saw.
+`fit_image` is the one resizing rule (letterbox, or crop as a recipe's FIT says): the training pipeline (a
+recipe's `preprocess`) and the server's decoder of encoded photos (`kerakit.serve.images`, which reads FIT from
+the run's copy of the recipe) both call it, so a served JPEG becomes the very pixels training saw.
 """
 
 from __future__ import annotations
@@ -129,10 +130,32 @@ def unfreeze_top(base, fraction: float) -> int:
     return len(layers) - cut
 
 
-def fit_image(image, size: int):
-    """An RGB image of any size (uint8, height x width x 3) as `size` x `size` uint8 pixels: scaled to fit
-    keeping its aspect ratio and padded with black (letterbox; nothing is cropped), rounded back to 0-255."""
+FITS = ("letterbox", "crop")  # how a photo of another shape meets the model's: see fit_image
+
+
+def check_fit(fit: str) -> str:
+    if fit not in FITS:
+        raise KerakitError(f"Unknown fit={fit!r}: expected one of {', '.join(FITS)} (letterbox: pad with black, "
+                           "nothing cropped; crop: fill the frame, the centre kept).")
+    return fit
+
+
+def fit_image(image, size, fit: str = "letterbox"):
+    """An RGB image of any size (uint8, height x width x 3) as `size` x `size` (or `size` = (height, width))
+    uint8 pixels, scaled keeping its aspect ratio with antialiasing and rounded back to 0-255. fit="letterbox"
+    scales it to fit and pads with black (nothing cropped); fit="crop" scales it to fill and keeps the centre.
+
+    A recipe's `preprocess` (in tf.data) and `kerakit serve`'s decoder of encoded photos call this one function,
+    so a served JPEG becomes the very pixels training saw."""
     import tensorflow as tf
 
-    fitted = tf.image.resize_with_pad(tf.cast(image, tf.float32), size, size, antialias=True)
+    height, width = (size, size) if isinstance(size, int) else size
+    pixels = tf.cast(image, tf.float32)
+    if check_fit(fit) == "letterbox":
+        fitted = tf.image.resize_with_pad(pixels, height, width, antialias=True)
+    else:
+        shape = tf.cast(tf.shape(pixels)[:2], tf.float32)
+        scale = tf.reduce_max(tf.constant([height, width], tf.float32) / shape)
+        scaled = tf.maximum(tf.cast(tf.round(shape * scale), tf.int32), [height, width])
+        fitted = tf.image.resize_with_crop_or_pad(tf.image.resize(pixels, scaled, antialias=True), height, width)
     return tf.cast(tf.clip_by_value(tf.round(fitted), 0.0, 255.0), tf.uint8)

@@ -32,6 +32,7 @@ def test_the_image_recipe_takes_raw_uint8_pixels_and_names_its_backbone_and_weig
     text = recipe.path.read_text()
     assert 'hp.Choice("backbone", list(BACKBONES), default="mobilenet_v3_small")' in text
     assert "training=False if pretrained else None" in text  # BatchNormalization in inference mode
+    assert 'FIT = "letterbox"' in text and "fit_image(example[\"image\"], SIZE, FIT)" in text  # serve reads FIT
 
 
 def test_fit_image_letterboxes_any_photo_to_the_model_size_as_uint8():
@@ -42,6 +43,17 @@ def test_fit_image_letterboxes_any_photo_to_the_model_size_as_uint8():
     assert fitted.shape == (32, 32, 3) and fitted.dtype == np.uint8
     assert (fitted[:8] == 0).all() and (fitted[-8:] == 0).all()  # padded with black, top and bottom
     assert (fitted[9:23] == 200).all()  # nothing cropped, values kept
+
+
+def test_fit_image_crop_fills_the_frame_and_keeps_the_centre():
+    from kerakit.images import fit_image
+
+    wide = np.zeros((20, 40, 3), np.uint8)
+    wide[:, 8:32] = 200  # the centre; the sides are black
+    fitted = fit_image(wide, (32, 32), "crop").numpy()
+    assert fitted.shape == (32, 32, 3) and (fitted == 200).all()  # scaled to 32 x 64, the centre 32 columns kept
+    with pytest.raises(KerakitError, match="Unknown fit='stretch': expected one of letterbox, crop"):
+        fit_image(wide, 32, "stretch")
 
 
 @pytest.mark.parametrize("name, weights, message", [

@@ -14,6 +14,7 @@ from starlette.exceptions import HTTPException
 from starlette.responses import JSONResponse
 from starlette.routing import Route
 
+import kerakit.serve.images as images
 import kerakit.serve.kserve_v2 as kserve_v2
 import kerakit.serve.tfserving as tfserving
 from kerakit import runtime
@@ -63,6 +64,7 @@ def create_app(entries: list[ModelEntry], options: ServeOptions | None = None,
     options = options or ServeOptions()
     table = protocols(options) if table is None else table
     models = {e.name: Model(e, options) for e in entries}
+    images.prepare(models.values())  # image inputs also take encoded photos: their fit rule, TF's resize loaded
     log = RequestLog(options.log_path, options.log_inputs) if options.log_path else None
     ctx = Context(models, options, log)
 

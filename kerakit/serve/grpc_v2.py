@@ -25,6 +25,7 @@ import grpc
 import numpy as np
 
 from kerakit.dtypes import V2_TYPES
+import kerakit.serve.images as images
 import kerakit.serve.kserve_v2 as kserve_v2
 from kerakit.serve.context import Protocol, Serving
 from kerakit.serve.decoding import to_array
@@ -68,6 +69,11 @@ def decode(model: Model, request: pb.ModelInferRequest, max_elements: int) -> tu
             raise BadRequest(f"Unknown input {tensor.name[:100]!r}; model {model.name!r} takes {sorted(model.inputs)}.")
         if tensor.name in arrays:
             raise BadRequest(f"Input {tensor.name!r} is given twice.")
+        photos = images.photo_input(model, tensor.name) if tensor.datatype == "BYTES" else None
+        if photos is not None:  # encoded photos for an image input
+            arrays[tensor.name] = images.grpc_tensor(tensor, raw[i] if raw else None, photos, where,
+                                                     max_elements)
+            continue
         shape = list(tensor.shape)
         count = check_shape(shape, where, max_elements)
         datatype = check_datatype(tensor.datatype, model.inputs[tensor.name].dtype, where)

@@ -27,6 +27,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
+import kerakit.serve.images as images
 from kerakit.dtypes import NUMPY_TO_V2, TRITON_TYPES, V2_TYPES
 from kerakit.serve.decoding import parse_json, require, to_array
 from kerakit.serve.context import Protocol
@@ -95,7 +96,12 @@ def decode(model: Model, body: bytes, header_length: str | None, max_elements: i
             raise BadRequest(f"Unknown input {name[:100]!r}; model {model.name!r} takes {sorted(model.inputs)}.")
         if name in arrays:
             raise BadRequest(f"Input {name!r} is given twice.")
-        arrays[name], offset = _tensor(item, model.inputs[name].dtype, f"input {name!r}", binary, offset, max_elements)
+        where = f"input {name!r}"
+        photos = images.photo_input(model, name) if item.get("datatype") == "BYTES" else None
+        if photos is not None:  # encoded photos (JPEG, PNG, ...) for an image input
+            arrays[name], offset = images.v2_tensor(item, photos, where, binary, offset, max_elements)
+        else:
+            arrays[name], offset = _tensor(item, model.inputs[name].dtype, where, binary, offset, max_elements)
     if offset != len(binary):
         raise BadRequest(f"{len(binary) - offset} bytes of binary data are not claimed by any input's binary_data_size.")
     wanted = wanted_outputs(request.get("outputs"), model, bool(params.get("binary_data_output", False)))

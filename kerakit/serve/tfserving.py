@@ -20,6 +20,7 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from kerakit.dtypes import tf_type
+import kerakit.serve.images as images
 from kerakit.serve.decoding import parse_json, to_array
 from kerakit.serve.context import Protocol
 from kerakit.serve.http import Context, error
@@ -68,8 +69,9 @@ def decode(model: Model, body: bytes, max_elements: int) -> tuple[dict, str]:
         columns, kind = _columns_of_rows(request["instances"], names), "row"
     else:
         columns, kind = _columns(request["inputs"], names), "columnar"
-    arrays = {n: strings(columns[n], f"input {n!r}") if model.inputs[n].dtype == "object"
-              else to_array(columns[n], model.inputs[n].dtype, f"input {n!r}") for n in names}
+    arrays = {n: images.b64_column(model, n, columns[n], max_elements) for n in names}  # {"b64": ...}: photos
+    arrays.update({n: strings(columns[n], f"input {n!r}") if model.inputs[n].dtype == "object"
+                   else to_array(columns[n], model.inputs[n].dtype, f"input {n!r}") for n in names if arrays[n] is None})
     return model.check(arrays, max_elements), kind
 
 
@@ -77,6 +79,8 @@ def _columns_of_rows(instances, names: list[str]) -> dict:
     """The row format: a list of rows, each keyed by input name (a bare value for one input)."""
     if not isinstance(instances, list) or not instances:
         raise BadRequest("'instances' must be a non-empty list of rows.")
+    if len(names) == 1 and images.b64_rows(instances):
+        return {names[0]: instances}
     if all(isinstance(row, dict) for row in instances):
         for i, row in enumerate(instances):
             if set(row) != set(names):

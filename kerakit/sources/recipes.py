@@ -287,12 +287,14 @@ SOURCE = dict(seed=0)  # {rule}
 # weights: imagenet (downloaded once, as Keras does), none (from scratch), or PATH (a weights file of the
 # backbone, or a kerakit run's model.keras: its 'backbone' layer).
 DEFAULTS = dict(epochs=15, fine_tune_epochs=15, batch_size=32, patience=6, weights="imagenet")
-SIZE = {size}  # photos are fitted to SIZE x SIZE keeping their aspect ratio, padded with black (nothing cropped)
+SIZE = {size}  # photos are fitted to SIZE x SIZE keeping their aspect ratio,
+FIT = "letterbox"  # padded with black, nothing cropped; "crop": filling the frame, the centre kept. `kerakit serve`
+# reads FIT (and SIZE from the model) from the run's copy of this file to fit the JPEG or PNG a client sends.
 INPUTS = [Input("image", shape=(SIZE, SIZE, 3), dtype="uint8")]  # raw RGB pixels, as every artifact takes them
 
 
 def preprocess(example, config):
-    return {{"image": fit_image(example["image"], SIZE)}}, example["label"]
+    return {{"image": fit_image(example["image"], SIZE, FIT)}}, example["label"]
 
 
 def build_model(hp, data):
