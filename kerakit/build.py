@@ -129,7 +129,7 @@ def _build(loaded, run: runs.Run, targets: list, tune, max_trials, max_epochs, b
     # Nested in the build's MLflow run; not tracked where the build's tracking is off (said once, by it).
     track = {"track": tracker.on} if tracker is not None and tracker.wanted else {}
     if tune:
-        hparams = _tune_step(steps, loaded, run, tune, max_trials, max_epochs, data_dir, log, overrides)
+        hparams = _tune_step(steps, loaded, run, tune, max_trials, max_epochs, data_dir, log, {**overrides, **track})
     run = _train_step(steps, loaded, run, hparams, data_dir, log, {**overrides, **track})
     # What export and bench were last run on, so a rerun redoes only what changed.
     state = _build_state(run, log)

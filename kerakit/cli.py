@@ -268,8 +268,9 @@ def _print_trials(result) -> None:
 @click.option("--data-dir", help="TFDS data directory.")
 @click.option("--hparams", type=click.Path(dir_okay=False), help="JSON of hyperparameter values, e.g. best_hparams.json.")
 @click.option("--overwrite", is_flag=True, help="Start over in --out.")
+@_track_option
 @click.pass_context
-def cv_cmd(ctx, recipe, overrides, folds, out, data_dir, hparams, overwrite) -> None:
+def cv_cmd(ctx, recipe, overrides, folds, out, data_dir, hparams, overwrite, track) -> None:
     """K-fold cross-validation of RECIPE: one run per fold, then the mean ± std of its metric.
 
     Folds come from the train and val splits together (stratified for
@@ -281,7 +282,7 @@ def cv_cmd(ctx, recipe, overrides, folds, out, data_dir, hparams, overwrite) -> 
     overrides = _parse_overrides(overrides)
     _needs_tensorflow(ctx)
     summary = cross_validate(recipe, out, folds=folds, data_dir=data_dir, hparams=hparams, overwrite=overwrite,
-                             **overrides)
+                             track=track, **overrides)
     _print_cv(summary)
 
 

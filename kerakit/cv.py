@@ -23,7 +23,7 @@ from typing import Any, Callable
 
 import numpy as np
 
-from kerakit import files, runs
+from kerakit import files, runs, tracking
 from kerakit.errors import KerakitError
 from kerakit.folds import SCHEMES, Fold, check_folds
 from kerakit.recipe import Recipe, load_recipe
@@ -39,11 +39,13 @@ def cross_validate(
     overwrite: bool = False,
     verbose: "int | str" = "auto",
     log: Callable[[str], None] = print,
+    track: bool | None = None,
     **overrides: Any,
 ) -> dict:
     """Train one model per fold into OUT/fold-1 .. fold-K; return the per-fold rows and the mean ± std.
 
-    The std is the sample standard deviation over the folds (ddof=1).
+    The std is the sample standard deviation over the folds (ddof=1). track: a parent MLflow run with one
+    nested run per fold (`kerakit.tracking`).
     """
     from kerakit.train import train
 
@@ -57,21 +59,25 @@ def cross_validate(
     started = time.time()
     with files.writer(cv.path, "kerakit cv"):
         _check_request(cv, request, overwrite)
-        rows = []
-        for index in range(folds):
-            log(f"── fold {index + 1} of {folds} ({request['scheme']}) -> {cv.fold_dir(index + 1)}")
-            run = train(recipe, cv.fold_dir(index + 1), data_dir=data_dir, hparams=hparams, verbose=verbose,
-                        log=log, fold=Fold(index, folds, config["seed"]), **overrides)
-            rows.append(_row(index + 1, run, recipe.metric))
-            files.write_csv(cv.folds_csv, rows)
-        return _summarize(cv, request, recipe, rows, started, log)
+        with tracking.parent_run(cv.path, "cv", name=f"{cv.path.name} cv", experiment=recipe.name, config=config,
+                                 track=track, log=log) as tracker:
+            rows = []
+            for index in range(folds):
+                log(f"── fold {index + 1} of {folds} ({request['scheme']}) -> {cv.fold_dir(index + 1)}")
+                run = train(recipe, cv.fold_dir(index + 1), data_dir=data_dir, hparams=hparams, verbose=verbose,
+                            log=log, fold=Fold(index, folds, config["seed"]), **tracker.for_children(), **overrides)
+                rows.append(_row(index + 1, run, recipe.metric))
+                files.write_csv(cv.folds_csv, rows)
+            summary = _summarize(cv, request, recipe, rows, started, log)
+            tracking.send_cv(tracker, cv, summary)
+            return summary
 
 
 def _check_request(cv: runs.CrossValidation, request: dict, overwrite: bool) -> None:
     """Record the request; refuse a different one in the same directory (resuming needs the same)."""
     if cv.cv_file.exists() and overwrite:
         for path in cv.path.iterdir():
-            if path.name.startswith("fold-") or path.name in (runs.CV_FILE, runs.FOLDS_CSV_FILE):
+            if path.name.startswith("fold-") or path.name in (runs.CV_FILE, runs.FOLDS_CSV_FILE, runs.TRACKING_FILE):
                 shutil.rmtree(path, ignore_errors=True) if path.is_dir() else path.unlink(missing_ok=True)
     elif cv.cv_file.exists():
         previous = files.load_json(cv.cv_file, f"delete it and rerun `kerakit cv` with --out {cv.path}")

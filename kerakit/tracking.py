@@ -83,6 +83,7 @@ class Tracker:
                  resend: str = "", wanted: bool = False):
         self.log, self.uri, self.run_id, self.resend = log, uri, run_id, resend
         self.wanted = wanted  # tracking was asked for (on, or off because the server is down: said once)
+        self.experiment = ""
         self.failed: str | None = None
 
     @property
@@ -91,10 +92,10 @@ class Tracker:
 
     @classmethod
     def start(cls, directory: "str | os.PathLike", role: str, *, name: str, experiment: str, log,
-              tags: dict | None = None, resend: str = "", parent: "Tracker | None" = None) -> "Tracker":
+              tags: dict | None = None, resend: str = "", create: bool = True) -> "Tracker":
         """Continue the MLflow run that directory/mlflow.json records for `role`, or create one (nested under
-        `parent`, else under the active MLflow run if any) and record it. An unreachable server: one line,
-        and a tracker that is off."""
+        the active MLflow run if any) and record it; `create=False`: only continue one. An unreachable server:
+        one line, and a tracker that is off."""
         uri = tracking_uri()
         down = _unreachable(uri)
         if down:
@@ -102,10 +103,26 @@ class Tracker:
                 f"{resend or 'rerun with --track'} sends it once it is up.")
             return cls(log, wanted=True)
         tracker = cls(log, uri, resend=resend, wanted=True)
-        tracker.run_id = tracker._call(f"the MLflow run of {name}", _open_run, uri, Path(directory), role, name,
-                                       experiment, tags or {}, parent.run_id if parent is not None and parent.on
-                                       else _active_run_id())
+        tracker.experiment = experiment
+        if create or _recorded(uri, Path(directory), role):
+            tracker.run_id = tracker._call(f"the MLflow run of {name}", _open_run, uri, Path(directory), role, name,
+                                           experiment, tags or {}, _active_run_id())
         return tracker
+
+    def child(self, directory: "str | os.PathLike", role: str, name: str, tags: dict | None = None) -> "Tracker":
+        """A run nested in this one (recorded in directory/mlflow.json as `role`; continued when it is), on the
+        same store, asking the server nothing more: off where this one is."""
+        child = Tracker(self.log, self.uri if self.on else None, resend=self.resend, wanted=self.wanted)
+        child.experiment = self.experiment
+        if self.on:
+            child.run_id = child._call(f"the MLflow run of {name}", _open_run, self.uri, Path(directory), role, name,
+                                       self.experiment, tags or {}, self.run_id)
+        return child
+
+    def for_children(self) -> dict:
+        """train()'s `track` for a run nested in this one: on where this is on; off where it was asked for but
+        is off (the line was said once, here); else the recipe's default."""
+        return {"track": self.on} if self.wanted else {}
 
     def _call(self, what: str, fn, *args, **kwargs):
         """fn(*args) if tracking is on; on failure, the one line, and off from now on."""
@@ -131,8 +148,9 @@ class Tracker:
     def tags(self, values: dict, what: str = "the tags") -> None:
         self._call(what, _log_batch, self.client(), self.run_id, "tags", values) if self.on else None
 
-    def metrics(self, values: dict, step: int = 0, what: str = "the metrics") -> None:
-        self._call(what, _log_batch, self.client(), self.run_id, "metrics", values, step) if self.on else None
+    def metrics(self, values: dict, step: int = 0, what: str = "the metrics", wait: bool = True) -> None:
+        """`wait=False`: queued, as MLflow's Keras callback does (a slow server does not hold an epoch up)."""
+        self._call(what, _log_batch, self.client(), self.run_id, "metrics", values, step, wait) if self.on else None
 
     def history(self, rows: list[dict], what: str = "the per-epoch metrics") -> None:
         """Rows of history.csv (one per epoch): every value not yet logged at its epoch."""
@@ -250,6 +268,12 @@ def _active_run_id() -> str | None:
     return active.info.run_id if active is not None else None
 
 
+def _recorded(uri: str, directory: Path, role: str) -> bool:
+    record_path = directory / runs.TRACKING_FILE
+    record = files.read_json(record_path) if record_path.is_file() else {}
+    return record.get("tracking_uri") == uri and bool(record.get("runs", {}).get(role))
+
+
 def _open_run(uri: str, directory: Path, role: str, name: str, experiment: str, tags: dict,
               parent_id: str | None) -> str:
     """The id of the run directory/mlflow.json records for `role` in this store, still there; else a new run's."""
@@ -293,7 +317,7 @@ def _log_params(client, run_id: str, values: dict) -> None:
         client.log_batch(run_id, params=new[i:i + BATCH["params"]])
 
 
-def _log_batch(client, run_id: str, kind: str, values: dict, step: int = 0) -> None:
+def _log_batch(client, run_id: str, kind: str, values: dict, step: int = 0, wait: bool = True) -> None:
     from mlflow.entities import Metric, RunTag
 
     now = int(time.time() * 1000)
@@ -302,7 +326,7 @@ def _log_batch(client, run_id: str, kind: str, values: dict, step: int = 0) -> N
     else:
         entries = [Metric(k, float(v), now, step) for k, v in values.items() if _number(v)]
     for i in range(0, len(entries), BATCH[kind]):
-        client.log_batch(run_id, **{kind: entries[i:i + BATCH[kind]]})
+        client.log_batch(run_id, **{kind: entries[i:i + BATCH[kind]]}, synchronous=wait)
 
 
 def _number(value: Any) -> bool:
@@ -414,19 +438,29 @@ def _read_rows(path: Path) -> list[dict]:
 # --------------------------------------------------------------------------- build
 
 @contextlib.contextmanager
-def building(run: runs.Run, recipe, config: dict, track: bool | None, register: str | None,
-             log) -> Iterator[Tracker]:
-    """Track a build of `run` as a parent MLflow run while the block builds (the training, and a search, nest
-    in it); the block sends the steps' figures (`send_build`). `register` implies tracking."""
-    if not (register or wanted(track, config)):
+def parent_run(directory: "str | os.PathLike", role: str, *, name: str, experiment: str, config: dict,
+               track: bool | None, log, own: bool = True, tags: dict | None = None) -> Iterator[Tracker]:
+    """The MLflow run of a step that others nest in (a build, a search, a cross-validation), active while the
+    block runs, so a training started in it nests in it. `own=False` (a search's worker process): continue the
+    run the directory records, if any, without making it active or ending it."""
+    if not wanted(track, config):
         yield Tracker(log)
         return
-    tracker = Tracker.start(run.path, "build", name=f"{run.path.name} build", experiment=recipe.name, log=log,
-                            resend=f"`kerakit track {run.path}`",
-                            tags={"kerakit.recipe": recipe.name, "kerakit.run_dir": str(run.path.resolve()),
-                                  "kerakit.step": "build"})
+    tracker = Tracker.start(directory, role, name=name, experiment=experiment, log=log, create=own,
+                            tags={"kerakit.recipe": experiment, "kerakit.run_dir": str(Path(directory).resolve()),
+                                  "kerakit.step": role, **(tags or {})})
+    if not own:
+        yield tracker
+        return
     with tracker.active():
         yield tracker
+
+
+def building(run: runs.Run, recipe, config: dict, track: bool | None, register: str | None, log):
+    """Track a build of `run` as a parent MLflow run while the block builds (the training, and a search, nest
+    in it); the block sends the steps' figures (`send_build`). `register` implies tracking."""
+    return parent_run(run.path, "build", name=f"{run.path.name} build", experiment=recipe.name, config=config,
+                      track=True if register else track, log=log)
 
 
 def send_build(tracker: Tracker, run: runs.Run, steps: dict, register: str | None = None, log=print) -> None:
@@ -551,3 +585,52 @@ def _register(tracker: Tracker, name: str, rows: list, picks: dict[int, dict], l
             description=f"{row.artifact} ({row.filename}): verified"
                         + (f"; deployment.json's pick at batch {', '.join(map(str, batches))}" if batches else ""))
         log(f"Registered {row.artifact} as {name} version {version.version}.")
+
+
+# --------------------------------------------------------------------------- tune, cv
+
+def trial_started(search: Tracker, folder: Path, trial_id: str, hparams: dict) -> Tracker:
+    """A keras-tuner trial as a run nested in the search's, recorded in its trial folder (a resumed trial
+    continues it), with its hyperparameters as params."""
+    trial = search.child(folder, "trial", f"trial {trial_id}", tags={"kerakit.trial": trial_id})
+    trial.params({k: v for k, v in hparams.items() if not k.startswith("tuner/")})
+    return trial
+
+
+def trial_ended(trial: Tracker, status: str, score: float | None) -> None:
+    trial.tags({"kerakit.trial.status": status})
+    trial.metrics({"score": score} if _number(score) else {})
+    trial.end("FINISHED" if status == "COMPLETED" else "FAILED")
+
+
+def send_search(tracker: Tracker, search: runs.Search, objective: str, best: dict, trials: list[dict]) -> None:
+    """A search's record on its run: the tuner's request as params, the best score and hyperparameters, the
+    trials table, chart and best_hparams.json as artifacts."""
+    if not tracker.on:
+        return
+    request = files.read_json(search.search_file) if search.search_file.is_file() else {}
+    tracker.params({k: request[k] for k in ("tuner", "objective", "direction", "max_epochs", "cv_folds")
+                    if request.get(k) is not None})
+    tracker.params(request.get("config", {}), what="the search's config")
+    scores = [t["score"] for t in trials if t.get("status") == "COMPLETED" and _number(t.get("score"))]
+    if scores:
+        tracker.metrics({f"best_{objective}": (max if request.get("direction") != "min" else min)(scores),
+                         "trials_completed": len(scores)})
+    tracker.tags({"kerakit.best_hparams": best})
+    tracker.artifacts([search.search_file, search.trials_json, search.trials_csv, search.trials_png,
+                       search.best_hparams])
+
+
+def send_cv(tracker: Tracker, cv: runs.CrossValidation, summary: dict) -> None:
+    """A cross-validation's record on its run: folds and scheme as params, the mean and std of the recipe's
+    metric over the folds' held-out parts (and on test), each fold's figure at its fold's step; cv.json and
+    folds.csv as artifacts."""
+    if not tracker.on:
+        return
+    metric = summary["metric"]
+    tracker.params({"folds": summary["folds"], "scheme": summary["scheme"], **summary["request"]["config"]})
+    tracker.metrics({f"held_out_{metric}_mean": summary["mean"], f"held_out_{metric}_std": summary["std"],
+                     f"test_{metric}_mean": summary["test_mean"], f"test_{metric}_std": summary["test_std"]})
+    for row in summary["rows"]:
+        tracker.metrics({f"fold_held_out_{metric}": row[f"held_out_{metric}"]}, step=row["fold"])
+    tracker.artifacts([cv.cv_file, cv.folds_csv])

@@ -31,7 +31,7 @@ from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any, Callable
 
-from kerakit import metrics, runs, tuners
+from kerakit import metrics, runs, tracking, tuners
 from kerakit.distribute import STRATEGIES
 from kerakit.errors import KerakitError
 from kerakit.recipe import Recipe, load_recipe
@@ -97,6 +97,9 @@ class TuneRequest:
         "--cv", "Score each trial by K-fold cross-validation (the mean over the folds' held-out parts): each "
         f"trial then costs K fits. 0: the recipe's val split. Not with {_tuners_where(lambda k: not k.cv)}.", 0,
         min=0, metavar="K")
+    track: bool = _option(
+        "--track", "Log to MLflow: the search as a run, each trial nested in it, the best's training too "
+        "($MLFLOW_TRACKING_URI, else ./mlflow.db, MLflow's local default).", False)
     verbose: "int | str" = "auto"  # Keras's fit verbosity ("auto": 1 on a terminal); the API's only
 
     @classmethod
@@ -201,11 +204,16 @@ def search(request: TuneRequest, log: Callable[[str], None] = print) -> TuneResu
         _join(request.role, request.oracle)
     plan = _check_request(request)
     # The chief (or a search on one machine) is the directory's one writer; workers only train trials.
-    with runs.writer(plan.out.path, "kerakit tune") if request.role != "worker" else contextlib.nullcontext():
-        return _search(plan, log)
+    own = request.role != "worker"
+    if own and request.overwrite:
+        plan.out.tracking.unlink(missing_ok=True)  # a search started over is a new MLflow run
+    tracked = tracking.parent_run(plan.out.path, "search", name=f"{plan.out.path.name} search", own=own, log=log,
+                                  experiment=plan.recipe.name, config=plan.config, track=request.track or None)
+    with runs.writer(plan.out.path, "kerakit tune") if own else contextlib.nullcontext(), tracked as tracker:
+        return _search(plan, log, tracker)
 
 
-def _search(plan: _Plan, log) -> TuneResult:
+def _search(plan: _Plan, log, tracker=None) -> TuneResult:
     """Search (resuming what is there), write the trials and the best, retrain it as a run."""
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     import keras
@@ -223,7 +231,7 @@ def _search(plan: _Plan, log) -> TuneResult:
     folds = _fold_data(plan)
     keras.utils.set_random_seed(plan.config["seed"])
     fixed = _check_search(plan, data)
-    searcher = _make_searcher(plan, data, fixed, dist, folds, log)
+    searcher = _make_searcher(plan, data, fixed, dist, folds, log, tracker)
     verbose = (1 if sys.stdout.isatty() else 0) if request.verbose == "auto" else request.verbose
     started = time.time()
     _run_search(plan, searcher, data, verbose, log)
@@ -231,7 +239,9 @@ def _search(plan: _Plan, log) -> TuneResult:
         log(f"Worker {os.environ['KERASTUNER_TUNER_ID']}: the oracle has no more trials.")
         return TuneResult(plan.out.path, {}, [], None)
     best, trials = _finish(plan, searcher, started, log)
-    run = _retrain_best(plan, best, verbose, log) if request.retrain else None
+    if tracker is not None:
+        tracking.send_search(tracker, plan.out, plan.objective, best, trials)
+    run = _retrain_best(plan, best, verbose, log, tracker) if request.retrain else None
     return TuneResult(plan.out.path, best, trials, run)
 
 
@@ -245,7 +255,7 @@ def _fold_data(plan: _Plan) -> list:
             for k in range(k_folds)]
 
 
-def _retrain_best(plan: _Plan, best: dict, verbose, log) -> runs.Run:
+def _retrain_best(plan: _Plan, best: dict, verbose, log, tracker=None) -> runs.Run:
     """Train the best hyperparameters into OUT/best; replace it when a longer search found a new best."""
     from kerakit.train import train
 
@@ -261,6 +271,7 @@ def _retrain_best(plan: _Plan, best: dict, verbose, log) -> runs.Run:
     request = plan.request
     return train(plan.recipe, previous.path, strategy=request.strategy, data_dir=request.data_dir,
                  hparams=plan.out.best_hparams, overwrite=replace_best, verbose=verbose, log=log,
+                 **(tracker.for_children() if tracker is not None else {}),
                  **{k: v for k, v in request.overrides.items() if k in plan.config})
 
 
@@ -327,7 +338,7 @@ def _check_search(plan: _Plan, data) -> dict:
     return fixed
 
 
-def _make_searcher(plan: _Plan, data, fixed: dict, dist, folds: list, log):
+def _make_searcher(plan: _Plan, data, fixed: dict, dist, folds: list, log, tracker=None):
     """The keras-tuner tuner over the recipe's own build_model, resuming the project in OUT/tuner."""
     import keras_tuner as kt
 
@@ -339,7 +350,7 @@ def _make_searcher(plan: _Plan, data, fixed: dict, dist, folds: list, log):
         plan.kind, budget=getattr(request, plan.kind.budget), hyperparameters=hp,
         objective=kt.Objective(plan.objective, direction=plan.direction),
         seed=plan.config["seed"] if request.seed is None else request.seed,
-        recipe=plan.recipe, data=data, folds=folds, log=log,
+        recipe=plan.recipe, data=data, folds=folds, log=log, tracker=tracker,
         recycle_after=request.recycle_after if request.role == "worker" else 0,
         executions_per_trial=request.executions_per_trial, distribution_strategy=dist,
         directory=str(plan.out.path), project_name=runs.TUNER_DIR, overwrite=False,

@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
 
-from kerakit import runs
+from kerakit import runs, tracking
 from kerakit.errors import KerakitError
 
 EPOCHS_FILE = "epochs_run.json"  # in each keras-tuner trial folder
@@ -156,9 +156,12 @@ class SearchTrials:
     (a fold's, while that fold trains).
     """
 
-    def __init__(self, *, recipe, data, folds: list | None = None, log=print, recycle_after: int = 0, **kwargs):
+    def __init__(self, *, recipe, data, folds: list | None = None, log=print, recycle_after: int = 0, tracker=None,
+                 **kwargs):
         self.recipe, self.data, self.folds = recipe, data, folds or []
         self.log, self.recycle_after, self.trials_here = log, recycle_after, 0
+        # --track: the search's MLflow run (kerakit.tracking.Tracker); each trial a run nested in it.
+        self.tracker, self.trial_tracker, self.fold = tracker, None, None
         super().__init__(hypermodel=self.build_model, **kwargs)
 
     def build_model(self, hp):
@@ -188,13 +191,13 @@ class SearchTrials:
         try:
             for k, fold in enumerate(self.folds, start=1):
                 if str(k) not in done:
-                    self.data = fold  # build_model adapts to this fold's training part
+                    self.data, self.fold = fold, k  # build_model adapts to this fold's training part
                     histories = self._fit(trial, f"{runs.BACKUP_DIR}-fold{k}", fold.train,
                                           **{**kwargs, "validation_data": fold.val})
                     done[str(k)] = tuner_utils.convert_to_metrics_dict(histories, self.oracle.objective)
                     runs.write_json(state, done)
         finally:
-            self.data = whole
+            self.data, self.fold = whole, None
         return [done[str(k)] for k in range(1, len(self.folds) + 1)]
 
     def on_epoch_end(self, trial, model, epoch, logs=None):
@@ -202,6 +205,10 @@ class SearchTrials:
         path = trial_dir(self.project_dir, trial.trial_id) / EPOCHS_FILE
         done = runs.read_json(path)["epochs"] if path.exists() else 0
         runs.write_json(path, {"epochs": done + 1})
+        if self.trial_tracker is not None:  # queued: a slow server does not hold the epoch up
+            prefix = f"fold_{self.fold}." if self.fold else ""
+            self.trial_tracker.metrics({prefix + k: v for k, v in (logs or {}).items()}, step=epoch, wait=False,
+                                       what=f"trial {trial.trial_id}'s epoch metrics")
 
     def on_trial_begin(self, trial):
         super().on_trial_begin(trial)
@@ -212,9 +219,15 @@ class SearchTrials:
         self.log(f"Trial {trial.trial_id} ({done + 1}{f' of {total}' if total else ''}) starting; {best_text}; "
                  f"{ {k: v for k, v in trial.hyperparameters.values.items() if not k.startswith('tuner/')} }")
         self._trial_started = time.time()
+        if self.tracker is not None:
+            self.trial_tracker = tracking.trial_started(self.tracker, trial_dir(self.project_dir, trial.trial_id),
+                                                        trial.trial_id, trial.hyperparameters.values)
 
     def on_trial_end(self, trial):
         super().on_trial_end(trial)  # reports the trial to the oracle first
+        if self.trial_tracker is not None:
+            tracking.trial_ended(self.trial_tracker, trial.status, trial.score)
+            self.trial_tracker = None
         self.log(f"Trial {trial.trial_id} {trial.status.lower()} in {time.time() - self._trial_started:.1f} s, "
                  f"score {trial.score}")
         self.trials_here += 1

@@ -230,3 +230,46 @@ def test_build_is_a_parent_run_and_registers_each_verified_artifact_never_a_fail
         ("image", "float32", [-1, 8, 8, 1])]
     assert [(o["name"], list(o["tensor-spec"]["shape"])) for o in outputs] == [("probabilities", [-1, 10])]
     assert any(line == "Registered savedmodel as digits version 1." for line in lines)
+
+
+def _children(client, parent) -> list:
+    return client.search_runs([parent.info.experiment_id], f"tags.`mlflow.parentRunId` = '{parent.info.run_id}'")
+
+
+def test_a_search_is_a_parent_run_with_each_trial_and_the_best_nested(tracked, tmp_path):
+    result = kerakit.tune("breast_cancer_mlp", tmp_path / "search", max_trials=2, epochs=2, verbose=0,
+                          log=lambda m: None, track=True)
+    search = tracked.get_run(_record(result.path)["runs"]["search"])
+    assert search.info.status == "FINISHED" and search.data.params["tuner"] == "random"
+    best_score = max(t["score"] for t in result.trials)
+    assert search.data.metrics["best_val_accuracy"] == pytest.approx(best_score)
+    assert json.loads(search.data.tags["kerakit.best_hparams"]) == result.best_hparams
+    assert {"trials.csv", "trials.json", "best_hparams.json"} <= _artifacts(tracked, search.info.run_id)
+
+    children = _children(tracked, search)
+    trials = {r.data.tags["kerakit.trial"]: r for r in children if "kerakit.trial" in r.data.tags}
+    assert sorted(trials) == sorted(t["trial"] for t in result.trials)
+    for table_row in result.trials:
+        trial = trials[table_row["trial"]]
+        assert trial.info.status == "FINISHED" and trial.data.metrics["score"] == pytest.approx(table_row["score"])
+        assert trial.data.params["units"] == str(table_row["units"])  # the trial's hyperparameters
+        assert _steps(tracked, trial.info.run_id, "val_accuracy") == list(range(table_row["epochs"]))
+    best = [r for r in children if r.data.tags.get("kerakit.run_dir") == str((result.path / "best").resolve())]
+    assert len(best) == 1 and best[0].data.params["units"] == str(result.best_hparams["units"])
+
+
+def test_cross_validation_is_a_parent_run_with_one_nested_run_per_fold(tracked, tmp_path):
+    summary = kerakit.cross_validate("breast_cancer_mlp", tmp_path / "cv", folds=2, epochs=2, verbose=0,
+                                     log=lambda m: None, track=True)
+    parent = tracked.get_run(_record(tmp_path / "cv")["runs"]["cv"])
+    assert parent.info.status == "FINISHED" and parent.data.params["folds"] == "2"
+    assert parent.data.metrics["held_out_accuracy_mean"] == pytest.approx(summary["mean"])
+    assert parent.data.metrics["held_out_accuracy_std"] == pytest.approx(summary["std"])
+    assert [m.value for m in sorted(tracked.get_metric_history(parent.info.run_id, "fold_held_out_accuracy"),
+                                    key=lambda m: m.step)] == pytest.approx([r["held_out_accuracy"] for r in summary["rows"]])
+    folds = sorted(_children(tracked, parent), key=lambda r: r.info.run_name)
+    assert [r.info.run_name for r in folds] == ["fold-1", "fold-2"]
+    for fold, row in zip(folds, summary["rows"]):
+        assert fold.data.metrics["held_out_accuracy"] == pytest.approx(row["held_out_accuracy"])
+        assert _steps(tracked, fold.info.run_id, "loss") == [0, 1]
+    assert {"cv.json", "folds.csv"} <= _artifacts(tracked, parent.info.run_id)
