@@ -129,6 +129,8 @@ def cli(ctx, debug: bool) -> None:
     kerakit serve runs/demo                 inference: KServe v2 (HTTP, gRPC) and TF Serving REST
     kerakit build digits_cnn --target server,edge   train, export, verify, bench, report
     kerakit report runs/demo                model card: HTML + Markdown
+    kerakit build digits_cnn --track --register digits   ... logged to MLflow, verified artifacts registered
+    kerakit track runs/demo                 send a finished run to MLflow (what a server that was down missed)
     kerakit drift runs/demo --data runs/demo/requests.jsonl   inputs vs training data
     """
 
