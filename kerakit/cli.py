@@ -712,14 +712,19 @@ def _print_metrics(metrics: dict) -> None:
 @click.option("--max-body-mb", default=4.0, show_default=True, type=click.FloatRange(min=0.001), help="Largest request body accepted, after decompression (413 above).")
 @click.option("--max-elements", default=1_000_000, show_default=True, type=click.IntRange(min=1), help="Most numbers in one request (413 above).")
 @click.option("--keep-alive-s", default=5.0, show_default=True, type=click.FloatRange(min=0.1), help="Close idle HTTP connections after this long.")
+@click.option("--header-timeout-s", default=10.0, show_default=True, type=click.FloatRange(min=0.1), help="A request's headers must arrive within this (408 and closed; also a gRPC connection's handshake).")
+@click.option("--body-timeout-s", default=10.0, show_default=True, type=click.FloatRange(min=0.1), help="Longest wait between two reads of a request body (408 and closed).")
+@click.option("--max-connections", type=click.IntRange(min=1), help="Open connections per listener (HTTP, gRPC); a new one past it gets 503 (gRPC: refused). Default 1000, or what ulimit -n allows.")
+@click.option("--max-queue", default=256, show_default=True, type=click.IntRange(min=1), help="Inference requests queued or running at once (503 with Retry-After above; gRPC UNAVAILABLE).")
+@click.option("--max-concurrent-rpcs", default=1024, show_default=True, type=click.IntRange(min=1), help="gRPC calls in flight (RESOURCE_EXHAUSTED above).")
 @click.option("--log", "log_path", type=click.Path(dir_okay=False), help="Request log (JSON lines) for `kerakit drift` (default RUN/requests.jsonl when serving a run's model).")
 @click.option("--no-log", is_flag=True, help="Write no request log.")
 @click.option("--log-inputs", is_flag=True, help="Log raw input values too, not only per-row summary statistics.")
 @click.option("--input-shape", "input_shapes", multiple=True, metavar="NAME=DIMS", help="Warm-up size of an input whose dimensions the model leaves open, batch first (repeatable), e.g. image=1x64x64x3.")
 @click.pass_context
 def serve_cmd(ctx, source, name, model_dir, host, port, grpc_port, no_grpc, workers, max_batch, batch_wait_ms,
-              max_batch_rows, threads, max_body_mb, max_elements, keep_alive_s, log_path, no_log, log_inputs,
-              input_shapes) -> None:
+              max_batch_rows, threads, max_body_mb, max_elements, keep_alive_s, header_timeout_s, body_timeout_s,
+              max_connections, max_queue, max_concurrent_rpcs, log_path, no_log, log_inputs, input_shapes) -> None:
     """Serve models: KServe v2 over HTTP and gRPC (Triton and KServe clients), TF Serving REST, /metrics."""
     from kerakit import runs
     from kerakit.runtime import parse_input_shapes
@@ -741,7 +746,9 @@ def serve_cmd(ctx, source, name, model_dir, host, port, grpc_port, no_grpc, work
     options = ServeOptions(max_body_bytes=int(max_body_mb * 1024 * 1024), max_elements=max_elements,
                            max_batch=max_batch, max_batch_rows=max_batch_rows, batch_wait_ms=batch_wait_ms,
                            threads=threads, log_path=None if no_log else log_path, log_inputs=log_inputs,
-                           grpc_address=None if no_grpc else f"{grpc_host}:{grpc_port}", input_shapes=shapes)
+                           grpc_address=None if no_grpc else f"{grpc_host}:{grpc_port}", input_shapes=shapes,
+                           max_queue=max_queue, max_concurrent_rpcs=max_concurrent_rpcs, max_connections=max_connections,
+                           header_timeout_s=header_timeout_s, body_timeout_s=body_timeout_s)
     serve(entries, options, host=host, port=port, workers=workers, keep_alive_s=keep_alive_s,
           announce=lambda m: click.echo(m, err=True))
 

@@ -362,6 +362,29 @@ def test_grpc_typed_contents_and_status_codes(server):
             assert caught.value.code() == code, caught.value.details()
 
 
+@pytest.mark.parametrize("fill, fragment", [
+    (lambda t, r: (t.contents.fp32_contents.extend([1.0] * 3), r.raw_input_contents.append(bytes(12))),
+     "input 'x': has both contents (fp32_contents) and a raw_input_contents entry"),
+    (lambda t, r: (t.contents.fp32_contents.extend([1.0] * 3), t.contents.int_contents.extend([1] * 3)),
+     "input 'x': contents has int_contents and fp32_contents; send its values in one field, fp32_contents for FP32"),
+    (lambda t, r: t.contents.int_contents.extend([1] * 3),
+     "input 'x': datatype FP32 takes its values in fp32_contents, not int_contents"),
+])
+def test_grpc_refuses_an_input_whose_values_are_in_two_places(server, fill, fragment):
+    """As Triton answers: INVALID_ARGUMENT naming the input, rather than computing from one place and
+    ignoring the other. Sent with Triton's own stub (tritonclient's service_pb2), as any client could."""
+    import grpc
+    from tritonclient.grpc import service_pb2, service_pb2_grpc
+
+    with grpc.insecure_channel(f"127.0.0.1:{server.grpc_port}") as channel:
+        request = service_pb2.ModelInferRequest(model_name=typed("FP32"))
+        tensor = request.inputs.add(name="x", datatype="FP32", shape=[1, 3])
+        fill(tensor, request)
+        with pytest.raises(grpc.RpcError) as caught:
+            service_pb2_grpc.GRPCInferenceServiceStub(channel).ModelInfer(request)
+    assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT and fragment in caught.value.details()
+
+
 def test_fp16_json_and_strict_json_parsers(server):
     """FP16 as JSON numbers; NaN and infinities as strings a strict parser accepts, in both REST protocols."""
     def strict(text):

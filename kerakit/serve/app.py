@@ -7,7 +7,7 @@ import json
 import os
 import socket
 from contextlib import asynccontextmanager
-from dataclasses import asdict
+from dataclasses import asdict, replace
 
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
@@ -122,10 +122,15 @@ def check_options(options: ServeOptions) -> None:
 def serve(entries: list[ModelEntry], options: ServeOptions, host: str = "127.0.0.1", port: int = 8000,
           workers: int = 1, announce=print, keep_alive_s: float = 5.0) -> None:
     """Load the models, then serve until interrupted (gRPC too, when `options.grpc_address` is set);
-    idle HTTP connections are closed after `keep_alive_s`."""
+    idle HTTP connections are closed after `keep_alive_s`, and those that send too slowly or come past
+    `options.max_connections` as `kerakit.serve.connections` says."""
     import uvicorn
 
+    import kerakit.serve.connections as connections
+
     check_options(options)
+    options = replace(options, max_connections=connections.connection_cap(options.max_connections,
+                                                                        2 if options.grpc_address else 1))
     check_threads(entries, options.threads)  # here, once, rather than in every worker
     check_port(host, port)
     if options.grpc_address:
@@ -133,8 +138,9 @@ def serve(entries: list[ModelEntry], options: ServeOptions, host: str = "127.0.0
         check_port(grpc_host.strip("[]"), int(grpc_port), "--grpc-port")
     if options.log_path:
         RequestLog(options.log_path).close()  # one clear line now if it cannot be written, not one per worker
-    common = dict(host=host, port=port, log_level="warning", access_log=False, loop="uvloop", http="httptools",
-                  timeout_graceful_shutdown=5, timeout_keep_alive=keep_alive_s)
+    limits = connections.Limits(options.header_timeout_s, options.body_timeout_s, options.max_connections)
+    common = dict(host=host, port=port, log_level="warning", access_log=False, loop="uvloop",
+                  http=connections.protocol(limits), timeout_graceful_shutdown=5, timeout_keep_alive=keep_alive_s)
     if workers > 1:
         os.environ[CONFIG_ENV] = json.dumps({"entries": [asdict(e) for e in entries], "options": asdict(options)})
         announce(banner(entries, host, port, workers, options))
@@ -161,4 +167,9 @@ def banner(entries: list[ModelEntry], host: str, port: int, workers: int, option
     lines += [f"  {line}" for line in (p.listening() for p in table) if line]
     lines.append(f"  metrics: {url}/metrics   OpenAPI: {url}/openapi.json"
                  + (f"   request log: {options.log_path}" if options.log_path else ""))
+    if options.max_connections is not None:
+        lines.append(f"  limits: headers in {options.header_timeout_s:g} s, body gaps {options.body_timeout_s:g} s, "
+                     f"{options.max_connections} connections per listener, {options.max_queue} requests queued"
+                     + (f", {options.max_concurrent_rpcs} gRPC calls" if options.grpc_address else "")
+                     + (" (per worker)" if workers > 1 else ""))
     return "\n".join(lines)

@@ -26,6 +26,7 @@ from kerakit.serve.models import BadRequest, Model, ServeOptions, rows
 from kerakit.serve.openapi import Fragment
 
 WARN_EVERY_S = 60.0  # at most one warning line a minute about an unwritable request log
+RETRY_AFTER_S = 1  # what a request refused for a full queue is told to wait (HTTP's Retry-After)
 
 
 class Metrics:
@@ -77,6 +78,7 @@ class Serving:
         self.metrics = Metrics()
         self.warn = warn or (lambda line: print(line, file=sys.stderr, flush=True))
         self._warned_at = -WARN_EVERY_S
+        self.queued = 0  # inference requests decoded and not yet answered: waiting for their model, or in it
 
     def lookup(self, name: str, version: str | None = None) -> Model:
         """The model called `name` (at `version`, if given), or a 404 BadRequest naming the served ones."""
@@ -97,7 +99,7 @@ class Serving:
             model = self.lookup(name, version)
             label = model.name
             inputs, context = await prepare(model)
-            outputs = await model.infer(inputs)
+            outputs = await self._infer(model, inputs)
             response = encode(model, context, outputs)
         except BadRequest as e:
             response, code = error(str(e), e.status), e.status
@@ -110,6 +112,19 @@ class Serving:
             # After the answer is on its way; a log that cannot be written never fails the request.
             asyncio.get_running_loop().call_soon(self.write_log, model, protocol, inputs, outputs, elapsed)
         return response
+
+    async def _infer(self, model: Model, inputs: dict):
+        """`model.infer(inputs)`, or a 503 once --max-queue requests are already waiting or running: a
+        client told to come back (Retry-After) rather than one whose answer comes too late to use."""
+        limit = self.options.max_queue
+        if self.queued >= limit:
+            raise BadRequest(f"Server busy: {limit} inference requests are already queued or running "
+                             f"(--max-queue {limit}); retry in {RETRY_AFTER_S} s.", 503)
+        self.queued += 1
+        try:
+            return await model.infer(inputs)
+        finally:
+            self.queued -= 1
 
     def write_log(self, model: Model, protocol: str, inputs: dict, outputs: dict, elapsed: float) -> None:
         try:

@@ -18,7 +18,7 @@ from starlette.exceptions import HTTPException
 from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse, Response
 
-from kerakit.serve.context import Serving
+from kerakit.serve.context import RETRY_AFTER_S, Serving
 from kerakit.serve.models import BadRequest, Model
 
 # decode(model, body, request) -> (checked inputs, context for encode)
@@ -43,6 +43,11 @@ async def _drain(stream, read: int = 0) -> None:
 
 def error(message: str, status: int, headers: dict | None = None) -> JSONResponse:
     return JSONResponse({"error": message}, status_code=status, headers=headers)
+
+
+def busy_or_error(message: str, status: int) -> JSONResponse:
+    """`error`, telling a client refused for a full queue (503) when to come back."""
+    return error(message, status, {"retry-after": str(RETRY_AFTER_S)} if status == 503 else None)
 
 
 def decompress(body: bytes, encoding: str, limit: int) -> bytes:
@@ -128,7 +133,7 @@ class Context(Serving):
             return decode(model, await self.read_body(request), request)
 
         response = await self.handle(protocol, request.path_params["name"], request.path_params.get("version"),
-                                     prepare, encode, error)
+                                     prepare, encode, busy_or_error)
         return compressed(response, request)
 
     def describe(self, fn: Callable[[Model], dict]):

@@ -85,7 +85,7 @@ def decode(model: Model, body: bytes, header_length: str | None, max_elements: i
     if not isinstance(request, dict):
         raise BadRequest(f"The request must be a JSON object with 'inputs', got {type(request).__name__}.")
     items = require(request, "inputs", list, "request")
-    params = check_parameters(request.get("parameters"), "request", {"binary_data_output": bool})
+    params = check_parameters(request.get("parameters", {}), "request", {"binary_data_output": bool})
     if "id" in request and not isinstance(request["id"], str):
         raise BadRequest(f"'id' must be a string, got {type(request['id']).__name__}.")
     arrays: dict[str, np.ndarray] = {}
@@ -145,7 +145,7 @@ def _tensor(item: dict, model_dtype: str, where: str, binary, offset: int,
     shape = require(item, "shape", list, where)
     count = check_shape(shape, where, max_elements)
     datatype = check_datatype(require(item, "datatype", str, where), model_dtype, where)
-    params = check_parameters(item.get("parameters"), where, {"binary_data_size": int})
+    params = check_parameters(item.get("parameters", {}), where, {"binary_data_size": int})
     if "binary_data_size" in params:
         size = params["binary_data_size"]
         if offset + size > len(binary):
@@ -170,7 +170,7 @@ def wanted_outputs(outputs, model: Model, default_binary: bool) -> list[Wanted]:
         name = require(out, "name", str, f"outputs[{i}]")
         if name not in model.outputs:
             raise BadRequest(f"Unknown output {name[:100]!r}; model {model.name!r} has {sorted(model.outputs)}.")
-        params = check_parameters(out.get("parameters"), f"outputs[{i}]",
+        params = check_parameters(out.get("parameters", {}), f"outputs[{i}]",
                                   {"binary_data": bool, "classification": int})
         wanted.append(Wanted(name, params.get("binary_data", default_binary), params.get("classification", 0)))
     return wanted

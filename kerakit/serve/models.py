@@ -59,6 +59,11 @@ class ServeOptions:
     log_inputs: bool = False
     grpc_address: str | None = None  # "host:port" of the KServe v2 gRPC service; None: no gRPC
     input_shapes: dict = field(default_factory=dict)  # {input: shape} for warming up a dynamic model
+    max_queue: int = 256             # inference requests queued or running at once (503/UNAVAILABLE above)
+    max_concurrent_rpcs: int = 1024  # gRPC calls in flight (RESOURCE_EXHAUSTED above)
+    max_connections: int | None = None  # open connections per listener (HTTP, gRPC); None: no cap
+    header_timeout_s: float = 10.0   # a request's headers (a gRPC connection's handshake) arrive within this
+    body_timeout_s: float = 10.0     # longest wait between two reads of a request body
 
 
 @dataclass

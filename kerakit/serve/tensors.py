@@ -151,11 +151,11 @@ def classify(array: np.ndarray, count: int, labels: list[str] | None, where: str
 
 
 def check_parameters(params, where: str, known: dict[str, type]) -> dict:
-    """A parameters object: scalar values only (the protocol's $parameter), known keys of their type."""
-    if params is None:
-        return {}
+    """A parameters object: scalar values only (the protocol's $parameter), known keys of their type.
+    Pass `{}` where the request has none: `null` is refused like any other non-object."""
     if not isinstance(params, dict):
-        raise BadRequest(f"{where}: 'parameters' must be an object, got {type(params).__name__}.")
+        got = "null" if params is None else type(params).__name__
+        raise BadRequest(f"{where}: 'parameters' must be an object, got {got}.")
     for key, value in params.items():
         if not isinstance(value, (str, int, float, bool)):
             raise BadRequest(f"{where}: parameter {key[:50]!r} must be a string, number or boolean, "

@@ -3,7 +3,8 @@
     GET  /v1/models/NAME[/versions/V]              model status
     GET  /v1/models/NAME[/versions/V]/metadata     the serving_default signature
     POST /v1/models/NAME[/versions/V]:predict      {"instances": rows} or {"inputs": columns}
-    POST /v1/models/NAME[/versions/V]:VERB         501 for :classify, :regress or any other verb, naming :predict
+    POST /v1/models/NAME[/versions/V]:classify     501 (and :regress): TF Serving verbs kerakit does not implement
+    POST /v1/models/NAME[/versions/V]:VERB         400 for a verb TF Serving does not have; 404 for an unknown model
 
     inputs, kind = decode(model, b'{"instances": [[1, 2, 3]]}', max_elements=10**6)
     encode(await model.infer(inputs), kind)
@@ -17,7 +18,7 @@ from __future__ import annotations
 import numpy as np
 from starlette.requests import Request
 from starlette.responses import Response
-from starlette.routing import Route
+from starlette.routing import Match, Route
 
 from kerakit.dtypes import tf_type
 import kerakit.serve.images as images
@@ -126,7 +127,18 @@ SCHEMAS = {  # the REST API's request forms: row `instances`, columnar `inputs`
     "SignatureMetadata": {"type": "object", "required": ["model_spec", "metadata"]},
 }
 MODEL_PREFIXES = (("/v1/models/{name}", False), ("/v1/models/{name}/versions/{version}", True))
-UNSUPPORTED = ["classify", "regress"]  # TF Serving's other verbs; any verb but :predict is answered 501
+UNSUPPORTED = ["classify", "regress"]  # TF Serving's other verbs: 501; a verb TF Serving lacks is a client's 400
+
+
+class _NoVerbRoute(Route):
+    """A route whose path parameters hold no ':': `/v1/models/m:predict` is a verb on model m, not the
+    status of a model called 'm:predict', so a GET or PUT there is answered by the verb routes' 405."""
+
+    def matches(self, scope):
+        match, child = super().matches(scope)
+        if match is not Match.NONE and any(":" in str(v) for v in child["path_params"].values()):
+            return Match.NONE, {}
+        return match, child
 
 
 class TFServingREST(Protocol):
@@ -148,16 +160,23 @@ class TFServingREST(Protocol):
             return await ctx.answer(request, PROTOCOL, decode_request, encode_response)
 
         async def other_verb(request: Request) -> Response:
-            verb = request.path_params["verb"][:30]
-            return error(f"TF Serving's :{verb} is not supported; this server answers :predict "
+            verb = request.path_params["verb"]
+            if verb not in UNSUPPORTED:
+                return error(f"Unknown verb :{verb[:30]}; TF Serving's REST API has :predict (answered here), "
+                             f":{', :'.join(UNSUPPORTED)}.", 400)
+            try:
+                ctx.lookup(request.path_params["name"], request.path_params.get("version"))
+            except BadRequest as e:
+                return error(str(e), e.status)
+            return error(f"TF Serving's :{verb} is not implemented by this server; it answers :predict "
                          f"(POST /v1/models/NAME:predict with 'instances' or 'inputs').", 501)
 
         table = []
-        for prefix, _ in MODEL_PREFIXES:
-            table += [Route(prefix, ctx.describe(model_status)),
-                      Route(prefix + "/metadata", ctx.describe(model_metadata)),
-                      Route(prefix + ":predict", predict, methods=["POST"]),
-                      Route(prefix + ":{verb}", other_verb, methods=["POST"])]
+        for prefix, _ in MODEL_PREFIXES:  # the verb routes first: a GET or PUT on them is their 405
+            table += [Route(prefix + ":predict", predict, methods=["POST"]),
+                      Route(prefix + ":{verb}", other_verb, methods=["POST"]),
+                      _NoVerbRoute(prefix, ctx.describe(model_status)),
+                      _NoVerbRoute(prefix + "/metadata", ctx.describe(model_metadata))]
         return table
 
     def openapi(self, model_names: list[str]) -> Fragment:
@@ -170,6 +189,9 @@ class TFServingREST(Protocol):
                                                          "TF Serving predict")
             verb = {"name": "verb", "in": "path", "required": True, "schema": {"type": "string", "enum": UNSUPPORTED}}
             paths[prefix + ":{verb}"] = {"post": {
-                "summary": "TF Serving :classify and :regress (not supported: any verb but :predict answers 501)",
-                "parameters": [*params, verb], "responses": {"501": json_body(ref("Error"), "Names what is served")}}}
+                "summary": "TF Serving :classify and :regress: not implemented (501, naming :predict)",
+                "parameters": [*params, verb],
+                "responses": {"501": json_body(ref("Error"), "Names what is served"),
+                              "400": json_body(ref("Error"), "A verb TF Serving does not have"),
+                              "404": json_body(ref("Error"), "Unknown model or version")}}}
         return Fragment(paths, SCHEMAS)
