@@ -56,6 +56,7 @@ the same calls define the search space.
 from __future__ import annotations
 
 import importlib.util
+import linecache
 import math
 import os
 import sys
@@ -66,7 +67,7 @@ from types import ModuleType
 from typing import Any, Callable
 
 from kerakit import metrics
-from kerakit.errors import KerakitError
+from kerakit.errors import KerakitError, utf8_name
 
 TASKS = ("classification", "regression", "forecasting")
 
@@ -402,7 +403,17 @@ def _import_file(path: Path) -> ModuleType:
     spec = importlib.util.spec_from_file_location(module_name, path)
     module = importlib.util.module_from_spec(spec)
     try:
-        spec.loader.exec_module(module)
+        if utf8_name(path):
+            spec.loader.exec_module(module)
+        else:
+            # A name this Python decoded with surrogates (a non-ASCII path under LANG=C): TensorFlow copies each
+            # traced frame's file name into C++ as UTF-8, and one it cannot encode fails tf.data's tracing of the
+            # recipe's preprocess ('Concurrent access?'). The code is named by the name's bytes read as UTF-8,
+            # and its lines are handed to linecache, where AutoGraph (and tracebacks) read the source.
+            source, filename = path.read_bytes(), os.fsencode(path).decode("utf-8", "replace")
+            lines = source.decode("utf-8", "replace").splitlines(keepends=True)
+            linecache.cache[filename] = (len(source), None, lines, filename)  # mtime None: never re-read
+            exec(compile(source, filename, "exec"), module.__dict__)  # noqa: S102 - the recipe's own code
     except SyntaxError as e:
         raise KerakitError(f"Recipe {path}:{e.lineno}: syntax error: {e.msg}.") from e
     except KerakitError:

@@ -1,9 +1,11 @@
 """The command line answers help and argument errors without TensorFlow."""
 
+import shutil
 import subprocess
 import sys
 
-from conftest import run_cli
+import requests
+from conftest import Server, free_port, run_cli
 
 PROBE = """
 import sys
@@ -48,3 +50,33 @@ def test_console_script_help_exits_zero():
     result = run_cli("--help")
     assert result.returncode == 0
     assert "kerakit train digits_cnn" in result.stdout
+
+
+ASCII_ONLY = {"LANG": "C", "LC_ALL": "C", "PYTHONUTF8": "0", "PYTHONCOERCECLOCALE": "0"}  # no UTF-8 mode, no coercion
+
+
+def test_serve_and_evaluate_under_an_ascii_only_locale_with_a_non_ascii_path(digits_run, digits_export, tmp_path):
+    """A run moved to `runs/rün ñ` and used by a Python that reads file names as ASCII: evaluate scores it,
+    serve answers with its ONNX model (loaded by its bytes), and a SavedModel, which TensorFlow opens
+    only by name, is refused in one line saying what to set."""
+    run = tmp_path / "rün ñ"
+    shutil.copytree(digits_run.path, run)
+    export, _ = digits_export
+    (run / "export").mkdir(exist_ok=True)
+    shutil.copy(export / "model.onnx", run / "export" / "model.onnx")
+    shutil.copytree(export / "savedmodel", run / "export" / "savedmodel")
+
+    scored = run_cli("evaluate", run, env=ASCII_ONLY)
+    assert scored.returncode == 0 and scored.stdout.startswith("accuracy="), scored.stderr[-2000:]
+    assert "Traceback" not in scored.stderr and "AutoGraph could not transform" not in scored.stderr
+
+    server = Server(run, "--no-log", "--no-grpc", log_dir=tmp_path, env=ASCII_ONLY)
+    try:
+        r = requests.post(f"{server.url}/v1/models/digits_cnn:predict", json={"instances": [[[[0.0]] * 8] * 8]})
+        assert r.status_code == 200 and len(r.json()["predictions"][0]) == 10
+    finally:
+        server.stop()
+
+    refused = run_cli("serve", run / "export" / "savedmodel", "--no-grpc", "--port", free_port(), env=ASCII_ONLY)
+    assert refused.returncode == 1 and len(refused.stderr.strip().splitlines()) == 1, refused.stderr[-2000:]
+    assert "Set PYTHONUTF8=1 (or LC_ALL=C.UTF-8)" in refused.stderr and "r\\xc3\\xbcn \\xc3\\xb1" in refused.stderr

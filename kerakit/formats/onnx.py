@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 
 from kerakit import runs
-from kerakit.errors import KerakitError
+from kerakit.errors import KerakitError, utf8_name
 from kerakit.formats import calibration
 from kerakit.formats.base import Format, Option, Predictor, Spec, Variant
 from kerakit.formats.savedmodel import SIGNATURE
@@ -368,7 +368,9 @@ class OnnxPredictor(Predictor):
             for pool in ("intra_op", "inter_op"):
                 options.add_session_config_entry(f"session.{pool}.allow_spinning", "0")
         try:
-            self.session = ort.InferenceSession(str(path), options, providers=providers or ["CPUExecutionProvider"])
+            # By its bytes where ORT could not take the name (non-ASCII under LANG=C; see errors.utf8_name).
+            model = str(path) if utf8_name(path) else Path(path).read_bytes()
+            self.session = ort.InferenceSession(model, options, providers=providers or ["CPUExecutionProvider"])
         except Exception as e:  # ORT raises its own exception types for bad files
             raise KerakitError(f"Cannot load ONNX model {str(path)!r}: {str(e)[:200]} (truncated or corrupt?).") from e
         self.inputs = [Spec(i.name, _shape(i.shape), TYPES.get(i.type, i.type)) for i in self.session.get_inputs()]

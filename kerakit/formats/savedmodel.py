@@ -14,7 +14,7 @@ from pathlib import Path
 
 from kerakit import runs
 from kerakit.dtypes import from_tf_name, tf_name
-from kerakit.errors import KerakitError
+from kerakit.errors import KerakitError, native_path
 from kerakit.formats.base import Format, Predictor, Spec, Variant
 
 SIGNATURE = "serving_default"
@@ -64,8 +64,9 @@ class SavedModelPredictor(Predictor):
         super().__init__(path)
         import tensorflow as tf
 
+        name = native_path(path, "TensorFlow's SavedModel loader")  # it takes no bytes: one line if it cannot
         try:
-            self._loaded = tf.saved_model.load(str(path))
+            self._loaded = tf.saved_model.load(name)
         except Exception as e:
             raise KerakitError(f"Cannot load SavedModel {str(path)!r}: {type(e).__name__}: {str(e)[:200]}") from e
         if SIGNATURE not in self._loaded.signatures:
