@@ -548,6 +548,10 @@ def drift_cmd(ctx, run, data, psi_threshold, ks_threshold, data_dir, as_json) ->
         for r in result["series"]:
             table.add_row(r["series"], f"{r['psi']:.3f}", f"{r['ks']:.3f}", f"{r['reference_median']:.4g}",
                           f"{r['new_median']:.4g}", "DRIFT" if r["drift"] else "")
+        for r in result["categories"]:  # the share of the category that moved most, in train and now
+            m, value = r["moved"], "other" if r["moved"]["value"] is None else repr(r["moved"]["value"])
+            table.add_row(f"{r['input']} categories", f"{r['psi']:.3f}", "-", f"{value} {m['reference']:.0%}",
+                          f"{value} {m['new']:.0%}", "DRIFT" if r["drift"] else "")
         p = result["predictions"]
         if p:
             table.add_row("predictions", f"{p['psi']:.3f}", f"{p['ks']:.3f}" if "ks" in p else "-", "", "",

@@ -7,8 +7,9 @@
 The reference is the run's training split, summarised by `kerakit train` into
 RUN/data_profile.json (`training_profile`): for every input, the per-row mean,
 std, min and max (the summary `kerakit serve` logs per request), plus each
-feature of a tabular (rank-1) input; and the distribution of the model's
-predictions. A run without a current profile (trained by an older kerakit) is
+feature of a tabular (rank-1) input; the category mix of each string input
+of one value per row (a table's text column); and the distribution of the
+model's predictions. A run without a current profile (trained by an older kerakit) is
 profiled from its training data when drift runs; drift writes nothing. New
 data is a server request log (JSON lines) or raw model inputs (.npz keyed by
 input name, .npy or .csv for a one-input model); raw inputs are also run
@@ -93,8 +94,12 @@ def load_new(path: "str | os.PathLike", run: runs.Run, feature_names: dict) -> t
     with runtime.load(run.model_path) as model:
         checked = model.validate(arrays)
         outputs = runtime.first_output(model, checked)
-    return (stats.series_of_inputs(checked, feature_names), stats.prediction_summary(outputs),
-            f"{len(outputs)} rows of model inputs")
+    series = stats.series_of_inputs(checked, feature_names)
+    for name, values in checked.items():  # string inputs: each row's category key, as a request log holds it
+        keys = request_log.category_keys(values)
+        if keys is not None:
+            series[f"{name}.category"] = keys
+    return series, stats.prediction_summary(outputs), f"{len(outputs)} rows of model inputs"
 
 
 def _from_log(path: Path) -> tuple[dict, dict, str]:
@@ -105,17 +110,22 @@ def _from_log(path: Path) -> tuple[dict, dict, str]:
 
 def drift(run_path: "str | os.PathLike", data: "str | os.PathLike", psi_threshold: float = 0.2,
           ks_threshold: float = 0.2, data_dir: str | None = None) -> dict:
-    """Compare the new `data` with the run's training-data profile, series by series and predictions."""
+    """Compare the new `data` with the run's training-data profile: series by series, each string input's
+    categories (PSI over the profile's buckets, against `psi_threshold`) and predictions."""
     run = runs.Run.open(run_path)
     profile, profiled_now = reference(run, data_dir)
     series, predictions, described = _new_series(data, run, profile)
     table = [{"series": name, **stats.compare_series(ref, series[name], psi_threshold, ks_threshold)}
              for name, ref in profile["series"].items() if name in series]
+    categories = [{"input": name, **stats.compare_categories(ref, series[f"{name}.category"], psi_threshold)}
+                  for name, ref in profile.get("categories", {}).items() if f"{name}.category" in series]
     prediction = _compare_predictions(profile["predictions"], predictions, psi_threshold, ks_threshold)
-    drifted = [r["series"] for r in table if r["drift"]] + (["predictions"] if prediction and prediction["drift"] else [])
+    drifted = ([r["series"] for r in table if r["drift"]] + [f"{r['input']} categories" for r in categories if r["drift"]]
+               + (["predictions"] if prediction and prediction["drift"] else []))
     return {"run": str(run.path), "data": str(data), "described": described, "rows": len(next(iter(series.values()))),
             "profiled_now": profiled_now,  # the run has no current data_profile.json: its training data, read now
-            "thresholds": {"psi": psi_threshold, "ks": ks_threshold}, "series": table, "predictions": prediction,
+            "thresholds": {"psi": psi_threshold, "ks": ks_threshold}, "series": table, "categories": categories,
+            "predictions": prediction,
             "drifted": drifted, "drift": bool(drifted)}
 
 

@@ -10,6 +10,8 @@ A record holds summary statistics, not raw data (raw inputs only with `raw=True`
     {"time": "2025-01-01T12:00:00.000+00:00", "model": "digits", "version": "1",
      "protocol": "v2", "rows": 2, "latency_ms": 1.234,
      "inputs": {"image": {"mean": [..], "std": [..], "min": [..], "max": [..]}},   # one value per row
+     #   a string input of one value per row (a table's text column) adds "category": [..], each row's
+     #   `category_key`: a digest, not the text, which drift matches with the profile's frequent values
      "outputs": {"probabilities": {"class": [..], "score": [..]}}}                # or {"value": [..]}
 """
 
@@ -17,6 +19,7 @@ from __future__ import annotations
 
 import datetime as _dt
 import errno
+import hashlib
 import json
 import os
 from pathlib import Path
@@ -31,15 +34,48 @@ STATS = ("mean", "std", "min", "max")  # the keys of row_statistics, in record o
 def row_statistics(x: np.ndarray) -> dict[str, np.ndarray]:
     """Per-row mean, std, min, max of one input (any rank; first axis = rows)."""
     flat = np.asarray(x).reshape(len(x), -1)
-    if flat.dtype.kind in "OUS":  # strings: statistics of their lengths
-        flat = np.frompyfunc(len, 1, 1)(flat)
+    if flat.dtype.kind in "OUS":  # strings: statistics of their lengths, in characters whether bytes (tf.data) or str (serve)
+        flat = np.frompyfunc(_characters, 1, 1)(flat)
     flat = flat.astype(np.float64)
     return {"mean": flat.mean(1), "std": flat.std(1), "min": flat.min(1), "max": flat.max(1)}
 
 
+def strings_per_row(x: np.ndarray) -> list[str] | None:
+    """The one string of each row of a string input that holds one per row (a table's text column), as text;
+    None for any other input."""
+    x = np.asarray(x)
+    if x.dtype.kind not in "OUS" or x.size != len(x):
+        return None
+    return [v.decode("utf-8", "replace") if isinstance(v, bytes) else str(v) for v in x.reshape(-1)]
+
+
+def category_key(value: str) -> str:
+    """What the log records of a category: a 64-bit digest of its text, so the log holds summaries, not the
+    values users sent (a name, an e-mail), while drift can still count the training split's frequent values.
+
+    >>> category_key("Dream")
+    'f6a14652537f95a5'
+    """
+    return hashlib.blake2b(value.encode("utf-8"), digest_size=8).hexdigest()
+
+
+def category_keys(x: np.ndarray) -> np.ndarray | None:
+    """Each row's `category_key` of a string input of one value per row, else None."""
+    strings = strings_per_row(x)
+    return None if strings is None else np.array([category_key(v) for v in strings], dtype=str)
+
+
+def _characters(value) -> int:
+    return len(value.decode("utf-8", "replace") if isinstance(value, bytes) else value)
+
+
 def row_summary(x: np.ndarray, raw: bool = False) -> dict:
-    """Per-row mean, std, min and max of one input (what `drift` compares with training data)."""
+    """Per-row mean, std, min and max of one input (what `drift` compares with training data), and each row's
+    category key for a string input of one value per row."""
     summary = {k: np.round(v, 6).tolist() for k, v in row_statistics(x).items()}
+    keys = category_keys(x)
+    if keys is not None:
+        summary["category"] = keys.tolist()
     if raw:
         summary["values"] = x.reshape(len(x), -1).tolist()
     return summary
@@ -96,7 +132,8 @@ class RequestLog:
 def read(path: "str | Path", max_features: int = 64) -> tuple[dict, dict, str]:
     """A request log as (series, predictions, description), for `kerakit drift`.
 
-    series: "INPUT.STAT" -> every row's value of that statistic; with raw values
+    series: "INPUT.STAT" -> every row's value of that statistic; "INPUT.category" -> every row's
+    `category_key` (strings) for a string input of one value per row; with raw values
     logged, also "INPUT[i]" -> feature i of a rank-1 input of at most `max_features`.
     predictions: {"classes": [...]} or {"values": [...]} from each record's first output.
     Torn lines (not JSON: a write cut short by a full disk or a kill) are skipped and
@@ -124,7 +161,7 @@ def read(path: "str | Path", max_features: int = 64) -> tuple[dict, dict, str]:
                            + (f" ({torn} unreadable lines)." if torn else "."))
     rows = len(next(iter(series.values()), []))
     skipped = f" (skipped {torn} torn line{'s' if torn != 1 else ''})" if torn else ""
-    return ({k: np.asarray(v, dtype=np.float64) for k, v in series.items()},
+    return ({k: np.asarray(v, dtype=str if k.endswith(".category") else np.float64) for k, v in series.items()},
             {k: np.asarray(v) for k, v in predictions.items()}, f"{rows} rows from {records} logged requests{skipped}")
 
 
@@ -132,6 +169,8 @@ def _add(record: dict, series: dict, predictions: dict, max_features: int) -> No
     for name, summary in record["inputs"].items():
         for stat in STATS:
             series.setdefault(f"{name}.{stat}", []).extend(summary[stat])
+        if "category" in summary:
+            series.setdefault(f"{name}.category", []).extend(map(str, summary["category"]))
         if "values" in summary:
             values = np.asarray(summary["values"])
             for i in range(values.shape[1] if values.ndim == 2 and values.shape[1] <= max_features else 0):

@@ -17,22 +17,36 @@ stability index over the reference's decile bins and the two-sample
 Kolmogorov-Smirnov statistic; predicted classes by PSI over classes. A series
 drifts when PSI > psi_threshold (0.2 by default, the usual "significant
 shift") or KS > ks_threshold (0.2).
+
+A string input of one value per row (a table's text column) also has its
+categories profiled (`summarize_categories`): the TOP_CATEGORIES most common
+values with their share of the rows, missing ("") always, and one "other"
+bucket; new values training never saw fall in "other". They drift by PSI over
+those buckets above the same psi_threshold, like predicted classes. PSI, not a
+chi-square test: chi-square's p-value measures evidence, so a request log of a
+million rows calls a 1 % change in the mix significant and a log of 50 rows
+misses a large one, while PSI measures the size of the shift and reads on the
+same scale as every other series.
 """
 
 from __future__ import annotations
 
-from typing import Callable, Iterable
+from collections import Counter
+from typing import Callable, Iterable, Sequence
 
 import numpy as np
 
 from kerakit.errors import KerakitError
-from kerakit.request_log import row_statistics
+from kerakit.request_log import category_key, row_statistics, strings_per_row
 
-PROFILE_VERSION = 2  # bump when the summary or its binning changes: an older profile is then not used
+PROFILE_VERSION = 3  # bump when the summary or its binning changes: an older profile is then not used (3: categories)
 MAX_TABULAR_FEATURES = 64
 SAMPLE = 2000  # reference values kept per series, for KS
 PROFILE_ROWS = 100_000  # rows a profile is computed from at most: a seeded sample of a larger split
 EPS = 1e-4
+TOP_CATEGORIES = 20  # values of a string input counted by name; the rest share the "other" bucket
+FREE_TEXT = 0.5  # a string input whose top values cover less of the rows is free text: its lengths are its series
+MISSING = ""
 
 
 def series_of_inputs(inputs: dict[str, np.ndarray], feature_names: dict[str, list[str]] | None = None
@@ -99,6 +113,46 @@ def compare_series(reference: dict, values: np.ndarray, psi_threshold: float = 0
             "new_median": float(np.median(values)), "drift": value > psi_threshold or ks > ks_threshold}
 
 
+# --------------------------------------------------------------------------- categories of a string input
+
+def summarize_categories(values: Sequence[str], top: int = TOP_CATEGORIES) -> dict | None:
+    """One string input's reference: its `top` most common values (ties by value) and missing (""), each with
+    its share of the rows, then the share of every other value; None for free text (ids, sentences), whose top
+    values cover under half of the rows.
+
+    >>> summarize_categories(["a", "a", "b", ""], top=1)
+    {'values': ['a', ''], 'proportions': [0.5, 0.25, 0.25]}
+    """
+    counts, n = Counter(values), len(values)
+    ranked = sorted(counts.items(), key=lambda item: (-item[1], item[0]))[:top]
+    if not n or sum(c for _, c in ranked) < FREE_TEXT * n:
+        return None
+    named = [v for v, _ in ranked] + ([] if MISSING in dict(ranked) else [MISSING])
+    shares = [counts.get(v, 0) / n for v in named]
+    return {"values": named, "proportions": [*shares, (n - sum(counts.get(v, 0) for v in named)) / n]}
+
+
+def compare_categories(reference: dict, keys: Sequence[str], psi_threshold: float = 0.2) -> dict:
+    """PSI of new rows' `request_log.category_key`s over a `summarize_categories` reference's buckets (values
+    training never saw count as "other"), each bucket's share before and after (value None: other), and the
+    bucket that moved most.
+
+    >>> ref = summarize_categories(["a"] * 50 + ["b"] * 50)
+    >>> row = compare_categories(ref, [category_key("b")] * 80 + [category_key("c")] * 20)
+    >>> row["drift"], row["moved"]
+    (True, {'value': 'a', 'reference': 0.5, 'new': 0.0})
+    """
+    index = {category_key(v): i for i, v in enumerate(reference["values"])}
+    other = len(index)
+    counts = np.bincount([index.get(k, other) for k in keys], minlength=other + 1)
+    new, expected = counts / max(counts.sum(), 1), np.asarray(reference["proportions"])
+    value = proportions_psi(expected, new)
+    buckets = [{"value": v, "reference": round(float(e), 4), "new": round(float(a), 4)}
+               for v, e, a in zip([*reference["values"], None], expected, new)]
+    moved = max(buckets, key=lambda b: abs(b["new"] - b["reference"]))
+    return {"psi": round(value, 4), "buckets": buckets, "moved": moved, "drift": value > psi_threshold}
+
+
 # --------------------------------------------------------------------------- a split's profile
 
 def profile_split(batches: Iterable[dict[str, np.ndarray]], predict: Callable[[dict], np.ndarray],
@@ -110,23 +164,28 @@ def profile_split(batches: Iterable[dict[str, np.ndarray]], predict: Callable[[d
     A split of more than `keep` rows is profiled from `keep` of them, chosen by a hash of each row's
     values: the same rows in any order (a shuffled pipeline) give the same profile, in bounded memory.
     """
-    names, chunks, rows, pending, n_classes = None, [], 0, 0, None
+    names, text_names, chunks, rows, pending, n_classes = None, [], [], 0, 0, None
     for x in batches:
         series = series_of_inputs(x, feature_names)
+        strings = {name: s for name, values in x.items() if (s := strings_per_row(values)) is not None}
         outputs = np.asarray(predict(x))
         n_classes = outputs.reshape(len(outputs), -1).shape[1]
         prediction = next(iter(prediction_summary(outputs).values())).astype(np.float64)
-        names = list(series)
-        chunks.append(np.column_stack([*series.values(), prediction]))
-        rows, pending = rows + len(chunks[-1]), pending + len(chunks[-1])
+        names, text_names = list(series), list(strings)
+        # A string's digest rides in the numbers, so the rows kept depend on the text too, not on the order.
+        numbers = np.column_stack([*series.values(), *map(_digests, strings.values()), prediction])
+        chunks.append((numbers, _text_matrix(strings.values(), len(numbers))))
+        rows, pending = rows + len(numbers), pending + len(numbers)
         if pending > 2 * keep:  # compacted now and then, not per batch: the copies stay linear in the rows
-            chunks = [_sample_rows(np.concatenate(chunks), keep)]
-            pending = len(chunks[0])
+            chunks = [_sample_rows(chunks, keep)]
+            pending = len(chunks[0][0])
     if not chunks:
         raise KerakitError("There are no rows to profile: the split is empty.")
-    kept = _sample_rows(np.concatenate(chunks), keep)
+    kept, kept_text = _sample_rows(chunks, keep)
+    categories = {name: summarize_categories(kept_text[:, j].tolist()) for j, name in enumerate(text_names)}
     profile = {"version": PROFILE_VERSION, "rows": rows, "profiled_rows": len(kept), "feature_names": feature_names,
-               "series": {name: summarize(kept[:, i]) for i, name in enumerate(names)}}
+               "series": {name: summarize(kept[:, i]) for i, name in enumerate(names)},
+               "categories": {name: summary for name, summary in categories.items() if summary is not None}}
     predicted = kept[:, -1]
     if n_classes > 1:
         counts = np.bincount(predicted.astype(int), minlength=n_classes)
@@ -137,11 +196,28 @@ def profile_split(batches: Iterable[dict[str, np.ndarray]], predict: Callable[[d
     return profile
 
 
-def _sample_rows(matrix: np.ndarray, keep: int) -> np.ndarray:
-    """`keep` rows of `matrix` (all of them when there are no more), chosen by a hash of their values."""
-    if len(matrix) <= keep:
-        return matrix
-    return matrix[np.sort(np.argpartition(_row_keys(matrix), keep)[:keep])]
+def _digests(strings: list[str]) -> np.ndarray:
+    """52 bits of each string's `category_key`, exact in a float64."""
+    return np.array([int(category_key(v), 16) >> 12 for v in strings], dtype=np.float64)
+
+
+def _text_matrix(columns: Iterable[list[str]], rows: int) -> np.ndarray:
+    """Rows x string inputs, as an object array."""
+    columns = list(columns)
+    matrix = np.empty((rows, len(columns)), dtype=object)
+    for j, column in enumerate(columns):
+        matrix[:, j] = column
+    return matrix
+
+
+def _sample_rows(chunks: list[tuple[np.ndarray, np.ndarray]], keep: int) -> tuple[np.ndarray, np.ndarray]:
+    """`keep` rows of the (numbers, text) chunks (all of them when there are no more), chosen by a hash of
+    their numbers."""
+    numbers, text = (np.concatenate([c[i] for c in chunks]) for i in (0, 1))
+    if len(numbers) <= keep:
+        return numbers, text
+    chosen = np.sort(np.argpartition(_row_keys(numbers), keep)[:keep])
+    return numbers[chosen], text[chosen]
 
 
 def _row_keys(matrix: np.ndarray) -> np.ndarray:

@@ -4,6 +4,7 @@ The first tests pin the statistics (`kerakit.stats`) on synthetic arrays (no run
 the rest run the real command on a copy of the shared digits run."""
 
 import json
+import re
 import shutil
 
 import numpy as np
@@ -11,7 +12,7 @@ import pytest
 import requests
 
 from conftest import cli_in_process
-from kerakit.stats import compare_series, profile_split, proportions_psi, psi, summarize
+from kerakit.stats import compare_series, profile_split, proportions_psi, psi, summarize, summarize_categories
 
 RNG = np.random.default_rng(0)
 REFERENCE = RNG.normal(size=20_000)
@@ -184,3 +185,69 @@ def test_drift_bad_data_is_one_clear_line(run_dir, tmp_path, data, fragment):
     r = cli_in_process("drift", run_dir, "--data", tmp_path / data)
     assert r.returncode == 1 and r.stderr.startswith("error: ") and fragment in r.stderr, r.stderr
     assert len(r.stderr.strip().splitlines()) == 1
+
+
+# ----------------------------------------------------------------------------- categories of a string input
+
+def test_categories_are_the_top_values_missing_and_other():
+    values = ["Biscoe"] * 50 + ["Dream"] * 30 + [""] * 5 + [f"rare{i}" for i in range(15)]
+    ref = summarize_categories(values, top=2)
+    assert ref == {"values": ["Biscoe", "Dream", ""], "proportions": [0.5, 0.3, 0.05, 0.15]}
+    assert summarize_categories([f"id{i}" for i in range(100)]) is None  # identifiers: free text, not categories
+
+
+@pytest.fixture(scope="module")
+def table_run(tmp_path_factory):
+    """A table model with string inputs (island, observer), trained briefly on 2000 rows, exported to ONNX."""
+    import kerakit
+    from kerakit.export import export
+    from kerakit.sources import new_recipe
+    from test_baselines import _skewed_csv
+
+    tmp = tmp_path_factory.mktemp("table_drift")
+    _, text = new_recipe("penguins", _skewed_csv(tmp / "penguins.csv", n=2000), label="species")
+    (tmp / "penguins.py").write_text(text)
+    run = kerakit.train(tmp / "penguins.py", tmp / "run", epochs=1, verbose=0, log=lambda m: None)
+    export(run.path, formats=["onnx"], log=lambda m: None)  # a run is served from its ONNX export
+    return run
+
+
+def test_drift_compares_the_category_mix_of_a_string_input_logged_by_the_server(table_run, tmp_path):
+    """Held-out rows sent to `kerakit serve` pass; the same rows with most islands turned to Torgersen (20 % of
+    training) or to islands training never saw ("other") drift on `island`'s categories, with their PSI."""
+    from kerakit.data import load_data
+    from conftest import Server
+
+    profile = json.loads(table_run.data_profile.read_text())
+    assert profile["categories"]["island"]["values"][:4] == ["Biscoe", "Dream", "Torgersen", "Shetland"]
+    x, _ = load_data(table_run.recipe(), table_run.config["config"]).arrays("test")
+    x = {k: v[~np.isnan(x["bill_mm"][:, 0])] for k, v in x.items()}  # JSON has no NaN
+    shifted = {**x, "island": x["island"].copy()}
+    shifted["island"][::5, 0] = "Atlantis"
+    shifted["island"][1::5, 0] = shifted["island"][2::5, 0] = shifted["island"][3::5, 0] = "Torgersen"
+    results = {}
+    for name, rows in (("same", x), ("shifted", shifted)):
+        log = tmp_path / f"{name}.jsonl"
+        server = Server(table_run.path, "--log", log, log_dir=tmp_path)
+        try:
+            for i in range(0, len(rows["island"]), 16):
+                body = {"inputs": {k: (v[i:i + 16].tolist()) for k, v in rows.items()}}
+                r = requests.post(f"{server.url}/v1/models/penguins:predict", json=body)
+                assert r.status_code == 200, r.text
+        finally:
+            server.stop()
+        assert "Atlantis" not in log.read_text()  # the log holds digests of categories, not what users sent
+        results[name] = cli_in_process("drift", table_run.path, "--data", log, "--json")
+    same = json.loads(results["same"].stdout)
+    assert results["same"].returncode == 0 and not same["drift"], results["same"].stdout
+    assert {r["input"] for r in same["categories"]} == {"island", "observer"}
+    shifted = json.loads(results["shifted"].stdout)
+    assert results["shifted"].returncode == 3 and "island categories" in shifted["drifted"], shifted["drifted"]
+    assert all(name.startswith("island") or name == "predictions" for name in shifted["drifted"])  # lengths move too
+    island = next(r for r in shifted["categories"] if r["input"] == "island")
+    assert island["psi"] > 0.2 and island["drift"]
+    other = island["buckets"][-1]
+    assert other["value"] is None and other["reference"] < 0.01 and other["new"] == pytest.approx(0.2, abs=0.02)
+    text = cli_in_process("drift", table_run.path, "--data", tmp_path / "shifted.jsonl")
+    assert re.search(rf"^ island categories +{island['psi']:.3f} .* DRIFT", text.stdout, re.M), text.stdout
+    assert "island categories" in text.stdout.splitlines()[-1]
