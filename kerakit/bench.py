@@ -34,7 +34,7 @@ from typing import Callable, Iterable
 
 import numpy as np
 
-from kerakit import deployment, formats, runs, runtime
+from kerakit import deployment, files, formats, runs, runtime
 from kerakit.errors import KerakitError
 from kerakit.measure import StopRule, Timed, measure
 
@@ -176,13 +176,13 @@ def bench(
     runtime.check_threads(max(threads))
     run = runs.find_run(paths[0])
     out = Path(out) if out else (run.bench_dir if run else Path("bench-results"))
-    runs.ensure_writable_dir(out)
+    files.ensure_writable_dir(out)
     swept = [(path, fmt) for path, fmt in found if sweep and fmt.settings]
     deploy = next((runs.Run(Path(a)) for a in artifacts if sweep and runs.is_run(a)), None)
     rule = StopRule(precision=precision, budget_s=budget_s, max_calls=runs_)
     with contextlib.ExitStack() as locks:  # bench.json's directory, and where swept settings are saved
         for directory in {runs.owner(out).resolve(), *(runs.owner(p.parent).resolve() for p, _ in swept)}:
-            locks.enter_context(runs.writer(directory, "kerakit bench"))
+            locks.enter_context(files.writer(directory, "kerakit bench"))
         return _bench(found, batches, threads, rule, warmup, swept, deploy, data_dir, out, log, progress, input_shapes)
 
 
@@ -211,14 +211,14 @@ def _bench(found, batches, threads, rule: StopRule, warmup, swept, deploy, data_
         "peak_rss_mb": round(peak_rss_mb(), 1),
         "created": _dt.datetime.now().isoformat(timespec="seconds"),
     }
-    runs.write_json(out / runs.BENCH_RESULT_FILE, result)  # the figures are safe before anything else can fail
+    files.write_json(out / runs.BENCH_RESULT_FILE, result)  # the figures are safe before anything else can fail
     if deploy is not None:
         result["sweep"], result["deployment"] = swept_result, deployed
     elif swept:
         result["sweep"] = {name: sweep_settings(path, fmt, pool, batches, threads, rule, warmup, log)
                            for name, (path, fmt) in zip(names, found) if (path, fmt) in swept}
     result["seconds"] = round(time.perf_counter() - started, 1)
-    runs.write_json(out / runs.BENCH_RESULT_FILE, result)
+    files.write_json(out / runs.BENCH_RESULT_FILE, result)
     chart(result, out / runs.BENCH_CHART_FILE)
     result["out"] = str(out)
     return result
@@ -406,7 +406,7 @@ def chart(result: dict, path: Path) -> Path:
     ax.grid(True, which="both", alpha=0.3)
     ax.legend(fontsize=7, loc="upper left")
     fig.tight_layout()
-    with runs.atomic_path(path) as tmp:
+    with files.atomic_path(path) as tmp:
         fig.savefig(tmp, format="png")
     plt.close(fig)
     return path

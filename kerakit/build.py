@@ -30,7 +30,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator
 
-from kerakit import runs, tracking
+from kerakit import files, runs, tracking
 from kerakit.errors import KerakitError, VerificationFailed
 
 BENCH_BATCHES = (1, 32)
@@ -116,7 +116,7 @@ def build(
     config = loaded.resolve_config(overrides)[0]
     if overwrite:  # train (and tune) start over, as they take it; export and bench follow the new model
         overrides = {**overrides, "overwrite": True}
-    with runs.writer(run.path, "kerakit build"), \
+    with files.writer(run.path, "kerakit build"), \
             tracking.building(run, loaded, config, track, register, log) as tracker:
         return _build(loaded, run, targets, tune, max_trials, max_epochs, bench_runs, data_dir, log, overrides,
                       tracker, register)
@@ -194,7 +194,7 @@ def _build_state(run: runs.Run, log) -> dict:
     if not run.build_state.exists():
         return {}
     try:
-        return runs.load_json(run.build_state, "exporting and benching again")
+        return files.load_json(run.build_state, "exporting and benching again")
     except KerakitError as e:
         log(f"   {e}")
         return {}
@@ -239,7 +239,7 @@ def _export_step(steps: _Steps, run: runs.Run, state: dict, targets: list, data_
         except VerificationFailed as e:  # every step still runs; build raises at the end
             report = e.report
     state["export"] = key
-    runs.write_json(run.build_state, state)
+    files.write_json(run.build_state, state)
     steps.finish("export", start, f"{len(report.artifacts) - len(report.failed)} of {len(report.artifacts)} "
                                   "artifacts verified")
     return report
@@ -283,13 +283,13 @@ def _bench_step(steps: _Steps, run: runs.Run, state: dict, bench_runs: int, data
         run_bench([run.path], batches=BENCH_BATCHES, threads=BENCH_THREADS, runs_=bench_runs,
                   warmup=max(5, bench_runs // 10), data_dir=data_dir, log=say, progress=advance)
     state["bench"] = key
-    runs.write_json(run.build_state, state)
+    files.write_json(run.build_state, state)
     steps.finish("bench", start, str(run.bench_result))
 
 
 def _readable(path: Path) -> bool:
     try:
-        return isinstance(runs.read_json(path).get("rows"), list)
+        return isinstance(files.read_json(path).get("rows"), list)
     except (OSError, ValueError, AttributeError):
         return False
 

@@ -460,9 +460,9 @@ def data_cmd(path, label, sep, encoding, decimal, types, group, time, seed, json
     report = data_report(path, label, sep=sep, encoding=encoding, decimal=decimal, types=types, seed=seed,
                          group=group, time=time)
     if json_path:
-        from kerakit import runs
+        from kerakit import files
 
-        runs.write_json(json_path, report)
+        files.write_json(json_path, report)
     _print_data_report(report)
 
 
@@ -475,7 +475,7 @@ def data_cmd(path, label, sep, encoding, decimal, types, group, time, seed, json
 @click.option("--force", is_flag=True, help="Overwrite an existing recipe file of that name.")
 def new_cmd(name, source, label, task, out_dir, force) -> None:
     """Write recipes/NAME.py for your own data (after its data report), then `kerakit build NAME` works."""
-    from kerakit import runs
+    from kerakit import files
     from kerakit.sources import new_recipe
 
     target = Path(out_dir) / f"{name}.py"
@@ -483,7 +483,7 @@ def new_cmd(name, source, label, task, out_dir, force) -> None:
         raise KerakitError(f"{target} exists: pick another NAME, or pass --force to overwrite it.")
     report, text = new_recipe(name, source, label, task)
     _print_data_report(report)
-    with runs.atomic_path(target) as tmp:
+    with files.atomic_path(target) as tmp:
         tmp.write_text(text)
     click.echo(f"Recipe written to {target} (yours to edit). Next: kerakit build {name} --target server,edge")
 

@@ -20,7 +20,7 @@ import os
 import platform
 from pathlib import Path
 
-from kerakit import formats, runs
+from kerakit import files, formats, runs
 from kerakit.errors import KerakitError
 
 FIX = "rerun `kerakit bench RUN` to measure it again"
@@ -60,7 +60,7 @@ def cpu_model() -> str:
 
 def write(run: runs.Run, batches: dict[int, dict], rule: dict, cores: int) -> Path:
     """Record the choice per batch size: {batch: {artifact, setting, options, p50_ms, precision, beat}}."""
-    return runs.write_json(run.deployment, {
+    return files.write_json(run.deployment, {
         "machine": machine(cores), "stop_rule": rule,
         "created": _dt.datetime.now().isoformat(timespec="seconds"),
         "batches": {str(b): choice for b, choice in sorted(batches.items())},
@@ -71,7 +71,7 @@ def read(run: runs.Run) -> dict:
     if not run.deployment.exists():
         raise KerakitError(f"Run {str(run.path)!r} has no {run.deployment.name}: run `kerakit bench {run.path}` "
                            "to pick the fastest verified artifact on this machine, or pass an artifact path.")
-    return runs.load_json(run.deployment, FIX, ("batches", "machine"))
+    return files.load_json(run.deployment, FIX, ("batches", "machine"))
 
 
 def choose(run: runs.Run, batch: int | None = None) -> dict:

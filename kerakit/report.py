@@ -33,7 +33,7 @@ from typing import Any
 
 import numpy as np
 
-from kerakit import metrics, runs, runtime
+from kerakit import files, metrics, runs, runtime
 from kerakit.folds import from_record
 from kerakit.formats.keras import KerasPredictor
 from kerakit.recipe import Recipe
@@ -221,7 +221,7 @@ def deployment_rows(run: runs.Run) -> list[dict]:
     export = ExportReport.find(run.export_dir)
     if export is None:
         return []
-    bench_rows = (runs.load_json(run.bench_result, "delete it and rerun `kerakit bench`", ("rows",))["rows"]
+    bench_rows = (files.load_json(run.bench_result, "delete it and rerun `kerakit bench`", ("rows",))["rows"]
                   if run.bench_result.exists() else [])
 
     def timing(file_name: str) -> tuple[float | None, float | None]:
@@ -280,7 +280,7 @@ class _Card:
 def report(run_path: "str | os.PathLike", data_dir: str | None = None, log=print) -> dict:
     """Write RUN/report/{model_card.md, index.html, *.png}; returns paths and flags."""
     run = runs.Run.open(run_path)
-    with runs.writer(run.path, "kerakit report", has_out=False):  # it writes RUN/report
+    with files.writer(run.path, "kerakit report", has_out=False):  # it writes RUN/report
         return _write(run, data_dir, log)
 
 
@@ -289,7 +289,7 @@ def _write(run: runs.Run, data_dir: str | None, log) -> dict:
 
     card = _gather(run, data_dir)
     target = run.report_dir
-    with runs.atomic_dir(target) as tmp:
+    with files.atomic_dir(target) as tmp:
         card.figures = tmp
         md = _markdown(card)
         (tmp / runs.REPORT_MARKDOWN_FILE).write_text(md, encoding="utf-8")

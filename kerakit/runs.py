@@ -12,8 +12,7 @@ the module constants (`MODEL_FILE`, ...) are read from these tables.
     OUT/                 `kerakit cv RECIPE --folds K --out OUT`, or RUN/cv (`CrossValidation`)
 
 How files are written (atomically, under one writer per directory) is
-`kerakit.files`; its functions are also importable from here, as they were
-before the split, for the modules that still call `runs.write_json` & co.
+`kerakit.files`, and only there: `files.write_json`, not `runs.write_json`.
 """
 
 from __future__ import annotations
@@ -22,10 +21,8 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
+from kerakit import files
 from kerakit.errors import KerakitError
-from kerakit.files import (LEFTOVER_MARKS, LOCK_FILE, atomic_dir, atomic_path, copy_file,  # noqa: F401 (re-exported)
-                           ensure_writable_dir, intact, load_json, read_json, remove_leftovers, sha256, tree_sha256,
-                           write_csv, write_json, write_text, writer)
 
 # Files of a step's own directory: RUN/export, RUN/bench and RUN/report, or any --out of export, bench or report.
 EXPORT_REPORT_FILE = "export_report.json"
@@ -159,17 +156,17 @@ class Run:
     # Contents.
     @property
     def config(self) -> dict:
-        return load_json(self.config_path, f"delete {self.path} and train again", ("config", "recipe"))
+        return files.load_json(self.config_path, f"delete {self.path} and train again", ("config", "recipe"))
 
     @property
     def manifest(self) -> dict:
-        return load_json(self.manifest_path, "delete it and rerun `kerakit train` with the same --out "
-                                             "(it trains the run again)", ("artifacts",))
+        return files.load_json(self.manifest_path, "delete it and rerun `kerakit train` with the same --out "
+                                              "(it trains the run again)", ("artifacts",))
 
     @property
     def metrics(self) -> dict:
-        return load_json(self.metrics_path, f"delete {self.manifest_path} and rerun `kerakit train` with the "
-                                            "same --out to evaluate the model again")
+        return files.load_json(self.metrics_path, f"delete {self.manifest_path} and rerun `kerakit train` with the "
+                                             "same --out to evaluate the model again")
 
     def recipe(self):
         """The run's own copy of its recipe, under the recipe's name."""
@@ -178,7 +175,7 @@ class Run:
         recipe = load_recipe(self.recipe_path)
         recipe.name = self.config.get("recipe", recipe.name)
         # A dataset made from the user's files: the files the run trained on, wherever the command runs from.
-        trained_on = (read_json(self.manifest_path).get("data", {}).get("source", {}).get("source")
+        trained_on = (files.read_json(self.manifest_path).get("data", {}).get("source", {}).get("source")
                       if recipe.source is not None and self.manifest_path.exists() else None)
         if trained_on and Path(trained_on).exists():
             recipe.dataset = trained_on
@@ -186,7 +183,7 @@ class Run:
 
     def verify_artifacts(self) -> dict[str, bool]:
         """Re-hash every artifact listed in the manifest; True where it still matches."""
-        return {name: intact(self.path / name, digest) for name, digest in self.manifest["artifacts"].items()}
+        return {name: files.intact(self.path / name, digest) for name, digest in self.manifest["artifacts"].items()}
 
     def __repr__(self) -> str:
         return f"Run({str(self.path)!r})"
@@ -218,7 +215,7 @@ class Search:
 
         result = kerakit.tune("breast_cancer_mlp", "runs/search", max_trials=2)
         search = Search(result.path)
-        read_json(search.best_hparams) == result.best_hparams, Run.open(search.best_dir).is_finished
+        files.read_json(search.best_hparams) == result.best_hparams, Run.open(search.best_dir).is_finished
         # -> (True, True)
     """
 
@@ -273,7 +270,7 @@ class CrossValidation:
         """cv.json of a finished cross-validation (it has a `mean`), else None."""
         if not self.cv_file.is_file():
             return None
-        data = load_json(self.cv_file, f"delete it and rerun `kerakit cv` with --out {self.path}")
+        data = files.load_json(self.cv_file, f"delete it and rerun `kerakit cv` with --out {self.path}")
         return data if "mean" in data else None
 
     def __repr__(self) -> str:

@@ -19,7 +19,7 @@ from typing import Any
 
 import numpy as np
 
-from kerakit import formats, runs
+from kerakit import files, formats, runs
 from kerakit.errors import KerakitError
 from kerakit.formats.base import Predictor, Spec, shape_text
 
@@ -166,8 +166,8 @@ def save_tuned_options(path: "str | os.PathLike", options: dict, evidence: dict)
     sidecar = Path(path).parent / runs.RUNTIME_SETTINGS_FILE
     current = _settings(sidecar) if sidecar.exists() else {}
     current[Path(path).name] = {"options": options, "evidence": evidence}
-    return runs.write_json(sidecar, current)
+    return files.write_json(sidecar, current)
 
 
 def _settings(sidecar: Path) -> dict:
-    return runs.load_json(sidecar, "delete it to re-run the runtime settings sweep (`kerakit bench`)")
+    return files.load_json(sidecar, "delete it to re-run the runtime settings sweep (`kerakit bench`)")

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
-from kerakit import distribute, runs, tracking
+from kerakit import distribute, files, runs, tracking
 from kerakit.errors import KerakitError
 from kerakit.recipe import Recipe, load_recipe
 
@@ -68,14 +68,14 @@ def train(
     job = _setup(recipe, out, strategy, hparams, overrides, started=time.time(), fold=fold)
     if not job.chief:  # a non-chief worker trains in lockstep into a private directory
         return _train(job, data_dir, verbose, log)
-    with runs.writer(job.run.path, "kerakit train"):
+    with files.writer(job.run.path, "kerakit train"):
         finished = _check_previous(job.run, job.requested, overwrite, log)
         if finished is not None:
             if tracking.wanted(track, job.config):  # what a server that was down missed
                 tracking.track_run(finished.path, log)
             return finished
-        runs.write_json(job.run.config_path, job.requested)
-        runs.copy_file(job.recipe.path, job.run.recipe_path)
+        files.write_json(job.run.config_path, job.requested)
+        files.copy_file(job.recipe.path, job.run.recipe_path)
         with tracking.training(job.run, job.recipe, job.config, track, log) as job.tracker:
             return _train(job, data_dir, verbose, log)
 
@@ -117,7 +117,7 @@ def _setup(recipe, out, strategy, hparams, overrides: dict, started: float, fold
     chief = distribute.is_chief(strategy_name)
     # Non-chief workers train in lockstep but keep their files out of the run.
     workdir = out if chief else Path(tempfile.mkdtemp(prefix="kerakit-worker-"))
-    runs.ensure_writable_dir(workdir)
+    files.ensure_writable_dir(workdir)
     requested = {"config": config, "hparams_requested": hp_values, "recipe": recipe.name}
     if fold is not None:
         requested["fold"] = fold.to_dict(recipe.task)
@@ -153,7 +153,7 @@ def _fit(job: _Job, model, data, hp, verbose, log):
     best = BestCheckpoint(work.checkpoint_dir, recipe.monitor, recipe.metric_direction)
     second = job.config.get("fine_tune_epochs", 0) if recipe.fine_tune is not None else 0
     marker = work.backup_dir / FINE_TUNE
-    switched = runs.read_json(marker)["from_epoch"] if second and resumed_from and marker.exists() else None
+    switched = files.read_json(marker)["from_epoch"] if second and resumed_from and marker.exists() else None
     if switched is not None:  # the backup is of the second phase: its trainable variables, its optimizer
         _start_fine_tuning(model, hp, data, recipe)
     if (work.backup_dir / FIT_DONE).exists() and resumed_from:
@@ -176,7 +176,7 @@ def _fit(job: _Job, model, data, hp, verbose, log):
         # The backup becomes the second phase's (its variables, its fresh optimizer) before the marker says so:
         # a kill in between repeats the switch from the first phase's last epoch.
         Backup(work.backup_dir, keep=job.chief).save_now(model, switched)
-        runs.write_json(marker, {"from_epoch": switched})
+        files.write_json(marker, {"from_epoch": switched})
     history = _fit_phase(job, model, data, best, switched, switched + second, last=True, verbose=verbose)
     _check_finite_loss(job, history.history.get("loss", []), hp, resumed_from)
     return best, resumed_from
@@ -234,7 +234,7 @@ def _save_model(job: _Job, model, best, data, hp) -> dict:
 
     run = job.run
     ensure_space(run.path, model)
-    with runs.atomic_path(run.model_path) as tmp:
+    with files.atomic_path(run.model_path) as tmp:
         model.save(tmp)
         if best.path.exists():
             shutil.copyfile(best.path, tmp)
@@ -245,9 +245,9 @@ def _save_model(job: _Job, model, best, data, hp) -> dict:
     if job.fold is not None:  # the fold's figure: the recipe's metric on its held-out part
         held_out = evaluate_model(model, data, "val")
         metrics["held_out"] = {job.recipe.metric: held_out[job.recipe.metric], "examples": held_out["examples"]}
-    runs.write_json(run.metrics_path, metrics)
-    runs.write_json(run.data_profile, training_profile(job.recipe, data, KerasPredictor(run.model_path, model=model)))
-    runs.write_json(run.config_path, {**job.requested, "hparams": dict(hp.values)})
+    files.write_json(run.metrics_path, metrics)
+    files.write_json(run.data_profile, training_profile(job.recipe, data, KerasPredictor(run.model_path, model=model)))
+    files.write_json(run.config_path, {**job.requested, "hparams": dict(hp.values)})
     return metrics
 
 
@@ -274,9 +274,9 @@ def _finish_run(job: _Job, data, dist, hp, best, resumed_from: int, data_dir: st
                      "resumed_from_epoch": resumed_from, "fine_tune_from_epoch": _fine_tune_start(run)},
         "started": _dt.datetime.fromtimestamp(job.started).isoformat(timespec="seconds"),
         "wall_seconds": round(time.time() - job.started, 2),
-        "artifacts": {path.name: runs.sha256(path) for path in artifacts},
+        "artifacts": {path.name: files.sha256(path) for path in artifacts},
     }
-    runs.write_json(run.manifest_path, manifest)
+    files.write_json(run.manifest_path, manifest)
     # Only now: until the manifest is on disk, a rerun resumes from these instead of training again.
     shutil.rmtree(run.checkpoint_dir, ignore_errors=True)
     shutil.rmtree(run.backup_dir, ignore_errors=True)
@@ -287,7 +287,7 @@ def _fine_tune_start(run: runs.Run) -> int | None:
     from kerakit.callbacks import FINE_TUNE
 
     marker = run.backup_dir / FINE_TUNE
-    return runs.read_json(marker)["from_epoch"] if marker.exists() else None
+    return files.read_json(marker)["from_epoch"] if marker.exists() else None
 
 
 def _load_hparams(hparams) -> dict:
@@ -297,7 +297,7 @@ def _load_hparams(hparams) -> dict:
         return dict(hparams)
     path = Path(hparams)
     try:
-        values = runs.read_json(path)
+        values = files.read_json(path)
     except (OSError, ValueError) as e:
         raise KerakitError(f"Cannot read --hparams {str(path)!r}: {e}. Expected a JSON object of name: value.") from None
     if not isinstance(values, dict):
@@ -389,7 +389,7 @@ def _dedupe_history(path: Path) -> None:
     if not rows:
         return
     by_epoch = {int(r["epoch"]): r for r in rows}
-    runs.write_csv(path, [by_epoch[e] for e in sorted(by_epoch)])
+    files.write_csv(path, [by_epoch[e] for e in sorted(by_epoch)])
 
 
 def library_versions() -> dict[str, str]:

@@ -31,7 +31,7 @@ from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any, Callable
 
-from kerakit import metrics, runs, tracking, tuners
+from kerakit import files, metrics, runs, tracking, tuners
 from kerakit.distribute import STRATEGIES
 from kerakit.errors import KerakitError
 from kerakit.recipe import Recipe, load_recipe
@@ -209,7 +209,7 @@ def search(request: TuneRequest, log: Callable[[str], None] = print) -> TuneResu
         plan.out.tracking.unlink(missing_ok=True)  # a search started over is a new MLflow run
     tracked = tracking.parent_run(plan.out.path, "search", name=f"{plan.out.path.name} search", own=own, log=log,
                                   experiment=plan.recipe.name, config=plan.config, track=request.track or None)
-    with runs.writer(plan.out.path, "kerakit tune") if own else contextlib.nullcontext(), tracked as tracker:
+    with files.writer(plan.out.path, "kerakit tune") if own else contextlib.nullcontext(), tracked as tracker:
         return _search(plan, log, tracker)
 
 
@@ -263,7 +263,7 @@ def _retrain_best(plan: _Plan, best: dict, verbose, log, tracker=None) -> runs.R
     replace_best = False
     if previous.config_path.exists():
         try:
-            replace_best = previous.config.get("hparams_requested") != runs.read_json(plan.out.best_hparams)
+            replace_best = previous.config.get("hparams_requested") != files.read_json(plan.out.best_hparams)
         except KerakitError:
             replace_best = True  # a damaged best/ is trained again
         if replace_best:
@@ -295,7 +295,7 @@ def _check_request(request: TuneRequest) -> _Plan:
     recipe = load_recipe(request.recipe)
     config, hp_overrides = recipe.resolve_config(request.overrides)
     out = _out_dir(request, recipe, kind)
-    runs.ensure_writable_dir(out)
+    files.ensure_writable_dir(out)
     objective = request.objective or recipe.monitor
     return _Plan(request=request, recipe=recipe, config=config, hp_overrides=hp_overrides, out=runs.Search(out),
                  kind=kind, objective=objective, direction=metrics.direction(objective))
@@ -323,7 +323,7 @@ def _check_search(plan: _Plan, data) -> dict:
     if plan.request.role == "worker":
         return fixed  # the chief owns the directory's search record
     if out.search_file.exists() and not plan.request.overwrite:
-        previous = runs.read_json(out.search_file)
+        previous = files.read_json(out.search_file)
         changed = sorted(k for k in search if previous.get(k) != search[k])
         if changed:
             raise KerakitError(
@@ -334,7 +334,7 @@ def _check_search(plan: _Plan, data) -> dict:
         for target in (out.tuner_dir, out.best_dir, out.search_file, out.best_hparams, out.trials_csv,
                        out.trials_json, out.trials_png):
             shutil.rmtree(target, ignore_errors=True) if target.is_dir() else target.unlink(missing_ok=True)
-    runs.write_json(out.search_file, search)
+    files.write_json(out.search_file, search)
     return fixed
 
 
@@ -383,7 +383,7 @@ def _finish(plan: _Plan, searcher, started: float, log) -> tuple[dict, list[dict
     best = dict(searcher.get_best_hyperparameters(1)[0].values)
     best = {k: v for k, v in best.items() if not k.startswith("tuner/")}
     _write_trials(plan.out, trials, objective, direction)
-    runs.write_json(plan.out.best_hparams, best)
+    files.write_json(plan.out.best_hparams, best)
     log(f"Search done in {time.time() - started:.0f} s: {len(trials)} trials; best {objective}="
         f"{max_or_min(trials, direction):.4f} with {best}")
     return best, trials
@@ -436,7 +436,7 @@ def _launch(request: TuneRequest, log) -> TuneResult:
     kind = tuners.resolve(request.tuner)  # a bad --tuner is refused here, not in the chief's log
     out = _out_dir(request, recipe, kind)
     search_dir = runs.Search(out)
-    logs = runs.ensure_writable_dir(search_dir.distributed_dir)
+    logs = files.ensure_writable_dir(search_dir.distributed_dir)
     port = _free_port()
     shared = replace(request, recipe=str(recipe.path), out=str(out), tuner=kind.name, workers=0,
                      oracle=f"127.0.0.1:{port}")
@@ -461,9 +461,9 @@ def _launch(request: TuneRequest, log) -> TuneResult:
         _supervise(chief, procs, start, logs, log)
     finally:
         _stop(chief, *procs.values())
-    trials = runs.read_json(search_dir.trials_json)["trials"]
+    trials = files.read_json(search_dir.trials_json)["trials"]
     run = runs.Run(search_dir.best_dir) if runs.is_run(search_dir.best_dir) else None
-    result = TuneResult(out, runs.read_json(search_dir.best_hparams), trials, run)
+    result = TuneResult(out, files.read_json(search_dir.best_hparams), trials, run)
     log(f"Distributed search done: {len(trials)} trials by {request.workers} worker(s); best {result.best_hparams}")
     return result
 
@@ -514,7 +514,7 @@ def trials_table(searcher, objective: str) -> list[dict]:
         values = {k: v for k, v in hps.values.items() if not k.startswith("tuner/") and k in active}
         counted = tuners.trial_dir(searcher.project_dir, trial_id) / tuners.EPOCHS_FILE
         rows.append({"trial": trial_id, "status": trial.status, "score": trial.score,
-                     "epochs": runs.read_json(counted)["epochs"] if counted.exists() else None, **values})
+                     "epochs": files.read_json(counted)["epochs"] if counted.exists() else None, **values})
     return rows
 
 
@@ -524,8 +524,8 @@ def max_or_min(trials: list[dict], direction: str) -> float:
 
 
 def _write_trials(out: runs.Search, trials: list[dict], objective: str, direction: str) -> None:
-    runs.write_json(out.trials_json, {"objective": objective, "direction": direction, "trials": trials})
-    runs.write_csv(out.trials_csv, trials)
+    files.write_json(out.trials_json, {"objective": objective, "direction": direction, "trials": trials})
+    files.write_csv(out.trials_csv, trials)
     _plot(out.trials_png, trials, objective, direction)
 
 
@@ -555,6 +555,6 @@ def _plot(path: Path, trials: list[dict], objective: str, direction: str) -> Non
     ax.grid(alpha=0.3)
     ax.legend()
     fig.tight_layout()
-    with runs.atomic_path(path) as tmp:
+    with files.atomic_path(path) as tmp:
         fig.savefig(tmp, format="png")
     plt.close(fig)

@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
 
-from kerakit import runs, tracking
+from kerakit import files, runs, tracking
 from kerakit.errors import KerakitError
 
 EPOCHS_FILE = "epochs_run.json"  # in each keras-tuner trial folder
@@ -186,7 +186,7 @@ class SearchTrials:
         from keras_tuner.src.engine import tuner_utils
 
         state = trial_dir(self.project_dir, trial.trial_id) / FOLDS_FILE
-        done = runs.read_json(state) if state.exists() else {}
+        done = files.read_json(state) if state.exists() else {}
         whole = self.data
         try:
             for k, fold in enumerate(self.folds, start=1):
@@ -195,7 +195,7 @@ class SearchTrials:
                     histories = self._fit(trial, f"{runs.BACKUP_DIR}-fold{k}", fold.train,
                                           **{**kwargs, "validation_data": fold.val})
                     done[str(k)] = tuner_utils.convert_to_metrics_dict(histories, self.oracle.objective)
-                    runs.write_json(state, done)
+                    files.write_json(state, done)
         finally:
             self.data, self.fold = whole, None
         return [done[str(k)] for k in range(1, len(self.folds) + 1)]
@@ -203,8 +203,8 @@ class SearchTrials:
     def on_epoch_end(self, trial, model, epoch, logs=None):
         super().on_epoch_end(trial, model, epoch, logs=logs)
         path = trial_dir(self.project_dir, trial.trial_id) / EPOCHS_FILE
-        done = runs.read_json(path)["epochs"] if path.exists() else 0
-        runs.write_json(path, {"epochs": done + 1})
+        done = files.read_json(path)["epochs"] if path.exists() else 0
+        files.write_json(path, {"epochs": done + 1})
         if self.trial_tracker is not None:  # queued: a slow server does not hold the epoch up
             prefix = f"fold_{self.fold}." if self.fold else ""
             self.trial_tracker.metrics({prefix + k: v for k, v in (logs or {}).items()}, step=epoch, wait=False,

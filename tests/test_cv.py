@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 import kerakit
-from kerakit import runs
+from kerakit import files, runs
 from kerakit.folds import Fold, fold_masks
 
 
@@ -104,10 +104,10 @@ def test_tune_with_cv_scores_each_trial_by_the_mean_over_its_folds(tmp_path):
     result = kerakit.tune("breast_cancer_mlp", tmp_path / "search", max_trials=1, epochs=2, cv=2, retrain=False,
                           verbose=0, log=lambda m: None)
     trial = result.trials[0]
-    folds = runs.read_json(next((tmp_path / "search" / "tuner").glob("trial_*/cv_folds.json")))
+    folds = files.read_json(next((tmp_path / "search" / "tuner").glob("trial_*/cv_folds.json")))
     assert sorted(folds) == ["1", "2"]
     assert trial["score"] == pytest.approx(np.mean([f["val_accuracy"] for f in folds.values()]))
-    assert runs.read_json(tmp_path / "search" / "search.json")["cv_folds"] == 2
+    assert files.read_json(tmp_path / "search" / "search.json")["cv_folds"] == 2
 
 
 @pytest.mark.slow

@@ -14,7 +14,7 @@ import time
 import pytest
 
 from conftest import KERAKIT, ROOT, run_cli
-from kerakit import runs
+from kerakit import files
 from kerakit.runs import Run
 
 pytestmark = pytest.mark.slow
@@ -95,4 +95,4 @@ def test_multi_worker_training_with_two_local_processes(tmp_path):
     assert run.manifest["strategy"]["name"] == "multi-worker"
     assert _epochs(out / "history.csv") == [0, 1, 2]
     assert run.metrics["accuracy"] > 0.8
-    assert sorted(p.name for p in out.iterdir() if p.name.startswith(".") and p.name != runs.LOCK_FILE) == []
+    assert sorted(p.name for p in out.iterdir() if p.name.startswith(".") and p.name != files.LOCK_FILE) == []

@@ -12,7 +12,7 @@ import pytest
 import tensorflow as tf
 
 from conftest import run_cli
-from kerakit import runs, runtime
+from kerakit import files, runtime
 from kerakit.errors import KerakitError
 from kerakit.export import ExportReport, VerificationFailed, export, load_target, resolve_targets, verify_artifact
 from kerakit.formats.tflite import read_metadata as read_tflite_metadata
@@ -59,7 +59,7 @@ def test_manifests_record_each_artifact_with_its_hash(digits_export, digits_run)
         path = out / entry["path"]
         assert entry["verdict"] == "verified"
         if path.is_file():
-            assert runs.sha256(path) == entry["sha256"]
+            assert files.sha256(path) == entry["sha256"]
     assert os.path.relpath(out, digits_run.path) in digits_run.manifest["exports"]
 
 
@@ -481,7 +481,7 @@ def test_a_report_written_before_typed_rows_reads_and_a_changed_file_is_no_longe
     onnx_row = {"artifact": "onnx", "format": "onnx", "quantization": "none", "path": "/elsewhere/model.onnx",
                 "tolerances": {"atol": 1e-4}, "export_seconds": 1.2, "size_bytes": 10, "max_abs_error": 2e-7,
                 "metric": 0.9, "metric_change": 0.0, "verdict": "verified", "reasons": [],
-                "sha256": runs.sha256(tmp_path / "model.onnx")}
+                "sha256": files.sha256(tmp_path / "model.onnx")}
     tflite_row = {"artifact": "tflite", "format": "tflite", "quantization": "none",
                   "path": "/elsewhere/model_fp32.tflite", "tolerances": {"atol": 1e-4}, "verdict": "failed",
                   "reasons": ["tflite conversion failed: Svd not supported"], "export_seconds": 0.4}

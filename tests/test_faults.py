@@ -20,7 +20,7 @@ import pytest
 
 import kerakit
 from conftest import KERAKIT, run_cli
-from kerakit import runs
+from kerakit import files, runs
 from kerakit.errors import KerakitError
 
 
@@ -35,14 +35,14 @@ def _one_line(result, *fragments):
 
 
 def _no_leftovers(path: Path) -> list[Path]:
-    return [p for p in path.rglob(".*") if any(mark in p.name for mark in runs.LEFTOVER_MARKS)]
+    return [p for p in path.rglob(".*") if any(mark in p.name for mark in files.LEFTOVER_MARKS)]
 
 
 # --------------------------------------------------------------------------- one writer per directory
 
 def test_a_second_writer_is_refused_with_one_line_naming_the_first(tmp_path):
     out = tmp_path / "run"
-    with runs.writer(out, "kerakit train"):
+    with files.writer(out, "kerakit train"):
         error = _one_line(run_cli("build", "digits_cnn", "--out", out))
         assert f"{out} is in use by pid {os.getpid()} (kerakit train, since " in error
     assert not (out / runs.CONFIG_FILE).exists(), "the refused writers wrote nothing"
@@ -50,31 +50,31 @@ def test_a_second_writer_is_refused_with_one_line_naming_the_first(tmp_path):
 
 def test_a_command_without_out_is_offered_what_it_can_do_instead(tmp_path):
     """`kerakit report` writes into the run it is given (it has no --out): its lines do not offer one."""
-    code = (f"from kerakit import runs\nwith runs.writer({str(tmp_path)!r}, 'kerakit train'):\n"
+    code = (f"from kerakit import files\nwith files.writer({str(tmp_path)!r}, 'kerakit train'):\n"
             "    print('held', flush=True)\n    input()")
     holder = subprocess.Popen([sys.executable, "-c", code], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
     try:
         assert holder.stdout.readline() == "held\n"
         with pytest.raises(KerakitError, match=r"\(kerakit train, since [0-9:]+\)\. Wait for it to finish\.$"):
-            with runs.writer(tmp_path, "kerakit report", has_out=False):
+            with files.writer(tmp_path, "kerakit report", has_out=False):
                 pass
         with pytest.raises(KerakitError, match=r"Wait for it to finish, or use another --out\.$"):
-            with runs.writer(tmp_path, "kerakit export"):
+            with files.writer(tmp_path, "kerakit export"):
                 pass
     finally:
         holder.communicate("\n", timeout=30)
     (tmp_path / "a-file").write_text("not a directory")
     with pytest.raises(KerakitError, match=r"Make it writable, or copy the run somewhere writable\.$"):
-        runs.writer(tmp_path / "a-file" / "run", "kerakit report", has_out=False).__enter__()
+        files.writer(tmp_path / "a-file" / "run", "kerakit report", has_out=False).__enter__()
     with pytest.raises(KerakitError, match=r"Pass a writable --out DIR\.$"):
-        runs.writer(tmp_path / "a-file" / "run", "kerakit export").__enter__()
+        files.writer(tmp_path / "a-file" / "run", "kerakit export").__enter__()
 
 
 def test_the_lock_is_reentrant_in_one_process_and_released_with_it(tmp_path):
-    with runs.writer(tmp_path, "kerakit build"):
-        with runs.writer(tmp_path, "kerakit train"):  # build holds it while train runs inside
+    with files.writer(tmp_path, "kerakit build"):
+        with files.writer(tmp_path, "kerakit train"):  # build holds it while train runs inside
             pass
-    code = f"from kerakit import runs\nwith runs.writer({str(tmp_path)!r}, 'x'):\n    print('ok')"
+    code = f"from kerakit import files\nwith files.writer({str(tmp_path)!r}, 'x'):\n    print('ok')"
     assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True).stdout == "ok\n"
 
 
@@ -84,7 +84,7 @@ def test_what_a_killed_writer_left_is_removed_by_the_next_one(tmp_path):
     (tmp_path / "report").mkdir()
     (tmp_path / ".report.x2.tmp").mkdir()
     (tmp_path / "notes.txt").write_text("mine")
-    with runs.writer(tmp_path, "kerakit export"):
+    with files.writer(tmp_path, "kerakit export"):
         pass
     assert _no_leftovers(tmp_path) == [] and (tmp_path / "notes.txt").exists()
 
@@ -187,7 +187,7 @@ def test_a_missing_or_changed_artifact_is_rebuilt_and_never_reported_verified(bu
     assert "export: model.onnx missing: exporting again" in r.stdout
     assert "   train: already done" in r.stdout
     report = json.loads((out / "export" / "export_report.json").read_text())
-    assert all(runs.intact(Path(a["path"]), a["sha256"]) for a in report["artifacts"])
+    assert all(files.intact(Path(a["path"]), a["sha256"]) for a in report["artifacts"])
 
 
 @pytest.mark.slow
@@ -303,7 +303,7 @@ def test_sigkill_at_eight_seeded_points_of_a_build_recovers_to_a_whole_run(built
     assert all(run.verify_artifacts().values())
     export = json.loads(run.export_report.read_text())
     assert [a["verdict"] for a in export["artifacts"]] == ["verified", "verified"]
-    assert all(runs.intact(Path(a["path"]), a["sha256"]) for a in export["artifacts"])
+    assert all(files.intact(Path(a["path"]), a["sha256"]) for a in export["artifacts"])
     assert json.loads(run.bench_result.read_text())["rows"] and (run.report_dir / "index.html").exists()
     assert abs(run.metrics["accuracy"] - ref.metrics["accuracy"]) <= 0.03
     assert _no_leftovers(out) == []
@@ -367,7 +367,7 @@ def test_a_full_disk_during_export_fails_the_build_and_the_rerun_retries_it(smal
 def test_directories_kerakit_writes_get_ordinary_permissions(tmp_path):
     mask = os.umask(0o022)
     try:
-        with runs.atomic_dir(tmp_path / "savedmodel") as tmp:
+        with files.atomic_dir(tmp_path / "savedmodel") as tmp:
             (tmp / "x").write_text("x")
     finally:
         os.umask(mask)

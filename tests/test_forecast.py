@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 import kerakit
-from kerakit import metrics, runs
+from kerakit import files, metrics, runs
 
 
 def test_seasonal_naive_figures_match_a_hand_computation():
@@ -103,7 +103,7 @@ def test_build_forecast_for_server_and_edge_verifies_every_artifact(tmp_path):
     out = tmp_path / "build"
     r = run_cli("build", "elnino_forecast", "epochs=5", "--target", "server,edge", "--out", out, timeout=900)
     assert r.returncode == 0, r.stderr[-3000:]
-    export = runs.read_json(out / "export" / "export_report.json")
+    export = files.read_json(out / "export" / "export_report.json")
     assert export["artifacts"] and all(a["verdict"] == "verified" for a in export["artifacts"])
     assert "| seasonal naive |" in (out / "report" / "model_card.md").read_text()
 

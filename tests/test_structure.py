@@ -243,3 +243,36 @@ def test_only_where_a_user_hands_in_a_path_is_its_format_found_from_the_file():
                 for function, line in _sniffs(tree) if (name, function) not in MAY_SNIFF]
     assert sniffing == []
     assert any(_sniffs(MODULES["kerakit.bench"][1]))  # the detector finds the calls it is meant to
+
+
+def _public_names(tree: ast.Module) -> set[str]:
+    """The names a module defines at its top level (functions, classes, constants), not those it imports."""
+    names = set()
+    for node in tree.body:
+        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
+            names.add(node.name)
+        elif isinstance(node, (ast.Assign, ast.AnnAssign)):
+            targets = node.targets if isinstance(node, ast.Assign) else [node.target]
+            names |= {n.id for t in targets for n in ast.walk(t) if isinstance(n, ast.Name)}
+    return {name for name in names if not name.startswith("_")}
+
+
+def test_the_file_primitives_have_one_owner_and_are_reached_through_it():
+    """How a file is written (atomic paths, JSON, hashes, the writer lock) is `kerakit.files` alone: runs.py does
+    not hand its names on, and no module, benchmark or test reaches them as `runs.write_json` & co."""
+    primitives = _public_names(MODULES["kerakit.files"][1])
+    assert {"write_json", "atomic_path", "sha256", "writer", "LOCK_FILE"} <= primitives
+    runs_tree = MODULES["kerakit.runs"][1]
+    imported = {alias.asname or alias.name for node in ast.walk(runs_tree) if isinstance(node, ast.ImportFrom)
+                and node.module == "kerakit.files" for alias in node.names}
+    assert not imported & primitives, f"kerakit/runs.py imports {sorted(imported & primitives)} from kerakit.files"
+    root, through_runs = PACKAGE.parent, []
+    for path in sorted([*PACKAGE.rglob("*.py"), *(root / "bench").glob("*.py"), *(root / "tests").glob("*.py")]):
+        for node in ast.walk(ast.parse(path.read_text(), str(path))):
+            if (isinstance(node, ast.Attribute) and node.attr in primitives and isinstance(node.value, ast.Name)
+                    and node.value.id == "runs"):
+                through_runs.append(f"{path.relative_to(root)}:{node.lineno} runs.{node.attr}")
+            elif isinstance(node, ast.ImportFrom) and node.module == "kerakit.runs":
+                through_runs += [f"{path.relative_to(root)}:{node.lineno} from kerakit.runs import {alias.name}"
+                                 for alias in node.names if alias.name in primitives]
+    assert not through_runs, "call these through kerakit.files:\n" + "\n".join(through_runs)

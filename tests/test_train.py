@@ -9,7 +9,7 @@ import pytest
 import tensorflow_datasets as tfds
 
 import kerakit
-from kerakit import runs
+from kerakit import files
 from kerakit.errors import KerakitError
 from kerakit.formats.keras import load_keras_model
 from conftest import FIXTURES
@@ -63,9 +63,9 @@ def test_the_same_request_trains_the_same_model_whether_or_not_the_dataset_was_p
 
 
 def test_rerun_of_a_finished_run_changes_nothing(digits_run):
-    before = runs.sha256(digits_run.model_path)
+    before = files.sha256(digits_run.model_path)
     again = kerakit.train("digits_cnn", digits_run.path, epochs=3, verbose=0)
-    assert again.path == digits_run.path and runs.sha256(again.model_path) == before
+    assert again.path == digits_run.path and files.sha256(again.model_path) == before
 
 
 def test_rerun_with_a_different_request_is_refused_unless_overwrite(tmp_path):

@@ -14,14 +14,14 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from kerakit import runs
+from kerakit import files
 from kerakit.formats.base import Format, Predictor, Spec, Variant
 
 OUTPUT_NAMES = "output_names.json"
 
 
 def convert(context, spec, path: Path) -> None:
-    with runs.atomic_dir(path) as tmp:
+    with files.atomic_dir(path) as tmp:
         context.model.export(str(tmp), format="tf_saved_model", verbose=False)
         (tmp / OUTPUT_NAMES).write_text(json.dumps(context.output_names))
 

@@ -24,7 +24,7 @@ import time
 from pathlib import Path
 from typing import Callable, Iterable
 
-from kerakit import formats, runs
+from kerakit import files, formats, runs
 from kerakit.errors import KerakitError, VerificationFailed
 from kerakit.export import confidence
 from kerakit.export import layouts as _layouts
@@ -70,10 +70,10 @@ def export(
     model = load_keras_model(model_path)
     name = (recipe and Path(recipe).stem) or (run.manifest["recipe"]["name"] if run else model_path.stem)
     out = Path(out) if out else (run.export_dir if run else model_path.with_name(f"{model_path.stem}_export"))
-    runs.ensure_writable_dir(out)
+    files.ensure_writable_dir(out)
     with contextlib.ExitStack() as locks:  # the output's writer, and the run's (its manifest records the export)
         for directory in {runs.owner(out), *([run.path.resolve()] if run else [])}:
-            locks.enter_context(runs.writer(directory, "kerakit export"))
+            locks.enter_context(files.writer(directory, "kerakit export"))
         return _export(chosen, run, model_path, model, name, out, recipe, sample, data_dir, log, progress)
 
 
@@ -97,7 +97,7 @@ def _export(chosen, run, model_path: Path, model, name: str, out: Path, recipe, 
                                                  [t.verify for t in chosen])
         log(reference.precision["summary"])
     if data.class_names:
-        runs.write_text(out / runs.LABELS_FILE, "\n".join(data.class_names) + "\n")
+        files.write_text(out / runs.LABELS_FILE, "\n".join(data.class_names) + "\n")
     metadata = {"name": name, "description": data.description, "inputs": [s.to_dict() for s in keras_predictor.inputs],
                 "outputs": [s.name for s in keras_predictor.outputs], "labels": data.class_names,
                 "normalization": data.normalization}
@@ -248,13 +248,13 @@ def _record(report: ExportReport, run, model_path: Path, out: Path) -> None:
     """The export's manifest (verdicts and hashes), and its entry in the run's manifest."""
     artifacts = {r.artifact: {"path": r.filename, "verdict": r.verdict, "sha256": r.sha256}
                  for r in report.artifacts}
-    runs.write_json(out / runs.MANIFEST_FILE, {"source_sha256": runs.sha256(model_path),
-                                               "calibration": report.calibration,
-                                               "report": report.path.name, "artifacts": artifacts})
+    files.write_json(out / runs.MANIFEST_FILE, {"source_sha256": files.sha256(model_path),
+                                                "calibration": report.calibration,
+                                                "report": report.path.name, "artifacts": artifacts})
     if run is not None:
         manifest = run.manifest
         manifest.setdefault("exports", {})[str(os.path.relpath(out, run.path))] = artifacts
-        runs.write_json(run.manifest_path, manifest)
+        files.write_json(run.manifest_path, manifest)
 
 
 def _resolve_source(source: Path):
@@ -273,7 +273,7 @@ def _size(path: Path) -> int:
 
 
 def _digest(path: Path) -> str:
-    return runs.tree_sha256(path) if path.is_dir() else runs.sha256(path)
+    return files.tree_sha256(path) if path.is_dir() else files.sha256(path)
 
 
 def _first_line(e: Exception) -> str:

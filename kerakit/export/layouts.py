@@ -14,7 +14,7 @@ from __future__ import annotations
 import shutil
 from pathlib import Path
 
-from kerakit import formats, runs
+from kerakit import files, formats
 from kerakit.dtypes import TRITON_TYPES
 from kerakit.formats.base import Spec
 
@@ -32,7 +32,7 @@ def write(layout: str, artifact: Path, fmt: formats.Format, root: Path, name: st
 
 def tfserving(savedmodel: Path, root: Path, name: str) -> Path:
     target = root / "tfserving" / name
-    with runs.atomic_dir(target) as tmp:
+    with files.atomic_dir(target) as tmp:
         shutil.copytree(savedmodel, tmp / VERSION)
     return target
 
@@ -58,7 +58,7 @@ def triton(artifact: Path, fmt: formats.Format, root: Path, name: str, max_batch
     with fmt.load(artifact) as predictor:
         config = triton_config(name, fmt.triton_platform, predictor.inputs, predictor.outputs, max_batch_size)
     target = root / "triton" / name
-    with runs.atomic_dir(target) as tmp:
+    with files.atomic_dir(target) as tmp:
         (tmp / VERSION).mkdir()
         shutil.copyfile(artifact, tmp / VERSION / fmt.repository_files[0])
         (tmp / "config.pbtxt").write_text(config)

@@ -20,7 +20,7 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
-from kerakit import runs
+from kerakit import files, runs
 from kerakit.errors import KerakitError, VerificationFailed
 
 VERIFIED = "verified"
@@ -60,7 +60,7 @@ class ArtifactRow(Mapping):
     verdict: str = FAILED       # verified | failed
     reasons: list[str] = field(default_factory=list)  # why it failed, one line each
     options: dict = field(default_factory=dict)       # the format's options as applied (opset, io, batch, ...)
-    sha256: str | None = None   # of the file (a directory: runs.tree_sha256) as verified; None if none was written
+    sha256: str | None = None   # of the file (a directory: files.tree_sha256) as verified; None if none was written
     figures: dict = field(default_factory=dict)       # size_bytes, max_abs_error, metric, metric_change, footprint...
 
     @property
@@ -81,7 +81,7 @@ class ArtifactRow(Mapping):
         where = Path(export_dir) / self.filename
         if not where.exists():
             return f"{where.name} missing"
-        if not runs.intact(where, self.sha256):
+        if not files.intact(where, self.sha256):
             return f"{where.name} changed since it was verified"
         return None
 
@@ -190,14 +190,14 @@ class ExportReport:
         return {**own, "artifacts": [r.to_dict() for r in self.artifacts], "passed": self.passed}
 
     def write(self, out: "str | os.PathLike") -> Path:
-        return runs.write_json(Path(out) / runs.EXPORT_REPORT_FILE, self.to_dict())
+        return files.write_json(Path(out) / runs.EXPORT_REPORT_FILE, self.to_dict())
 
     @classmethod
     def read(cls, out: "str | os.PathLike") -> "ExportReport":
         """The report in an export directory; one clear error when it is missing or not a report."""
         path = Path(out) / runs.EXPORT_REPORT_FILE
         try:
-            raw = runs.read_json(path)
+            raw = files.read_json(path)
             raw.pop("passed", None)
             report = cls(**raw)
         except FileNotFoundError:

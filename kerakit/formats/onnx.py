@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
-from kerakit import runs
+from kerakit import files
 from kerakit.errors import KerakitError, utf8_name
 from kerakit.formats import calibration
 from kerakit.formats.base import Format, Option, Predictor, Spec, Variant
@@ -59,7 +59,7 @@ def add_metadata(path: Path, metadata: dict) -> None:
     del proto.metadata_props[:]
     proto.metadata_props.extend(kept)
     proto.metadata_props.add(key="kerakit", value=json.dumps(metadata, sort_keys=True))
-    with runs.atomic_path(path) as tmp:
+    with files.atomic_path(path) as tmp:
         onnx.save(proto, str(tmp))
 
 
@@ -90,7 +90,7 @@ def write_onnx(savedmodel: Path, opset: int, path: Path) -> None:
         if dims and not dims[0].HasField("dim_value"):
             dims[0].dim_param = "batch"  # tf2onnx names it unk__NN
     stable_names(proto.graph)
-    with runs.atomic_path(path) as tmp:
+    with files.atomic_path(path) as tmp:
         onnx.save(proto, str(tmp))
 
 
@@ -337,7 +337,7 @@ def quantize(fp32: Path, quantization: str, sample: dict[str, np.ndarray] | None
                             activation_type=types[form["activations"]], weight_type=types[form["weights"]],
                             per_channel=True, reduce_range=form["reduce_range"],
                             nodes_to_exclude=float_prefix(prepared) if calibration.needs_float_inputs(sample) else [])
-        runs.copy_file(out, path)
+        files.copy_file(out, path)
     return form and {"runtime": "ONNX Runtime CPU", **form,
                      "summary": f"{form['form']}{', reduce_range' if form['reduce_range'] else ''} ({form['why']})"}
 

@@ -26,7 +26,7 @@ from pathlib import Path
 
 import numpy as np
 
-from kerakit import runs
+from kerakit import files
 from kerakit.errors import KerakitError
 from kerakit.formats import calibration
 from kerakit.formats.base import Format, Option, Predictor, Spec, Variant
@@ -91,7 +91,7 @@ def convert(context, spec, path: Path) -> dict | None:
                 "summary": f"NNCF int8: {quantized} FakeQuantize node(s) before convolutions and matrix "
                            f"multiplications, which run u8/i8; other ops f32"}
     model.set_rt_info(PRECISIONS[spec.quantization], RT_INFO)
-    with runs.atomic_dir(path) as tmp:
+    with files.atomic_dir(path) as tmp:
         ov.save_model(model, str(tmp / XML), compress_to_fp16=False)  # float weights stay f32
     return note
 

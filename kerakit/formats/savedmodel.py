@@ -12,7 +12,7 @@ import json
 import shutil
 from pathlib import Path
 
-from kerakit import runs
+from kerakit import files
 from kerakit.dtypes import from_tf_name, tf_name
 from kerakit.errors import KerakitError, native_path
 from kerakit.formats.base import Format, Predictor, Spec, Variant
@@ -43,7 +43,7 @@ def write_savedmodel(model, inputs: list[Spec], outputs: list[str], path: Path, 
     archive = keras.export.ExportArchive()
     archive.track(model)
     archive.add_endpoint(SIGNATURE, fn, input_signature=signature)
-    with runs.atomic_dir(path) as tmp:
+    with files.atomic_dir(path) as tmp:
         archive.write_out(str(tmp), verbose=False)
 
 
@@ -51,7 +51,7 @@ METADATA = "assets/kerakit.json"  # name, Keras output order, labels; TF Serving
 
 
 def convert(context, spec, path: Path) -> None:
-    with runs.atomic_dir(path) as tmp:
+    with files.atomic_dir(path) as tmp:
         shutil.copytree(context.savedmodel(), tmp, dirs_exist_ok=True)
         (tmp / METADATA).parent.mkdir(exist_ok=True)
         (tmp / METADATA).write_text(json.dumps(context.metadata, sort_keys=True))

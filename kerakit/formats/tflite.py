@@ -12,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
-from kerakit import runs
+from kerakit import files
 from kerakit.errors import KerakitError
 from kerakit.formats import calibration
 from kerakit.formats.base import Format, Option, Predictor, Spec, Variant
@@ -55,7 +55,7 @@ def convert(context, spec, path: Path) -> dict | None:
     else:
         data = tflite_bytes(savedmodel, spec.quantization, io, context.inputs, context.calibration)
     data = add_metadata(data, {**context.metadata, "quantization": spec.quantization})
-    with runs.atomic_path(path) as tmp:
+    with files.atomic_path(path) as tmp:
         tmp.write_bytes(data)
     return note
 

@@ -32,7 +32,7 @@ from pathlib import Path
 
 import numpy as np
 
-from kerakit import runs
+from kerakit import files
 from kerakit.errors import KerakitError
 from kerakit.formats.base import Footprint, Format, Option, Predictor, Spec, Variant
 
@@ -83,7 +83,7 @@ def convert(context, spec, path: Path) -> None:
     data = tflite_bytes(savedmodel, "int8", spec.option("io"), context.inputs, context.calibration)
     data = aligned(add_metadata(data, {**context.metadata, "quantization": "int8", "runtime": "tflite-micro"}))
     check_runs(data, _layer_names(context.model))
-    with runs.atomic_dir(path) as tmp:
+    with files.atomic_dir(path) as tmp:
         (tmp / MODEL_FILE).write_bytes(data)
         for name, text in firmware_files(data, context.metadata).items():
             (tmp / name).write_text(text)
