@@ -149,7 +149,8 @@ def _names_in_order(graph):
             yield node.name
             yield from node.input
             yield from node.output
-        for tensor in [*g.initializer, *g.value_info]:
+        # Every name _rename_all renames: a subgraph's inputs and outputs too (a Loop body's `cond__360`).
+        for tensor in [*g.initializer, *g.value_info, *g.input, *g.output]:
             yield tensor.name
         for value in [*g.input, *g.output, *g.value_info]:
             yield from (d.dim_param for d in value.type.tensor_type.shape.dim)
