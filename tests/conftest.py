@@ -71,8 +71,13 @@ def cli_in_process(*args, env=None) -> CliResult:
 
     from kerakit.cli import cli
 
-    result = CliRunner(env={k: str(v) for k, v in (env or {}).items()}).invoke(
-        cli, [str(a) for a in args], prog_name="kerakit", catch_exceptions=False)
+    before = dict(os.environ)  # the CLI may set variables for its own children (--custom-objects): a
+    try:                       # command run here must leave none behind for the next test's subprocesses
+        result = CliRunner(env={k: str(v) for k, v in (env or {}).items()}).invoke(
+            cli, [str(a) for a in args], prog_name="kerakit", catch_exceptions=False)
+    finally:
+        os.environ.clear()
+        os.environ.update(before)
     return CliResult(result.exit_code, result.stdout, result.stderr)
 
 

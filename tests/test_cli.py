@@ -60,7 +60,10 @@ def test_serve_and_evaluate_under_an_ascii_only_locale_with_a_non_ascii_path(dig
     serve answers with its ONNX model (loaded by its bytes), and a SavedModel, which TensorFlow opens
     only by name, is refused in one line saying what to set."""
     run = tmp_path / "rün ñ"
-    shutil.copytree(digits_run.path, run)
+    # Only what train wrote: other tests may have exported or benched into the shared run.
+    from kerakit.runs import BENCH_DIR, DEPLOYMENT_FILE, EXPORT_DIR
+
+    shutil.copytree(digits_run.path, run, ignore=shutil.ignore_patterns(EXPORT_DIR, BENCH_DIR, DEPLOYMENT_FILE))
     export, _ = digits_export
     (run / "export").mkdir(exist_ok=True)
     shutil.copy(export / "model.onnx", run / "export" / "model.onnx")
