@@ -305,9 +305,9 @@ def _gather(run: runs.Run, data_dir: str | None) -> _Card:
     """Load the run's model, recipe and test split; score the model."""
     from kerakit.data import load_data
 
-    recipe = run.recipe()
     # First, so a model that does not load (a custom class not known here) fails before the data is read.
     predictor = KerasPredictor(run.model_path)  # the Keras loader: the recipe's and --custom-objects' classes
+    recipe = run.recipe()
     # A fold run of `kerakit cv` is described with its own fold's train and val parts.
     data = load_data(recipe, run.config["config"], data_dir, fold=from_record(run.config.get("fold")))
     x_test, y_test = data.arrays("test")
@@ -547,6 +547,10 @@ def _importance(card: _Card, name: str) -> list[str]:
 
 
 def _saliency(card: _Card) -> list[str]:
+    dtype = np.dtype(card.predictor.model.inputs[0].dtype)
+    if not np.issubdtype(dtype, np.floating):  # the model casts its input to integers first: no gradient flows
+        return [f"No gradient saliency: the model takes {dtype} pixels (the photo's raw values), and no gradient "
+                "flows through integers.", ""]
     images = next(iter(card.x_test.values()))[:MAX_SALIENCY].astype(np.float32)
     sal, predicted = saliency(card.predictor.model, images)
     names = _class_names(card)

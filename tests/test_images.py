@@ -61,6 +61,8 @@ def test_fit_image_crop_fills_the_frame_and_keeps_the_centre():
                         "mobilenet_v2, efficientnet_b0, efficientnet_v2_b0"),
     ("mobilenet_v3_small", "weights/missing.h5", "weights='weights/missing.h5' is neither 'imagenet', 'none' nor "
                                                  "an existing file. Expected weights=imagenet"),
+    ("small_cnn", "imagenet", "backbone=small_cnn has no ImageNet weights: pass weights=none (from scratch) or "
+                              "weights=PATH"),
 ])
 def test_a_bad_backbone_or_weights_is_one_line_naming_what_is_allowed(name, weights, message):
     from kerakit.images import backbone
