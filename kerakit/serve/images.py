@@ -27,7 +27,6 @@ import base64
 import binascii
 import io
 import math
-import struct
 from dataclasses import dataclass
 from pathlib import Path
 from weakref import WeakKeyDictionary
@@ -37,7 +36,7 @@ import numpy as np
 from kerakit import runs
 from kerakit.errors import KerakitError
 from kerakit.serve.models import BadRequest, Model
-from kerakit.serve.tensors import check_parameters
+from kerakit.serve.tensors import check_parameters, raw_elements
 
 # The largest photo decoded (width x height): 40 MP holds any phone or 35 mm camera JPEG at full size; its RGB
 # pixels take 120 MB, so a small file that claims a huge size (a decompression bomb) is refused before decoding.
@@ -181,21 +180,6 @@ def from_base64(values, where: str) -> list[bytes]:
     return files
 
 
-def raw_files(raw: "bytes | memoryview", where: str) -> list[bytes]:
-    """The elements of a BYTES tensor's raw form (each after its 4-byte little-endian length), as bytes."""
-    raw, files, offset = bytes(raw), [], 0
-    while offset < len(raw):
-        if offset + 4 > len(raw):
-            raise BadRequest(f"{where}: BYTES data ends inside an element's 4-byte length.")
-        (n,) = struct.unpack_from("<I", raw, offset)
-        if offset + 4 + n > len(raw):
-            raise BadRequest(f"{where}: BYTES element {len(files)} claims {n} bytes; only "
-                             f"{len(raw) - offset - 4} remain.")
-        files.append(raw[offset + 4:offset + 4 + n])
-        offset += 4 + n
-    return files
-
-
 # --------------------------------------------------------------------------- the protocols' hooks
 
 def v2_tensor(item: dict, photos: Photos, where: str, binary, offset: int,
@@ -207,7 +191,7 @@ def v2_tensor(item: dict, photos: Photos, where: str, binary, offset: int,
         size = params["binary_data_size"]
         if offset + size > len(binary):
             raise BadRequest(f"{where}: binary_data_size {size} runs past the {len(binary)} bytes of binary data.")
-        files, offset = raw_files(binary[offset:offset + size], where), offset + size
+        files, offset = raw_elements(binary[offset:offset + size], where), offset + size
     elif "data" in item:
         files = from_base64(item["data"], where)
     else:
@@ -221,7 +205,7 @@ def grpc_tensor(tensor, raw: "bytes | None", photos: Photos, where: str, max_ele
     if given and (raw is not None or given != ["bytes_contents"]):
         raise BadRequest(f"{where}: send encoded photos in bytes_contents or raw_input_contents, once; got "
                          f"{', '.join(given + (['raw_input_contents'] if raw is not None else []))}.")
-    files = raw_files(raw, where) if raw is not None else list(tensor.contents.bytes_contents)
+    files = raw_elements(raw, where) if raw is not None else list(tensor.contents.bytes_contents)
     return photos_array(files, list(tensor.shape), photos, where, max_elements)
 
 

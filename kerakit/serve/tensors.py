@@ -114,19 +114,27 @@ def from_raw(raw: "bytes | memoryview", datatype: str, shape: list[int], where: 
     return np.frombuffer(raw, dtype=dtype, count=count).reshape(shape)
 
 
-def _raw_strings(raw: bytes, count: int, where: str) -> np.ndarray:
-    values, offset = [], 0
+def raw_elements(raw: "bytes | memoryview", where: str) -> list[bytes]:
+    """The elements of a BYTES tensor's raw form (each after its 4-byte little-endian length), as bytes."""
+    raw, values, offset = bytes(raw), [], 0
     while offset < len(raw):
         if offset + 4 > len(raw):
             raise BadRequest(f"{where}: BYTES data ends inside an element's 4-byte length.")
         (n,) = struct.unpack_from("<I", raw, offset)
         if offset + 4 + n > len(raw):
             raise BadRequest(f"{where}: BYTES element {len(values)} claims {n} bytes; only {len(raw) - offset - 4} remain.")
+        values.append(raw[offset + 4:offset + 4 + n])
+        offset += 4 + n
+    return values
+
+
+def _raw_strings(raw: bytes, count: int, where: str) -> np.ndarray:
+    values = []
+    for element in raw_elements(raw, where):
         try:
-            values.append(raw[offset + 4:offset + 4 + n].decode("utf-8"))
+            values.append(element.decode("utf-8"))
         except UnicodeDecodeError:
             raise BadRequest(f"{where}: BYTES element {len(values)} is not UTF-8 text; the model takes strings.") from None
-        offset += 4 + n
     if len(values) != count:
         raise BadRequest(f"{where}: BYTES data holds {len(values)} elements but the shape needs {count}.")
     array = np.empty(count, dtype=object)
