@@ -38,11 +38,13 @@ DESCRIPTION = ("KServe v2 (Open Inference Protocol) REST and TF Serving REST; "
                "the KServe v2 gRPC service runs beside it (--grpc-port).")
 
 
-def model_params(names: list[str], versioned: bool) -> list[dict]:
-    """The path parameters `name` (one of `names`) and, if `versioned`, `version`."""
+def model_params(names: list[str], versioned: bool, version_pattern: str | None = None) -> list[dict]:
+    """The path parameters `name` (one of `names`) and, if `versioned`, `version` (matching
+    `version_pattern` where the protocol restricts it)."""
     params = [{"name": "name", "in": "path", "required": True, "schema": {"type": "string", "enum": names}}]
     if versioned:
-        params.append({"name": "version", "in": "path", "required": True, "schema": {"type": "string"}})
+        schema = {"type": "string", **({"pattern": version_pattern} if version_pattern else {})}
+        params.append({"name": "version", "in": "path", "required": True, "schema": schema})
     return params
 
 

@@ -182,7 +182,9 @@ class TFServingREST(Protocol):
     def openapi(self, model_names: list[str]) -> Fragment:
         paths = {}
         for prefix, versioned in MODEL_PREFIXES:
-            params = model_params(model_names, versioned)
+            # TF Serving's versions are int64 (its own route regex takes only digits); a version holding ':'
+            # would read as a verb, e.g. GET /v1/models/m/versions/1:x is :x on version 1, a POST-only route.
+            params = model_params(model_names, versioned, version_pattern=r"^[0-9]+$")
             paths[prefix] = get_operation("ModelStatus", "TF Serving model status", params)
             paths[prefix + "/metadata"] = get_operation("SignatureMetadata", "TF Serving signature metadata", params)
             paths[prefix + ":predict"] = infer_operation(params, "PredictRequest", "PredictResponse",
