@@ -92,7 +92,7 @@ def test_onnx_int8_is_qdq_with_the_signedness_ort_x86_kernels_take(digits_export
     out, report = digits_export
     graph = onnx.load(out / "model_int8.onnx").graph
     initializers = {t.name: t for t in graph.initializer}
-    form = int8_form()
+    form = int8_form(cpus="any")  # the edge target names no CPUs: the portable form, whatever this machine has
     activation = {"uint8": onnx.TensorProto.UINT8, "int8": onnx.TensorProto.INT8}[form["activations"]]
     quantize = [n for n in graph.node if n.op_type == "QuantizeLinear"]
     assert quantize and all(initializers[n.input[2]].data_type == activation for n in quantize)
@@ -103,7 +103,46 @@ def test_onnx_int8_is_qdq_with_the_signedness_ort_x86_kernels_take(digits_export
     assert len(weights) == len(weighted) and all(w.dtype == np.int8 for w in weights)  # every Conv and Dense
     widest = max(int(np.abs(w.astype(np.int16)).max()) for w in weights)
     assert widest <= 64 if form["reduce_range"] else widest > 64  # 7-bit weights only where saturation threatens
-    assert report.row("onnx-int8")["conversion"]["form"] == form["form"]
+    conversion = report.row("onnx-int8")["conversion"]
+    assert conversion["form"] == form["form"] and conversion["cpus"] == "any"
+    assert conversion["saturation"]["worst_pair_sum"] == 2 * 255 * 64 <= 32767  # safe on AVX2 without VNNI too
+    assert conversion["verified_on"] in ("x86", "x86-vnni", "aarch64")
+
+
+def test_an_int8_onnx_is_portable_unless_its_target_names_vnni_cpus(hard_swish_export, tmp_path, capsys,
+                                                                    monkeypatch):
+    """Default: 7-bit weights, right on every CPU wherever it was exported. `cpus = "x86-vnni"` in a target: full
+    8-bit weights (they may saturate on x86 without VNNI, by the bound in the report), and a predictor loading that
+    file on a CPU without VNNI says so in one line. A bad `cpus` names the allowed classes."""
+    from kerakit.export.targets import load_target
+    from kerakit.formats import onnx as onnx_format
+    from kerakit.runtime import load
+
+    (tmp_path / "vnni.toml").write_text('[[artifacts]]\nformat = "onnx"\nquantization = "int8"\ncpus = "x86-vnni"\n'
+                                        '[verify]\nmax_metric_drop = 1.0\n')
+    model = hard_swish_export[0].parent / "net.keras"
+    try:
+        report = export(model, targets=[load_target(tmp_path / "vnni.toml")], sample=model.parent / "sample.npz",
+                        out=tmp_path / "out", log=lambda m: None)
+    except VerificationFailed as e:  # random weights, unlabelled rows: the file's form is what is read here
+        report = e.report
+    conversion = report.row("onnx-int8")["conversion"]
+    assert (conversion["cpus"], conversion["reduce_range"]) == ("x86-vnni", False)
+    assert conversion["saturation"] == {**conversion["saturation"], "worst_pair_sum": 64770, "safe_without_vnni": False}
+    weights = [numpy_helper.to_array(t) for t in onnx.load(tmp_path / "out" / "model_int8.onnx").graph.initializer
+               if t.data_type == onnx.TensorProto.INT8 and len(t.dims) > 1]
+    assert max(int(np.abs(w.astype(np.int16)).max()) for w in weights) > 64
+
+    load(tmp_path / "out" / "model_int8.onnx").close()
+    assert "model_int8.onnx" not in capsys.readouterr().err or onnx_format.machine_class() == "x86"
+    monkeypatch.setattr(onnx_format, "_cpu_flags", lambda: {"avx2", "fma"})  # the same file on an AVX2 CPU
+    load(tmp_path / "out" / "model_int8.onnx").close()
+    [line] = [l for l in capsys.readouterr().err.splitlines() if "model_int8.onnx" in l]
+    assert "cpus=x86-vnni" in line and "64,770 > 32,767" in line and 'cpus="any"' in line
+
+    (tmp_path / "bad.toml").write_text('[[artifacts]]\nformat = "onnx"\nquantization = "int8"\ncpus = "avx2"\n')
+    with pytest.raises(Exception, match=r"Invalid cpus='avx2'\. Expected one of any, x86-vnni, arm, this"):
+        load_target(tmp_path / "bad.toml")
 
 
 def test_the_onnx_int8_form_follows_orts_guidance_per_cpu():
@@ -113,6 +152,9 @@ def test_the_onnx_int8_form_follows_orts_guidance_per_cpu():
     assert (vnni["activations"], vnni["weights"], vnni["reduce_range"]) == ("uint8", "int8", False)
     arm = int8_form("aarch64", {"asimd", "asimddp"})
     assert (arm["activations"], arm["weights"], arm["reduce_range"]) == ("int8", "int8", False)
+    # A target's cpus=any is the same 7-bit form on every exporting machine.
+    assert int8_form("x86_64", {"avx512_vnni"}, cpus="any") == int8_form("x86_64", {"avx2"}, cpus="any")
+    assert int8_form("x86_64", {"avx512_vnni"}, cpus="any")["saturation"]["safe_without_vnni"]
 
 
 def test_kerakit_quantizes_an_int8_io_file_as_litert_would_and_answers_by_shape_in_any_order(hard_swish_export):

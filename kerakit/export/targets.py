@@ -6,7 +6,7 @@
     [[artifacts]]
     format = "tflite"                   # a registered format: savedmodel | tflite | onnx | ...
     quantization = "int8"               # one the format offers: none | float16 | dynamic | int8
-    io = "int8"                         # a per-format option (tflite: io; onnx: opset)
+    io = "int8"                         # a per-format option (tflite: io; onnx: opset, cpus)
 
     [verify]
     atol = 1e-4                         # float formats: |artifact - keras| <= atol + rtol * |keras|

@@ -43,8 +43,9 @@ def convert(context, spec, path: Path) -> dict | None:
         note = None
     else:
         fp32 = context.intermediate(f"float-{opset}.onnx", lambda p: write_onnx(context.savedmodel(), opset, p))
-        note = quantize(fp32, spec.quantization, context.calibration, path)
-    add_metadata(path, {**context.metadata, "quantization": spec.quantization})
+        note = quantize(fp32, spec.quantization, context.calibration, path, spec.option("cpus"))
+    cpus = {"int8_cpus": note["cpus"]} if note else {}
+    add_metadata(path, {**context.metadata, "quantization": spec.quantization, **cpus})
     return note
 
 
@@ -270,8 +271,38 @@ def float_prefix(path: Path) -> list[str]:
     return [n.name for n in prefix]
 
 
-def int8_form(machine: str | None = None, cpu_flags: set[str] | None = None) -> dict:
-    """The static int8 form ONNX Runtime's CPU kernels run fastest here, by ORT's own guidance.
+# Which CPUs an int8 file must be right on (a target's `cpus = ...` for onnx int8), and the form each takes.
+CPU_CLASSES = {
+    "any": "every CPU: x86-64 with or without VNNI, and ARM64",
+    "x86-vnni": "x86-64 CPUs with VNNI (AVX512-VNNI or AVX-VNNI) only",
+    "arm": "ARM64 CPUs",
+    "this": "the exporting machine's CPU class",
+}
+INT16_MAX = 32767
+
+
+def check_cpus(cpus) -> str:
+    if cpus not in CPU_CLASSES:
+        raise KerakitError(f"Invalid cpus={cpus!r}. Expected one of {', '.join(CPU_CLASSES)} "
+                           f"({'; '.join(f'{k}: {v}' for k, v in CPU_CLASSES.items())}).")
+    return cpus
+
+
+def saturation(form: dict) -> dict:
+    """Whether a U8S8 form can saturate on x86 without VNNI: VPMADDUBSW adds two uint8 x int8 products into a
+    signed 16-bit lane, so the worst pair is 2 * 255 * the widest weight (127 at 8 bits, 64 with reduce_range)."""
+    if form["activations"] != "uint8":
+        return {"worst_pair_sum": None, "safe_without_vnni": True, "why": "S8S8: no VPMADDUBSW pair sums"}
+    widest = 64 if form["reduce_range"] else 127
+    worst = 2 * 255 * widest
+    safe = worst <= INT16_MAX
+    return {"worst_pair_sum": worst, "safe_without_vnni": safe,
+            "why": f"worst uint8 x int8 pair sum 2*255*{widest} = {worst:,} "
+                   f"{'<=' if safe else '>'} {INT16_MAX:,} (int16 lane of VPMADDUBSW on x86 without VNNI)"}
+
+
+def int8_form(machine: str | None = None, cpu_flags: set[str] | None = None, cpus: str = "this") -> dict:
+    """The static int8 form for the CPUs an artifact must run on (`cpus`, a key of CPU_CLASSES), by ORT's guidance.
 
     ORT's quantization guide ("Data type selection", onnxruntime.ai/docs/performance/
     model-optimizations/quantization.html): "On x86-64 machines with AVX2 and AVX512
@@ -281,21 +312,23 @@ def int8_form(machine: str | None = None, cpu_flags: set[str] | None = None) -> 
     machines ... not needed on machines supporting VNNI"; "On AVX2 and AVX512 machines,
     you will generally need to enable reduce-range as well if per-channel is enabled."
     So on x86-64: uint8 activations, int8 weights (U8S8) QDQ, with reduce_range unless
-    the CPU has VNNI. Elsewhere (ARM: dot-product kernels for both signs) the guide's
-    default S8S8 QDQ. Measured on MobileNetV3-Small, x86 (issue 15): U8S8 QDQ 1.21x (batch 1)
-    and 1.38x (batch 32) faster than float32, where S8S8 QDQ was 3.8-4x slower.
+    every CPU it runs on has VNNI. "any" (the default of a target) is that portable form:
+    7-bit weights cannot saturate anywhere, and ARM and VNNI CPUs compute it exactly.
+    "this" takes the exporting machine's class; "arm" ORT's default S8S8. Measured on
+    MobileNetV3-Small, x86 (issue 15): U8S8 QDQ 1.21x (batch 1) and 1.38x (batch 32)
+    faster than float32, where S8S8 QDQ was 3.8-4x slower.
     """
-    import platform
-
-    machine = (machine or platform.machine()).lower()
-    flags = _cpu_flags() if cpu_flags is None else cpu_flags
-    if machine not in ("x86_64", "amd64", "i386", "i686", "x86"):
-        return {"activations": "int8", "weights": "int8", "reduce_range": False, "form": "QDQ S8S8",
-                "why": f"{machine}: ORT's default S8S8 (no U8S8 saturation issue off x86)"}
-    vnni = bool(flags & {"avx512_vnni", "avx_vnni", "avx512vnni", "avxvnni"})
-    return {"activations": "uint8", "weights": "int8", "reduce_range": not vnni, "form": "QDQ U8S8",
-            "why": "x86-64: ORT's U8S8 kernels" + (" with VNNI (no saturation: full 8-bit weights)" if vnni else
-                                                     " without VNNI: 7-bit weights (reduce_range) avoid saturation")}
+    if cpus == "this":
+        cpus = {"x86-vnni": "x86-vnni", "x86": "any"}.get(machine_class(machine, cpu_flags), "arm")
+    if cpus == "arm":
+        form = {"activations": "int8", "weights": "int8", "reduce_range": False, "form": "QDQ S8S8",
+                "why": "ARM64: ORT's default S8S8 (no U8S8 saturation issue off x86)"}
+    else:
+        vnni = cpus == "x86-vnni"
+        form = {"activations": "uint8", "weights": "int8", "reduce_range": not vnni, "form": "QDQ U8S8",
+                "why": "ORT's U8S8 kernels" + (" on VNNI CPUs only (full 8-bit weights)" if vnni else
+                                               ": 7-bit weights (reduce_range) cannot saturate on x86 without VNNI")}
+    return {**form, "cpus": cpus, "correct_on": CPU_CLASSES[cpus], "saturation": saturation(form)}
 
 
 def _cpu_flags() -> set[str]:
@@ -308,8 +341,9 @@ def _cpu_flags() -> set[str]:
     return set(line.partition(":")[2].split())
 
 
-def quantize(fp32: Path, quantization: str, sample: dict[str, np.ndarray] | None, path: Path) -> dict | None:
-    """ONNX Runtime quantization: static QDQ in `int8_form` (calibrated on `sample`), or dynamic."""
+def quantize(fp32: Path, quantization: str, sample: dict[str, np.ndarray] | None, path: Path,
+             cpus: str = "any") -> dict | None:
+    """ONNX Runtime quantization: static QDQ in the `int8_form` for `cpus` (calibrated on `sample`), or dynamic."""
     from onnxruntime.quantization import (CalibrationDataReader, QuantFormat, QuantType, quantize_dynamic,
                                           quantize_static)
     from onnxruntime.quantization.shape_inference import quant_pre_process
@@ -332,15 +366,28 @@ def quantize(fp32: Path, quantization: str, sample: dict[str, np.ndarray] | None
                 def get_next(self):
                     return next(self._batches, None)
 
-            form = int8_form()
+            form = int8_form(cpus=cpus)
             types = {"uint8": QuantType.QUInt8, "int8": QuantType.QInt8}
             quantize_static(str(prepared), str(out), Reader(), quant_format=QuantFormat.QDQ,
                             activation_type=types[form["activations"]], weight_type=types[form["weights"]],
                             per_channel=True, reduce_range=form["reduce_range"],
                             nodes_to_exclude=float_prefix(prepared) if calibration.needs_float_inputs(sample) else [])
         files.copy_file(out, path)
-    return form and {"runtime": "ONNX Runtime CPU", **form,
-                     "summary": f"{form['form']}{', reduce_range' if form['reduce_range'] else ''} ({form['why']})"}
+    return form and {"runtime": "ONNX Runtime CPU", **form, "verified_on": machine_class(),
+                     "summary": f"{form['form']}{', reduce_range' if form['reduce_range'] else ''} for "
+                                f"cpus={form['cpus']} ({form['correct_on']}; {form['why']}); verified on "
+                                f"{machine_class()}"}
+
+
+def machine_class(machine: str | None = None, cpu_flags: set[str] | None = None) -> str:
+    """A CPU's class as the int8 forms see it: "x86-vnni", "x86" (no VNNI) or the machine's name (aarch64, ...)."""
+    import platform
+
+    machine = (machine or platform.machine()).lower()
+    if machine not in ("x86_64", "amd64", "i386", "i686", "x86"):
+        return machine
+    flags = _cpu_flags() if cpu_flags is None else cpu_flags
+    return "x86-vnni" if flags & {"avx512_vnni", "avx_vnni", "avx512vnni", "avxvnni"} else "x86"
 
 
 # --------------------------------------------------------------------------- runtime
@@ -377,15 +424,29 @@ class OnnxPredictor(Predictor):
         self.inputs = [Spec(i.name, _shape(i.shape), TYPES.get(i.type, i.type)) for i in self.session.get_inputs()]
         self.outputs = [Spec(o.name, _shape(o.shape), TYPES.get(o.type, o.type)) for o in self.session.get_outputs()]
         self._output_names = [o.name for o in self.outputs]
+        _warn_if_not_for_this_cpu(path, self._metadata().get("int8_cpus"))
 
-    def keras_outputs(self) -> list[str] | None:
+    def _metadata(self) -> dict:
         import json
 
         text = self.session.get_modelmeta().custom_metadata_map.get("kerakit")
-        return json.loads(text).get("outputs") if text else None
+        return json.loads(text) if text else {}
+
+    def keras_outputs(self) -> list[str] | None:
+        return self._metadata().get("outputs")
 
     def _run(self, batch):
         return dict(zip(self._output_names, self.session.run(self._output_names, batch)))
+
+
+def _warn_if_not_for_this_cpu(path: Path, cpus: str | None) -> None:
+    """One line when an int8 file made for VNNI CPUs (full 8-bit weights) runs where U8S8 pairs can saturate."""
+    import sys
+
+    if cpus == "x86-vnni" and machine_class() == "x86":
+        print(f"warning: {path} is int8 for VNNI CPUs (cpus=x86-vnni: 8-bit weights), and this x86 CPU has no VNNI: "
+              f"{saturation(int8_form(cpus=cpus))['why']}; its answers may be wrong here. Export with cpus=\"any\" "
+              f"(the default) for this machine.", file=sys.stderr)
 
 
 def _session_options(ort, threads: int, inter_op_threads: int, optimization: str, execution: str):
@@ -422,7 +483,8 @@ FORMAT = Format(
     variants=(Variant("none", "onnx", "model.onnx"),
               Variant("dynamic", "onnx-dynamic", "model_dynamic.onnx"),
               Variant("int8", "onnx-int8", "model_int8.onnx")),
-    options={"opset": Option(DEFAULT_OPSET, check_opset, f"ONNX opset, {MIN_OPSET}..{MAX_OPSET}")},
+    options={"opset": Option(DEFAULT_OPSET, check_opset, f"ONNX opset, {MIN_OPSET}..{MAX_OPSET}"),
+             "cpus": Option("any", check_cpus, f"int8: the CPUs the file must be right on, {' | '.join(CPU_CLASSES)}")},
     convert=convert,
     runtime_options=("threads", "inter_op_threads", "optimization", "execution", "providers", "spinning"),
     settings=settings,
