@@ -16,6 +16,7 @@ from starlette.routing import Route
 
 import kerakit.serve.images as images
 import kerakit.serve.kserve_v2 as kserve_v2
+import kerakit.serve.tables as tables
 import kerakit.serve.tfserving as tfserving
 from kerakit import runtime
 from kerakit.errors import KerakitError
@@ -65,6 +66,7 @@ def create_app(entries: list[ModelEntry], options: ServeOptions | None = None,
     table = protocols(options) if table is None else table
     models = {e.name: Model(e, options) for e in entries}
     images.prepare(models.values())  # image inputs also take encoded photos: their fit rule, TF's resize loaded
+    tables.prepare(models.values())  # a table model's raw columns, from its run's recipe
     log = RequestLog(options.log_path, options.log_inputs) if options.log_path else None
     ctx = Context(models, options, log)
 

@@ -31,7 +31,8 @@ def parse_json(body: bytes) -> Any:
         pass
 
     def reject_constant(token):
-        raise BadRequest(f"Malformed JSON: {token} is not a JSON number; send finite numbers.")
+        raise BadRequest(f"Malformed JSON: {token} is not a JSON number; send finite numbers (null, or \"NaN\" as a "
+                         "string, where a table model's number is missing).")
 
     try:
         return json.loads(body, parse_constant=reject_constant)

@@ -30,6 +30,7 @@ import numpy as np
 from kerakit.dtypes import V2_TYPES
 import kerakit.serve.images as images
 import kerakit.serve.kserve_v2 as kserve_v2
+import kerakit.serve.tables as tables
 from kerakit.serve.context import Protocol, Serving
 from kerakit.serve.decoding import to_array
 from kerakit.serve.kserve_v2 import Wanted, check_datatype, check_shape, output_array
@@ -97,7 +98,7 @@ def decode(model: Model, request: pb.ModelInferRequest, max_elements: int) -> tu
         wanted.append(Wanted(out.name, True, _class_count(out.parameters.get("classification"), out.name)))
     if not wanted:
         wanted = [Wanted(n, True) for n in model.outputs]
-    return model.check(arrays, max_elements), {"id": request.id, "outputs": wanted}
+    return tables.check(model, arrays, max_elements), {"id": request.id, "outputs": wanted}
 
 
 def _from_contents(contents: pb.InferTensorContents, given: list[str], datatype: str, where: str) -> np.ndarray:

@@ -28,6 +28,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 import kerakit.serve.images as images
+import kerakit.serve.tables as tables
 from kerakit.dtypes import NUMPY_TO_V2, TRITON_TYPES, V2_TYPES
 from kerakit.serve.decoding import parse_json, require, to_array
 from kerakit.serve.context import Protocol
@@ -89,7 +90,7 @@ def decode(model: Model, body: bytes, header_length: str | None, max_elements: i
     if "id" in request and not isinstance(request["id"], str):
         raise BadRequest(f"'id' must be a string, got {type(request['id']).__name__}.")
     arrays: dict[str, np.ndarray] = {}
-    offset = 0
+    offset, columns = 0, tables.columns_of(model)
     for i, item in enumerate(items):
         name = require(item, "name", str, f"inputs[{i}]")
         if name not in model.inputs:
@@ -101,11 +102,12 @@ def decode(model: Model, body: bytes, header_length: str | None, max_elements: i
         if photos is not None:  # encoded photos (JPEG, PNG, ...) for an image input
             arrays[name], offset = images.v2_tensor(item, photos, where, binary, offset, max_elements)
         else:
-            arrays[name], offset = _tensor(item, model.inputs[name].dtype, where, binary, offset, max_elements)
+            arrays[name], offset = _tensor(item, model.inputs[name].dtype, where, binary, offset, max_elements,
+                                           columns and columns.kind(name))
     if offset != len(binary):
         raise BadRequest(f"{len(binary) - offset} bytes of binary data are not claimed by any input's binary_data_size.")
     wanted = wanted_outputs(request.get("outputs"), model, bool(params.get("binary_data_output", False)))
-    return model.check(arrays, max_elements), {"id": request.get("id"), "outputs": wanted}
+    return tables.check(model, arrays, max_elements), {"id": request.get("id"), "outputs": wanted}
 
 
 def _split(body: bytes, header_length: str | None) -> tuple[bytes, bytes]:
@@ -140,8 +142,9 @@ def check_datatype(datatype: str, model_dtype: str, where: str) -> str:
 
 
 def _tensor(item: dict, model_dtype: str, where: str, binary, offset: int,
-            max_elements: int) -> tuple[np.ndarray, int]:
-    """One request input as an array, and the binary data offset after it."""
+            max_elements: int, column: str | None = None) -> tuple[np.ndarray, int]:
+    """One request input as an array, and the binary data offset after it; `column`, a table model's column
+    kind ("number", "category": `kerakit.serve.tables`), takes null in JSON data as a missing value."""
     shape = require(item, "shape", list, where)
     count = check_shape(shape, where, max_elements)
     datatype = check_datatype(require(item, "datatype", str, where), model_dtype, where)
@@ -153,7 +156,10 @@ def _tensor(item: dict, model_dtype: str, where: str, binary, offset: int,
         return from_raw(binary[offset:offset + size], datatype, shape, where), offset + size
     if "data" not in item:
         raise BadRequest(f"{where}: missing 'data' (or parameters.binary_data_size with binary data).")
-    array = strings(item["data"], where) if datatype == "BYTES" else to_array(item["data"], V2_TYPES[datatype], where)
+    if column:
+        array = tables.from_json(item["data"], V2_TYPES[datatype], where, column)
+    else:
+        array = strings(item["data"], where) if datatype == "BYTES" else to_array(item["data"], V2_TYPES[datatype], where)
     if array.size != count:
         raise BadRequest(f"{where}: data has {array.size} elements but shape {shape} needs {count}.")
     return array.reshape(shape), offset

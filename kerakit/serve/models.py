@@ -239,8 +239,10 @@ class Model:
         except KerakitError as e:
             raise KerakitError(f"Cannot serve model {self.name!r}: {e}") from None
 
-    def check(self, batch: dict[str, np.ndarray], max_elements: int) -> dict[str, np.ndarray]:
-        """`batch` validated and cast for this model, or a BadRequest saying what is wrong."""
+    def check(self, batch: dict[str, np.ndarray], max_elements: int,
+              missing: frozenset = frozenset()) -> dict[str, np.ndarray]:
+        """`batch` validated and cast for this model, or a BadRequest saying what is wrong. NaN is taken in the
+        inputs named in `missing`, where it is a missing value (a table model's number columns: serve.tables)."""
         total = sum(int(v.size) for v in batch.values())
         if total > max_elements:
             raise BadRequest(f"Request has {total} numbers; the limit is {max_elements} (--max-elements).", 413)
@@ -257,7 +259,9 @@ class Model:
             raise BadRequest(f"The batch has {max(sizes)} rows; this server takes at most {self.max_rows} "
                              "per request (--max-batch-rows, max_batch_size in /config).", 413)
         for k, v in checked.items():
-            if v.dtype.kind == "f" and not np.isfinite(v).all():
+            if k in missing and np.isinf(v).any():
+                raise BadRequest(f"Input {k!r} contains infinity; it takes finite numbers, NaN or null where missing.")
+            if v.dtype.kind == "f" and k not in missing and not np.isfinite(v).all():
                 raise BadRequest(f"Input {k!r} contains NaN or infinity (after conversion to {v.dtype}); "
                                  "this model takes finite numbers only.")
         return checked

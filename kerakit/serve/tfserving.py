@@ -22,6 +22,7 @@ from starlette.routing import Match, Route
 
 from kerakit.dtypes import tf_type
 import kerakit.serve.images as images
+import kerakit.serve.tables as tables
 from kerakit.serve.decoding import parse_json, to_array
 from kerakit.serve.context import Protocol
 from kerakit.serve.http import Context, error
@@ -71,9 +72,17 @@ def decode(model: Model, body: bytes, max_elements: int) -> tuple[dict, str]:
     else:
         columns, kind = _columns(request["inputs"], names), "columnar"
     arrays = {n: images.b64_column(model, n, columns[n], max_elements) for n in names}  # {"b64": ...}: photos
-    arrays.update({n: strings(columns[n], f"input {n!r}") if model.inputs[n].dtype == "object"
-                   else to_array(columns[n], model.inputs[n].dtype, f"input {n!r}") for n in names if arrays[n] is None})
-    return model.check(arrays, max_elements), kind
+    arrays.update({n: _array(model, n, columns[n]) for n in names if arrays[n] is None})
+    return tables.check(model, arrays, max_elements), kind
+
+
+def _array(model: Model, name: str, value) -> np.ndarray:
+    """One input's JSON values as an array; a table model's column takes null (and a number "NaN") as missing."""
+    where, dtype = f"input {name!r}", model.inputs[name].dtype
+    column = tables.columns_of(model)
+    if column is not None and column.kind(name):
+        return tables.from_json(value, dtype, where, column.kind(name))
+    return strings(value, where) if dtype == "object" else to_array(value, dtype, where)
 
 
 def _columns_of_rows(instances, names: list[str]) -> dict:
@@ -85,7 +94,8 @@ def _columns_of_rows(instances, names: list[str]) -> dict:
     if all(isinstance(row, dict) for row in instances):
         for i, row in enumerate(instances):
             if set(row) != set(names):
-                raise BadRequest(f"instances[{i}] has keys {sorted(map(str, row))[:10]}; the model's inputs are {sorted(names)}.")
+                raise BadRequest(f"instances[{i}] has keys {sorted(map(str, row))[:10]}; the model's inputs are "
+                                 f"{sorted(names)}{_difference(row, names)}.")
         return {n: [row[n] for row in instances] for n in names}
     if len(names) == 1 and not any(isinstance(row, dict) for row in instances):
         return {names[0]: instances}
@@ -96,11 +106,19 @@ def _columns(inputs, names: list[str]) -> dict:
     """The columnar format: whole inputs keyed by name (a bare value for one input)."""
     if isinstance(inputs, dict):
         if set(inputs) != set(names):
-            raise BadRequest(f"'inputs' has keys {sorted(map(str, inputs))[:10]}; the model's inputs are {sorted(names)}.")
+            raise BadRequest(f"'inputs' has keys {sorted(map(str, inputs))[:10]}; the model's inputs are "
+                             f"{sorted(names)}{_difference(inputs, names)}.")
         return inputs
     if len(names) == 1:
         return {names[0]: inputs}
     raise BadRequest(f"'inputs' must be an object keyed by input name {sorted(names)}.")
+
+
+def _difference(keys, names: list[str]) -> str:
+    """What a row or 'inputs' object lacks and what it has too many of, named (a table's rows have many keys)."""
+    missing, unknown = sorted(set(names) - set(keys)), sorted(map(str, set(keys) - set(names)))
+    return "".join(f"; {what} {', '.join(repr(k[:100]) for k in found[:10])}"
+                   for what, found in (("missing", missing), ("unknown", unknown)) if found)
 
 
 def encode(result: dict[str, np.ndarray], kind: str) -> dict:
