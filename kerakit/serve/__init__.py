@@ -31,7 +31,8 @@ Where things are (the data plane apart from the protocols, as in KServe):
   protocol-free metadata, input checks, inference with dynamic batching.
 - `http`: what every request shares: model lookup, body limits, JSON errors,
   metrics, the request log (`Context.answer`).
-- `decoding`: JSON bodies to arrays, strictly.
+- `decoding`: JSON bodies to arrays, strictly. `images` and `tables`: what an image model's input (an
+  encoded photo) and a table model's columns (null as a missing value, a row as the table has it) also take.
 - `kserve_v2`, `tfserving`, `grpc_v2`: one module per protocol: its decoder, encoder and
   metadata, and its `Protocol` (`context`): the routes it adds with their OpenAPI fragment,
   or (gRPC) the server it starts and stops beside the app.
