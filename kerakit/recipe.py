@@ -20,7 +20,8 @@ Optional names: NAME (default: the file name), SPLITS, CLASS_NAMES, METRIC
 (the number the run is judged by everywhere: accuracy or macro_f1 for
 classification, mae, mse, rmse or r2 for regression; default accuracy / mae;
 the model must log it under that name, e.g. metrics=["mae"]),
-`representative_sample(data, n)` for int8 calibration, CUSTOM_OBJECTS
+`representative_sample(data, n)` for int8 calibration, `class_weight(data, config)` ({class
+index: weight} that train passes to model.fit, or None), CUSTOM_OBJECTS
 ({name: class} the saved model needs to load; a recipe that imports its
 decorated layers needs none), and for the report
 SLICES = {"name": fn(features, labels) -> bool mask} (subsets of the test
@@ -154,6 +155,7 @@ class Recipe:
     source: dict | None = None  # SOURCE: how a DATASET path becomes a dataset (label, sep, split, ...)
     outputs: dict[str, str] | None = None  # OUTPUTS: {output name: task} of a multi-output model, in Keras order
     fine_tune: Callable | None = None  # fine_tune(model, hp, data): the second training phase (fine_tune_epochs)
+    class_weight: Callable | None = None  # class_weight(data, config): model.fit's class_weight, or None
     module: ModuleType | None = None
 
     def dataset_path(self) -> Path | None:
@@ -486,6 +488,7 @@ def _from_module(module: ModuleType, path: Path) -> Recipe:
         source=source if source is not None else ({} if from_files else None),
         outputs=outputs,
         fine_tune=getattr(module, "fine_tune", None),
+        class_weight=getattr(module, "class_weight", None),
         module=module,
     )
 

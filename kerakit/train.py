@@ -208,8 +208,9 @@ def _fit_phase(job: _Job, model, data, best, initial_epoch: int, epochs: int, la
     ]
     if verbose == "auto":
         verbose = 1 if sys.stdout.isatty() else 2
+    weights = recipe.class_weight(data, job.config) if recipe.class_weight is not None else None
     return model.fit(data.train, validation_data=data.val, initial_epoch=initial_epoch, epochs=epochs,
-                     callbacks=callbacks, verbose=verbose, shuffle=False)
+                     callbacks=callbacks, verbose=verbose, shuffle=False, class_weight=weights)
 
 
 def _check_finite_loss(job: _Job, losses: list, hp, resumed_from: int) -> None:

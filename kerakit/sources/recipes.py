@@ -94,12 +94,27 @@ def _table_recipe(name: str, dataset: str, report: dict, frame) -> str:
     head = TABLE_HEAD.format(name=name, read_as=report["read_as"], task=report["task"], dataset=dataset,
                              numbers=_literal(numbers), flags=_literal(flags), categories=_literal(list(categories)),
                              dropped=_dict_literal(dropped), width=width, rule=report["split_rule"],
+                             defaults=_defaults(report, frame, splits),
                              text=_literal(text), **_label_parts(report, label_keys(list(tasks), names)))
     dropout = 0.2 if report["task"] == "classification" else 0.1
     if len(tasks) > 1:
         return head + TABLE_MODEL.format(name=name, dropout=dropout, **MULTI_HEAD) + MULTI_TAIL
-    single = CLASSIFIER_HEAD if report["task"] == "classification" else REGRESSOR_HEAD
-    return head + TABLE_MODEL.format(name=name, dropout=dropout, **single)
+    if report["task"] == "regression":
+        return head + TABLE_MODEL.format(name=name, dropout=dropout, **REGRESSOR_HEAD)
+    return head + TABLE_MODEL.format(name=name, dropout=dropout, **CLASSIFIER_HEAD) + CLASS_WEIGHT_TAIL
+
+
+def _defaults(report: dict, frame, splits) -> str:
+    """DEFAULTS' config keys: class_weight "balanced" where the label is skewed on the training split (its
+    smallest class under IMBALANCE of its largest, as the data report flags it), else "none"."""
+    from kerakit.sources.checks import IMBALANCE
+
+    defaults = "epochs=80, batch_size=32, patience=12, clean_categories=False"
+    if len(report["tasks"]) > 1 or report["task"] != "classification":
+        return defaults
+    counts = frame[report["label"]][splits == "train"].str.strip().value_counts()
+    skewed = len(counts) > 1 and counts.iloc[-1] / counts.iloc[0] < IMBALANCE
+    return defaults + f', class_weight="{"balanced" if skewed else "none"}"'
 
 
 def _label_parts(report: dict, keys: dict[str, str]) -> dict[str, str]:
@@ -150,7 +165,7 @@ DESCRIPTION = "MLP on {dataset} ({described}), written by kerakit new."
 TASK = "{task}"{task_note}
 DATASET = "{dataset}"  # prepared once as a TFDS dataset, versioned by the file's content
 SOURCE = {source}  # {rule}
-{outputs}DEFAULTS = dict(epochs=80, batch_size=32, patience=12)
+{outputs}DEFAULTS = dict({defaults})
 
 # The model takes the table's columns raw, one named input each, and preprocesses them itself (layers adapted on
 # the training split), so every artifact takes a row as the table has it and nothing is written twice.
@@ -158,8 +173,13 @@ SOURCE = {source}  # {rule}
 # with a 1/0 flag for the columns that have gaps in training.
 NUMBERS = {numbers}
 MISSING_FLAGS = {flags}
-# Categories: text as the table has it (stripped of spaces); one-hot over the MAX_TOKENS most frequent training
-# values, and one out-of-vocabulary slot that a missing value ("") and a value training never saw share.
+# Categories: text as the table has it; one-hot over the MAX_TOKENS most frequent training values, and one
+# out-of-vocabulary slot that a missing value ("") and a value training never saw share. Training rows are
+# stripped of spaces when the dataset is prepared, and case counts: "Biscoe" is not "biscoe". clean_categories=true
+# cleans inside the model instead (CleanCategory: spaces stripped, lowercased in any alphabet), so " Biscoe",
+# "biscoe" and "BISCOE" are one category in training and in every artifact that carries the model -- but only
+# SavedModel does: LiteRT has no StringLower or StringStrip builtin (and ai_edge_litert no Flex delegate), ONNX
+# no op for StringStrip, so the tflite and onnx exports refuse it, naming the op. Off by default for that reason.
 CATEGORIES = {categories}
 MAX_TOKENS = 50
 # Free-text columns: their words, hashed into token ids in `preprocess`, are one more input (a bag of embeddings).
@@ -171,6 +191,14 @@ INPUTS = [*(Input(name, shape=(1,), dtype="float32") for name in NUMBERS),
           *(Input(name, shape=(1,), dtype="string") for name in CATEGORIES)]
 if TEXT:
     INPUTS.append(Input("tokens", shape=(SEQUENCE_LENGTH,), dtype="int32"))
+
+
+@keras.saving.register_keras_serializable(package="{name}")
+class CleanCategory(keras.layers.Layer):
+    """Category text as one value however it was typed: spaces stripped, lowercased (UTF-8, any alphabet)."""
+
+    def call(self, values):
+        return tf.strings.lower(tf.strings.strip(values), encoding="utf-8")
 
 
 def preprocess(example, config):
@@ -201,7 +229,7 @@ def build_model(hp, data):
     learning_rate = hp.Float("learning_rate", 1e-4, 1e-2, sampling="log", default=3e-3)
 
     inputs = {{spec.name: spec.keras() for spec in INPUTS}}
-    parts = encode(inputs, data.arrays("train")[0])
+    parts = encode(inputs, data.arrays("train")[0], data.config)
     if TEXT:
         words = keras.layers.Embedding(HASH_BUCKETS, hp.Int("embedding_dim", 8, 64, step=8, default=16))
         parts.append(keras.layers.GlobalAveragePooling1D()(words(inputs["tokens"])))
@@ -216,7 +244,7 @@ def build_model(hp, data):
     return model
 
 
-def encode(inputs, train):
+def encode(inputs, train, config):
     """Each column's preprocessing layers, adapted on `train` (the training split's raw columns)."""
     parts = []
     for name in NUMBERS:
@@ -227,17 +255,45 @@ def encode(inputs, train):
         parts.append(keras.ops.where(missing, 0.0, scale(inputs[name])))  # missing: the training mean, scaled
         if name in MISSING_FLAGS:
             parts.append(keras.ops.cast(missing, "float32"))
+    clean = config["clean_categories"]
     for name in CATEGORIES:
-        values, counts = np.unique(train[name][train[name] != ""].astype(str), return_counts=True)
+        cleaner = CleanCategory(name=f"{{name}}_clean") if clean else None
+        seen = train[name].reshape(-1).astype(str)
+        if clean:  # the vocabulary is cleaned by the layer that cleans the model's inputs
+            seen = np.array([v.decode("utf-8") for v in cleaner(tf.constant(seen)).numpy()], dtype=str)
+        values, counts = np.unique(seen[seen != ""], return_counts=True)
         vocabulary = list(values[np.argsort(-counts, kind="stable")][:MAX_TOKENS])
         lookup = keras.layers.StringLookup(vocabulary=vocabulary or ["(none)"], output_mode="one_hot",
                                            name=f"{{name}}_lookup")  # index 0: missing or unseen
-        parts.append(lookup(inputs[name]))
+        parts.append(lookup(cleaner(inputs[name]) if clean else inputs[name]))
     return parts
 '''
 CLASSIFIER_HEAD = dict(head='''\
     outputs = keras.layers.Dense(len(data.class_names), activation="softmax", name="probabilities")(x)''',
                        loss='loss="sparse_categorical_crossentropy", metrics=["accuracy"]')
+CLASS_WEIGHT_TAIL = '''
+
+def class_weight(data, config):
+    """{class index: weight} for model.fit (kerakit train passes it), or None: unweighted.
+
+    class_weight="balanced" weighs each class by n / (classes x its count) on the training split (scikit-learn's
+    "balanced"), so every class adds as much to the loss as any other; `kerakit new` sets it where the label is
+    skewed (its rarest class under a fifth of its most frequent), since plain cross-entropy on a 95/5 label
+    mostly learns to say the majority class, and the rare class is usually the one that matters. The price:
+    accuracy can drop, and the probabilities overstate the rare classes (they no longer match the base rate).
+    class_weight="none": every row counts once.
+    """
+    choice = str(config["class_weight"]).lower()
+    if choice not in ("balanced", "none"):
+        from kerakit.errors import KerakitError
+
+        raise KerakitError(f"Invalid class_weight={config['class_weight']!r}: expected balanced or none.")
+    if choice == "none":
+        return None
+    _, labels = data.arrays("train")
+    counts = np.bincount(np.asarray(labels).reshape(-1).astype(int), minlength=len(data.class_names))
+    return {i: float(counts.sum() / (len(counts) * c)) if c else 1.0 for i, c in enumerate(counts)}
+'''
 REGRESSOR_HEAD = dict(head='''\
     _, target = data.arrays("train")  # the model predicts in the target's own units: scaled inside it
     x = keras.layers.Dense(1)(x)
