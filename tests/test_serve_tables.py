@@ -143,6 +143,27 @@ def test_tritonclient_sends_columns_as_binary_bytes_and_fp32_with_nan(served, pr
     client.close()
 
 
+def test_grpc_typed_contents_take_columns_with_empty_text_and_nan_for_missing(served):
+    """bytes_contents and fp32_contents, the typed fields tritonclient never fills, through kerakit's own stub."""
+    import grpc
+
+    from kerakit.serve.proto import oip_messages_pb2 as pb
+    from kerakit.serve.proto import oip_service_pb2_grpc as pb_grpc
+
+    server, rows, want = served
+    message = pb.ModelInferRequest(model_name="penguins")
+    for name, array in _as_training_feeds(rows).items():
+        contents = message.inputs.add(name=name, datatype=COLUMNS[name], shape=[len(rows), 1]).contents
+        if array.dtype == object:
+            contents.bytes_contents.extend(v.encode() for v in array.ravel())
+        else:
+            contents.fp32_contents.extend(array.ravel().tolist())
+    with grpc.insecure_channel(f"127.0.0.1:{server.grpc_port}") as channel:
+        response = pb_grpc.GRPCInferenceServiceStub(channel).ModelInfer(message)
+    got = np.frombuffer(response.raw_output_contents[0], np.float32).reshape(len(rows), 3)
+    np.testing.assert_allclose(got, want, atol=1e-5)
+
+
 def test_tf_serving_metadata_lists_each_columns_real_dtype(served):
     server, _, _ = served
     signature = requests.get(server.url + "/v1/models/penguins/metadata", timeout=30).json()[
