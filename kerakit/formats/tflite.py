@@ -1,13 +1,17 @@
 """TFLite flatbuffers on LiteRT (`ai_edge_litert`): float32, float16, dynamic-range and full-integer int8.
 
 Converted from the serving SavedModel; the model's name, labels and
-normalization travel inside the file as a "kerakit" metadata entry.
+normalization travel inside the file as a "kerakit" metadata entry, and in
+LiteRT's own metadata schema (TFLITE_METADATA: `add_standard_metadata`) for
+readers that know only that: MediaPipe Tasks, the TFLite Support library.
 """
 
 from __future__ import annotations
 
+import io
 import json
 import re
+import zipfile
 from pathlib import Path
 
 import numpy as np
@@ -55,6 +59,7 @@ def convert(context, spec, path: Path) -> dict | None:
     else:
         data = tflite_bytes(savedmodel, spec.quantization, io, context.inputs, context.calibration)
     data = add_metadata(data, {**context.metadata, "quantization": spec.quantization})
+    data = add_standard_metadata(data, context.metadata)
     with files.atomic_path(path) as tmp:
         tmp.write_bytes(data)
     return note
@@ -250,6 +255,127 @@ def add_metadata(model_bytes: bytes, metadata: dict) -> bytes:
     entry.buffer = len(model.buffers) - 1
     model.metadata = [m for m in (model.metadata or []) if m.name != b"kerakit" and m.name != "kerakit"] + [entry]
     return bytes(flatbuffer_utils.convert_object_to_bytearray(model))
+
+
+# --------------------------------------------------------------------------- LiteRT's metadata schema
+
+STANDARD_METADATA = "TFLITE_METADATA"  # the model's metadata entry that holds a ModelMetadata (metadata_schema.fbs)
+LABELS_FILE = "labels.txt"
+MIN_PARSER_VERSION = "1.0.0"  # every field written here is in the schema's first version
+_UINT8, _FLOAT32 = 3, 0       # schema.fbs TensorType
+_IMAGE_PROPERTIES, _FEATURE_PROPERTIES = 2, 1  # the ContentProperties union's members
+_RGB, _GRAYSCALE = 1, 2       # ColorSpaceType
+_TENSOR_AXIS_LABELS = 2       # AssociatedFileType
+
+
+def add_standard_metadata(model_bytes: bytes, metadata: dict) -> bytes:
+    """The model described in LiteRT's metadata schema (metadata_schema.fbs, file identifier M001), stored in the
+    flatbuffer's metadata list under TFLITE_METADATA, which MediaPipe Tasks and the TFLite Support library read:
+    the model's name and description; an image input (uint8, height x width x 3 or 1) as an RGB or grayscale image
+    of that default size whose values range over 0-255 (Stats), read as raw pixels, with no normalization to apply;
+    each output by name, and a class output's labels as labels.txt (TENSOR_AXIS_LABELS), packed into the file as
+    a zip archive appended after the flatbuffer, as the TFLite Support metadata populator packs it. Neither the
+    graph nor its buffers change: LiteRT ignores metadata entries and bytes past the model.
+
+    tflite-support's own writers are not used: their last release (0.4.4) requires protobuf < 4, which this
+    TensorFlow's stack is past, and MediaPipe 1.2's wheel lacks the compiled module its writers import.
+    """
+    import flatbuffers
+    from tensorflow.lite.python import schema_py_generated as schema
+    from tensorflow.lite.tools import flatbuffer_utils
+
+    model = flatbuffer_utils.convert_bytearray_to_object(bytearray(model_bytes))
+    labels = metadata.get("labels") or []
+    builder = flatbuffers.Builder(1024)
+    root = _model_metadata(builder, model, metadata, labels)
+    builder.Finish(root, file_identifier=b"M001")
+    buffer = schema.BufferT()
+    buffer.data = np.frombuffer(bytes(builder.Output()), dtype=np.uint8)
+    model.buffers.append(buffer)
+    entry = schema.MetadataT()
+    entry.name, entry.buffer = STANDARD_METADATA, len(model.buffers) - 1
+    model.metadata = [m for m in (model.metadata or []) if _text(m.name) != STANDARD_METADATA] + [entry]
+    data = bytes(flatbuffer_utils.convert_object_to_bytearray(model))
+    if not labels:
+        return data
+    archive = io.BytesIO(data)
+    with zipfile.ZipFile(archive, "a") as packed:  # appended after the model, as the populator does
+        info = zipfile.ZipInfo(LABELS_FILE, date_time=(1980, 1, 1, 0, 0, 0))  # fixed: the same model, the same bytes
+        packed.writestr(info, "\n".join(labels) + "\n")
+    return archive.getvalue()
+
+
+def _model_metadata(builder, model, metadata: dict, labels: list[str]) -> int:
+    """ModelMetadata{name, description, subgraph_metadata: [its one subgraph], min_parser_version}."""
+    graph = model.subgraphs[0]
+    names = {}  # tensor index -> the signature's name of it ("image", "probabilities")
+    for signature in model.signatureDefs or []:
+        names.update({t.tensorIndex: _text(t.name) for t in [*signature.inputs, *signature.outputs]})
+    classes = len(labels)
+    inputs = [_tensor_metadata(builder, names.get(i, _text(graph.tensors[i].name)), graph.tensors[i], None)
+              for i in graph.inputs]
+    outputs = [_tensor_metadata(builder, names.get(i, _text(graph.tensors[i].name)), graph.tensors[i],
+                                labels if classes and _last_dim(graph.tensors[i]) == classes else None)
+               for i in graph.outputs]
+    strings = [builder.CreateString(str(metadata.get(k) or "")) for k in ("name", "description")]
+    version = builder.CreateString(MIN_PARSER_VERSION)
+    subgraph = _table(builder, [(2, _vector(builder, inputs)), (3, _vector(builder, outputs))])
+    return _table(builder, [(0, strings[0]), (1, strings[1]), (3, _vector(builder, [subgraph])), (7, version)])
+
+
+def _tensor_metadata(builder, name: str, tensor, labels: list[str] | None) -> int:
+    """TensorMetadata: an image input as ImageProperties (colour space, default size) with Stats 0-255; any other
+    tensor as FeatureProperties; `labels` as an associated labels.txt."""
+    shape = [int(d) for d in (tensor.shape if tensor.shape is not None else [])]
+    image = tensor.type == _UINT8 and len(shape) == 4 and shape[-1] in (1, 3)
+    name_at = builder.CreateString(name)
+    stats = None
+    if image:
+        stats = _table(builder, [(0, _floats(builder, [255.0])), (1, _floats(builder, [0.0]))])
+        size = _table(builder, [(0, shape[2], "uint32"), (1, shape[1], "uint32")])  # width, height
+        properties = _table(builder, [(0, _RGB if shape[-1] == 3 else _GRAYSCALE, "int8"), (1, size)])
+        content = _table(builder, [(0, _IMAGE_PROPERTIES, "uint8"), (1, properties)])
+    else:
+        content = _table(builder, [(0, _FEATURE_PROPERTIES, "uint8"), (1, _table(builder, []))])
+    files_at = None
+    if labels:
+        file_name, about = builder.CreateString(LABELS_FILE), builder.CreateString("The class of each score.")
+        files_at = _vector(builder, [_table(builder, [(0, file_name), (1, about), (2, _TENSOR_AXIS_LABELS, "int8")])])
+    fields = [(0, name_at), (3, content)] + ([(5, stats)] if stats else []) + ([(6, files_at)] if files_at else [])
+    return _table(builder, fields)
+
+
+def _table(builder, fields: list[tuple]) -> int:
+    """A table of (slot, offset) fields, or (slot, value, scalar type) ones; everything it points to built first."""
+    builder.StartObject(1 + max((f[0] for f in fields), default=-1))
+    for slot, value, *kind in fields:
+        if kind:
+            getattr(builder, f"Prepend{kind[0].capitalize()}Slot")(slot, value, 0)
+        else:
+            builder.PrependUOffsetTRelativeSlot(slot, value, 0)
+    return builder.EndObject()
+
+
+def _vector(builder, offsets: list[int]) -> int:
+    builder.StartVector(4, len(offsets), 4)
+    for offset in reversed(offsets):
+        builder.PrependUOffsetTRelative(offset)
+    return builder.EndVector()
+
+
+def _floats(builder, values: list[float]) -> int:
+    builder.StartVector(4, len(values), 4)
+    for value in reversed(values):
+        builder.PrependFloat32(value)
+    return builder.EndVector()
+
+
+def _last_dim(tensor) -> int | None:
+    return int(tensor.shape[-1]) if tensor.shape is not None and len(tensor.shape) else None
+
+
+def _text(value) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
 
 
 def read_metadata(path: Path) -> dict | None:
