@@ -197,6 +197,7 @@ def _artifact(spec: ArtifactSpec, target: Target, context: ExportContext, refere
     row.sha256 = _digest(path)
     log(f"  {spec.name}: {check.verdict}" + (f" ({'; '.join(check.reasons)})" if check.reasons else "")
         + _change_text(check, spec, reference) + _footprint_text(check.footprint)
+        + (f"; {check.latency['p50_ms_b1']:.3f} ms p50 at batch 1" if check.latency else "")
         + (f"; {note['summary']}" if note and note.get("summary") else ""))
     return row
 

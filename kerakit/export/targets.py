@@ -15,9 +15,11 @@
     max_metric_rel_increase = 0.05      # ... an error metric (mae) may grow by at most 5 %
     samples = 512                       # held-out inputs for the numeric comparison
 
-    [budget]                            # optional: the device's resources (KB = 1024 bytes)
+    [budget]                            # optional: the device's resources (KB = 1024 bytes, MB = 1024 KB)
     ram_kb = 256                        # what a format measures as working memory (TFLM: the tensor arena)
     flash_kb = 1024                     # the model's bytes
+    size_mb = 5                         # any format: the artifact's size on disk
+    latency_ms = 20                     # any format: p50 of one row (batch 1) in its runtime, on this machine
 
 Formats, their quantizations and options come from the format registry
 (`kerakit.formats`). Targets are found by name in ./export and in the
@@ -37,7 +39,8 @@ from kerakit.errors import KerakitError
 from kerakit.recipe import builtin_dir
 
 VERIFY_KEYS = {"atol", "rtol", "max_metric_drop", "max_metric_rel_increase", "samples"}
-BUDGET_KEYS = {"ram_kb", "flash_kb"}
+BUDGET_KEYS = {"ram_kb", "flash_kb", "size_mb", "latency_ms"}
+BUDGET_UNITS = {"ram_kb": "KB", "flash_kb": "KB", "size_mb": "MB", "latency_ms": "milliseconds"}
 TARGET_KEYS = {"description", "layouts", "artifacts", "verify", "budget"}
 
 
@@ -52,13 +55,22 @@ class Verify:
 
 @dataclass(frozen=True)
 class Budget:
-    """A device's resources in KB (1024 bytes); None: not limited. Checked against each format's `Footprint`."""
+    """A device's resources; None: not limited. RAM and flash (KB, 1024 bytes) are checked against each format's
+    `Footprint`; the file's size (MB, 1024 KB) and its batch-1 latency (p50, ms, measured at export on the
+    exporting machine) against any format's artifact."""
 
     ram_kb: float | None = None
     flash_kb: float | None = None
+    size_mb: float | None = None
+    latency_ms: float | None = None
 
     @property
     def declared(self) -> bool:
+        return any(v is not None for v in (self.ram_kb, self.flash_kb, self.size_mb, self.latency_ms))
+
+    @property
+    def footprint_declared(self) -> bool:
+        """RAM or flash: what only a format that measures its footprint can be held to."""
         return self.ram_kb is not None or self.flash_kb is not None
 
 
@@ -151,7 +163,7 @@ def parse_target(raw: dict, name: str, path: Path | None = None) -> Target:
             raise KerakitError(f"{where}: the {layout} layout needs an {needed} artifact.")
     budget = _parse_budget(raw.get("budget", {}), f"{where} [budget]")
     unmeasured = sorted({a.format for a in artifacts if not formats.get(a.format).measure})
-    if budget.declared and unmeasured:
+    if budget.footprint_declared and unmeasured:
         measured = ", ".join(f.name for f in formats.all_formats() if f.measure)
         raise KerakitError(f"{where}: a [budget] needs formats that measure their RAM and flash ({measured}); "
                            f"{', '.join(unmeasured)} do(es) not. Put them in another target.")
@@ -159,10 +171,11 @@ def parse_target(raw: dict, name: str, path: Path | None = None) -> Target:
 
 
 def _parse_budget(raw: dict, where: str) -> Budget:
-    _check_keys(raw, BUDGET_KEYS, where)
+    _check_keys(raw, BUDGET_KEYS, where, allowed_text="flash_kb, ram_kb (formats that measure their footprint: "
+                f"{', '.join(f.name for f in formats.all_formats() if f.measure)}); latency_ms, size_mb (any format)")
     for key, value in raw.items():
         if not isinstance(value, (int, float)) or isinstance(value, bool) or value <= 0:
-            raise KerakitError(f"{where}: invalid {key}={value!r}. Expected a number of KB > 0.")
+            raise KerakitError(f"{where}: invalid {key}={value!r}. Expected a number of {BUDGET_UNITS[key]} > 0.")
     return Budget(**{k: float(v) for k, v in raw.items()})
 
 
@@ -204,9 +217,10 @@ def format_target(name: str, opset: int | None = None) -> Target:
     return Target(name, f"--format {name}", (ArtifactSpec(fmt.name, quantization, options),))
 
 
-def _check_keys(raw: dict, allowed: set, where: str) -> None:
+def _check_keys(raw: dict, allowed: set, where: str, allowed_text: str = "") -> None:
     if not isinstance(raw, dict):
         raise KerakitError(f"{where} must be a table.")
     unknown = set(raw) - allowed
     if unknown:
-        raise KerakitError(f"{where}: unknown key(s) {', '.join(sorted(unknown))}. Allowed: {', '.join(sorted(allowed))}.")
+        raise KerakitError(f"{where}: unknown key(s) {', '.join(sorted(unknown))}. "
+                           f"Allowed: {allowed_text or ', '.join(sorted(allowed))}.")

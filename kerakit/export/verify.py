@@ -15,7 +15,9 @@
   than the best constant (its mean error at most 25 % of the per-output
   mean's), so an artifact that ignores its input fails even within atol.
 - Fits the device: a format that measures its footprint (`Format.measure`:
-  RAM, flash, MACs) reports it, and a target's `[budget]` bounds it.
+  RAM, flash, MACs) reports it, and a target's `[budget]` bounds it; a
+  budget's `size_mb` bounds any artifact's file, its `latency_ms` the p50 of
+  one row (batch 1) in the artifact's runtime, timed here (`kerakit.measure`).
 - Mixed precision: a model that computes in float16 or bfloat16 (`mixed_float16`)
   is converted from its float32 copy (`kerakit.formats.keras.float32_copy`), so
   artifacts are compared with that copy at their target's atol; the copy itself
@@ -113,6 +115,7 @@ class Check:
     reasons: list[str] = field(default_factory=list)
     footprint: dict | None = None  # Format.measure's figures (ram_bytes, flash_bytes, macs, ...)
     budget: dict | None = None     # the target's, where it declares one
+    latency: dict | None = None    # batch-1 p50 in its runtime, timed where the budget bounds it (`_judge_latency`)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -177,7 +180,8 @@ def judge_float32_copy(reference: Reference, trained: runtime.Predictor, policie
               "argmax_output": first if classes else None,
               "argmax_agreement": float((got.argmax(-1) == want.argmax(-1)).mean()) if classes else None,
               "tolerance": _copy_tolerance(policies, strict, as_trained), **check.to_dict()}
-    del record["footprint"], record["budget"], record["within_tolerance"]  # its numbers are stated, not bounded
+    for bounded in ("footprint", "budget", "latency", "within_tolerance"):  # its numbers are stated, not bounded
+        del record[bounded]
     record["summary"] = _copy_summary(record, as_trained)
     return record
 
@@ -236,7 +240,11 @@ def verify_artifact(path: "str | Path", reference: Reference, spec: ArtifactSpec
             _judge_metric(check, predict_all(predictor, reference.eval_inputs), reference, tolerances, spec.quantized)
         elif spec.quantized:
             check.reasons.append("a quantized artifact is judged by the task metric, and no labelled data was given")
+        if budget.latency_ms is not None:
+            _judge_latency(check, predictor, {k: v[rows[:1]] for k, v in reference.numeric_inputs.items()}, budget,
+                           _smaller(spec))
     _judge_footprint(check, Path(path), fmt, budget)
+    _judge_size(check, Path(path), budget, _smaller(spec))
     if reference.precision and reference.precision["reasons"]:
         check.reasons.append(f"converted from a float32 copy of this {'/'.join(reference.precision['policies'])} "
                              f"model that does not match the model: {'; '.join(reference.precision['reasons'])}")
@@ -365,8 +373,8 @@ def _judge_footprint(check: Check, path: Path, fmt: formats.Format, budget: Budg
         return
     footprint = fmt.measure(path)
     check.footprint = footprint.to_dict()
-    if budget.declared:
-        check.budget = {"ram_kb": budget.ram_kb, "flash_kb": budget.flash_kb}
+    if budget.footprint_declared:
+        check.budget = {k: v for k, v in asdict(budget).items() if v is not None}
     over = []
     if budget.ram_kb is not None and footprint.ram_bytes > budget.ram_kb * 1024:
         over.append(f"{kb(footprint.ram_bytes)} KB of {footprint.ram_label} (the target allows {budget.ram_kb:g} KB)")
@@ -380,3 +388,39 @@ def _judge_footprint(check: Check, path: Path, fmt: formats.Format, budget: Budg
 def kb(n_bytes: int) -> str:
     """Bytes as KB (1024) with one decimal: 319488 -> '312.0'."""
     return f"{n_bytes / 1024:.1f}"
+
+
+LATENCY_RULE = dict(precision=0.05, budget_s=1.0, max_calls=200)  # kerakit.measure.StopRule: p50 within 5 %, <= 1 s
+
+
+def _smaller(spec: ArtifactSpec) -> str:
+    """What to try when an artifact is over its size or latency budget."""
+    int8 = "" if spec.quantized else ", an int8 artifact"
+    return f"use a smaller model or input{int8}, or a target with a larger budget"
+
+
+def _judge_size(check: Check, path: Path, budget: Budget, advice: str) -> None:
+    """The artifact's size on disk against the budget's size_mb (MB = 1024 KB)."""
+    if budget.size_mb is None:
+        return
+    check.budget = {k: v for k, v in asdict(budget).items() if v is not None}
+    size = sum(p.stat().st_size for p in path.rglob("*") if p.is_file()) if path.is_dir() else path.stat().st_size
+    if size > budget.size_mb * 1024 * 1024:
+        check.reasons.append(f"over budget: {path.name} is {size / 1024 / 1024:.2f} MB (the target allows "
+                             f"{budget.size_mb:g} MB); {advice}")
+
+
+def _judge_latency(check: Check, predictor, row: dict, budget: Budget, advice: str) -> None:
+    """The p50 of one row (batch 1) through the artifact's runtime, as loaded by default, timed on this machine
+    until it is known within 5 % (or 1 s is spent), against the budget's latency_ms."""
+    from kerakit.measure import StopRule, measure
+
+    batch = predictor.validate(row)
+    timed = measure({"b1": lambda: predictor.run(batch)}, StopRule(**LATENCY_RULE), warmup=5)["b1"]
+    p50_ms = timed.p50_ns / 1e6
+    check.budget = {k: v for k, v in asdict(budget).items() if v is not None}
+    check.latency = {"p50_ms_b1": round(p50_ms, 4), "precision": timed.precision, "calls": len(timed.samples_ns),
+                     "stopped": timed.stopped, "measured_on": "this machine, at export (the runtime's defaults)"}
+    if p50_ms > budget.latency_ms:
+        check.reasons.append(f"over budget: {p50_ms:.2f} ms per row at batch 1 (p50 on this machine; the target "
+                             f"allows {budget.latency_ms:g} ms); {advice}")
