@@ -758,16 +758,11 @@ def tune_workers(trials: int = 6) -> dict:
 
 
 def cpu_model() -> str:
-    """The CPU's name and the vector/matrix extensions that change which kernels run (int8 and bf16 above all)."""
-    try:
-        text = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return "unknown"
-    name = next((line.split(":", 1)[1].strip() for line in text.splitlines() if line.startswith("model name")), "?")
-    flags = set(next((line.split(":", 1)[1].split() for line in text.splitlines() if line.startswith("flags")), []))
-    shown = [f for f in ("avx2", "avx512f", "avx512_vnni", "avx_vnni", "avx512_bf16", "amx_int8", "amx_bf16")
-             if f in flags]
-    return f"{name} ({', '.join(shown)})"
+    """The CPU's name and the vector/matrix extensions that change which kernels run (int8 and bf16 above all):
+    kerakit.cpu's, the one description bench figures and deployment.json share."""
+    from kerakit import cpu
+
+    return f"{cpu.model()} ({', '.join(cpu.flags())})"
 
 
 def _write(name: str, results: dict) -> None:

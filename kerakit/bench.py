@@ -8,7 +8,9 @@ For every (batch size, thread count) the artifacts are timed in interleaved
 blocks of ten calls, in a random order per round, so machine noise hits them
 alike, until each figure's p50 is known within `precision` (95 % bootstrap
 over blocks), its time budget is spent, or it made `runs_` calls
-(`kerakit.measure`); every figure says the precision it reached. Each call is
+(`kerakit.measure`); every figure says the precision it reached. Keras and
+SavedModel run on TensorFlow's thread pools and are timed in a pass of their
+own, after the others (`_in_passes`). Each call is
 timed with `time.perf_counter_ns` around `Predictor.run` on inputs validated
 once beforehand, i.e. what a bare runtime loop costs. Inputs come from the
 run's test split when the artifacts belong to a run, otherwise random data of
@@ -17,8 +19,10 @@ the right specs; the result says which.
 The sweep: every runtime setting a format offers (ONNX: optimization level x
 threads; OpenVINO: performance hint x threads; LiteRT: threads). For a run
 directory it covers every verified artifact of the run at every batch size,
-prunes settings that cannot win, and writes the fastest per batch size to the
-run's deployment.json (`kerakit.deployment`); each swept file's best setting
+prunes settings that cannot win, and writes the pick per batch size to the
+run's deployment.json (`kerakit.deployment.decide`: the fastest where its
+interval excludes the runner-up's, else the simpler setting, saying it could
+not decide), with this machine's CPU (`kerakit.cpu`); each swept file's best setting
 over all batch sizes becomes its own default (runtime.json beside it).
 """
 
@@ -34,7 +38,7 @@ from typing import Callable, Iterable
 
 import numpy as np
 
-from kerakit import deployment, files, formats, runs, runtime
+from kerakit import cpu, deployment, files, formats, runs, runtime
 from kerakit.errors import KerakitError
 from kerakit.measure import StopRule, Timed, measure
 
@@ -102,12 +106,7 @@ def _threads(fmt: formats.Format, threads: int) -> dict:
 
 def _stats(samples: "list[int] | Timed", batch: int) -> dict:
     timed = samples if isinstance(samples, Timed) else Timed(samples_ns=list(samples))
-    ms = np.asarray(timed.samples_ns, dtype=np.float64) / 1e6
-    p50 = round(float(np.percentile(ms, 50)), 4)  # throughput below agrees with the p50 as reported
-    return {"p50_ms": p50, "p90_ms": round(float(np.percentile(ms, 90)), 4),
-            "p99_ms": round(float(np.percentile(ms, 99)), 4), "mean_ms": round(float(ms.mean()), 4),
-            "throughput_per_s": round(batch / (p50 / 1e3), 1), "calls": len(ms),
-            "precision": timed.precision, "stopped": timed.stopped}
+    return timed.stats(batch)
 
 
 def time_interleaved(calls: dict[str, Callable[[], object]], runs_: int, warmup: int,
@@ -205,6 +204,7 @@ def _bench(found, batches, threads, rule: StopRule, warmup, swept, deploy, data_
         "inputs_from": inputs_from,
         "batches": batches, "threads": threads, "runs": rule.max_calls, "warmup": warmup,
         "stop_rule": vars(rule),
+        "machine": cpu.describe(),
         "rows": rows,
         "load_rss_mb": memory,
         "notes": {r["artifact"]: r["note"] for r in rows if r.get("note")},
@@ -254,7 +254,8 @@ def _compare(artifacts: dict[str, tuple[Path, formats.Format]], pool: dict, batc
                 known = {n: r[batch] for n, r in reused.items() if r is not None and batch in r}
                 timing = {n: p for n, p in predictors.items() if n not in known and p.fixed_batch in (None, batch)}
                 feeds = {name: p.validate({k: v[:batch] for k, v in pool.items()}) for name, p in timing.items()}
-                timed = measure({name: (lambda p=p, f=feeds[name]: p.run(f)) for name, p in timing.items()}, rule, warmup)
+                timed = _in_passes({name: (lambda p=p, f=feeds[name]: p.run(f)) for name, p in timing.items()},
+                                   {n for n in timing if artifacts[n][1].needs_tensorflow}, rule, warmup)
                 new = [_row(name, artifacts[name][1], batch, n_threads,
                             timed[name] if name in timed else known[name]) for name in reused
                        if name in timed or name in known]
@@ -271,6 +272,18 @@ def _compare(artifacts: dict[str, tuple[Path, formats.Format]], pool: dict, batc
     return rows, memory
 
 
+def _in_passes(calls: dict, tensorflow: set, rule: StopRule, warmup: int) -> dict:
+    """`measure` the calls on TensorFlow (Keras, SavedModel) in a pass of their own, after the others: interleaved
+    with ONNX Runtime and XNNPACK sessions, whose threads spin between calls, a SavedModel batch-1 call was timed
+    at 7.6-39 ms against 0.45-0.9 ms in its own pass (Xeon, 2 vCPUs)."""
+    timed = {}
+    for group in ({k: c for k, c in calls.items() if k not in tensorflow},
+                  {k: c for k, c in calls.items() if k in tensorflow}):
+        if group:
+            timed.update(measure(group, rule, warmup))
+    return timed
+
+
 def _pm(stats: dict) -> str:
     return f" +-{stats['precision']:.0%}" if stats.get("precision") is not None else ""
 
@@ -281,15 +294,6 @@ def _row(name: str, fmt: formats.Format, batch: int, threads: int, timed: "Timed
     row = {"artifact": name, "format": fmt.name, "batch": batch,
            "threads": threads if fmt.takes_threads else fmt.fixed_threads, **stats}
     return {**row, "note": fmt.timing_note} if fmt.timing_note else row
-
-
-def _configs(fmt: formats.Format, threads: list[int]) -> dict[str, dict]:
-    """The runtime settings to compare for one artifact: its format's, else its thread counts, else one."""
-    if fmt.settings:
-        return fmt.settings(threads)
-    if fmt.takes_threads:
-        return {f"threads={t}": fmt.thread_options(t) for t in threads}
-    return {fmt.fixed_threads: {}}
 
 
 def _sweep_table(configs: dict[tuple[str, str], tuple[Path, formats.Format, dict]], pool: dict, batches: list[int],
@@ -305,7 +309,8 @@ def _sweep_table(configs: dict[tuple[str, str], tuple[Path, formats.Format, dict
             # A model converted for a fixed batch (an LSTM's TFLite file: 1) is timed at that batch only.
             fitting = {k: p for k, p in predictors.items() if p.fixed_batch in (None, batch)}
             feeds = {k: p.validate({n: v[:batch] for n, v in pool.items()}) for k, p in fitting.items()}
-            timed = measure({k: (lambda p=p, f=feeds[k]: p.run(f)) for k, p in fitting.items()}, rule, warmup)
+            timed = _in_passes({k: (lambda p=p, f=feeds[k]: p.run(f)) for k, p in fitting.items()},
+                               {k for k in fitting if configs[k][1].needs_tensorflow}, rule, warmup)
             table[batch] = {k: _stats(v, batch) for k, v in timed.items()}
     finally:
         for p in predictors.values():
@@ -351,36 +356,22 @@ def sweep_deployment(run: runs.Run, found: list[tuple[Path, formats.Format]], po
     if not candidates:
         log(f"  no verified artifact in {run.export_dir}: no {run.deployment.name} written")
         return {}, {}, {}
-    settings = {name: _configs(fmt, threads) for name, (_, fmt) in candidates.items()}
+    settings = {name: deployment.settings(fmt, threads) for name, (_, fmt) in candidates.items()}
     configs = {(name, k): (*candidates[name], o) for name, c in settings.items() for k, o in c.items()}
     table = _sweep_table(configs, pool, batches, StopRule(**{**vars(rule), "prune": True}), warmup)
     sweep = {name: _save_best(*candidates[name], settings[name],
                               {b: {k[1]: v for k, v in rows.items() if k[0] == name} for b, rows in table.items()},
                               batches, log)
              for name, (_, fmt) in candidates.items() if fmt.settings}
-    choices = {b: _choice(table[b], configs) for b in batches}
+    choices = {b: deployment.decide(table[b], configs) for b in batches}
     deployment.write(run, choices, vars(rule), runtime.cores())
     for b, c in choices.items():
         log(f"  batch {b}: deploy {c['artifact']} ({c['setting']}) {c['p50_ms']:.3f} ms{_pm(c)}"
-            + (f", {c['beat'][0]['ratio']:.2f}x faster than {c['beat'][0]['artifact']}" if c["beat"] else ""))
+            + (f", {c['beat'][0]['ratio']:.2f}x faster than {c['beat'][0]['artifact']}" if c["beat"] else "")
+            + ("" if c["decided"] else f"; could not tell it from {', '.join(c['tied'])}: the simpler setting"))
     measured = {_setting_key(path, options): {b: table[b][key] for b in batches if key in table[b]}
                 for key, (path, _, options) in configs.items()}
     return sweep, {str(b): c for b, c in choices.items()}, measured
-
-
-def _choice(rows: dict[tuple[str, str], dict], configs: dict) -> dict:
-    """The fastest configuration, and the best figure of every other artifact it beat."""
-    (artifact, setting), stats = min(rows.items(), key=lambda kv: kv[1]["p50_ms"])
-    others: dict[str, dict] = {}
-    for (name, k), r in rows.items():
-        if name != artifact and (name not in others or r["p50_ms"] < others[name]["p50_ms"]):
-            others[name] = {"artifact": name, "setting": k, "p50_ms": r["p50_ms"], "precision": r["precision"],
-                            "stopped": r["stopped"], "ratio": round(r["p50_ms"] / stats["p50_ms"], 3)}
-    _, fmt, options = configs[(artifact, setting)]
-    return {"artifact": artifact, "format": fmt.name, "setting": setting, "options": options, "p50_ms": stats["p50_ms"],
-            "precision": stats["precision"], "stopped": stats["stopped"],
-            "throughput_per_s": stats["throughput_per_s"],
-            "beat": sorted(others.values(), key=lambda o: o["p50_ms"])}
 
 
 def chart(result: dict, path: Path) -> Path:

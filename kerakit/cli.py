@@ -627,12 +627,21 @@ def _print_bench(result: dict) -> None:
     for name, sweep in result.get("sweep", {}).items():
         console.print(f"{name}: best {sweep['best']} (now its default when the file is loaded)")
     for batch, c in result.get("deployment", {}).items():
-        beat = c["beat"][0] if c["beat"] else None
-        console.print(f"deploy at batch {batch}: {c['artifact']} ({c['setting']}) {c['p50_ms']:.3f} ms {_precision(c)}"
-                      + (f"; next {beat['artifact']} ({beat['setting']}) is {beat['ratio']:.2f}x slower" if beat else ""),
-                      markup=False)
+        console.print(_deploy_line(batch, c), markup=False)
     if result.get("deployment"):
         console.print("(written to the run's deployment.json: what `kerakit serve RUN` and runtime.load(RUN) use)")
+
+
+def _deploy_line(batch, c: dict) -> str:
+    """A pick, the precision it reached, the next artifact's figure, and whether the measurement decided it."""
+    line = f"deploy at batch {batch}: {c['artifact']} ({c['setting']}) {c['p50_ms']:.3f} ms {_precision(c)}"
+    if c["beat"]:
+        beat = c["beat"][0]
+        line += (f"; next {beat['artifact']} ({beat['setting']}) "
+                 + (f"is {beat['ratio']:.2f}x slower" if beat["ratio"] >= 1 else f"takes {beat['ratio']:.2f}x its time"))
+    if not c.get("decided", True):
+        line += f"; could not decide (intervals overlap {', '.join(c['tied'])}): the simpler setting"
+    return line
 
 
 def _precision(stats: dict) -> str:
@@ -725,10 +734,12 @@ def _print_metrics(metrics: dict) -> None:
 @click.option("--no-log", is_flag=True, help="Write no request log.")
 @click.option("--log-inputs", is_flag=True, help="Log raw input values too, not only per-row summary statistics.")
 @click.option("--input-shape", "input_shapes", multiple=True, metavar="NAME=DIMS", help="Warm-up size of an input whose dimensions the model leaves open, batch first (repeatable), e.g. image=1x64x64x3.")
+@click.option("--rebench", is_flag=True, help="A run benched on another machine (other ISA flags, fewer cores): re-bench its verified artifacts here first (at most 10 s) rather than pick by rule.")
 @click.pass_context
 def serve_cmd(ctx, source, name, model_dir, host, port, grpc_port, no_grpc, workers, max_batch, batch_wait_ms,
               max_batch_rows, threads, max_body_mb, max_elements, keep_alive_s, header_timeout_s, body_timeout_s,
-              max_connections, max_queue, max_concurrent_rpcs, log_path, no_log, log_inputs, input_shapes) -> None:
+              max_connections, max_queue, max_concurrent_rpcs, log_path, no_log, log_inputs, input_shapes,
+              rebench) -> None:
     """Serve models: KServe v2 over HTTP and gRPC (Triton and KServe clients), TF Serving REST, /metrics."""
     from kerakit import runs
     from kerakit.runtime import parse_input_shapes
@@ -736,7 +747,7 @@ def serve_cmd(ctx, source, name, model_dir, host, port, grpc_port, no_grpc, work
 
     shapes = parse_input_shapes(input_shapes)
 
-    entries = resolve(source, name, model_dir)
+    entries = resolve(source, name, model_dir, rebench=rebench)
     if log_path is None and not no_log and source is not None:
         run = runs.find_run(entries[0].path)
         log_path = str(run.request_log) if run is not None else None

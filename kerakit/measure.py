@@ -11,8 +11,10 @@ round every configuration still running is checked: its p50 is known within
 `precision` (the half-width of a 95 % bootstrap interval over its blocks,
 relative to the p50) -> "precise"; its time budget is spent -> "budget"; it
 has made `max_calls` calls -> "calls"; with `prune`, its interval lies wholly
-above the interval of the fastest so far, so it cannot win -> "pruned".
-Each figure carries the precision it reached.
+above the interval of the fastest so far, so it cannot win -> "pruned";
+past `deadline` (a `time.perf_counter()` instant: a re-bench bounded in
+seconds) -> "deadline". Each figure carries the precision it reached and its
+interval, so a choice between two figures can say whether they differ.
 """
 
 from __future__ import annotations
@@ -70,15 +72,28 @@ class Timed:
         self._cached = (len(self.blocks), (float(low), float(high)))
         return self._cached[1]
 
+    def stats(self, batch: int) -> dict:
+        """The figures a bench row carries: percentiles, throughput, the p50's 95 % interval and precision."""
+        ms = np.asarray(self.samples_ns, dtype=np.float64) / 1e6
+        p50 = round(float(np.percentile(ms, 50)), 4)  # throughput below agrees with the p50 as reported
+        interval = self.interval(np.random.default_rng(0)) if len(self.blocks) >= 2 else None
+        return {"p50_ms": p50, "p90_ms": round(float(np.percentile(ms, 90)), 4),
+                "p99_ms": round(float(np.percentile(ms, 99)), 4), "mean_ms": round(float(ms.mean()), 4),
+                "throughput_per_s": round(batch / (p50 / 1e3), 1), "calls": len(ms),
+                "interval_ms": None if interval is None else [round(v / 1e6, 4) for v in interval],
+                "precision": self.precision, "stopped": self.stopped}
+
 
 def measure(calls: dict[Hashable, Callable[[], object]], rule: StopRule, warmup: int = 5,
-            block: int = BLOCK, seed: int = 0) -> dict[Hashable, Timed]:
-    """Time every callable until `rule` stops it; returns their samples and the precision reached."""
+            block: int = BLOCK, seed: int = 0, deadline: float | None = None) -> dict[Hashable, Timed]:
+    """Time every callable until `rule` stops it, or `deadline` (time.perf_counter()) passes; returns their
+    samples and the precision reached."""
     clock = time.perf_counter_ns
+    late = (lambda: False) if deadline is None else (lambda: time.perf_counter() > deadline)
     warm: dict[Hashable, list[int]] = {k: [] for k in calls}
     for _ in range(warmup):
         for key, call in calls.items():
-            if sum(warm[key]) < WARMUP_S * 1e9:  # a slow model is warm after a call or two
+            if sum(warm[key]) < WARMUP_S * 1e9 and not late():  # a slow model is warm after a call or two
                 start = clock()
                 call()
                 warm[key].append(clock() - start)
@@ -89,7 +104,7 @@ def measure(calls: dict[Hashable, Callable[[], object]], rule: StopRule, warmup:
     while running:
         shuffle(order)
         for key in order:
-            if key not in running:
+            if key not in running or (late() and timed[key].blocks):  # past the deadline: one block each at most
                 continue
             call, t = calls[key], timed[key]
             n = min(sizes[key], rule.max_calls - len(t.samples_ns))
@@ -101,6 +116,10 @@ def measure(calls: dict[Hashable, Callable[[], object]], rule: StopRule, warmup:
             t.spent_s += (clock() - began) / 1e9
             t.blocks.append(n)
         running = _still_running(running, timed, rule, rng)
+        if running and late():
+            for key in running:
+                timed[key].stopped = "deadline"
+            running = []
     return timed
 
 

@@ -19,7 +19,7 @@ from typing import Any
 
 import numpy as np
 
-from kerakit import files, formats, runs
+from kerakit import cpu, files, formats, runs
 from kerakit.errors import KerakitError
 from kerakit.formats.base import Predictor, Spec, shape_text
 
@@ -33,19 +33,23 @@ def detect_format(path: "str | os.PathLike") -> str:
 
 
 def load(path: "str | os.PathLike", *, format: "formats.Format | str | None" = None, batch: int | None = None,
-         **options: Any) -> Predictor:
+         rebench: "bool | float" = False, **options: Any) -> Predictor:
     """Open a model for inference; `options` go to the format's predictor (threads, ...).
 
     format: the model's `Format` (or its registered name) where the caller knows it; by default
     it is found from the path. A run directory opens its deployment choice (`kerakit.deployment`):
     the fastest verified artifact `kerakit bench RUN` measured on this machine for `batch`
-    (default: the smallest batch size benched), with its settings. For a file, the settings
-    `kerakit bench` found fastest for it (saved beside it) are the defaults. Explicit options win.
+    (default: the smallest batch size benched), with its settings. Measured on another machine
+    (other ISA flags, fewer cores) or an unknown one, one line on stderr says what differs, and
+    `rebench` (True, or a bound in seconds) re-benches here first; without it a rule chooses
+    (`deployment.plan`). For a file, the settings `kerakit bench` found fastest for it (saved
+    beside it) are the defaults. Explicit options win.
     """
     if format is None and Path(path).is_dir() and runs.is_run(path):
         from kerakit import deployment
 
-        choice = deployment.choose(runs.Run(Path(path)), batch)
+        run = runs.Run(Path(path))
+        choice = deployment.choose(run, batch, deployment.plan(run, rebench))
         return formats.get(choice["format"]).load(choice["path"], **{**choice.get("options", {}), **options})
     fmt = formats.for_path(path) if format is None else formats.get(format) if isinstance(format, str) else format
     return fmt.load(path, **{**tuned_options(path), **options})
@@ -138,7 +142,7 @@ def example_inputs(specs: list[Spec], shapes: "dict[str, tuple] | None" = None, 
 
 def cores() -> int:
     """The cores this process may run on (its CPU affinity, which containers and taskset narrow)."""
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    return cpu.cores()
 
 
 def check_threads(threads: int) -> int:

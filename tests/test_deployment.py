@@ -41,7 +41,8 @@ def test_deployment_only_ever_names_a_verified_artifact(x86_run):
     for choice in written["batches"].values():
         assert choice["artifact"] in OPENVINO
         assert all(b["artifact"] != "model.onnx" for b in choice["beat"])  # not even a contender
-        assert all(b["ratio"] >= 1 for b in choice["beat"]) and choice["p50_ms"] > 0
+        # A faster figure beside the pick only where the measurement could not tell them apart (the simpler won).
+        assert all(b["ratio"] >= 1 or not choice["decided"] for b in choice["beat"]) and choice["p50_ms"] > 0
     assert written["machine"]["cores"] == runtime.cores() and written["machine"]["cpu"]
     assert result["deployment"]["1"]["artifact"] == written["batches"]["1"]["artifact"]
 

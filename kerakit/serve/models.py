@@ -93,19 +93,21 @@ def check_name(name: str) -> str:
 
 
 def resolve(source: "str | os.PathLike | None" = None, name: str | None = None,
-            model_dir: "str | os.PathLike | None" = None) -> list[ModelEntry]:
+            model_dir: "str | os.PathLike | None" = None, rebench: "bool | float" = False) -> list[ModelEntry]:
     """The models to serve: one artifact or run, and/or every model of a repository directory.
 
     A run directory serves its deployment choice for batch 1 (`RUN/deployment.json`, written by
-    `kerakit bench RUN`: the fastest verified artifact on this machine, with its settings); a run
-    never benched serves its exported float model, the first in the format registry's order
+    `kerakit bench RUN`: the fastest verified artifact on this machine, with its settings); measured
+    on another machine, one line on stderr says what differs and `rebench` (True, or seconds)
+    measures here first, else a rule chooses (`kerakit.deployment.plan`). A run never benched
+    serves its exported float model, the first in the format registry's order
     (`RUN/export/model.onnx` where there is one).
     A model directory is a Triton/TF Serving layout, NAME/VERSION/{model.onnx,
     model.tflite, saved_model.pb, ...}; the highest numeric version is served.
     """
     entries: list[ModelEntry] = []
     if source is not None:
-        entries.append(_source_entry(Path(source), name))
+        entries.append(_source_entry(Path(source), name, rebench))
     elif name is not None:
         raise KerakitError("--name names the model given as ARTIFACT_OR_RUN; with --model-dir, names are directory names.")
     if model_dir is not None:
@@ -120,13 +122,14 @@ def resolve(source: "str | os.PathLike | None" = None, name: str | None = None,
     return entries
 
 
-def _source_entry(path: Path, name: str | None) -> ModelEntry:
+def _source_entry(path: Path, name: str | None, rebench: "bool | float" = False) -> ModelEntry:
     options, by_batch, fmt = {}, [], None
     if path.is_dir() and runs.is_run(path) and runs.Run(path).deployment.exists():
         from kerakit import deployment
 
         run = runs.Run(path)
-        by_batch, choice = deployment.by_batch(run), deployment.choose(run, 1)
+        table = deployment.plan(run, rebench)  # this machine's: the recorded picks, a re-bench's, or the rule's
+        by_batch, choice = deployment.by_batch(run, table), deployment.choose(run, 1, table)
         path, options, fmt = Path(choice["path"]), dict(choice.get("options", {})), choice["format"]
     else:
         if path.is_dir() and runs.is_run(path):
