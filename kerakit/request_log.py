@@ -72,13 +72,21 @@ def _characters(value) -> int:
 def row_summary(x: np.ndarray, raw: bool = False) -> dict:
     """Per-row mean, std, min and max of one input (what `drift` compares with training data), and each row's
     category key for a string input of one value per row."""
-    summary = {k: np.round(v, 6).tolist() for k, v in row_statistics(x).items()}
+    summary = {k: _json_numbers(np.round(v, 6)) for k, v in row_statistics(x).items()}
     keys = category_keys(x)
     if keys is not None:
         summary["category"] = keys.tolist()
     if raw:
-        summary["values"] = x.reshape(len(x), -1).tolist()
+        values = x.reshape(len(x), -1)
+        summary["values"] = _json_numbers(values) if values.dtype.kind == "f" else values.tolist()
     return summary
+
+
+def _json_numbers(x: np.ndarray) -> list:
+    """Floats as JSON has them: a missing number (NaN, a table's empty cell sent as null) is null, never the
+    bare NaN Python's json writes and strict readers (jq, JavaScript, Go) refuse; `read` takes null back as NaN."""
+    x = np.asarray(x, dtype=np.float64)
+    return np.where(np.isfinite(x), x, None).tolist() if not np.isfinite(x).all() else x.tolist()
 
 
 def output_summary(y: np.ndarray) -> dict:
@@ -87,8 +95,8 @@ def output_summary(y: np.ndarray) -> dict:
         return {"text": [str(v)[:100] for v in y.reshape(len(y), -1)[:, 0]]}
     flat = y.reshape(len(y), -1).astype(np.float64)
     if flat.shape[1] > 1:
-        return {"class": flat.argmax(1).tolist(), "score": np.round(flat.max(1), 6).tolist()}
-    return {"value": np.round(flat[:, 0], 6).tolist()}
+        return {"class": flat.argmax(1).tolist(), "score": _json_numbers(np.round(flat.max(1), 6))}
+    return {"value": _json_numbers(np.round(flat[:, 0], 6))}
 
 
 class RequestLog:
@@ -118,7 +126,7 @@ class RequestLog:
                   "rows": len(next(iter(inputs.values()))), "latency_ms": round(seconds * 1000, 3),
                   "inputs": {k: row_summary(v, self.raw) for k, v in inputs.items()},
                   "outputs": {k: output_summary(v) for k, v in outputs.items()}}
-        line = ("\n" if self._torn else "") + json.dumps(record) + "\n"
+        line = ("\n" if self._torn else "") + json.dumps(record, allow_nan=False) + "\n"
         data = line.encode()
         written = os.write(self._fd, data)
         self._torn = written < len(data)
