@@ -324,9 +324,11 @@ def cpu_peaks() -> dict:
 
     from kerakit import runtime
 
-    info = Path("/proc/cpuinfo").read_text()
-    flags = set(next(l for l in info.splitlines() if l.startswith("flags")).split(":", 1)[1].split())
-    mhz = float(next(l for l in info.splitlines() if l.startswith("cpu MHz")).split(":", 1)[1])
+    from kerakit import cpu
+
+    flags = cpu.all_flags()
+    mhz = float(next(l for l in Path("/proc/cpuinfo").read_text().splitlines()
+                     if l.startswith("cpu MHz")).split(":", 1)[1])
     lanes = 16 if "avx512f" in flags else 8 if "avx2" in flags else 4
     fma_pipes = 2 if "fma" in flags else 1  # x86 cores with FMA have two FMA-capable pipes (Zen 2+, Haswell+)
     cores = runtime.cores()

@@ -114,6 +114,7 @@ def test_an_int8_onnx_is_portable_unless_its_target_names_vnni_cpus(hard_swish_e
     """Default: 7-bit weights, right on every CPU wherever it was exported. `cpus = "x86-vnni"` in a target: full
     8-bit weights (they may saturate on x86 without VNNI, by the bound in the report), and a predictor loading that
     file on a CPU without VNNI says so in one line. A bad `cpus` names the allowed classes."""
+    from kerakit import cpu
     from kerakit.export.targets import load_target
     from kerakit.formats import onnx as onnx_format
     from kerakit.runtime import load
@@ -135,7 +136,7 @@ def test_an_int8_onnx_is_portable_unless_its_target_names_vnni_cpus(hard_swish_e
 
     load(tmp_path / "out" / "model_int8.onnx").close()
     assert "model_int8.onnx" not in capsys.readouterr().err or onnx_format.machine_class() == "x86"
-    monkeypatch.setattr(onnx_format, "_cpu_flags", lambda: {"avx2", "fma"})  # the same file on an AVX2 CPU
+    monkeypatch.setattr(cpu, "all_flags", lambda: {"avx2", "fma"})  # the same file on an AVX2 CPU without VNNI
     load(tmp_path / "out" / "model_int8.onnx").close()
     [line] = [l for l in capsys.readouterr().err.splitlines() if "model_int8.onnx" in l]
     assert "cpus=x86-vnni" in line and "64,770 > 32,767" in line and 'cpus="any"' in line

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
-from kerakit import files
+from kerakit import cpu, files
 from kerakit.errors import KerakitError, utf8_name
 from kerakit.formats import calibration
 from kerakit.formats.base import Format, Option, Predictor, Spec, Variant
@@ -331,16 +331,6 @@ def int8_form(machine: str | None = None, cpu_flags: set[str] | None = None, cpu
     return {**form, "cpus": cpus, "correct_on": CPU_CLASSES[cpus], "saturation": saturation(form)}
 
 
-def _cpu_flags() -> set[str]:
-    """The CPU's feature flags from /proc/cpuinfo (empty where there is none: reduce_range stays on)."""
-    try:
-        text = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return set()
-    line = next((l for l in text.splitlines() if l.startswith("flags")), "")
-    return set(line.partition(":")[2].split())
-
-
 def quantize(fp32: Path, quantization: str, sample: dict[str, np.ndarray] | None, path: Path,
              cpus: str = "any") -> dict | None:
     """ONNX Runtime quantization: static QDQ in the `int8_form` for `cpus` (calibrated on `sample`), or dynamic."""
@@ -386,7 +376,7 @@ def machine_class(machine: str | None = None, cpu_flags: set[str] | None = None)
     machine = (machine or platform.machine()).lower()
     if machine not in ("x86_64", "amd64", "i386", "i686", "x86"):
         return machine
-    flags = _cpu_flags() if cpu_flags is None else cpu_flags
+    flags = cpu.all_flags() if cpu_flags is None else cpu_flags
     return "x86-vnni" if flags & {"avx512_vnni", "avx_vnni", "avx512vnni", "avxvnni"} else "x86"
 
 
