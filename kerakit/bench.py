@@ -318,12 +318,18 @@ def _sweep_table(configs: dict[tuple[str, str], tuple[Path, formats.Format, dict
     return table
 
 
-def _best_setting(table: dict, batches: list[int], names: list[str]) -> tuple[str, dict]:
-    """A file's best setting over all batch sizes: p50 relative to each batch's fastest, summed."""
+def _best_setting(table: dict, batches: list[int], configs: dict[str, dict]) -> tuple[str, dict, list[str]]:
+    """A file's best setting over all batch sizes: p50 relative to each batch's fastest, summed. Where a setting
+    on fewer threads cannot be told from it (their intervals overlap at every batch size), that one: the
+    simpler setting wins what the measurement cannot decide. Returns it, the scores and the settings it was
+    not told apart from."""
+    names = list(configs)
     batches = [b for b in batches if all(k in table[b] for k in names)]  # a fixed-batch file: its batch only
     score = {k: sum(table[b][k]["p50_ms"] / min(table[b][j]["p50_ms"] for j in names) for b in batches) for k in names}
     best = min(score, key=score.get)
-    return best, {k: round(v, 4) for k, v in score.items()}
+    tied = [k for k in names if all(deployment.overlap(table[b][k], table[b][best]) for b in batches)]
+    pick = min(tied, key=lambda k: (deployment.threads_used(configs[k], 10**6), score[k]))
+    return pick, {k: round(v, 4) for k, v in score.items()}, [k for k in tied if k != pick]
 
 
 def sweep_settings(path: Path, fmt: formats.Format, pool: dict, batches: list[int], threads: list[int],
@@ -336,12 +342,12 @@ def sweep_settings(path: Path, fmt: formats.Format, pool: dict, batches: list[in
 
 
 def _save_best(path: Path, fmt: formats.Format, configs: dict, table: dict, batches: list[int], log) -> dict:
-    best, score = _best_setting(table, batches, list(configs))
-    runtime.save_tuned_options(path, configs[best], {"score": score[best], "batches": batches})
-    log(f"  {fmt.name} best for {path.name}: {best} (saved as its default in "
-        f"{runs.RUNTIME_SETTINGS_FILE})")
+    best, score, tied = _best_setting(table, batches, configs)
+    runtime.save_tuned_options(path, configs[best], {"score": score[best], "batches": batches, "tied": tied})
+    log(f"  {fmt.name} best for {path.name}: {best} (saved as its default in {runs.RUNTIME_SETTINGS_FILE})"
+        + (f"; could not tell it from {', '.join(tied)}: the one on fewest threads wins" if tied else ""))
     return {"configs": {k: {str(b): table[b][k] for b in batches if k in table[b]} for k in configs}, "best": best,
-            "best_options": configs[best], "score": score}
+            "best_options": configs[best], "score": score, "decided": not tied, "tied": tied}
 
 
 def sweep_deployment(run: runs.Run, found: list[tuple[Path, formats.Format]], pool: dict, batches: list[int],

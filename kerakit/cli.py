@@ -625,7 +625,8 @@ def _print_bench(result: dict) -> None:
     console.print(f"± = half-width of the p50's 95 % interval (bootstrap over blocks of calls); "
                   f"{result['seconds']:.0f} s in all")
     for name, sweep in result.get("sweep", {}).items():
-        console.print(f"{name}: best {sweep['best']} (now its default when the file is loaded)")
+        console.print(f"{name}: best {sweep['best']} (now its default when the file is loaded)"
+                      + (f"; could not tell it from {', '.join(sweep['tied'])}" if sweep.get("tied") else ""), markup=False)
     for batch, c in result.get("deployment", {}).items():
         console.print(_deploy_line(batch, c), markup=False)
     if result.get("deployment"):

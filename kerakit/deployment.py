@@ -196,7 +196,7 @@ def differences(then: dict, here: dict, table: dict[int, dict]) -> str | None:
     gained = [f for f in here["flags"] if f not in then["flags"]]
     if lost or gained:
         found.append("ISA flags " + ", ".join([f"-{f}" for f in lost] + [f"+{f}" for f in gained]) + " here")
-    used = max(_threads_used(c, int(then.get("cores") or 1)) for c in table.values())
+    used = max(threads_used(c.get("options", {}), int(then.get("cores") or 1)) for c in table.values())
     if here["cores"] < used:
         found.append(f"{here['cores']} core(s) here, its picks use {used}")
     if found:
@@ -206,9 +206,9 @@ def differences(then: dict, here: dict, table: dict[int, dict]) -> str | None:
     return None
 
 
-def _threads_used(choice: dict, cores: int) -> int:
-    """The threads a pick ran on: its explicit count; the runtime's own choice (0, None) or TF's pools: every core."""
-    threads = choice.get("options", {}).get("threads")
+def threads_used(options: dict, cores: int) -> int:
+    """The threads a setting runs on: its explicit count; the runtime's own choice (0, None) or TF's pools: `cores`."""
+    threads = options.get("threads")
     return threads if isinstance(threads, int) and threads > 0 else cores
 
 
@@ -318,14 +318,12 @@ def decide(rows: dict[tuple[str, str], dict], configs: dict) -> dict:
     simplest of those whose interval overlaps the fastest's wins: fewest threads, then `_rule_rank`, then the
     faster p50; `decided` is False and `tied` names the others. `beat`: every other artifact's best figure."""
     ranked = sorted(rows.items(), key=lambda kv: kv[1]["p50_ms"])
-    (_, fastest) = ranked[0]
-    top = _interval(fastest)[1]
-    tied = [kv for kv in ranked if _interval(kv[1])[0] <= top]
+    tied = [kv for kv in ranked if overlap(kv[1], ranked[0][1])]
 
     def simplicity(kv):
         (artifact, setting), stats = kv
         _, fmt, options = configs[(artifact, setting)]
-        threads = _threads_used({"options": options}, 10**6) if fmt.takes_threads else 10**6
+        threads = threads_used(options, 10**6) if fmt.takes_threads else 10**6
         return (threads, _rule_rank(fmt, _quantization(artifact, fmt)), stats["p50_ms"])
 
     (artifact, setting), stats = min(tied, key=simplicity) if len(tied) > 1 else ranked[0]
@@ -340,6 +338,12 @@ def decide(rows: dict[tuple[str, str], dict], configs: dict) -> dict:
             "throughput_per_s": stats["throughput_per_s"], "decided": len(tied) == 1,
             "tied": [f"{a} ({k})" for (a, k), _ in tied if (a, k) != (artifact, setting)],
             "beat": sorted(others.values(), key=lambda o: o["p50_ms"])}
+
+
+def overlap(a: dict, b: dict) -> bool:
+    """Whether two figures' p50 intervals overlap: the measurement cannot say which is faster."""
+    (a_low, a_high), (b_low, b_high) = _interval(a), _interval(b)
+    return a_low <= b_high and b_low <= a_high
 
 
 def _interval(stats: dict) -> tuple[float, float]:

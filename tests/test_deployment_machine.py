@@ -188,3 +188,17 @@ def test_honest_pick_takes_the_simpler_setting_when_intervals_overlap():
     apart = {("model.onnx", "threads=2"): stats(1.0, 0.95, 1.05), ("model.onnx", "threads=1"): stats(1.2, 1.1, 1.3)}
     pick = deployment.decide(apart, configs)
     assert (pick["setting"], pick["decided"], pick["tied"]) == ("threads=2", True, [])
+
+
+def test_a_files_default_setting_is_the_one_on_fewer_threads_where_the_figures_cannot_tell_them_apart():
+    from kerakit.bench import _best_setting
+
+    def stats(p50, half):
+        return {"p50_ms": p50, "interval_ms": [p50 - half, p50 + half]}
+
+    configs = {"threads=1": {"threads": 1}, "threads=2": {"threads": 2}}
+    close = {1: {"threads=1": stats(1.1, 0.2), "threads=2": stats(1.0, 0.2)},
+             32: {"threads=1": stats(10.5, 1.0), "threads=2": stats(10.0, 1.0)}}
+    assert _best_setting(close, [1, 32], configs)[0::2] == ("threads=1", ["threads=2"])
+    apart = {**close, 32: {"threads=1": stats(20.0, 1.0), "threads=2": stats(10.0, 1.0)}}  # 2 threads: 2x at b32
+    assert _best_setting(apart, [1, 32], configs)[0::2] == ("threads=2", [])
