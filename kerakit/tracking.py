@@ -268,9 +268,18 @@ def _active_run_id() -> str | None:
     return active.info.run_id if active is not None else None
 
 
+def _read_record(directory: Path) -> dict:
+    """directory/mlflow.json; {} where there is none, or it is not a JSON object (torn, hand-edited): the runs
+    it named are then made again, and a tracking file never fails the step it tracks."""
+    try:
+        record = files.read_json(directory / runs.TRACKING_FILE)
+    except (OSError, ValueError):
+        return {}
+    return record if isinstance(record, dict) and isinstance(record.get("runs", {}), dict) else {}
+
+
 def _recorded(uri: str, directory: Path, role: str) -> bool:
-    record_path = directory / runs.TRACKING_FILE
-    record = files.read_json(record_path) if record_path.is_file() else {}
+    record = _read_record(directory)
     return record.get("tracking_uri") == uri and bool(record.get("runs", {}).get(role))
 
 
@@ -282,7 +291,7 @@ def _open_run(uri: str, directory: Path, role: str, name: str, experiment: str, 
 
     client = mlflow.MlflowClient(tracking_uri=uri)
     record_path = directory / runs.TRACKING_FILE
-    record = files.read_json(record_path) if record_path.is_file() else {}
+    record = _read_record(directory)
     known = record.get("runs", {}).get(role) if record.get("tracking_uri") == uri else None
     if known:
         try:
@@ -295,8 +304,8 @@ def _open_run(uri: str, directory: Path, role: str, name: str, experiment: str, 
     experiment_id = found.experiment_id if found is not None else client.create_experiment(experiment)
     tags = {**tags, **({"mlflow.parentRunId": parent_id} if parent_id else {})}
     run_id = client.create_run(experiment_id, run_name=name, tags={k: str(v) for k, v in tags.items()}).info.run_id
-    if record.get("tracking_uri") != uri:
-        record = {"tracking_uri": uri, "runs": {}}
+    if record.get("tracking_uri") != uri:  # another store: its run ids are no use here (what a build did is)
+        record = {"tracking_uri": uri, "runs": {}, **{k: v for k, v in record.items() if k == "build_done"}}
     record["runs"][role] = run_id
     files.write_json(record_path, record)
     return run_id
@@ -396,16 +405,29 @@ def send_training(tracker: Tracker, run: runs.Run) -> None:
 
 
 def track_run(path: "str | os.PathLike", log=print) -> str | None:
-    """`kerakit track RUN`: send a finished run to MLflow, continuing the MLflow run it records (what a
-    server that was down missed); returns the MLflow run id, or None where nothing could be sent."""
+    """`kerakit track RUN`: send a finished run to MLflow, continuing the MLflow runs it records (what a
+    server that was down missed); returns the MLflow run id (a build's), or None where nothing could be sent.
+    A build's run directory (build.json) is sent as its build's parent run with the training nested in it,
+    the steps' figures and, where the build asked, the registered versions; a training (or a build's, from
+    inside its live build) as one run."""
     run = runs.Run.open(path)
-    tracker = Tracker.start(run.path, "train", name=run.path.name, experiment=run.config["recipe"], log=log,
-                            resend=f"`kerakit track {run.path}`",
-                            tags={"kerakit.recipe": run.config["recipe"],
-                                  "kerakit.run_dir": str(run.path.resolve())})
-    send_training(tracker, run)
-    tracker.end("FINISHED")
-    return tracker.run_id if tracker.on else None
+    recipe, resend = run.config["recipe"], f"`kerakit track {run.path}`"
+    tags = {"kerakit.recipe": recipe, "kerakit.run_dir": str(run.path.resolve())}
+    if not run.build_state.is_file() or _active_run_id() is not None:
+        tracker = Tracker.start(run.path, "train", name=run.path.name, experiment=recipe, log=log, resend=resend,
+                                tags=tags)
+        send_training(tracker, run)
+        tracker.end("FINISHED")
+        return tracker.run_id if tracker.on else None
+    parent = Tracker.start(run.path, "build", name=f"{run.path.name} build", experiment=recipe, log=log,
+                           resend=resend, tags={**tags, "kerakit.step": "build"})
+    training = parent.child(run.path, "train", run.path.name, tags=tags)
+    send_training(training, run)
+    training.end("FINISHED")
+    done = _build_record(run.path)
+    failed = send_build(parent, run, done.get("steps", {}), done.get("register"), log)
+    parent.end("FAILED" if failed else "FINISHED")
+    return parent.run_id if parent.on else None
 
 
 def run_tags(config: dict, manifest: dict) -> dict:
@@ -439,14 +461,15 @@ def _read_rows(path: Path) -> list[dict]:
 
 @contextlib.contextmanager
 def parent_run(directory: "str | os.PathLike", role: str, *, name: str, experiment: str, config: dict,
-               track: bool | None, log, own: bool = True, tags: dict | None = None) -> Iterator[Tracker]:
+               track: bool | None, log, own: bool = True, tags: dict | None = None,
+               resend: str = "") -> Iterator[Tracker]:
     """The MLflow run of a step that others nest in (a build, a search, a cross-validation), active while the
     block runs, so a training started in it nests in it. `own=False` (a search's worker process): continue the
     run the directory records, if any, without making it active or ending it."""
     if not wanted(track, config):
         yield Tracker(log)
         return
-    tracker = Tracker.start(directory, role, name=name, experiment=experiment, log=log, create=own,
+    tracker = Tracker.start(directory, role, name=name, experiment=experiment, log=log, create=own, resend=resend,
                             tags={"kerakit.recipe": experiment, "kerakit.run_dir": str(Path(directory).resolve()),
                                   "kerakit.step": role, **(tags or {})})
     if not own:
@@ -460,17 +483,22 @@ def building(run: runs.Run, recipe, config: dict, track: bool | None, register: 
     """Track a build of `run` as a parent MLflow run while the block builds (the training, and a search, nest
     in it); the block sends the steps' figures (`send_build`). `register` implies tracking."""
     return parent_run(run.path, "build", name=f"{run.path.name} build", experiment=recipe.name, config=config,
-                      track=True if register else track, log=log)
+                      track=True if register else track, log=log, resend=f"`kerakit track {run.path}`")
 
 
-def send_build(tracker: Tracker, run: runs.Run, steps: dict, register: str | None = None, log=print) -> None:
+def send_build(tracker: Tracker, run: runs.Run, steps: dict, register: str | None = None, log=print) -> bool:
     """A build's figures on its parent run: each step's status and seconds, each artifact's verdict and
     verification figures, the artifact `deployment.json` picked per batch size and its p50; the export report,
     deployment.json and the report as artifacts, and each verified artifact as a model directory (the file and
     an MLmodel holding its signature and figures). `register`: each of those a version of that registered
-    model; a failed artifact is never one."""
+    model; a failed artifact is never one. The steps and `register` are kept in RUN/mlflow.json where tracking
+    was asked for, so `kerakit track RUN` sends them once a server that was down is up.
+
+    Returns whether an artifact failed verification."""
+    if tracker.wanted:
+        _keep_build_record(run.path, steps, register)
     if not tracker.on:
-        return
+        return False
     from kerakit.export.report import ExportReport
 
     report = ExportReport.find(run.export_dir)
@@ -492,6 +520,19 @@ def send_build(tracker: Tracker, run: runs.Run, steps: dict, register: str | Non
         if register:
             tracker._call(f"the model versions of {register!r}", _register, tracker, register, verified, picks,
                           log)
+    return report is not None and bool(report.failed)
+
+
+def _build_record(directory: Path) -> dict:
+    """What RUN/mlflow.json keeps of the build (its steps' status and seconds, the name it registers under)."""
+    done = _read_record(directory).get("build_done")
+    return done if isinstance(done, dict) else {}
+
+
+def _keep_build_record(directory: Path, steps: dict, register: str | None) -> None:
+    record = _read_record(directory)
+    record["build_done"] = {"steps": steps, **({"register": register} if register else {})}
+    files.write_json(directory / runs.TRACKING_FILE, record)
 
 
 def _deployment_picks(run: runs.Run) -> dict[int, dict]:

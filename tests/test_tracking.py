@@ -187,17 +187,27 @@ def test_a_killed_training_resumes_the_same_mlflow_run(tracked, mlflow_server, t
     assert [r.info.run_id for r in same_dir] == [run_id]
 
 
-@pytest.mark.slow
-def test_build_is_a_parent_run_and_registers_each_verified_artifact_never_a_failed_one(tracked, tmp_path):
-    """Two targets: a SavedModel that verifies, and an ONNX file held to atol 0, which no float conversion meets."""
+@pytest.fixture(scope="module")
+def built(mlflow_server, tmp_path_factory):
+    """`build --register digits` of two targets, tracked in the test server: a SavedModel that verifies, and an
+    ONNX file held to atol 0, which no float conversion meets. Its run directory and the lines it said."""
     from kerakit.build import BuildFailed, build
 
-    (tmp_path / "loose.toml").write_text('[[artifacts]]\nformat = "savedmodel"\n')
-    (tmp_path / "strict.toml").write_text('[[artifacts]]\nformat = "onnx"\n[verify]\natol = 0\nrtol = 0\n')
-    out, lines = tmp_path / "digits", []
-    with pytest.raises(BuildFailed):
-        build("digits_cnn", [str(tmp_path / "loose.toml"), str(tmp_path / "strict.toml")], out, bench_runs=5,
-              epochs=1, register="digits", log=lines.append)
+    root = tmp_path_factory.mktemp("built")
+    (root / "loose.toml").write_text('[[artifacts]]\nformat = "savedmodel"\n')
+    (root / "strict.toml").write_text('[[artifacts]]\nformat = "onnx"\n[verify]\natol = 0\nrtol = 0\n')
+    out, lines = root / "digits", []
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("MLFLOW_TRACKING_URI", mlflow_server)
+        with pytest.raises(BuildFailed):
+            build("digits_cnn", [str(root / "loose.toml"), str(root / "strict.toml")], out, bench_runs=5,
+                  epochs=1, register="digits", log=lines.append)
+    return out, lines
+
+
+@pytest.mark.slow
+def test_build_is_a_parent_run_and_registers_each_verified_artifact_never_a_failed_one(built, tracked, tmp_path):
+    out, lines = built
     record = _record(out)["runs"]
     parent, child = tracked.get_run(record["build"]), tracked.get_run(record["train"])
     assert parent.info.status == "FAILED"  # as the build did: an artifact failed
@@ -230,6 +240,73 @@ def test_build_is_a_parent_run_and_registers_each_verified_artifact_never_a_fail
         ("image", "float32", [-1, 8, 8, 1])]
     assert [(o["name"], list(o["tensor-spec"]["shape"])) for o in outputs] == [("probabilities", [-1, 10])]
     assert any(line == "Registered savedmodel as digits version 1." for line in lines)
+
+
+def _mlflow_ui():
+    """docs/mlflow_ui.py, the script that took README's picture of the MLflow UI."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("mlflow_ui", Path(__file__).parent.parent / "docs" / "mlflow_ui.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.mark.slow
+def test_the_mlflow_ui_shows_the_build_with_its_training_and_registered_model_in_chromium(built, tmp_path):
+    """What README's picture shows, seen by a real browser: the MLflow server's own UI, offline."""
+    ui = _mlflow_ui()
+    out, _ = built
+    build = ui.build_run(out)
+    assert (build["run_name"], build["child_name"], build["registered"]) == ("digits build", "digits", "digits")
+    shown = ui.screenshot(build, tmp_path / "mlflow-ui.png")
+    assert shown["heading"] == "digits build" and shown["child"] == "digits"
+    assert shown["registered"].split() == ["digits", "v1"]  # the one verified artifact; never the failed onnx
+    assert {"step.train.seconds", "export.onnx.max_abs_error", "deployment.batch_1.p50_ms"} <= set(shown["metrics"])
+    assert shown["elsewhere"] == []  # the UI's scripts and styles all come from the mlflow server itself
+    shot = (tmp_path / "mlflow-ui.png").read_bytes()
+    assert shot.startswith(b"\x89PNG") and len(shot) > 50_000
+
+
+@pytest.mark.slow
+def test_a_build_that_missed_the_server_is_sent_whole_by_kerakit_track(mlflow_server, monkeypatch, tmp_path):
+    """Down during the build: one line; once up, `kerakit track RUN` sends the build's run, its training nested,
+    the steps' figures and the registered version the build asked for; a second time sends nothing twice."""
+    from mlflow import MlflowClient
+
+    from kerakit.build import build
+
+    down = f"http://127.0.0.1:{_free_port()}"  # nothing listens there
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", down)
+    (tmp_path / "server.toml").write_text('[[artifacts]]\nformat = "savedmodel"\n')
+    out, lines = tmp_path / "late", []
+    build("digits_cnn", [str(tmp_path / "server.toml")], out, bench_runs=5, epochs=1, register="late",
+          log=lines.append)
+    said = [line for line in lines if "MLflow" in line]
+    assert len(said) == 1 and f"MLflow at {down} is not reachable" in said[0], said
+    assert f"`kerakit track {out}` sends it" in said[0]
+
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", mlflow_server)
+    run_id = tracking.track_run(out, log=lines.append)
+    client, record = MlflowClient(tracking_uri=mlflow_server), _record(out)
+    parent, child = client.get_run(run_id), client.get_run(record["runs"]["train"])
+    assert record["runs"]["build"] == run_id and parent.info.run_name == "late build"
+    assert parent.info.status == "FINISHED" and child.info.status == "FINISHED"
+    assert child.data.tags["mlflow.parentRunId"] == run_id and _steps(client, child.info.run_id, "loss") == [0]
+    tags, metrics, steps = parent.data.tags, parent.data.metrics, record["build_done"]["steps"]
+    assert tags["step.export"] == steps["export"]["status"] == "1 of 1 artifacts verified"
+    assert metrics["step.train.seconds"] == pytest.approx(steps["train"]["seconds"])
+    assert tags["export.savedmodel.verdict"] == "verified" and "export.savedmodel.max_abs_error" in metrics
+    deployment = json.loads((out / "deployment.json").read_text())["batches"]
+    assert metrics["deployment.batch_32.p50_ms"] == pytest.approx(deployment["32"]["p50_ms"])
+    assert _artifacts(client, run_id, "models") == {"savedmodel"}
+    versions = client.search_model_versions("name = 'late'")
+    assert [(v.tags["kerakit.artifact"], v.run_id) for v in versions] == [("savedmodel", run_id)]
+    assert "Registered savedmodel as late version 1." in lines
+
+    assert tracking.track_run(out, log=lines.append) == run_id  # again: the same runs, nothing twice
+    assert len(client.search_model_versions("name = 'late'")) == 1 and _steps(client, child.info.run_id, "loss") == [0]
+    assert len(_children(client, parent)) == 1
 
 
 def _children(client, parent) -> list:
