@@ -225,11 +225,14 @@ class SearchTrials:
 
     def on_trial_end(self, trial):
         super().on_trial_end(trial)  # reports the trial to the oracle first
+        score = trial.score
+        if score is None and trial.status == "COMPLETED":  # a worker's trial: the chief's oracle scored it
+            score = self.oracle.get_trial(trial.trial_id).score
         if self.trial_tracker is not None:
-            tracking.trial_ended(self.trial_tracker, trial.status, trial.score)
+            tracking.trial_ended(self.trial_tracker, trial.status, score)
             self.trial_tracker = None
         self.log(f"Trial {trial.trial_id} {trial.status.lower()} in {time.time() - self._trial_started:.1f} s, "
-                 f"score {trial.score}")
+                 f"score {score}")
         self.trials_here += 1
         if self.recycle_after and self.trials_here >= self.recycle_after:
             self.log(f"Worker recycling after {self.trials_here} trials (frees what TensorFlow keeps per model).")

@@ -350,3 +350,27 @@ def test_cross_validation_is_a_parent_run_with_one_nested_run_per_fold(tracked, 
         assert fold.data.metrics["held_out_accuracy"] == pytest.approx(row["held_out_accuracy"])
         assert _steps(tracked, fold.info.run_id, "loss") == [0, 1]
     assert {"cv.json", "folds.csv"} <= _artifacts(tracked, parent.info.run_id)
+
+
+@pytest.mark.slow
+def test_a_distributed_search_logs_each_trial_once_nested_in_the_chiefs_run(tracked, tmp_path):
+    """--workers 2: the chief's search run, and each trial, whichever worker process ran it, nested in it once."""
+    started_ms = int(time.time() * 1000)
+    result = kerakit.tune("breast_cancer_mlp", tmp_path / "search", max_trials=3, epochs=1, workers=2, retrain=False,
+                          log=lambda m: None, track=True)
+    assert len(result.trials) == 3 and all(t["status"] == "COMPLETED" for t in result.trials)
+    search = tracked.get_run(_record(result.path)["runs"]["search"])
+    assert search.info.status == "FINISHED" and search.data.metrics["trials_completed"] == 3
+    workers = [(result.path / "distributed" / f"worker{i}.log").read_text().count("starting") for i in range(2)]
+    assert sum(workers) == 3, workers
+
+    trials = [r for r in _children(tracked, search) if "kerakit.trial" in r.data.tags]
+    assert sorted(r.data.tags["kerakit.trial"] for r in trials) == sorted(t["trial"] for t in result.trials)
+    anywhere = tracked.search_runs([search.info.experiment_id], f"attributes.start_time >= {started_ms}")
+    assert sorted(r.info.run_id for r in anywhere if "kerakit.trial" in r.data.tags) == \
+        sorted(r.info.run_id for r in trials)  # no trial logged twice, nor outside the search
+    scores = {t["trial"]: t["score"] for t in result.trials}
+    for trial in trials:
+        assert trial.info.status == "FINISHED"
+        assert trial.data.metrics["score"] == pytest.approx(scores[trial.data.tags["kerakit.trial"]])
+        assert _steps(tracked, trial.info.run_id, "val_accuracy") == [0]
