@@ -373,7 +373,7 @@ def sweep_deployment(run: runs.Run, found: list[tuple[Path, formats.Format]], po
     deployment.write(run, choices, vars(rule), runtime.cores())
     for b, c in choices.items():
         log(f"  batch {b}: deploy {c['artifact']} ({c['setting']}) {c['p50_ms']:.3f} ms{_pm(c)}"
-            + (f", {c['beat'][0]['ratio']:.2f}x faster than {c['beat'][0]['artifact']}" if c["beat"] else "")
+            + (f"; {c['beat'][0]['artifact']} next, {c['beat'][0]['ratio']:.2f}x its time" if c["beat"] else "")
             + ("" if c["decided"] else f"; could not tell it from {', '.join(c['tied'])}: the simpler setting"))
     measured = {_setting_key(path, options): {b: table[b][key] for b in batches if key in table[b]}
                 for key, (path, _, options) in configs.items()}
