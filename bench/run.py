@@ -55,6 +55,10 @@ Figures are ratios measured within one run (this machine is shared and noisy):
 - data (data.json): preparing generated CSV tables: rows/s against pandas.read_csv, peak RSS flat in the
   file's size while a large CSV streams, training steps/s from the prepared dataset against the same rows
   in memory; see bench/data_prep.py.
+- tables (tables.json), `python bench/run.py tables`: the table recipe `kerakit new` writes against gradient
+  boosting (kerakit.baselines) on the same test split of seven tables (generated ones with strings and missing
+  values, scikit-learn's bundled ones): accuracy difference (goal >= -1 point) and RMSE ratio (goal <= 1.05) on
+  the median table; see bench/tables.py.
 - tune (tune.json): peak RSS after trial 20 vs after trial 5 of a random
   search (target <= 1.10x); Hyperband vs random search, best val_accuracy
   against epochs spent (target: within 1 point using <= 0.5x the epochs);
@@ -790,7 +794,7 @@ def serve(run_path: Path) -> dict:
             "limits": limits(model, x_test, with_memory=run.config["recipe"] == "digits_cnn")}
 
 
-SECTIONS = ("foundation", "export", "inference", "serve", "tune", "data", "int8_call", "peaks")
+SECTIONS = ("foundation", "export", "inference", "serve", "tune", "data", "int8_call", "peaks", "tables")
 
 
 def main(sections: list[str]) -> None:
@@ -852,6 +856,10 @@ def main(sections: list[str]) -> None:
         from data_prep import data_figures
 
         _write("data.json", {"machine": machine, **data_figures()})
+    if "tables" in sections:
+        from tables import table_figures
+
+        _write("tables.json", {"machine": machine, **table_figures()})
     if "tune" in sections:
         _write("tune.json", {"machine": machine, "memory_in_process": tune_memory(),
                              "memory_workers": tune_memory_workers(), "efficiency": tune_efficiency(),

@@ -179,7 +179,8 @@ MISSING_FLAGS = {flags}
 # cleans inside the model instead (CleanCategory: spaces stripped, lowercased in any alphabet), so " Biscoe",
 # "biscoe" and "BISCOE" are one category in training and in every artifact that carries the model -- but only
 # SavedModel does: LiteRT has no StringLower or StringStrip builtin (and ai_edge_litert no Flex delegate), ONNX
-# no op for StringStrip, so the tflite and onnx exports refuse it, naming the op. Off by default for that reason.
+# no op for StringStrip, so the tflite and onnx exports refuse it, naming the op. Off by default for that reason;
+# the data report's spelling_variants flag names the columns where it matters.
 CATEGORIES = {categories}
 MAX_TOKENS = 50
 # Free-text columns: their words, hashed into token ids in `preprocess`, are one more input (a bag of embeddings).
