@@ -6,10 +6,17 @@
 `kerakit bench RUN` measures every verified artifact of the run under every
 runtime setting its format offers and writes the winners here (`write`),
 with the machine they were measured on and the figures they beat.
-`kerakit serve RUN` and `kerakit.runtime.load(RUN)` read it. Only artifacts
-the export report calls verified, whose files still match the report's
-SHA-256, are ever candidates; a format timed on a host that is not its
+`kerakit serve RUN` and `kerakit.runtime.load(RUN)` read it through `plan`,
+which compares the recorded machine (`kerakit.cpu`: model, ISA flags, cores)
+with theirs and, where it differs, says so in one line and re-benches within a
+bound (`measure_here`) or picks by `rule`. A pick is `decide`d honestly: the
+fastest only where its interval excludes the runner-up's, else the simpler.
+Only artifacts the export report calls verified, whose files still match the
+report's SHA-256, are ever candidates; a format timed on a host that is not its
 device (`Format.timing_note`, e.g. TFLite Micro) is not a candidate either.
+
+    table = deployment.plan(run, rebench=True)  # {batch: choice} for this machine
+    deployment.choose(run, 1, table)
 """
 
 from __future__ import annotations
@@ -59,11 +66,6 @@ def machine(cores: int) -> dict:
     here = cpu.describe()
     return {"cpu": here["model"], "flags": here["flags"], "cores": cores, "machine": here["arch"],
             "host": platform.node()}
-
-
-def cpu_model() -> str:
-    """The CPU's name (`kerakit.cpu.model`, its one owner)."""
-    return cpu.model()
 
 
 def write(run: runs.Run, batches: dict[int, dict], rule: dict, cores: int) -> Path:
