@@ -52,6 +52,10 @@ Figures are ratios measured within one run (this machine is shared and noisy):
   batch 1 and 32, interleaved, 3 repeats: the edge target's int8 file (float I/O, quantized inside the graph;
   goal <= 1.05) and the int8-I/O file (kerakit quantizing in numpy). digits_cnn and digits_mobilenet (1 epoch;
   KERAKIT_BENCH_MOBILENET=0 skips it). The load average before and after is recorded beside the figures.
+- images (images.json), `python bench/run.py images`: the image recipe `kerakit new` writes against the Keras
+  transfer-learning guide's plain code on the same generated photos (train/val/test folders), backbone
+  (small_cnn, from scratch), epochs (two phases) and seed, alternating, 3 repeats: test accuracy difference
+  (goal within 1 point) and wall-time ratio kerakit / plain (goal <= 1.1); see bench/images.py.
 - data (data.json): preparing generated CSV tables: rows/s against pandas.read_csv, peak RSS flat in the
   file's size while a large CSV streams, training steps/s from the prepared dataset against the same rows
   in memory; see bench/data_prep.py.
@@ -794,7 +798,7 @@ def serve(run_path: Path) -> dict:
             "limits": limits(model, x_test, with_memory=run.config["recipe"] == "digits_cnn")}
 
 
-SECTIONS = ("foundation", "export", "inference", "serve", "tune", "data", "int8_call", "peaks", "tables")
+SECTIONS = ("foundation", "export", "inference", "serve", "tune", "data", "int8_call", "peaks", "tables", "images")
 
 
 def main(sections: list[str]) -> None:
@@ -852,6 +856,10 @@ def main(sections: list[str]) -> None:
                 _write("int8_call.json", {"machine": machine, "models": models})
     if "peaks" in sections:  # the CPU's peak per kind of work, as the deployment figures divide by them
         _write("peaks.json", {"machine": machine, "loadavg": os.getloadavg(), **cpu_peaks()})
+    if "images" in sections:  # the image recipe against the Keras guide's plain code (issue 26)
+        from images import image_figures
+
+        _write("images.json", {"machine": machine, **image_figures()})
     if "data" in sections:
         from data_prep import data_figures
 
