@@ -54,7 +54,7 @@ Figures are ratios measured within one run (this machine is shared and noisy):
   KERAKIT_BENCH_MOBILENET=0 skips it). The load average before and after is recorded beside the figures.
 - images (images.json), `python bench/run.py images`: the image recipe `kerakit new` writes against the Keras
   transfer-learning guide's plain code on the same generated photos (train/val/test folders), backbone
-  (small_cnn, from scratch), epochs (two phases) and seed, alternating, 3 repeats: test accuracy difference
+  (small_cnn, from scratch), epochs (two phases) and seeds (3, alternating): test accuracy difference
   (goal within 1 point) and wall-time ratio kerakit / plain (goal <= 1.1); see bench/images.py.
 - data (data.json): preparing generated CSV tables: rows/s against pandas.read_csv, peak RSS flat in the
   file's size while a large CSV streams, training steps/s from the prepared dataset against the same rows
