@@ -30,6 +30,7 @@ from kerakit.export import confidence
 from kerakit.export import layouts as _layouts
 from kerakit.export.context import ExportContext, convert_from
 from kerakit.export.report import ArtifactRow, ExportReport, now
+from kerakit.export.rows import store
 from kerakit.export.source import verification_data
 from kerakit.export.targets import ArtifactSpec, Target, format_target, load_target
 from kerakit.export.verify import Check, Reference, judge_float32_copy, kb, make_reference, verify_artifact
@@ -112,12 +113,15 @@ def _export(chosen, run, model_path: Path, model, name: str, out: Path, recipe, 
             if progress:
                 progress(len(rows), len(specs))
     _size_ratios(rows)
+    # What the quantized artifacts were judged on, kept to judge them again where they are deployed (export.rows).
+    kept = store(out, reference) if any(spec.quantized for spec, _ in specs) else None
     report = ExportReport(source=str(model_path), run=str(run.path) if run else None, out=str(out),
                           targets=[t.name for t in chosen], inputs_from=data.inputs_from,
                           keras_metric=({"name": reference.metric_name, "value": reference.metric}
                                         if reference.metric is not None else None),
                           artifacts=rows, layouts=_write_layouts(chosen, rows, out, name), created=now(),
-                          precision=reference.precision, calibration=data.calibration_record())
+                          precision=reference.precision, calibration=data.calibration_record(),
+                          verification_rows=kept)
     report.write(out)
     _record(report, run, model_path, out)
     report.raise_for_failures()  # written first: the figures of what failed are on disk

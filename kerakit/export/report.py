@@ -141,6 +141,9 @@ class ExportReport:
     # What the int8 artifacts were calibrated on: rows, their SHA-256, and which rows ("300 rows drawn with
     # seed 42 from ..."): with the source model and the targets, what makes an export give the same files.
     calibration: dict | None = None
+    # The rows the quantized artifacts were judged on, kept to judge them again on another machine
+    # (`kerakit.export.rows`): file, sha256, bytes, rows kept and judged, the bound, the exporting CPU.
+    verification_rows: dict | None = None
     read_from: Path | None = field(default=None, init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
@@ -172,6 +175,20 @@ class ExportReport:
     def still_verified(self) -> list[ArtifactRow]:
         """The rows that may be used: verified, and their files in `directory` unchanged since."""
         return [r for r in self.artifacts if r.still_verified(self.directory)]
+
+    def verification_rows_file(self) -> tuple[Path | None, str | None]:
+        """(path, None) of the stored verification rows while they still have the SHA-256 the report recorded;
+        (None, why) where none were stored, or they are missing or changed since."""
+        record = self.verification_rows
+        if not record:
+            return None, (f"{self.path} records no verification rows (exported before kerakit kept them, or with "
+                          "no quantized artifact): export again to keep them")
+        path = self.directory / record["file"]
+        if not path.exists():
+            return None, f"{path} is missing: export again"
+        if not files.intact(path, record["sha256"]):
+            return None, f"{path} changed since the export (SHA-256): export again"
+        return path, None
 
     def why_not_verified(self) -> dict[str, str]:
         """{artifact: why it may not be used} for every row that is not still verified."""
