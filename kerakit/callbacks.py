@@ -20,10 +20,22 @@ def ensure_space(directory: Path, model) -> None:
     import shutil
 
     variables = [*model.weights, *(model.optimizer.variables if model.optimizer is not None else [])]
-    needed = 2 * sum(int(v.numpy().nbytes) for v in variables) + (1 << 20)  # the file, and its replacement
+    needed = 2 * sum(_nbytes(v) for v in variables) + (1 << 20)  # the file, and its replacement
     directory.mkdir(parents=True, exist_ok=True)
     if shutil.disk_usage(directory).free < needed:
         raise OSError(errno.ENOSPC, "No space left on device", str(directory))
+
+
+def _nbytes(variable) -> int:
+    """A variable's size from its shape and dtype: called twice an epoch, it must not copy the weights out
+    (`.numpy()` did, for every variable of model and optimizer)."""
+    import numpy as np
+
+    try:
+        itemsize = np.dtype(variable.dtype).itemsize
+    except TypeError:  # a dtype numpy does not name (bfloat16): measured on a copy
+        return int(variable.numpy().nbytes)
+    return math.prod(variable.shape) * itemsize
 
 
 class BestCheckpoint(keras.callbacks.Callback):
