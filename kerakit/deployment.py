@@ -9,7 +9,9 @@ with the machine they were measured on and the figures they beat.
 `kerakit serve RUN` and `kerakit.runtime.load(RUN)` read it through `plan`,
 which compares the recorded machine (`kerakit.cpu`: model, ISA flags, cores)
 with theirs and, where it differs, says so in one line and re-benches within a
-bound (`measure_here`) or picks by `rule`. A pick is `decide`d honestly: the
+bound (`measure_here`) or picks by `rule`, after judging each quantized file again here from the rows its
+export stored (`reverify`: an int8 file's answers may depend on the CPU). A run never benched is served
+by the rule (`unbenched`). A pick is `decide`d honestly: the
 fastest only where its interval excludes the runner-up's, else the simpler.
 Only artifacts the export report calls verified, whose files still match the
 report's SHA-256, are ever candidates; a format timed on a host that is not its
@@ -39,8 +41,9 @@ from kerakit.measure import StopRule, measure
 FIX = "rerun `kerakit bench RUN` to measure it again"
 
 
-def _verified_rows(run: runs.Run) -> dict[str, tuple[Path, formats.Format, str]]:
-    """{file name: (path, format, quantization)} of the run's still-verified artifacts that may be deployed here."""
+def _verified_rows(run: runs.Run, refused=()) -> dict[str, tuple[Path, formats.Format, str]]:
+    """{file name: (path, format, quantization)} of the run's still-verified artifacts that may be deployed here
+    (`refused`: those that failed their re-verification on this machine, `reverify`, are not)."""
     from kerakit.export.report import ExportReport
 
     report = ExportReport.find(run.export_dir)
@@ -49,7 +52,7 @@ def _verified_rows(run: runs.Run) -> dict[str, tuple[Path, formats.Format, str]]
     found = {}
     for row in report.still_verified():
         fmt = formats.get(row.format)
-        if fmt.timing_note:  # timed here, deployed elsewhere
+        if fmt.timing_note or row.filename in refused:  # timed here, deployed elsewhere; or wrong here
             continue
         found[row.filename] = (report.directory / row.filename, fmt, row.quantization)
     return found
@@ -152,9 +155,13 @@ def plan(run: runs.Run, rebench: "float | bool | None" = None, say: Callable[[st
     Measured on another machine (other ISA flags or architecture, or fewer cores than its picks use), or on an
     unknown one (written before kerakit recorded flags), its picks are not used: `say` gets one line naming
     what differs, then `rebench` (seconds, True = REBENCH_S) times the verified artifacts here and writes
-    a new deployment.json, else `rule` chooses without measuring. Another CPU name alone, with the same flags
-    and cores enough, keeps the picks (the runtimes choose their kernels by these flags), and says so.
+    a new deployment.json, else `rule` chooses without measuring. Before either, each quantized artifact is
+    judged again here from the rows its export stored (`reverify`): one that fails is no candidate here, and one
+    line each says so with its figure. Another CPU name alone, with the same flags and cores enough, keeps the
+    picks (the runtimes choose their kernels by these flags), and says so. A run never benched: `unbenched`.
     """
+    if not run.deployment.exists():
+        return unbenched(run, rebench, say)
     book = read(run)
     table = recorded(run)
     why = differences(book["machine"], cpu.describe(), table)
@@ -163,25 +170,70 @@ def plan(run: runs.Run, rebench: "float | bool | None" = None, say: Callable[[st
     if why.startswith("CPU "):
         say(f"{run.deployment}: {why}: using its picks (the runtimes choose kernels by these flags)")
         return table
+    refused, checked = reverify(run)  # before a re-bench or the rule may pick a quantized file
+    return _here(run, sorted(table), rebench, f"{run.deployment}: {why}{checked}", refused, say)
+
+
+def unbenched(run: runs.Run, rebench: "float | bool | None" = None,
+              say: Callable[[str], None] = _say) -> dict[int, dict]:
+    """A run never benched (no deployment.json): its quantized files judged again here first (where it was
+    exported need not be where it serves), then `rebench` measures batch 1 here (and writes deployment.json),
+    else the rule chooses; in one line."""
+    refused, checked = reverify(run)
+    head = f"{run.path}: no {run.deployment.name} (never benched){checked}"
+    return _here(run, [1], rebench, head, refused, say, "nothing measured, so the rule")
+
+
+def _here(run: runs.Run, batches: list[int], rebench, head: str, refused: dict[str, str], say: Callable[[str], None],
+          lead: str = "not its picks but the rule") -> dict[int, dict]:
+    """The choices for this machine after `head` (what is known, in words): re-benched here within `rebench`
+    seconds, else (or where that fails) the rule's; one line, then one per file `refused` here."""
+    table = None
     if rebench:
         seconds = REBENCH_S if rebench is True else float(rebench)
         try:
-            table, spent = measure_here(run, sorted(table), seconds)
+            table, spent = measure_here(run, batches, seconds, refused)
         except KerakitError as e:
-            say(f"{run.deployment}: {why}; re-bench failed ({e}); {_rule_line(run, table)}")
-            return rule(run, sorted(table))
-        picks = ", ".join(f"batch {b}: {c['artifact']} ({c['setting']})" for b, c in sorted(table.items()))
-        say(f"{run.deployment}: {why}; re-benched here in {spent:.1f} s (bound {seconds:g} s): {picks}")
-        return table
-    say(f"{run.deployment}: {why}; {_rule_line(run, table)}")
-    return rule(run, sorted(table))
+            head = f"{head}; re-bench failed ({e})"
+        else:
+            picks = ", ".join(f"batch {b}: {c['artifact']} ({c['setting']})" for b, c in sorted(table.items()))
+            say(f"{head}; re-benched here in {spent:.1f} s (bound {seconds:g} s): {picks}")
+    if table is None:
+        say(f"{head}; {_rule_line(run, batches, refused, lead)}")
+        table = rule(run, batches, refused)
+    _say_refused(run, refused, say)
+    return table
 
 
-def _rule_line(run: runs.Run, table: dict) -> str:
-    pick = rule(run, sorted(table))[min(table)]
-    return (f"not its picks but the rule: {pick['artifact']} ({pick['setting']}) at every batch size (verified, "
+def _rule_line(run: runs.Run, batches: list[int], refused=(), lead: str = "not its picks but the rule") -> str:
+    pick = rule(run, batches, refused)[min(batches)]
+    return (f"{lead}: {pick['artifact']} ({pick['setting']}) at every batch size (verified, "
             f"float before int8, no TensorFlow, no spin-waiting threads, 1 thread on <= 2 cores); --rebench "
             f"(runtime.load(RUN, rebench=True)) or `kerakit bench RUN` measures here")
+
+
+def reverify(run: runs.Run) -> tuple[dict[str, str], str]:
+    """Judge the run's still-verified quantized artifacts again on this machine, in their own runtimes, from the
+    rows their export stored (`kerakit.export.rows`; no TensorFlow): ({file: why refused here}, a clause naming
+    those that passed, with their figures). Cached per machine, so a second load judges nothing again."""
+    from kerakit.export.report import ExportReport
+    from kerakit.export.rows import reverify as judged_here
+
+    names = [n for n, (_, _, quantization) in _verified_rows(run).items() if quantization != "none"]
+    if not names:
+        return {}, ""
+    found = judged_here(ExportReport.read(run.export_dir), names)
+    refused = {n: r.figure for n, r in found.items() if not r.verified}
+    passed = [f"{n} ({r.figure})" for n, r in found.items() if r.verified]
+    cached = " (cached)" if found and all(r.cached for r in found.values()) else ""
+    return refused, (f"; re-verified here from the export's stored rows{cached}: {', '.join(passed)}" if passed
+                     else "")
+
+
+def _say_refused(run: runs.Run, refused: dict[str, str], say: Callable[[str], None]) -> None:
+    for name, why in refused.items():
+        say(f"{run.export_dir / name}: refused on this machine, not a candidate here: it fails its re-verification "
+            f"from the export's stored rows ({why})")
 
 
 def differences(then: dict, here: dict, table: dict[int, dict]) -> str | None:
@@ -227,14 +279,15 @@ def _rule_rank(fmt: formats.Format, quantization: str) -> tuple:
             order.index(quantization) if quantization in order else len(order))
 
 
-def rule(run: runs.Run, batches: list[int]) -> dict[int, dict]:
+def rule(run: runs.Run, batches: list[int], refused=()) -> dict[int, dict]:
     """{batch: choice} chosen without measuring (`_rule_rank`: float, no TensorFlow, no spinning threads, the
     registry's order): the same verified artifact at every batch size, with `rule_threads`. Never an unverified
-    file."""
-    found = _verified_rows(run)
+    file, nor one `refused` on this machine (`reverify`)."""
+    found = _verified_rows(run, refused)
     if not found:
-        raise KerakitError(f"Run {str(run.path)!r} has no verified artifact to deploy; export it again "
-                           f"(`kerakit export {run.path}`).")
+        raise KerakitError(f"Run {str(run.path)!r} has no verified artifact to deploy here"
+                           f"{' (refused on this machine: ' + ', '.join(refused) + ')' if refused else ''}; "
+                           f"export it again (`kerakit export {run.path}`).")
 
     name = min(found, key=lambda n: (*_rule_rank(found[n][1], found[n][2]), n))
     _, fmt, _ = found[name]
@@ -254,15 +307,16 @@ def settings(fmt: formats.Format, threads: list[int]) -> dict[str, dict]:
     return {fmt.fixed_threads: {}}
 
 
-def measure_here(run: runs.Run, batches: list[int], seconds: float) -> tuple[dict[int, dict], float]:
+def measure_here(run: runs.Run, batches: list[int], seconds: float, refused=()) -> tuple[dict[int, dict], float]:
     """A short re-bench: every verified artifact that runs without TensorFlow (whose start alone takes seconds)
     x its settings on 1 and 2 threads (as many as there are cores), per batch size, on random inputs of the
     model's shapes (speed does not depend on the values), stopped at `seconds` after the start; the honest
-    picks (`decide`) are written to deployment.json for this machine. Returns them and the seconds spent."""
+    picks (`decide`) are written to deployment.json for this machine; `refused` (failed here, `reverify`) are not
+    timed. Returns them and the seconds spent."""
     started = time.perf_counter()
     deadline = started + seconds
     threads = sorted({1, min(2, cpu.cores())})
-    found = {n: (p, f) for n, (p, f, _) in _verified_rows(run).items() if not f.needs_tensorflow}
+    found = {n: (p, f) for n, (p, f, _) in _verified_rows(run, refused).items() if not f.needs_tensorflow}
     # Thread counts only: the other settings (ONNX's optimization level, OpenVINO's hint) multiply the configurations
     # by 4-6, which a bound of seconds cannot afford; the file's saved default keeps them.
     configs = {(n, k): (p, f, o) for n, (p, f) in found.items()

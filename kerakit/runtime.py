@@ -33,7 +33,7 @@ def detect_format(path: "str | os.PathLike") -> str:
 
 
 def load(path: "str | os.PathLike", *, format: "formats.Format | str | None" = None, batch: int | None = None,
-         rebench: "bool | float" = False, **options: Any) -> Predictor:
+         rebench: "bool | float" = False, tuned: bool = True, **options: Any) -> Predictor:
     """Open a model for inference; `options` go to the format's predictor (threads, ...).
 
     format: the model's `Format` (or its registered name) where the caller knows it; by default
@@ -42,8 +42,11 @@ def load(path: "str | os.PathLike", *, format: "formats.Format | str | None" = N
     (default: the smallest batch size benched), with its settings. Measured on another machine
     (other ISA flags, fewer cores) or an unknown one, one line on stderr says what differs, and
     `rebench` (True, or a bound in seconds) re-benches here first; without it a rule chooses
-    (`deployment.plan`). For a file, the settings `kerakit bench` found fastest for it (saved
-    beside it) are the defaults. Explicit options win.
+    (`deployment.plan`), as it does for a run never benched; either way its quantized files are
+    judged again here first. A run's choice carries its settings whole: the settings `kerakit bench`
+    saved beside a file (runtime.json, perhaps on another machine) are not applied beneath them, as
+    `kerakit serve RUN` does not. For a file, those saved settings are the defaults (`tuned=False`:
+    not). Explicit options win.
     """
     if format is None and Path(path).is_dir() and runs.is_run(path):
         from kerakit import deployment
@@ -52,7 +55,7 @@ def load(path: "str | os.PathLike", *, format: "formats.Format | str | None" = N
         choice = deployment.choose(run, batch, deployment.plan(run, rebench))
         return formats.get(choice["format"]).load(choice["path"], **{**choice.get("options", {}), **options})
     fmt = formats.for_path(path) if format is None else formats.get(format) if isinstance(format, str) else format
-    return fmt.load(path, **{**tuned_options(path), **options})
+    return fmt.load(path, **{**(tuned_options(path) if tuned else {}), **options})
 
 
 def predict_all(predictor: Predictor, inputs: dict[str, np.ndarray], batch: int = 256) -> dict[str, np.ndarray]:

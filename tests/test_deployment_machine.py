@@ -15,6 +15,12 @@ from kerakit.bench import bench
 from kerakit.errors import KerakitError
 
 
+@pytest.fixture(autouse=True)
+def reverify_cache(tmp_path, monkeypatch):
+    """The re-verifications a changed machine makes, kept per test (the machine's own cache is ~/.cache/kerakit)."""
+    monkeypatch.setenv("KERAKIT_CACHE_DIR", str(tmp_path / "cache"))
+
+
 @pytest.fixture(scope="module")
 def benched(digits_run, digits_export, tmp_path_factory):
     """The session's digits run with the session's export (server, edge, LiteRT fp32) as its own, benched here."""

@@ -77,6 +77,10 @@ class ModelEntry:
     options: dict = field(default_factory=dict)  # runtime settings (a run's deployment choice)
     by_batch: list = field(default_factory=list)  # [[rows, path, options, format], ...]: choices from `rows` rows up
     format: str | None = None
+    # Whether the settings `kerakit bench` saved beside the file (runtime.json) apply beneath `options`: not for a
+    # run's choice, whose options are whole for this machine (runtime.load(RUN) applies none either; on another
+    # machine they are the old machine's).
+    tuned: bool = True
 
     def __post_init__(self):
         if self.format is None:
@@ -100,8 +104,7 @@ def resolve(source: "str | os.PathLike | None" = None, name: str | None = None,
     `kerakit bench RUN`: the fastest verified artifact on this machine, with its settings); measured
     on another machine, one line on stderr says what differs and `rebench` (True, or seconds)
     measures here first, else a rule chooses (`kerakit.deployment.plan`). A run never benched
-    serves its exported float model, the first in the format registry's order
-    (`RUN/export/model.onnx` where there is one).
+    is served by the same rule, saying so in one line (`kerakit.deployment.unbenched`).
     A model directory is a Triton/TF Serving layout, NAME/VERSION/{model.onnx,
     model.tflite, saved_model.pb, ...}; the highest numeric version is served.
     """
@@ -123,23 +126,24 @@ def resolve(source: "str | os.PathLike | None" = None, name: str | None = None,
 
 
 def _source_entry(path: Path, name: str | None, rebench: "bool | float" = False) -> ModelEntry:
-    options, by_batch, fmt = {}, [], None
-    if path.is_dir() and runs.is_run(path) and runs.Run(path).deployment.exists():
-        from kerakit import deployment
+    from kerakit import deployment
 
-        run = runs.Run(path)
-        table = deployment.plan(run, rebench)  # this machine's: the recorded picks, a re-bench's, or the rule's
+    options, by_batch, fmt, tuned = {}, [], None, True
+    run = runs.Run(path) if path.is_dir() and runs.is_run(path) else None
+    if run is not None and (run.deployment.exists() or deployment.candidates(run)):
+        # This machine's: the recorded picks, a re-bench's, or the rule's (a run never benched too).
+        table = deployment.plan(run, rebench)
         by_batch, choice = deployment.by_batch(run, table), deployment.choose(run, 1, table)
-        path, options, fmt = Path(choice["path"]), dict(choice.get("options", {})), choice["format"]
+        path, options, fmt, tuned = Path(choice["path"]), dict(choice.get("options", {})), choice["format"], False
     else:
-        if path.is_dir() and runs.is_run(path):
-            path, fmt = _exported_float(runs.Run(path))
+        if run is not None:  # no verified artifact: the float file it has, else one clear line
+            path, fmt = _exported_float(run)
         _refuse_unverified(path)  # what deployment.choose checks for a benched run's choice
     if name is None:
         run = runs.find_run(path)
         name = run.config.get("recipe") if run is not None else None
         name = name or (path.stem if path.suffix else path.name)
-    return ModelEntry(check_name(name), str(path), options=options, by_batch=by_batch, format=fmt)
+    return ModelEntry(check_name(name), str(path), options=options, by_batch=by_batch, format=fmt, tuned=tuned)
 
 
 def _refuse_unverified(path: Path) -> None:
@@ -154,7 +158,8 @@ def _refuse_unverified(path: Path) -> None:
 
 
 def _exported_float(run: runs.Run) -> tuple[Path, str]:
-    """A run never benched: its exported float artifact of the first format, in the registry's order, that has one."""
+    """A run with no verified artifact: its exported float file of the first format, in the registry's order, that
+    has one (served where no export report refuses it), else one line saying none is there."""
     files = [(run.export_dir / f.variant("none").filename, f.name) for f in formats.all_formats()
              if "none" in f.quantizations]
     found = next(((path, fmt) for path, fmt in files if path.exists()), None)
@@ -204,9 +209,9 @@ class Model:
         # call is timed: a quick model keeps that, and is loaded once.
         probe = _spins(fmt, entry.options)
         self.predictor = _load(self.name, fmt, entry.path, {**entry.options, **({"spinning": False} if probe else {})},
-                               options.threads)
+                               options.threads, entry.tuned)
         # A run's deployment may choose another artifact or setting for larger batches: loaded beside it.
-        self.routes = [(int(n), _load(self.name, formats.get(f), p, o, options.threads))
+        self.routes = [(int(n), _load(self.name, formats.get(f), p, o, options.threads, entry.tuned))
                        for n, p, o, f in sorted(entry.by_batch, key=lambda r: -int(r[0]))]
         self.platform = fmt.triton_platform  # Triton's name, also what v2 metadata reports
         self.inputs = {s.name: s for s in self.predictor.inputs}
@@ -228,7 +233,7 @@ class Model:
             # concurrency 16: 1,690 requests/s spinning, 2,800 not). Longer calls spin, which pays inside
             # a call (MobileNetV3-Small at batch 1, 2 threads: 1.24 ms, 2.11 ms not): opened again so.
             self.predictor.close()
-            self.predictor = _load(self.name, fmt, entry.path, entry.options, options.threads)
+            self.predictor = _load(self.name, fmt, entry.path, entry.options, options.threads, entry.tuned)
             self.row_s = self._warm_up(shapes, (self.predictor,))
 
     def _warm_up(self, shapes: dict, predictors) -> float:
@@ -358,9 +363,10 @@ class Model:
             predictor.close()
 
 
-def _load(name: str, fmt: formats.Format, path: str, options: dict, threads: int | None):
-    """The model at `path` with its chosen settings; --threads wins (refused for a format without threads)."""
-    return runtime.load(path, format=fmt, **{**options, **thread_options(name, fmt, threads)})
+def _load(name: str, fmt: formats.Format, path: str, options: dict, threads: int | None, tuned: bool = True):
+    """The model at `path` with its chosen settings; --threads wins (refused for a format without threads).
+    tuned: the file's saved settings (runtime.json) beneath them (not for a run's choice: `ModelEntry.tuned`)."""
+    return runtime.load(path, format=fmt, tuned=tuned, **{**options, **thread_options(name, fmt, threads)})
 
 
 def thread_options(name: str, fmt: formats.Format, threads: int | None) -> dict:
