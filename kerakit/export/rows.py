@@ -161,11 +161,18 @@ def reference(path: Path, record: dict) -> Reference:
                     split_at=meta["split_at"], task=meta["task"], eval_inputs=part("eval/in") or None,
                     eval_labels=arrays.get("eval/label"), class_names=meta["class_names"],
                     other_labels=part("eval/labels"), eval_outputs=part("eval/keras"), inputs_from=meta["inputs_from"],
-                    more_rows=lambda rows: f"more stored rows (the export stored {stored:,} of the {judged:,} "
-                                           f"labelled rows it judged on; {ROWS_FILE} is bounded)")
+                    more_rows=lambda rows: _more_rows(stored, judged))
     if ref.eval_inputs is not None and (ref.eval_labels is not None or ref.other_labels):
         score_keras(ref, meta["metric"], meta["metric_output"])
     return ref
+
+
+def _more_rows(stored: int, judged: int) -> str:
+    """Where more rows would come from, said when the stored ones cannot decide."""
+    if stored < judged:
+        return (f"{ROWS_FILE} keeps {stored:,} of the {judged:,} labelled rows the export judged on, within its "
+                "bound (MAX_LABELLED_ROWS, MAX_BYTES)")
+    return f"a larger test split: all {judged:,} labelled rows the export judged on are stored"
 
 
 @dataclass
@@ -232,8 +239,9 @@ def cache_dir() -> Path:
     On the machine that judged them, not in the run: the run may be read-only where it serves, and travels
     between machines; each entry is keyed by what decides its answer (the file's and the rows' SHA-256, the
     tolerances, this CPU's model, flags and architecture, the runtime's library versions)."""
-    root = os.environ.get("KERAKIT_CACHE_DIR") or Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "kerakit"
-    return Path(root) / "reverified"
+    if os.environ.get("KERAKIT_CACHE_DIR"):
+        return Path(os.environ["KERAKIT_CACHE_DIR"]) / "reverified"
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "kerakit" / "reverified"
 
 
 def _cache_key(row, rows_sha256: str) -> str:
