@@ -148,7 +148,8 @@ def _summary(plain: list, ours: list, size: int, loads: list, seeds: tuple) -> d
         "accuracy_difference_points": round(difference, 2),
         "wall_time_ratio": round(ratio, 3),
         "goals": {"accuracy_difference_points": f"within +-{ACCURACY_GOAL:g}", "wall_time_ratio": f"<= {WALL_GOAL}"},
-        "meets_goals": {"accuracy": abs(difference) <= ACCURACY_GOAL, "wall_time": ratio <= WALL_GOAL},
+        # Rounded: 3 of 300 test photos is exactly 1 point, which float32 accuracy (Keras evaluate) makes 1.000003.
+        "meets_goals": {"accuracy": abs(round(difference, 4)) <= ACCURACY_GOAL, "wall_time": ratio <= WALL_GOAL},
         "loadavg": [[round(v, 2) for v in load] for load in loads],
     }
 
