@@ -39,7 +39,7 @@ $(GXX):
 
 # Two pytest workers (pytest-xdist), one test file each at a time: most of the suite is
 # one-core Python (imports, tracing, conversion), so the second core was idle.
-XDIST ?= -n 2 --dist loadfile
+XDIST ?= -n 2 --dist loadfile --no-loadscope-reorder
 
 test: $(STAMP) $(CHROMIUM) $(GXX)
 	KERAKIT_CHROMIUM=$(CHROMIUM) CXX=$(GXX) $(BIN)/python -m pytest $(XDIST) $(PYTEST_ARGS)

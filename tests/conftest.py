@@ -22,11 +22,43 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 collect_ignore = ["fixtures", "toy_format.py", "custom_scale.py"]
 
 
+# `make test` gives each of its two workers one file at a time (--dist loadfile), the next in collection order
+# (--no-loadscope-reorder: xdist's own order, most tests first, put the few-test end-to-end files last, so one
+# worker ran the last long file while the other had nothing left). Longest first, the short files fill in at
+# the end. Seconds each long file took alone on the 2-core machine (pytest --durations, load average 3-14);
+# a file not listed counts 1 s a test and SLOW_S a slow one. A stale figure costs time, never a result.
+FILE_SECONDS = {
+    "test_faults.py": 330, "test_sources.py": 260, "test_build.py": 250, "test_tune.py": 240, "test_images.py": 200,
+    "test_tracking.py": 160, "test_end_to_end.py": 120, "test_export.py": 120, "test_zoo.py": 110, "test_cv.py": 70,
+    "test_mcu.py": 70, "test_train.py": 60,
+}
+SLOW_S = 15
+
+
+def pytest_collection_modifyitems(config, items):
+    """Files longest first (a stable sort: each file's tests keep their order, and stay together)."""
+    estimate: dict[str, float] = {}
+    for item in items:
+        file = item.nodeid.split("::")[0]
+        estimate[file] = estimate.get(file, 0) + (SLOW_S if item.get_closest_marker("slow") else 1)
+    seconds = {file: FILE_SECONDS.get(Path(file).name, guess) for file, guess in estimate.items()}
+    items.sort(key=lambda item: -seconds[item.nodeid.split("::")[0]])
+
+
 @pytest.fixture(scope="session", autouse=True)
 def tfds_data_dir(tmp_path_factory):
     """Bundled datasets are prepared once per session into a private data dir."""
     path = tmp_path_factory.mktemp("tensorflow_datasets")
     os.environ["TFDS_DATA_DIR"] = str(path)
+    return path
+
+
+@pytest.fixture(scope="session", autouse=True)
+def kerakit_cache_dir(tmp_path_factory):
+    """kerakit's per-machine cache (re-verified files, kerakit.export.rows) in the session's own directory, never
+    the user's ~/.cache; tests that judge caching set their own."""
+    path = tmp_path_factory.mktemp("kerakit_cache")
+    os.environ["KERAKIT_CACHE_DIR"] = str(path)
     return path
 
 

@@ -5,7 +5,7 @@ import json
 
 import pytest
 
-from conftest import run_cli
+from conftest import cli_in_process, run_cli
 from kerakit.errors import KerakitError
 
 
@@ -35,15 +35,14 @@ def test_build_ends_with_a_verified_deployment_table_and_the_report_path(built):
 def test_build_rerun_resumes_every_finished_step(built):
     out, _ = built
     before = {p: p.stat().st_mtime_ns for p in [out / "model.keras", out / "export" / "model.onnx", out / "bench" / "bench.json"]}
-    r = run_cli("build", "digits_cnn", "epochs=4", "--out", out, "--bench-runs", "20", timeout=300)
+    # The reruns in this process (cli_in_process): the same command, without 7-13 s of TensorFlow start-up each.
+    r = cli_in_process("build", "digits_cnn", "epochs=4", "--out", out, "--bench-runs", "20")
     assert r.returncode == 0, r.stderr[-2000:]
     for step in ("train", "export", "bench"):
         assert f"   {step}: already done" in r.stdout
     assert {p: p.stat().st_mtime_ns for p in before} == before
-    r = run_cli("build", "digits_cnn", "epochs=5", "--out", out, timeout=120)
+    r = cli_in_process("build", "digits_cnn", "epochs=5", "--out", out)
     assert r.returncode == 1 and "changed: epochs" in r.stderr and "or --overwrite to replace it" in r.stderr
-    from conftest import cli_in_process
-
     r = cli_in_process("build", "digits_cnn", "epochs=5", "--out", out, "--bench-runs", "5", "--overwrite")
     assert r.returncode == 0, r.stderr[-2000:]  # the option the line advised: trained, exported, benched again
     assert "   train: already done" not in r.stdout and "export: the model changed since the last export" in r.stdout
@@ -96,8 +95,7 @@ def test_build_with_an_artifact_that_fails_verification_exits_1_after_writing_th
     assert "artifact onnx: failed (max abs error" in card
     assert json.loads((out / "export" / "export_report.json").read_text())["passed"] is False
 
-    again = run_cli("build", "digits_cnn", "epochs=1", "--target", strict, "--out", out, "--bench-runs", "5",
-                    timeout=600)
+    again = cli_in_process("build", "digits_cnn", "epochs=1", "--target", strict, "--out", out, "--bench-runs", "5")
     assert again.returncode == 1 and "   export: onnx failed verification: exporting again" in again.stdout
 
 

@@ -10,6 +10,7 @@ import signal
 import socket
 import subprocess
 import time
+from pathlib import Path
 
 import pytest
 
@@ -78,8 +79,10 @@ def _free_ports(n):
     return ports
 
 
-def test_multi_worker_training_with_two_local_processes(tmp_path):
-    run_cli("train", "digits_cnn", "epochs=1", "--out", tmp_path / "warmup")  # prepare the dataset once
+def test_multi_worker_training_with_two_local_processes(tmp_path, digits_run):
+    # digits_run (trained in this process) prepared the dataset in the session's TFDS_DATA_DIR, which the two
+    # workers inherit: they would race to prepare it (a warm-up `kerakit train` did this, 10-15 s more).
+    assert (Path(os.environ["TFDS_DATA_DIR"]) / digits_run.recipe().dataset).is_dir()
     cluster = {"worker": [f"127.0.0.1:{p}" for p in _free_ports(2)]}
     out = tmp_path / "run"
     procs = []

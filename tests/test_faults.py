@@ -19,7 +19,7 @@ import numpy as np
 import pytest
 
 import kerakit
-from conftest import KERAKIT, run_cli
+from conftest import KERAKIT, cli_in_process, run_cli
 from kerakit import files, runs
 from kerakit.errors import KerakitError
 
@@ -181,8 +181,7 @@ def test_a_missing_or_changed_artifact_is_rebuilt_and_never_reported_verified(bu
 
     onnx = next(r for r in deployment_rows(runs.Run(out)) if r["artifact"] == "onnx")
     assert onnx["verdict"] == "failed" and onnx["reasons"] == ["model.onnx missing: export again"]
-    r = run_cli("build", "digits_cnn", "epochs=2", "--target", "server", "--out", out, "--bench-runs", "5",
-                timeout=600)
+    r = cli_in_process("build", "digits_cnn", "epochs=2", "--target", "server", "--out", out, "--bench-runs", "5")
     assert r.returncode == 0, r.stderr[-2000:]
     assert "export: model.onnx missing: exporting again" in r.stdout
     assert "   train: already done" in r.stdout
@@ -230,7 +229,7 @@ def test_a_torn_training_backup_resumes_from_the_previous_epoch_or_starts_over(t
     assert _kill_when(proc, lambda: (out / "backup" / "training_metadata.json.bkp").exists())
     latest = out / "backup" / "latest.weights.h5"
     latest.write_bytes(latest.read_bytes()[:5000])  # torn: as after a kill or a full disk mid-write
-    r = run_cli(*args, timeout=600)
+    r = cli_in_process(*args)  # the same command, in this process: 7-13 s less TensorFlow start-up
     assert r.returncode == 0, r.stderr[-2000:]
     assert "latest.weights.h5 is damaged or incomplete; resuming from the previous epoch's backup" in r.stdout
 
@@ -239,7 +238,7 @@ def test_a_torn_training_backup_resumes_from_the_previous_epoch_or_starts_over(t
     assert _kill_when(proc, lambda: (out2 / "backup" / "training_metadata.json").exists())
     for name in ("latest.weights.h5", "training_metadata.json"):
         (out2 / "backup" / name).write_bytes(b"\x00garbage")
-    r = run_cli(*args[:-1], out2, timeout=600)
+    r = cli_in_process(*args[:-1], out2)
     assert r.returncode == 0, r.stderr[-2000:]
     assert "training backup" in r.stdout and "is damaged; training starts over from epoch 0" in r.stdout
 
@@ -251,7 +250,7 @@ def test_a_kill_after_the_last_epoch_does_not_train_again(tmp_path):
     proc = _start(*args)
     killed = _kill_when(proc, lambda: (out / "backup" / "fit_done.json").exists())
     assert killed and not (out / "manifest.json").exists(), "killed between fit and the manifest"
-    r = run_cli(*args, timeout=600)
+    r = cli_in_process(*args)  # the same command, in this process: 7-13 s less TensorFlow start-up
     assert r.returncode == 0, r.stderr[-2000:]
     assert "had finished training (3 epochs) before it was interrupted; recording it" in r.stdout
     assert "Epoch 1/3" not in r.stdout
