@@ -208,8 +208,8 @@ def _here(run: runs.Run, batches: list[int], rebench, head: str, refused: dict[s
 def _rule_line(run: runs.Run, batches: list[int], refused=(), lead: str = "not its picks but the rule") -> str:
     pick = rule(run, batches, refused)[min(batches)]
     return (f"{lead}: {pick['artifact']} ({pick['setting']}) at every batch size (verified, "
-            f"float before int8, no TensorFlow, no spin-waiting threads, 1 thread on <= 2 cores); --rebench "
-            f"(runtime.load(RUN, rebench=True)) or `kerakit bench RUN` measures here")
+            f"float before int8, no TensorFlow, no spin-waiting threads, 1 thread on <= 2 cores); "
+            f"`kerakit serve RUN --rebench`, runtime.load(RUN, rebench=True) or `kerakit bench RUN` measures here")
 
 
 def reverify(run: runs.Run) -> tuple[dict[str, str], str]:
@@ -324,7 +324,7 @@ def measure_here(run: runs.Run, batches: list[int], seconds: float, refused=()) 
                             {f"threads={t}": f.thread_options(t) for t in threads}).items()}
     if not configs:
         raise KerakitError("no verified artifact that runs without TensorFlow")
-    with files.writer(run.path, "kerakit serve --rebench"):
+    with files.writer(run.path, "kerakit serve --rebench", has_out=False):  # it writes into the run it serves
         predictors = {}
         try:
             for key, (path, fmt, options) in configs.items():

@@ -31,6 +31,8 @@ _RUN_RECORDS_ORDER = ("only a file from elsewhere lacks its Keras output order, 
                       "is handed one; a run's model and its artifacts record it")
 _NO_OUT = "_Group.invoke passes takes_out=False for a command without --out: the line without it"
 _REPORT_WRITER = "report takes its run's writer lock with has_out=False: the line without --out"
+_REBENCH_WRITER = ("runtime.load(RUN) re-benches on a changed machine into the run it reads "
+                   "(deployment.measure_here: has_out=False): the line without --out")
 _OWN_HPARAMS = "tune and build hand train the best_hparams.json their search wrote"
 _RESEND = "track_run starts its tracker with resend=`kerakit track RUN`, said instead of 'rerun with --track'"
 UNREACHED = {
@@ -45,6 +47,8 @@ UNREACHED = {
     ("kerakit.cli:_disk_error", "serve", ("out",)): _NO_OUT,
     ("kerakit.files:ensure_writable_dir", "report", ("out",)): _REPORT_WRITER,
     ("kerakit.files:_acquire", "report", ("out",)): _REPORT_WRITER,
+    **{(f"kerakit.files:{f}", c, ("out",)): _REBENCH_WRITER
+       for f in ("ensure_writable_dir", "_acquire") for c in ("evaluate", "drift", "serve")},
     ("kerakit.export.source:_from_sample", "build", ("sample",)): _BUILD_OWN_RUN,
     ("kerakit.export.source:_more_sample_rows", "build", ("sample",)): _BUILD_OWN_RUN,
     ("kerakit.export.source:_random", "build", ("recipe", "sample")): _BUILD_OWN_RUN,
