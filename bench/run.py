@@ -380,7 +380,7 @@ def deployment_figures(run_path: Path, runs_: int = 200, export_first: bool = Tr
     run = Run.open(run_path)
     if export_first:
         try:
-            export(run.path, targets=["server", "edge", "x86"], log=lambda m: None)
+            export(run.path, targets=["server", "edge", "x86"], formats=["tflite"], log=lambda m: None)
         except VerificationFailed:
             pass  # the deployment is chosen among the verified artifacts: a failed one is never a candidate
     start = time.perf_counter()
@@ -397,6 +397,7 @@ def deployment_figures(run_path: Path, runs_: int = 200, export_first: bool = Tr
     ov = {q: formats.get("openvino").load(run.export_dir / n, threads=max(BENCH_THREADS))
           for q, n in (("f32", "model.openvino"), ("bf16", "model_bf16.openvino"))}
     onnx = formats.get("onnx").load(run.export_dir / "model.onnx", threads=max(BENCH_THREADS))
+    litert_fp32 = formats.get("tflite").load(run.export_dir / "model_fp32.tflite", threads=1)
     macs = graph_macs(run.export_dir / "model.onnx")
     peaks = cpu_peaks()
     out = {"recipe": run.config["recipe"], "bench_step_s": round(bench_s, 1), "bench_reported_s": result["seconds"],
@@ -409,7 +410,7 @@ def deployment_figures(run_path: Path, runs_: int = 200, export_first: bool = Tr
         x = {k: v[:batch] for k, v in x_test.items()}
         fastest = runtime.load(run.path, batch=batch)  # the fastest verified configuration at this batch size
         calls = {"serve_default": serve_default, "fastest_verified": fastest, "openvino_f32": ov["f32"],
-                 "openvino_bf16": ov["bf16"], "onnx": onnx}
+                 "openvino_bf16": ov["bf16"], "onnx": onnx, "litert_fp32": litert_fp32}
         feeds = {k: (p.predictor if k == "serve_default" else p).validate(x) for k, p in calls.items()}
         p50 = _p50s(time_interleaved({k: (lambda p=p, f=feeds[k]: p.run(f)) for k, p in calls.items()},
                                      runs_ * 2, warmup=20, block=10))
@@ -419,9 +420,10 @@ def deployment_figures(run_path: Path, runs_: int = 200, export_first: bool = Tr
             "serve_default_vs_fastest_verified": round(p50["serve_default"] / p50["fastest_verified"], 3),
             "openvino_f32_vs_onnx": round(p50["openvino_f32"] / p50["onnx"], 3),
             "openvino_bf16_vs_onnx": round(p50["openvino_bf16"] / p50["onnx"], 3),
+            "fastest_verified_vs_litert_fp32": round(p50["fastest_verified"] / p50["litert_fp32"], 3),
             "fastest_gflops": round(2 * macs * batch / (p50["fastest_verified"] / 1e3) / 1e9, 1),
         }
-    for p in (serve_default, onnx, *ov.values()):
+    for p in (serve_default, onnx, litert_fp32, *ov.values()):
         p.close()
     out.update(_fraction_of_peak(out["batches"].get("32", {}), result["deployment"].get(32) or
                                  result["deployment"].get("32") or {}, peaks))
@@ -429,9 +431,15 @@ def deployment_figures(run_path: Path, runs_: int = 200, export_first: bool = Tr
         "serve default / fastest verified <= 1.10 (b1 and b32)":
             all(b["serve_default_vs_fastest_verified"] <= 1.10 for b in out["batches"].values()),
         "fastest verified at b32 >= 0.5 of its kind's peak (MobileNetV3)": out["fraction_of_peak_b32"] >= 0.5,
+        "fastest verified / LiteRT fp32 (1 thread) at b32 <= 0.85 (MobileNetV3, a VNNI CPU)":
+            b32_ratio(out) <= 0.85,
         "bench step <= 90 s (digits_mobilenet, quiet machine)": bench_s <= 90,
     }
     return out
+
+
+def b32_ratio(out: dict) -> float:
+    return out["batches"].get("32", {}).get("fastest_verified_vs_litert_fp32", float("inf"))
 
 
 def _fraction_of_peak(b32: dict, pick: dict, peaks: dict) -> dict:
