@@ -271,7 +271,9 @@ def encode(inputs, train, config):
 '''
 CLASSIFIER_HEAD = dict(head='''\
     outputs = keras.layers.Dense(len(data.class_names), activation="softmax", name="probabilities")(x)''',
-                       loss='loss="sparse_categorical_crossentropy", metrics=["accuracy"]')
+                       # weighted: with class_weight, validation rows are weighed as training's (kerakit train), so
+                       # val_accuracy, which picks the best epoch, is the class-balanced accuracy; unweighted, plain
+                       loss='loss="sparse_categorical_crossentropy", weighted_metrics=["accuracy"]')
 CLASS_WEIGHT_TAIL = '''
 
 def class_weight(data, config):
