@@ -553,13 +553,15 @@ def test_every_recipe_exports_for_server_and_edge(name, tmp_path):
     else:  # random mock data: the model learns nothing and its outputs barely vary
         float_rows = [r for r in report.artifacts if r["quantization"] == "none"]
         assert [r["verdict"] for r in float_rows] == ["verified", "verified"], float_rows
-        for r in report.artifacts:  # int8 cannot resolve that variation: kerakit must not vouch for it (and 256
-            # mock rows cannot decide its accuracy change either: both are said)
-            assert r["verdict"] == "verified" or (
-                any("no closer to Keras than a constant" in reason for reason in r["reasons"])
-                and all("no closer to Keras than a constant" in reason or "these rows cannot decide" in reason
-                        for reason in r["reasons"])), r
-        assert report.row("onnx-int8")["verdict"] == "failed"
+        for r in report.artifacts:  # int8 may not resolve that variation, and 256 mock rows cannot decide its
+            # accuracy change: kerakit must not vouch for it, and says which (a tflite-int8 that does resolve it,
+            # 0.05 of the constant's error with one seed, still fails on the rows that cannot decide)
+            assert r["verdict"] == "verified" or (r["reasons"] and all(
+                "no closer to Keras than a constant" in reason or "these rows cannot decide" in reason
+                for reason in r["reasons"])), r
+        onnx_int8 = report.row("onnx-int8")
+        assert onnx_int8["verdict"] == "failed"
+        assert any("no closer to Keras than a constant" in reason for reason in onnx_int8["reasons"])
     if name == "breast_cancer_mlp":
         assert abs(_row(report, "tflite-int8")["metric_change"]) <= 0.01
 
