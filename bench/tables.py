@@ -8,7 +8,9 @@ it as written (its defaults: epochs=80 with early stopping, class weights where 
 same held-out test split:
 
 - classification: the recipe's accuracy minus gradient boosting's, in points; goal >= -1 on the median table;
-- regression: the recipe's RMSE / gradient boosting's; goal <= 1.05 on the median table.
+- regression: the recipe's RMSE / gradient boosting's; goal <= 1.05 on the median table;
+- served raw rows (the first table): `kerakit serve RUN` answering one TF Serving row at a time, p50 over HTTP,
+  against the bare SavedModel signature called on the same row pre-encoded as tensors, alternating blocks.
 
 Every table, its test rows, the columns the recipe left out and the majority/mean predictor are recorded beside
 the figures, and "falls_short" names each table under its goal: a small test split (wine: 18 rows, one row is
@@ -127,8 +129,53 @@ def table_figures(names=None) -> dict:
         for i, name in enumerate(names or TABLES):
             rows.append(one_table(name, TABLES[name](np.random.default_rng(i)), Path(tmp)))
             print(f"tables: {rows[-1]}", flush=True)
+            if i == 0:
+                served = served_row_p50(Path(tmp) / f"run_{name}", str(Path(tmp) / "tfds"))
+                print(f"tables: served {served}", flush=True)
     return {"loadavg_before": load, "loadavg_after": os.getloadavg(),
-            "wall_seconds": round(time.perf_counter() - start, 1), **summary(rows), "tables": rows}
+            "wall_seconds": round(time.perf_counter() - start, 1), **summary(rows), "served_row": served,
+            "tables": rows}
+
+
+def served_row_p50(run_path: Path, data_dir: str, blocks: int = 15, block: int = 20) -> dict:
+    """One raw row per request through `kerakit serve RUN` (TF Serving's `instances`, HTTP on loopback) against
+    the bare SavedModel signature on the same row as tensors, p50 of each over alternating blocks."""
+    import requests
+    import tensorflow as tf
+
+    from kerakit.data import load_data
+    from kerakit.export import export
+    from kerakit.runs import Run
+    from serve_load import _Server
+
+    run = Run.open(run_path)
+    export(run.path, formats=["savedmodel"], log=lambda m: None)
+    x, _ = load_data(run.recipe(), run.config["config"], data_dir).arrays("test")
+    row = {k: v[:1] for k, v in x.items()}
+    json_row = {k: (None if isinstance(c, float) and c != c else c.decode() if isinstance(c, bytes) else c)
+                for k, c in ((k, v.reshape(-1)[0].item() if hasattr(v.reshape(-1)[0], "item") else v.reshape(-1)[0])
+                             for k, v in row.items())}
+    signature = tf.saved_model.load(str(run.export_dir / "savedmodel")).signatures["serving_default"]
+    tensors = {k: tf.constant(v) for k, v in row.items()}
+    server = _Server(run.path)  # the run: its recipe tells serve which inputs are columns (null is missing)
+    timings: dict[str, list[float]] = {"served": [], "bare": []}
+    try:
+        session = requests.Session()
+        calls = {"served": lambda: session.post(f"{server.url}/v1/models/m:predict", json={"instances": [json_row]}),
+                 "bare": lambda: signature(**tensors)}
+        assert calls["served"]().status_code == 200
+        for _ in range(blocks):
+            for name, call in calls.items():
+                for _ in range(block):
+                    t = time.perf_counter()
+                    call()
+                    timings[name].append(time.perf_counter() - t)
+    finally:
+        server.stop()
+    p50 = {k: statistics.median(v) * 1e3 for k, v in timings.items()}
+    return {"served_p50_ms": round(p50["served"], 3), "bare_savedmodel_p50_ms": round(p50["bare"], 3),
+            "served_over_bare": round(p50["served"] / p50["bare"], 2), "requests": len(timings["served"]),
+            "row": json_row}
 
 
 def one_table(name: str, made, tmp: Path) -> dict:
