@@ -242,22 +242,8 @@ def _fit_phase(job: _Job, model, data, best, initial_epoch: int, epochs: int, la
     ]
     if verbose == "auto":
         verbose = 1 if sys.stdout.isatty() else 2
-    weights = recipe.class_weight(data, job.config) if recipe.class_weight is not None else None
-    return model.fit(data.train, validation_data=_weighed(data.val, weights), initial_epoch=initial_epoch,
-                     epochs=epochs, callbacks=callbacks, verbose=verbose, shuffle=False, class_weight=weights)
-
-
-def _weighed(val, weights: dict | None):
-    """The validation rows weighed as training weighs them (`class_weight`), so the loss and the weighted metrics
-    that pick the best epoch judge each class as training does. Unweighted, the best epoch on a 95/5 label was
-    the first, which says the majority class for every row (val_accuracy 0.95): the weights were trained and
-    then thrown away (the rare class's recall 0.0 where the last epoch's was 0.95)."""
-    if not weights:
-        return val
-    import tensorflow as tf
-
-    table = tf.constant([weights.get(i, 1.0) for i in range(max(weights) + 1)], tf.float32)
-    return val.map(lambda x, y: (x, y, tf.gather(table, tf.cast(y, tf.int32))))
+    return model.fit(data.train, initial_epoch=initial_epoch, epochs=epochs, callbacks=callbacks, verbose=verbose,
+                     shuffle=False, **recipe.weighted_fit(data, job.config, data.val))
 
 
 def _check_finite_loss(job: _Job, losses: list, hp, resumed_from: int) -> None:

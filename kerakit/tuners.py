@@ -180,6 +180,8 @@ class SearchTrials:
         if resumed:
             self.log(f"Trial {trial.trial_id} resumes from epoch {resumed} (interrupted earlier).")
         callbacks = [*kwargs.pop("callbacks", []), Backup(backup)]
+        # class weights as train uses them (self.data: this fold's, under --cv), validation rows weighed alike
+        kwargs.update(self.recipe.weighted_fit(self.data, self.data.config, kwargs.get("validation_data")))
         return super().run_trial(trial, *args, callbacks=callbacks, **kwargs)
 
     def _fit_folds(self, trial, kwargs: dict) -> list[dict]:

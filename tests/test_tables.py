@@ -158,6 +158,25 @@ def test_a_skewed_label_trains_with_balanced_class_weights_and_finds_the_rare_cl
                       log=lambda m: None)
 
 
+def test_a_search_trains_its_trials_with_the_class_weights_train_uses(tmp_path):
+    """kerakit tune's trials (and a --cv search's folds) weigh classes as kerakit train does: the same trial with
+    class_weight=balanced and with none, same seed and rows, scores differently (ignored, both read 0.88);
+    weighted, its score is the class-balanced validation accuracy (rows weighed as training weighs them)."""
+    import kerakit
+    from kerakit.sources import new_recipe
+
+    _rare_csv(tmp_path / "rare.csv", 1000, seed=0)
+    _, text = new_recipe("rare", tmp_path / "rare.csv", label="outcome")
+    (tmp_path / "rare.py").write_text(text)
+    scores = {}
+    for choice in ("balanced", "none"):
+        result = kerakit.tune(tmp_path / "rare.py", tmp_path / f"tune_{choice}", max_trials=1, epochs=1, units=16,
+                              class_weight=choice, retrain=False, verbose=0, log=lambda m: None)
+        [trial] = result.trials
+        scores[choice] = trial["score"]
+    assert scores["balanced"] < scores["none"] - 0.05, scores
+
+
 def test_a_balanced_label_trains_unweighted(tmp_path):
     from kerakit.sources import new_recipe
 
