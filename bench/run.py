@@ -71,6 +71,7 @@ Figures are ratios measured within one run (this machine is shared and noisy):
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import statistics
@@ -323,6 +324,7 @@ PROBES = {  # peak_probe.c's modes, widest first per kind, and the /proc/cpuinfo
 }
 
 
+@functools.cache  # measured once per bench run: every model's figure divides by the same peak
 def cpu_peaks() -> dict:
     """The CPU's peaks over the cores this process may use, per kind of work: fp32 (the widest FMA unit the CPU
     has: AVX-512 where present, else AVX2) and int8 (VNNI's VPDPBUSD, 512 or 256 bits; none without VNNI),
@@ -425,8 +427,7 @@ def deployment_figures(run_path: Path, runs_: int = 200, export_first: bool = Tr
         }
     for p in (serve_default, onnx, litert_fp32, *ov.values()):
         p.close()
-    out.update(_fraction_of_peak(out["batches"].get("32", {}), result["deployment"].get(32) or
-                                 result["deployment"].get("32") or {}, peaks))
+    out.update(_fraction_of_peak(out["batches"].get("32", {}), result["deployment"].get("32", {}), peaks))
     out["goals"] = {
         "serve default / fastest verified <= 1.10 (b1 and b32)":
             all(b["serve_default_vs_fastest_verified"] <= 1.10 for b in out["batches"].values()),

@@ -10,7 +10,7 @@ same held-out test split:
 - classification: the recipe's accuracy minus gradient boosting's, in points; goal >= -1 on the median table;
 - regression: the recipe's RMSE / gradient boosting's; goal <= 1.05 on the median table;
 - served raw rows (the first table): `kerakit serve RUN` answering one TF Serving row at a time, p50 over HTTP,
-  against the bare SavedModel signature called on the same row pre-encoded as tensors, alternating blocks.
+  against the bare SavedModel signature called on the same row pre-encoded as tensors, blocks in a shuffled order.
 
 Every table, its test rows, the columns the recipe left out and the majority/mean predictor are recorded beside
 the figures, and "falls_short" names each table under its goal: a small test split (wine: 18 rows, one row is
@@ -139,10 +139,12 @@ def table_figures(names=None) -> dict:
 
 def served_row_p50(run_path: Path, data_dir: str, blocks: int = 15, block: int = 20) -> dict:
     """One raw row per request through `kerakit serve RUN` (TF Serving's `instances`, HTTP on loopback) against
-    the bare SavedModel signature on the same row as tensors, p50 of each over alternating blocks."""
+    the bare SavedModel signature on the same row as tensors, p50 of each over blocks in a shuffled order
+    (`kerakit.bench.time_interleaved`)."""
     import requests
     import tensorflow as tf
 
+    from kerakit.bench import time_interleaved
     from kerakit.data import load_data
     from kerakit.export import export
     from kerakit.runs import Run
@@ -158,23 +160,17 @@ def served_row_p50(run_path: Path, data_dir: str, blocks: int = 15, block: int =
     signature = tf.saved_model.load(str(run.export_dir / "savedmodel")).signatures["serving_default"]
     tensors = {k: tf.constant(v) for k, v in row.items()}
     server = _Server(run.path)  # the run: its recipe tells serve which inputs are columns (null is missing)
-    timings: dict[str, list[float]] = {"served": [], "bare": []}
     try:
         session = requests.Session()
         calls = {"served": lambda: session.post(f"{server.url}/v1/models/m:predict", json={"instances": [json_row]}),
                  "bare": lambda: signature(**tensors)}
         assert calls["served"]().status_code == 200
-        for _ in range(blocks):
-            for name, call in calls.items():
-                for _ in range(block):
-                    t = time.perf_counter()
-                    call()
-                    timings[name].append(time.perf_counter() - t)
+        samples = time_interleaved(calls, blocks * block, warmup=block, block=block)
     finally:
         server.stop()
-    p50 = {k: statistics.median(v) * 1e3 for k, v in timings.items()}
+    p50 = {k: statistics.median(v) / 1e6 for k, v in samples.items()}
     return {"served_p50_ms": round(p50["served"], 3), "bare_savedmodel_p50_ms": round(p50["bare"], 3),
-            "served_over_bare": round(p50["served"] / p50["bare"], 2), "requests": len(timings["served"]),
+            "served_over_bare": round(p50["served"] / p50["bare"], 2), "requests": len(samples["served"]),
             "row": json_row}
 
 

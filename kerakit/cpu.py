@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import os
 import platform
+from functools import cache
 
 # The flags that change which kernels the runtimes (ONNX Runtime's MLAS, oneDNN in OpenVINO, XNNPACK) run, and so
 # which artifact is fastest or even correct: int8 (VNNI: an int8 ONNX without reduce_range saturates on a CPU
@@ -21,6 +22,7 @@ import platform
 FLAGS = ("avx2", "avx512f", "avx512_vnni", "avx_vnni", "avx512_bf16", "amx_int8", "amx_bf16")
 
 
+@cache  # read once per process: a check reads the model and flags of each file it judges
 def _cpuinfo() -> str:
     try:
         with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as f:
@@ -41,7 +43,7 @@ def model() -> str:
 
 def flags() -> list[str]:
     """Which of FLAGS this CPU has, in FLAGS' order ([] where /proc/cpuinfo is not there)."""
-    present = set((_field(_cpuinfo(), "flags") or "").split())
+    present = all_flags()
     return [f for f in FLAGS if f in present]
 
 

@@ -47,15 +47,15 @@ def _verified_rows(run: runs.Run, refused=()) -> dict[str, tuple[Path, formats.F
     from kerakit.export.report import ExportReport
 
     report = ExportReport.find(run.export_dir)
-    if report is None:
-        return {}
-    found = {}
-    for row in report.still_verified():
-        fmt = formats.get(row.format)
-        if fmt.timing_note or row.filename in refused:  # timed here, deployed elsewhere; or wrong here
-            continue
-        found[row.filename] = (report.directory / row.filename, fmt, row.quantization)
-    return found
+    return {} if report is None else {row.filename: (report.directory / row.filename, formats.get(row.format),
+                                                     row.quantization) for row in _deployable(report, refused)}
+
+
+def _deployable(report, refused=()) -> list:
+    """The report's still-verified rows (each file checked against its SHA-256) that may be deployed here: not a
+    format timed on a host that is not its device, nor one `refused` on this machine."""
+    return [row for row in report.still_verified()
+            if not formats.get(row.format).timing_note and row.filename not in refused]
 
 
 def candidates(run: runs.Run) -> dict[str, Path]:
@@ -101,9 +101,9 @@ def choose(run: runs.Run, batch: int | None = None, table: "dict[int, dict] | No
     return {**choice, "path": str(path)}
 
 
-def recorded(run: runs.Run) -> dict[int, dict]:
-    """{batch: choice} as deployment.json records them."""
-    table = {int(b): c for b, c in read(run)["batches"].items()}
+def recorded(run: runs.Run, book: dict | None = None) -> dict[int, dict]:
+    """{batch: choice} as deployment.json records them (`book`: deployment.json, where the caller has read it)."""
+    table = {int(b): c for b, c in (book or read(run))["batches"].items()}
     if not table:
         raise KerakitError(f"{run.deployment} names no artifact; {FIX}.")
     return table
@@ -163,7 +163,7 @@ def plan(run: runs.Run, rebench: "float | bool | None" = None, say: Callable[[st
     if not run.deployment.exists():
         return unbenched(run, rebench, say)
     book = read(run)
-    table = recorded(run)
+    table = recorded(run, book)
     why = differences(book["machine"], cpu.describe(), table)
     if why is None:
         return table
@@ -199,14 +199,13 @@ def _here(run: runs.Run, batches: list[int], rebench, head: str, refused: dict[s
             picks = ", ".join(f"batch {b}: {c['artifact']} ({c['setting']})" for b, c in sorted(table.items()))
             say(f"{head}; re-benched here in {spent:.1f} s (bound {seconds:g} s): {picks}")
     if table is None:
-        say(f"{head}; {_rule_line(run, batches, refused, lead)}")
         table = rule(run, batches, refused)
+        say(f"{head}; {_rule_line(table[min(batches)], lead)}")
     _say_refused(run, refused, say)
     return table
 
 
-def _rule_line(run: runs.Run, batches: list[int], refused=(), lead: str = "not its picks but the rule") -> str:
-    pick = rule(run, batches, refused)[min(batches)]
+def _rule_line(pick: dict, lead: str) -> str:
     return (f"{lead}: {pick['artifact']} ({pick['setting']}) at every batch size (verified, "
             f"float before int8, no TensorFlow, no spin-waiting threads, 1 thread on <= 2 cores); "
             f"`kerakit serve RUN --rebench`, runtime.load(RUN, rebench=True) or `kerakit bench RUN` measures here")
@@ -219,10 +218,11 @@ def reverify(run: runs.Run) -> tuple[dict[str, str], str]:
     from kerakit.export.report import ExportReport
     from kerakit.export.rows import reverify as judged_here
 
-    names = [n for n, (_, _, quantization) in _verified_rows(run).items() if quantization != "none"]
-    if not names:
+    report = ExportReport.find(run.export_dir)
+    quantized = [] if report is None else [r for r in _deployable(report) if r.quantization != "none"]
+    if not quantized:
         return {}, ""
-    found = judged_here(ExportReport.read(run.export_dir), names)
+    found = judged_here(report, quantized)
     refused = {n: r.figure for n, r in found.items() if not r.verified}
     passed = [f"{n} ({r.figure})" for n, r in found.items() if r.verified]
     cached = " (cached)" if found and all(r.cached for r in found.values()) else ""

@@ -168,6 +168,18 @@ class Run:
         return files.load_json(self.metrics_path, f"delete {self.manifest_path} and rerun `kerakit train` with the "
                                              "same --out to evaluate the model again")
 
+    def recipe_assignments(self, names: tuple[str, ...]) -> dict:
+        """{name: ast.Assign} of the top-level assignments `names` in the run's copy of its recipe (the last of
+        each, as Python would bind it; {} where the copy is missing): read, never run, so that `kerakit serve`
+        runs no recipe code to learn a FIT or a table's columns."""
+        import ast
+
+        if not self.recipe_path.is_file():
+            return {}
+        tree = ast.parse(self.recipe_path.read_bytes(), str(self.recipe_path))
+        return {target.id: node for node in tree.body if isinstance(node, ast.Assign)
+                for target in node.targets if isinstance(target, ast.Name) and target.id in names}
+
     def recipe(self):
         """The run's own copy of its recipe, under the recipe's name."""
         from kerakit.recipe import load_recipe

@@ -2,7 +2,7 @@
 again from them on another machine, in the artifact's own runtime: no TensorFlow, no Keras.
 
     record = store(out, reference)               # at export: verification_rows.npz; the report keeps `record`
-    found = reverify(report, ["model_int8.onnx"])  # {"model_int8.onnx": Reverified(verified, figure, cached)}
+    found = reverify(report, [report.row("onnx-int8")])  # {"model_int8.onnx": Reverified(verified, figure, cached)}
 
 An int8 file's answers can depend on the CPU (an int8 ONNX without `reduce_range` saturates on x86 without VNNI),
 so `kerakit.deployment` asks this before a re-bench or its rule may pick one on a machine other than the one
@@ -182,13 +182,13 @@ class Reverified:
     cached: bool = False
 
 
-def reverify(report, names: list[str]) -> dict[str, Reverified]:
-    """Judge each of the export's still-verified artifacts `names` again on this machine from the stored rows, in
-    its own runtime, as the export judged it; results are cached per machine (`cache_dir`). A file whose rows are
-    missing or changed (SHA-256) cannot be judged here: not verified."""
+def reverify(report, artifacts: list) -> dict[str, Reverified]:
+    """Judge each of the export's `artifacts` (its rows the caller found still verified) again on this machine
+    from the stored rows, in its own runtime, as the export judged it; results are cached per machine
+    (`cache_dir`). Where the stored rows are missing or changed (SHA-256), nothing can be judged here: not verified."""
     rows_path, why = report.verification_rows_file()
     found, ref = {}, None
-    for row in (r for r in report.still_verified() if r.filename in names):
+    for row in artifacts:
         if rows_path is None:
             found[row.filename] = Reverified(False, why)
             continue
@@ -225,7 +225,8 @@ def _judge_here(path: Path, row, ref: Reference) -> Reverified:
 
 
 def _predict(predictor, inputs: dict[str, np.ndarray], batch: int = 256) -> dict[str, np.ndarray]:
-    """Every row through `predictor`, `batch` at a time (the runtime API's `predict_all` is above this module)."""
+    """Every row through `predictor`, `batch` at a time (the runtime API's `predict_all` is above this module:
+    kerakit.runtime reaches it through kerakit.deployment, so calling it would close an import cycle)."""
     n = len(next(iter(inputs.values())))
     parts = [predictor.predict({k: v[i:i + batch] for k, v in inputs.items()}) for i in range(0, n, batch)]
     return {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}

@@ -65,10 +65,6 @@ class Budget:
     latency_ms: float | None = None
 
     @property
-    def declared(self) -> bool:
-        return any(v is not None for v in (self.ram_kb, self.flash_kb, self.size_mb, self.latency_ms))
-
-    @property
     def footprint_declared(self) -> bool:
         """RAM or flash: what only a format that measures its footprint can be held to."""
         return self.ram_kb is not None or self.flash_kb is not None

@@ -2,7 +2,7 @@
 
 Converted from the serving SavedModel; the model's name, labels and
 normalization travel inside the file as a "kerakit" metadata entry, and in
-LiteRT's own metadata schema (TFLITE_METADATA: `add_standard_metadata`) for
+LiteRT's own metadata schema (TFLITE_METADATA: `add_metadata(..., standard=)`) for
 readers that know only that: MediaPipe Tasks, the TFLite Support library.
 """
 
@@ -58,8 +58,7 @@ def convert(context, spec, path: Path) -> dict | None:
         data, note = int8_for_delegate(savedmodel, io, context.inputs, context.calibration)
     else:
         data = tflite_bytes(savedmodel, spec.quantization, io, context.inputs, context.calibration)
-    data = add_metadata(data, {**context.metadata, "quantization": spec.quantization})
-    data = add_standard_metadata(data, context.metadata)
+    data = add_metadata(data, {**context.metadata, "quantization": spec.quantization}, standard=context.metadata)
     with files.atomic_path(path) as tmp:
         tmp.write_bytes(data)
     return note
@@ -237,24 +236,35 @@ def _convert(converter) -> bytes:
         raise
 
 
-def add_metadata(model_bytes: bytes, metadata: dict) -> bytes:
-    """Embed `metadata` (JSON: name, description, normalization, labels) in the flatbuffer's metadata list.
+def add_metadata(model_bytes: bytes, metadata: dict, standard: dict | None = None) -> bytes:
+    """Embed `metadata` (JSON: name, description, normalization, labels) in the flatbuffer's metadata list, and
+    with `standard` (the model's name, description, labels) LiteRT's own description of it too
+    (`_standard_bytes`), in one parse and one write of the flatbuffer.
 
     Stored under the name "kerakit"; LiteRT ignores unknown metadata entries,
     and any flatbuffer reader can get it back (`read_metadata`).
     """
-    from tensorflow.lite.python import schema_py_generated as schema
     from tensorflow.lite.tools import flatbuffer_utils
 
     model = flatbuffer_utils.convert_bytearray_to_object(bytearray(model_bytes))
+    _put_metadata(model, "kerakit", json.dumps(metadata, sort_keys=True).encode())
+    labels = (standard.get("labels") or []) if standard is not None else []
+    if standard is not None:
+        _put_metadata(model, STANDARD_METADATA, _standard_bytes(model, standard, labels))
+    return _with_labels(bytes(flatbuffer_utils.convert_object_to_bytearray(model)), labels)
+
+
+def _put_metadata(model, name: str, data: bytes) -> None:
+    """`data` as a new buffer of `model` (a flatbuffer object), its metadata entry `name` pointing at it (an
+    older entry of that name replaced)."""
+    from tensorflow.lite.python import schema_py_generated as schema
+
     buffer = schema.BufferT()
-    buffer.data = np.frombuffer(json.dumps(metadata, sort_keys=True).encode(), dtype=np.uint8)
+    buffer.data = np.frombuffer(data, dtype=np.uint8)
     model.buffers.append(buffer)
     entry = schema.MetadataT()
-    entry.name = "kerakit"
-    entry.buffer = len(model.buffers) - 1
-    model.metadata = [m for m in (model.metadata or []) if m.name != b"kerakit" and m.name != "kerakit"] + [entry]
-    return bytes(flatbuffer_utils.convert_object_to_bytearray(model))
+    entry.name, entry.buffer = name, len(model.buffers) - 1
+    model.metadata = [m for m in (model.metadata or []) if _text(m.name) != name] + [entry]
 
 
 # --------------------------------------------------------------------------- LiteRT's metadata schema
@@ -268,9 +278,9 @@ _RGB, _GRAYSCALE = 1, 2       # ColorSpaceType
 _TENSOR_AXIS_LABELS = 2       # AssociatedFileType
 
 
-def add_standard_metadata(model_bytes: bytes, metadata: dict) -> bytes:
-    """The model described in LiteRT's metadata schema (metadata_schema.fbs, file identifier M001), stored in the
-    flatbuffer's metadata list under TFLITE_METADATA, which MediaPipe Tasks and the TFLite Support library read:
+def _standard_bytes(model, metadata: dict, labels: list[str]) -> bytes:
+    """The ModelMetadata flatbuffer of `model`: the model described in LiteRT's metadata schema
+    (metadata_schema.fbs, file identifier M001), stored (`add_metadata`) in the flatbuffer's metadata list under TFLITE_METADATA, which MediaPipe Tasks and the TFLite Support library read:
     the model's name and description; an image input (uint8, height x width x 3 or 1) as an RGB or grayscale image
     of that default size whose values range over 0-255 (Stats), read as raw pixels, with no normalization to apply;
     each output by name, and a class output's labels as labels.txt (TENSOR_AXIS_LABELS), packed into the file as
@@ -281,21 +291,14 @@ def add_standard_metadata(model_bytes: bytes, metadata: dict) -> bytes:
     TensorFlow's stack is past, and MediaPipe 1.2's wheel lacks the compiled module its writers import.
     """
     import flatbuffers
-    from tensorflow.lite.python import schema_py_generated as schema
-    from tensorflow.lite.tools import flatbuffer_utils
 
-    model = flatbuffer_utils.convert_bytearray_to_object(bytearray(model_bytes))
-    labels = metadata.get("labels") or []
     builder = flatbuffers.Builder(1024)
-    root = _model_metadata(builder, model, metadata, labels)
-    builder.Finish(root, file_identifier=b"M001")
-    buffer = schema.BufferT()
-    buffer.data = np.frombuffer(bytes(builder.Output()), dtype=np.uint8)
-    model.buffers.append(buffer)
-    entry = schema.MetadataT()
-    entry.name, entry.buffer = STANDARD_METADATA, len(model.buffers) - 1
-    model.metadata = [m for m in (model.metadata or []) if _text(m.name) != STANDARD_METADATA] + [entry]
-    data = bytes(flatbuffer_utils.convert_object_to_bytearray(model))
+    builder.Finish(_model_metadata(builder, model, metadata, labels), file_identifier=b"M001")
+    return bytes(builder.Output())
+
+
+def _with_labels(data: bytes, labels: list[str]) -> bytes:
+    """The model's bytes with labels.txt zipped after them, as the TFLite Support populator packs it."""
     if not labels:
         return data
     archive = io.BytesIO(data)

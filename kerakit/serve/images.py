@@ -92,17 +92,14 @@ def recorded_fit(path: "str | Path") -> str:
     from kerakit.images import check_fit
 
     run = runs.find_run(path)
-    if run is None or not run.recipe_path.is_file():
+    node = (run.recipe_assignments(("FIT",)) if run is not None else {}).get("FIT")
+    if node is None:
         return "letterbox"
-    tree = ast.parse(run.recipe_path.read_bytes(), str(run.recipe_path))
-    for node in tree.body:
-        if isinstance(node, ast.Assign) and any(isinstance(t, ast.Name) and t.id == "FIT" for t in node.targets):
-            try:
-                return check_fit(ast.literal_eval(node.value))
-            except (ValueError, KerakitError) as e:
-                raise KerakitError(f"{run.recipe_path}:{node.lineno}: FIT must be a string literal the server "
-                                   f"can read: {e}") from None
-    return "letterbox"
+    try:
+        return check_fit(ast.literal_eval(node.value))
+    except (ValueError, KerakitError) as e:
+        raise KerakitError(f"{run.recipe_path}:{node.lineno}: FIT must be a string literal the server "
+                           f"can read: {e}") from None
 
 
 # --------------------------------------------------------------------------- decoding

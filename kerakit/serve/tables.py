@@ -86,16 +86,9 @@ def recorded_columns(path: "str | Path") -> dict[str, list[str]] | None:
     """NUMBERS and CATEGORIES of the table recipe the model at `path` was trained by (the run's copy), or None
     where it has no run or its recipe is not a table recipe. Read with ast: no recipe code runs in a server."""
     run = runs.find_run(path)
-    if run is None or not run.recipe_path.is_file():
-        return None
-    tree = ast.parse(run.recipe_path.read_bytes(), str(run.recipe_path))
-    found = {}
-    for node in tree.body:
-        if isinstance(node, ast.Assign):
-            for target in node.targets:
-                if isinstance(target, ast.Name) and target.id in ("NUMBERS", "CATEGORIES"):
-                    found[target.id] = _names(node, run.recipe_path)
-    return found if set(found) == {"NUMBERS", "CATEGORIES"} else None
+    found = {} if run is None else run.recipe_assignments(("NUMBERS", "CATEGORIES"))
+    listed = {name: _names(node, run.recipe_path) for name, node in found.items()}
+    return listed if set(listed) == {"NUMBERS", "CATEGORIES"} else None
 
 
 def _names(node: ast.Assign, path: Path) -> list[str]:
@@ -129,7 +122,7 @@ def from_json(value, dtype: str, where: str, kind: str) -> np.ndarray:
     for i, v in enumerate(flat):
         if v is None or v == MISSING_NUMBER:
             flat[i] = np.nan
-        elif isinstance(v, str) or isinstance(v, bool) or not isinstance(v, (int, float)):
+        elif isinstance(v, bool) or not isinstance(v, (int, float)):
             raise BadRequest(f"{where}: expected a number, got {_shown(v)}; send a JSON number, or null (or "
                              f"\"{MISSING_NUMBER}\") where the value is missing.")
     return to_array(array.astype(np.float64), dtype, where)

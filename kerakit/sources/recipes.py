@@ -107,13 +107,12 @@ def _table_recipe(name: str, dataset: str, report: dict, frame) -> str:
 def _defaults(report: dict, frame, splits) -> str:
     """DEFAULTS' config keys: class_weight "balanced" where the label is skewed on the training split (its
     smallest class under IMBALANCE of its largest, as the data report flags it), else "none"."""
-    from kerakit.sources.checks import IMBALANCE
+    from kerakit.sources.checks import is_imbalanced
 
     defaults = "epochs=80, batch_size=32, patience=12, clean_categories=False"
     if len(report["tasks"]) > 1 or report["task"] != "classification":
         return defaults
-    counts = frame[report["label"]][splits == "train"].str.strip().value_counts()
-    skewed = len(counts) > 1 and counts.iloc[-1] / counts.iloc[0] < IMBALANCE
+    skewed = is_imbalanced(frame[report["label"]][splits == "train"])
     return defaults + f', class_weight="{"balanced" if skewed else "none"}"'
 
 
