@@ -23,6 +23,8 @@ extension (what tritonclient sends) for large ones.
 - grpc_vs_rest: KServe v2 gRPC (raw_input_contents, grpc.aio client) over REST with
   binary tensors and over REST with JSON tensors, requests/s at concurrency 16, with CPU
   time per request. Goal >= 1.5 for digits_mobilenet.
+- json_guard: server CPU per REST request with JSON tensors, today's server over the same server with
+  the 19-digit regex issue 28 found over every body put back in front of the parse. Goal <= 0.5 (MobileNetV3).
 - memory: server RSS before and after 200 requests of ~3.8 MB (binary tensors).
   Goal: after <= 1.5x before.
 - overload: 2,000 and 8,000 unary gRPC calls sent at once, at the default limits and with
@@ -342,6 +344,44 @@ def grpc_vs_rest(model: Path, x_test: np.ndarray, n: int, concurrency: int, roun
             "ratio_vs_json": round(grpc / result["rest_json"]["requests_per_s"], 3), "goal": ">= 1.5"}
 
 
+# `kerakit serve` with the JSON guard issue 28 found on every body put back in front of today's parse: a regex
+# for 19-digit runs (an integer beyond 64 bits) over the whole body before orjson. A float body has no such run,
+# so the old code went on to orjson, as this one does.
+GUARD_BEFORE_ISSUE_28 = """
+import re, sys
+import kerakit.serve.decoding, kerakit.serve.kserve_v2, kerakit.serve.tfserving
+LONG_DIGITS, parse = re.compile(rb"\\d{19}"), kerakit.serve.decoding.parse_json
+def parse_json(body):
+    LONG_DIGITS.search(body)
+    return parse(body)
+for module in (kerakit.serve.decoding, kerakit.serve.kserve_v2, kerakit.serve.tfserving):
+    module.parse_json = parse_json
+from kerakit.cli import main
+sys.argv[0] = "kerakit"
+sys.exit(main())
+"""
+
+
+def json_guard(model: Path, x_test: np.ndarray, n: int, concurrency: int, rounds: int) -> dict:
+    """Server CPU per REST request with JSON tensors, today's server against the same server with the old
+    guard put back (GUARD_BEFORE_ISSUE_28), in alternating rounds. Goal (issue 28, MobileNetV3): <= 0.5."""
+    rows = [x_test[i:i + 1] for i in range(min(64, len(x_test)))]
+    plain = [_json_body(x) for x in rows]
+    servers = {"today": _Server(model)}
+    try:
+        servers["guard_before"] = _Server(model, command=[sys.executable, "-c", GUARD_BEFORE_ISSUE_28, "serve",
+                                                          str(model), "--name", "m", "--no-log"])
+        url = "/v2/models/m/infer"
+        result = _alternate({name: lambda s=server: _cpu_per_request(s, lambda: load(s.url + url, plain, n, concurrency), n)
+                             for name, server in servers.items()}, rounds)
+    finally:
+        for server in servers.values():
+            server.stop()
+    ratio = result["today"]["server_cpu_us_per_request"] / result["guard_before"]["server_cpu_us_per_request"]
+    return {**result, "body_bytes": len(plain[0][0]), "server_cpu_ratio": round(ratio, 3), "goal": "<= 0.5",
+            "meets_goal": ratio <= 0.5}
+
+
 def _json_body(x: np.ndarray) -> tuple[bytes, dict]:
     tensor = {"name": "image", "shape": list(x.shape), "datatype": "FP32", "data": x.ravel().tolist()}
     return json.dumps({"inputs": [tensor]}).encode(), {"content-type": "application/json"}
@@ -455,7 +495,8 @@ def limits(model: Path, x_test: np.ndarray, requests_: int = 3000, concurrency: 
     rest = rest_vs_bare(model, bodies, requests_, concurrency, rounds)
     out = {"rest_vs_bare_endpoint": rest, "where_time_goes": where_time_goes(model, bodies, rest),
            "grpc_vs_rest": grpc_vs_rest(model, x_test, requests_, concurrency, rounds),
-           "overload": overload(model, x_test)}
+           "overload": overload(model, x_test),
+           "json_guard": json_guard(model, x_test, min(requests_, 1000), concurrency, rounds)}
     if with_memory:
         out["memory"] = memory(model, x_test)
     return out
