@@ -545,9 +545,14 @@ def drift_cmd(ctx, run, data, psi_threshold, ks_threshold, data_dir, as_json) ->
 
         table = Table("series", "PSI", "KS", "train median", "new median", "drift",
                       title=f"drift: {result['described']} vs training data", box=None)
+        def median(value, missing) -> str:  # and the share of rows missing, where a column has gaps
+            shown = "-" if value is None else f"{value:.4g}"
+            return f"{shown} ({missing:.1%} missing)" if missing else shown
+
         for r in result["series"]:
-            table.add_row(r["series"], f"{r['psi']:.3f}", f"{r['ks']:.3f}", f"{r['reference_median']:.4g}",
-                          f"{r['new_median']:.4g}", "DRIFT" if r["drift"] else "")
+            table.add_row(r["series"], f"{r['psi']:.3f}", f"{r['ks']:.3f}",
+                          median(r["reference_median"], r["reference_missing"]),
+                          median(r["new_median"], r["new_missing"]), "DRIFT" if r["drift"] else "")
         for r in result["categories"]:  # the share of the category that moved most, in train and now
             m, value = r["moved"], "other" if r["moved"]["value"] is None else repr(r["moved"]["value"])
             table.add_row(f"{r['input']} categories", f"{r['psi']:.3f}", "-", f"{value} {m['reference']:.0%}",

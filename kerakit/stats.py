@@ -13,8 +13,9 @@ arrays, batches and a prediction function.
 A series is one number per row: each input's per-row mean, std, min and max
 (`request_log.row_statistics`, what `kerakit serve` logs per request), plus
 each feature of a tabular (rank-1) input. Per series: the population
-stability index over the reference's decile bins and the two-sample
-Kolmogorov-Smirnov statistic; predicted classes by PSI over classes. A series
+stability index over the reference's decile bins, with missing values (NaN:
+a table's empty cell) as one more bin, and the two-sample Kolmogorov-Smirnov
+statistic over the values present; predicted classes by PSI over classes. A series
 drifts when PSI > psi_threshold (0.2 by default, the usual "significant
 shift") or KS > ks_threshold (0.2).
 
@@ -39,7 +40,8 @@ import numpy as np
 from kerakit.errors import KerakitError
 from kerakit.request_log import category_key, row_statistics, strings_per_row
 
-PROFILE_VERSION = 3  # bump when the summary or its binning changes: an older profile is then not used (3: categories)
+PROFILE_VERSION = 4  # bump when the summary or its binning changes: an older profile is then not used (3: categories;
+# 4: missing values counted apart, where 3 put NaN through the quantiles and every comparison came out false)
 MAX_TABULAR_FEATURES = 64
 SAMPLE = 2000  # reference values kept per series, for KS
 PROFILE_ROWS = 100_000  # rows a profile is computed from at most: a seeded sample of a larger split
@@ -73,21 +75,38 @@ def prediction_summary(outputs: np.ndarray) -> dict:
 
 
 def summarize(values: np.ndarray) -> dict:
-    """One reference series: its decile edges, the share of values in each bin (for PSI), and a sorted sample
-    (for KS). The same values in any order give the same summary."""
-    values = np.sort(np.asarray(values, dtype=np.float64))
-    edges = np.unique(np.quantile(values, np.linspace(0, 1, 11)[1:-1]))
-    counts = np.bincount(np.searchsorted(edges, values, side="left"), minlength=len(edges) + 1)
+    """One reference series: its decile edges, the share of values in each bin (for PSI), a sorted sample (for
+    KS), and the share of rows missing (NaN: a table's empty cell), counted apart from the bins and the sample.
+    The same values in any order give the same summary."""
+    values = np.asarray(values, dtype=np.float64)
+    present = np.sort(values[~np.isnan(values)])
+    missing = round(1 - len(present) / len(values), 6) if len(values) else 0.0
+    if not len(present):  # every row missing: one empty bin, nothing to sample
+        return {"edges": [], "proportions": [1.0], "sample": [], "missing": missing}
+    edges = np.unique(np.quantile(present, np.linspace(0, 1, 11)[1:-1]))
+    counts = np.bincount(np.searchsorted(edges, present, side="left"), minlength=len(edges) + 1)
     rng = np.random.default_rng(0)
-    sample = values if len(values) <= SAMPLE else rng.choice(values, SAMPLE, replace=False)
-    return {"edges": edges.tolist(), "proportions": (counts / counts.sum()).tolist(), "sample": np.sort(sample).tolist()}
+    sample = present if len(present) <= SAMPLE else rng.choice(present, SAMPLE, replace=False)
+    return {"edges": edges.tolist(), "proportions": (counts / counts.sum()).tolist(), "sample": np.sort(sample).tolist(),
+            "missing": missing}
 
 
 def psi(reference: dict, values: np.ndarray) -> float:
-    """Population stability index of `values` over the decile bins of a `summarize`d reference."""
+    """Population stability index of `values` over the decile bins of a `summarize`d reference, with missing
+    values (NaN) as one more bin: a column that starts arriving empty drifts like one whose values move. Where
+    neither side has a missing value that bin adds nothing.
+
+    >>> ref = summarize(np.arange(100.0))
+    >>> round(psi(ref, np.arange(100.0)), 6), psi(ref, np.where(np.arange(100) < 30, np.nan, np.arange(100.0))) > 0.2
+    (0.0, True)
+    """
+    values = np.asarray(values, dtype=np.float64)
+    missing = np.isnan(values)
     edges = np.asarray(reference["edges"])
-    counts = np.bincount(np.searchsorted(edges, values, side="left"), minlength=len(edges) + 1)
-    return proportions_psi(np.asarray(reference["proportions"]), counts / counts.sum())
+    counts = np.bincount(np.searchsorted(edges, values[~missing], side="left"), minlength=len(edges) + 1)
+    was_missing = reference.get("missing", 0.0)  # a profile of kerakit 3 and older had no missing share
+    expected = np.append(np.asarray(reference["proportions"]) * (1 - was_missing), was_missing)
+    return proportions_psi(expected, np.append(counts, missing.sum()) / max(len(values), 1))
 
 
 def proportions_psi(expected: np.ndarray, actual: np.ndarray) -> float:
@@ -97,7 +116,9 @@ def proportions_psi(expected: np.ndarray, actual: np.ndarray) -> float:
 
 
 def compare_series(reference: dict, values: np.ndarray, psi_threshold: float = 0.2, ks_threshold: float = 0.2) -> dict:
-    """PSI and two-sample KS statistic of new `values` against one `summarize`d reference series.
+    """PSI and two-sample KS statistic of new `values` against one `summarize`d reference series, and the share
+    of rows missing on each side. KS and the medians are over the values present (KS is 0 where a side has
+    none: the missing bin of PSI then says it).
 
     >>> rng = np.random.default_rng(0)
     >>> compare_series(summarize(rng.normal(size=5000)), rng.normal(1.0, size=500))["drift"]
@@ -106,11 +127,15 @@ def compare_series(reference: dict, values: np.ndarray, psi_threshold: float = 0
     from scipy.stats import ks_2samp
 
     values = np.asarray(values, dtype=np.float64)
-    sample = np.asarray(reference["sample"])
+    present, sample = values[~np.isnan(values)], np.asarray(reference["sample"])
     value = psi(reference, values)
-    ks = float(ks_2samp(sample, values).statistic)
-    return {"psi": round(value, 4), "ks": round(ks, 4), "reference_median": float(np.median(sample)),
-            "new_median": float(np.median(values)), "drift": value > psi_threshold or ks > ks_threshold}
+    ks = float(ks_2samp(sample, present).statistic) if len(sample) and len(present) else 0.0
+    return {"psi": round(value, 4), "ks": round(ks, 4),
+            "reference_median": float(np.median(sample)) if len(sample) else None,
+            "new_median": float(np.median(present)) if len(present) else None,
+            "reference_missing": reference.get("missing", 0.0),
+            "new_missing": round(1 - len(present) / len(values), 6) if len(values) else 0.0,
+            "drift": value > psi_threshold or ks > ks_threshold}
 
 
 # --------------------------------------------------------------------------- categories of a string input

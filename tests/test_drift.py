@@ -216,7 +216,6 @@ def test_drift_compares_the_category_mix_of_a_string_input_logged_by_the_server(
     """Held-out rows sent to `kerakit serve` pass; the same rows with most islands turned to Torgersen (20 % of
     training) or to islands training never saw ("other") drift on `island`'s categories, with their PSI."""
     from kerakit.data import load_data
-    from conftest import Server
 
     profile = json.loads(table_run.data_profile.read_text())
     assert profile["categories"]["island"]["values"][:4] == ["Biscoe", "Dream", "Torgersen", "Shetland"]
@@ -225,22 +224,9 @@ def test_drift_compares_the_category_mix_of_a_string_input_logged_by_the_server(
     shifted = {**x, "island": x["island"].copy()}
     shifted["island"][::5, 0] = "Atlantis"
     shifted["island"][1::5, 0] = shifted["island"][2::5, 0] = shifted["island"][3::5, 0] = "Torgersen"
-    results = {}
-    for name, rows in (("same", x), ("shifted", shifted)):
-        log = tmp_path / f"{name}.jsonl"
-        server = Server(table_run.path, "--log", log, log_dir=tmp_path)
-        try:
-            for i in range(0, len(rows["island"]), 16):
-                body = {"inputs": {k: [[None if isinstance(c, float) and c != c else c for c in r]
-                                        for r in v[i:i + 16].tolist()] for k, v in rows.items()}}
-                r = requests.post(f"{server.url}/v1/models/penguins:predict", json=body)
-                assert r.status_code == 200, r.text
-        finally:
-            server.stop()
-        assert "Atlantis" not in log.read_text()  # the log holds digests of categories, not what users sent
-        for line in log.read_text().splitlines():  # strict JSON, as jq or a browser reads it: null, never NaN
-            json.loads(line, parse_constant=lambda c: pytest.fail(f"{c} in the request log: {line[:200]}"))
-        results[name] = cli_in_process("drift", table_run.path, "--data", log, "--json")
+    results = {name: _drift_of_served_rows(table_run, rows, tmp_path / f"{name}.jsonl")
+               for name, rows in (("same", x), ("shifted", shifted))}
+    assert "Atlantis" not in (tmp_path / "shifted.jsonl").read_text()  # the log holds digests, not what users sent
     same = json.loads(results["same"].stdout)
     assert results["same"].returncode == 0 and not same["drift"], results["same"].stdout
     assert {r["input"] for r in same["categories"]} == {"island", "observer"}
@@ -254,3 +240,57 @@ def test_drift_compares_the_category_mix_of_a_string_input_logged_by_the_server(
     text = cli_in_process("drift", table_run.path, "--data", tmp_path / "shifted.jsonl")
     assert re.search(rf"^ island categories +{island['psi']:.3f} .* DRIFT", text.stdout, re.M), text.stdout
     assert "island categories" in text.stdout.splitlines()[-1]
+
+
+def _drift_of_served_rows(run, rows: dict, log):
+    """`kerakit drift RUN --data LOG --json` after `rows` (inputs by name, NaN for missing) went to `kerakit serve
+    RUN --log LOG` as TF Serving columns, 16 rows a request, with null for NaN."""
+    from conftest import Server
+
+    server = Server(run.path, "--log", log, log_dir=log.parent)
+    try:
+        for i in range(0, len(next(iter(rows.values()))), 16):
+            body = {"inputs": {k: [[None if isinstance(c, float) and c != c else c for c in r]
+                                    for r in v[i:i + 16].tolist()] for k, v in rows.items()}}
+            r = requests.post(f"{server.url}/v1/models/penguins:predict", json=body)
+            assert r.status_code == 200, r.text
+    finally:
+        server.stop()
+    for line in log.read_text().splitlines():  # strict JSON, as jq or a browser reads it: null, never NaN
+        json.loads(line, parse_constant=lambda c: pytest.fail(f"{c} in the request log: {line[:200]}"))
+    return cli_in_process("drift", run.path, "--data", log, "--json")
+
+
+def test_a_number_column_that_starts_arriving_empty_drifts(table_run, tmp_path):
+    """Training had bill_mm missing in 0.4 % of rows; held-out rows with half of it missing (their values as
+    before) drift on bill_mm by the missing share, which the table shows beside the medians. Before, a missing
+    value made every statistic of its series NaN, and NaN > threshold is false: the column never drifted."""
+    from kerakit.data import load_data
+
+    x, _ = load_data(table_run.recipe(), table_run.config["config"]).arrays("test")
+    gaps = {**x, "bill_mm": x["bill_mm"].copy()}
+    gaps["bill_mm"][::2] = np.nan
+    result = _drift_of_served_rows(table_run, gaps, tmp_path / "gaps.jsonl")
+    assert result.returncode == 3, result.stdout
+    drifted = json.loads(result.stdout)["drifted"]
+    assert "bill_mm.mean" in drifted and not any(n.startswith(("island", "observer")) for n in drifted), drifted
+    row = next(r for r in json.loads(result.stdout)["series"] if r["series"] == "bill_mm.mean")
+    assert row["reference_missing"] < 0.01 and row["new_missing"] == pytest.approx(0.5, abs=0.01)
+    assert row["psi"] > 0.2 and row["ks"] < 0.2  # the values present did not move: the missing share did
+    assert row["new_median"] == pytest.approx(row["reference_median"], rel=0.05)
+    text = cli_in_process("drift", table_run.path, "--data", tmp_path / "gaps.jsonl")
+    shown = re.escape(f"({row['new_missing']:.1%} missing)")
+    assert re.search(rf"^ bill_mm\.mean .*{shown} +DRIFT", text.stdout, re.M), text.stdout
+
+
+def test_missing_values_are_a_bin_of_their_own_and_leave_ks_to_the_values_present():
+    ref = summarize(np.where(np.arange(20_000) % 10 == 0, np.nan, REFERENCE))  # 10 % missing
+    assert ref["missing"] == pytest.approx(0.1) and len(ref["edges"]) == 9 and not np.isnan(ref["sample"]).any()
+    alike = np.where(np.arange(2000) % 10 == 0, np.nan, RNG.normal(size=2000))
+    row = compare_series(ref, alike)
+    assert not row["drift"] and row["psi"] < 0.05 and row["new_missing"] == pytest.approx(0.1)
+    shifted = compare_series(ref, np.where(np.arange(2000) % 10 == 0, np.nan, RNG.normal(1.0, size=2000)))
+    assert shifted["drift"] and shifted["ks"] > 0.3  # gaps no longer hide a shift of the values present
+    empty = compare_series(ref, np.full(500, np.nan))
+    assert empty["drift"] and empty["new_median"] is None and empty["ks"] == 0 and empty["new_missing"] == 1
+    assert psi(summarize(REFERENCE), REFERENCE) == pytest.approx(0, abs=1e-9)  # no gaps: the PSI of before
