@@ -285,3 +285,26 @@ def test_build_digits_mcu_for_the_mcu_target_shows_the_whole_flow(tmp_path):
     assert "| tflite-micro-int8 |" in card and "RAM KB" in card
     assert "host timing of TFLite Micro's reference kernels" in card
     assert "the target's budget: 256 KB RAM, 1024 KB flash" in card
+
+
+def test_a_model_whose_too_small_arenas_abort_tflite_micro_still_exports(tmp_path):
+    """breast_cancer_mlp's first op (SUB, from its Normalization) fails to prepare in a few hundred bytes of arena,
+    and TFLM's error path then aborts the process ("All temp buffers must be freed before calling
+    ResetTempAllocations()"): the arena search took the whole export down with it, without a word. Each size is
+    now tried in a child process: the export goes on, verified, and its arena is the smallest TFLM runs with
+    (one 16 bytes smaller fails, asked of TFLM in a process of its own, since it may abort)."""
+    import subprocess
+    import sys
+
+    import kerakit
+
+    run = kerakit.train("breast_cancer_mlp", tmp_path / "run", epochs=5, verbose=0, log=lambda m: None)
+    report = export(run.path, targets=["mcu"], log=lambda m: None)
+    row = report.row("tflite-micro-int8")
+    assert row["verdict"] == "verified", row["reasons"]
+    minimum = row["footprint"]["details"]["arena_minimum_bytes"]
+    model = str(run.export_dir / "model_int8.tflm" / "model.tflite")
+    probe = "import sys; from tflite_micro import runtime as t; t.Interpreter.from_file(sys.argv[1], arena_size=int(sys.argv[2]))"
+    runs = [subprocess.run([sys.executable, "-c", probe, model, str(size)], capture_output=True).returncode
+            for size in (minimum, minimum - 16)]
+    assert runs[0] == 0 and runs[1] != 0, runs

@@ -294,13 +294,14 @@ def _name_ops(model, ops: list[str], known: set[str], only: int | None = None) -
 
 
 def minimum_arena(data: bytes) -> int:
-    """The smallest tensor arena (bytes, to ARENA_STEP) TFLM loads and invokes the model with."""
+    """The smallest tensor arena (bytes, to ARENA_STEP) TFLM loads and invokes the model with.
+
+    Each size is tried in a child process (`_runs_in_child`): below the minimum, TFLM's error path can abort the
+    process ("All temp buffers must be freed before calling ResetTempAllocations()": breast_cancer_mlp's SUB
+    failed to prepare at a few hundred bytes, and the abort took the whole export with it, silently, since its
+    message went where TFLM's log is captured)."""
     def runs_with(size: int) -> bool:
-        try:
-            _interpreter(data, size)
-            return True
-        except RuntimeError:
-            return False
+        return _runs_in_child(data, size)
 
     low, high = 0, ARENA_START
     while not runs_with(high):
@@ -312,6 +313,36 @@ def minimum_arena(data: bytes) -> int:
         middle = (low + high) // 2 // ARENA_STEP * ARENA_STEP
         low, high = (low, middle) if runs_with(middle) else (middle, high)
     return high
+
+
+def _runs_in_child(data: bytes, size: int) -> bool:
+    """Whether TFLM loads and invokes the model with a `size`-byte arena, asked in a forked child: a failure
+    that aborts, as TFLM's does on some too-small arenas, is then a "no" and not the end of this process. The
+    child runs TFLM only (no TensorFlow, no Python thread of the parent's) and leaves by os._exit."""
+    if not hasattr(os, "fork"):  # not POSIX: in this process, as before
+        try:
+            _interpreter(data, size)
+            return True
+        except RuntimeError:
+            return False
+    sys.stdout.flush()
+    sys.stderr.flush()
+    pid = os.fork()
+    if pid == 0:  # the child: nothing it prints is wanted, and it never returns into the parent's code
+        code = 1
+        try:
+            import faulthandler
+
+            faulthandler.disable()  # an abort here is an answer, not a crash to report (pytest enables it)
+            quiet = os.open(os.devnull, os.O_WRONLY)
+            os.dup2(quiet, 1)
+            os.dup2(quiet, 2)
+            _interpreter(data, size)
+            code = 0
+        finally:
+            os._exit(code)
+    _, status = os.waitpid(pid, 0)
+    return os.waitstatus_to_exitcode(status) == 0
 
 
 def firmware_arena(minimum: int) -> int:
