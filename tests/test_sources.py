@@ -330,6 +330,38 @@ def test_a_large_table_streams_in_chunks_and_still_sees_every_row(tmp_path, monk
                 tmp_path / "tfds", log=lambda m: None)
 
 
+@pytest.mark.parametrize("file_mark", [",", "."])
+def test_a_column_written_with_the_other_decimal_mark_is_read_with_its_own_and_flagged(tmp_path, file_mark):
+    """A hand-made `;` export: bill_mm with the file's decimal mark, mass_kg with the other one ("4.25" in a ','
+    file, "4,25" in a '.' file). Read with the file's mark, "4.25" became 425 (its dot taken for a thousands
+    separator) and "4,25" was no number (the column a category). Each column is read with its own mark, in the
+    report and in the prepared dataset, and the odd one is flagged."""
+    from kerakit.sources.prepare import SourceSpec, prepare
+
+    frame = penguins(200)
+    other = "." if file_mark == "," else ","
+    masses = np.round(np.random.default_rng(1).normal(4.2, 0.5, len(frame)), 2)
+    frame["mass_kg"] = [f"{m:.2f}".replace(".", other) for m in masses]
+    frame["bill_mm"] = frame["bill_mm"].astype(str).str.replace(".", file_mark)
+    frame.loc[3, "mass_kg"] = "NA"
+    (tmp_path / "mixed.csv").write_bytes(frame.to_csv(sep=";", index=False).encode("latin-1"))
+    report = data_report(tmp_path / "mixed.csv", label="species")
+    assert report["read_as"].endswith(f"decimal mark {file_mark!r})")
+    assert report["types"]["mass_kg"] == report["types"]["bill_mm"] == "number"
+    mass = next(c for c in report["columns"] if c["column"] == "mass_kg")
+    assert mass["median"] == pytest.approx(np.median(np.delete(masses, 3)), abs=0.01) and mass["max"] < 10
+    flag = next(f for f in report["flags"] if f["check"] == "decimal_mark")
+    assert flag["message"] == (f"column 'mass_kg' writes decimals with {other!r} where the file's numbers use "
+                               f"{file_mark!r}; its cells are read with {other!r}")
+    assert not any("bill_mm" in f["message"] for f in report["flags"] if f["check"] == "decimal_mark")
+    builder = prepare(SourceSpec.from_options(tmp_path / "mixed.csv", {"label": "species"}), tmp_path / "tfds",
+                      log=lambda m: None)
+    prepared = np.concatenate([[x["mass_kg"] for x in builder.as_dataset(split=split).as_numpy_iterator()]
+                               for split in ("train", "validation", "test")])
+    assert np.isnan(prepared).sum() == 1
+    assert sorted(prepared[~np.isnan(prepared)]) == pytest.approx(sorted(np.delete(masses, 3)), abs=1e-5)
+
+
 # --------------------------------------------------------------------------- several labels (multi-output)
 
 MASS = "Body mass (g)"

@@ -23,7 +23,7 @@ import numpy as np
 from kerakit.errors import KerakitError
 from kerakit.sources.folder import SPLIT_FOLDERS
 from kerakit.sources.splits import NAMES, RATIOS, split_labels
-from kerakit.sources.table import Table, as_numbers, infer_types, missing_mask
+from kerakit.sources.table import ONLY_DECIMAL, Table, as_numbers, column_decimal, infer_types, missing_mask
 
 EXAMPLES = 5
 NEAR_CONSTANT = 0.99      # a column whose most common value fills this share of its rows
@@ -48,7 +48,8 @@ def table_report(table: Table, label: "str | list[str] | None" = None, *, types:
     splits, rule = split_labels(frame, tasks, seed=seed, ratios=ratios, group=group, time=time)
     features = [c for c in frame.columns if c not in tasks]
     keys = _row_hashes(frame, features)  # one hash of each row's features, for duplicates and conflicts
-    flags = [*_missing(frame, features), *_constant(frame, features), *_mixed(frame, types, table.decimal),
+    flags = [*_missing(frame, features), *_constant(frame, features), *_decimal_marks(frame, types, table.decimal),
+             *_mixed(frame, types, table.decimal),
              *_spellings(frame, types, labels), *_duplicates(frame, features, labels, splits, keys),
              *_identifiers(frame, types, features), *_outliers(frame, types, table.decimal)]
     for column, kind in tasks.items():
@@ -205,6 +206,21 @@ def _constant(frame, features) -> list[dict]:
             flags.append(_flag("near_constant", len(present) - top.iloc[0],
                                f"column {column!r}: {share:.1%} of rows hold {top.index[0]!r}",
                                list(top.index[1:])))
+    return flags
+
+
+def _decimal_marks(frame, types: dict, decimal: str) -> list[dict]:
+    """A number column that writes its decimals with the other mark than the rest of the file ("15,3" in a '.'
+    file): read with its own (`column_decimal`), and said, since a tool reading the file whole would not."""
+    flags = []
+    for column, kind in types.items():
+        values = frame[column]
+        mark = column_decimal(values, decimal) if kind == "number" else decimal
+        if mark != decimal:
+            written = values[values.str.strip().str.fullmatch(ONLY_DECIMAL[mark])]
+            flags.append(_flag("decimal_mark", len(written), f"column {column!r} writes decimals with {mark!r} where "
+                               f"the file's numbers use {decimal!r}; its cells are read with {mark!r}",
+                               list(written.head(EXAMPLES))))
     return flags
 
 

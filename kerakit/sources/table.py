@@ -263,12 +263,37 @@ def missing_mask(values) -> np.ndarray:
     return values.str.strip().str.lower().isin(MISSING_TOKENS).to_numpy()
 
 
+# A decimal that only one mark can write: a comma or a dot followed by other than three digits, which no
+# thousands separator is ("15,3", "48.28"; "1,234" and "1.234" could be either).
+ONLY_DECIMAL = {",": r"-?\d+,(?:\d{1,2}|\d{4,})", ".": r"-?\d+\.(?:\d{1,2}|\d{4,})"}
+
+
+def column_decimal(values, decimal: str = ".") -> str:
+    """The decimal mark of one text column: the file's (`decimal`), unless the column writes decimals only the
+    other mark can write and none with the file's. A ';' file exported by hand may hold "15,3" in one column
+    and "48.28" in another: read with the file's ',' the second would lose its dot as a thousands separator and
+    become 4828; with the file's '.' the first would not be a number at all.
+
+    >>> import pandas as pd
+    >>> column_decimal(pd.Series(["15,3", "7", "NA"]), "."), column_decimal(pd.Series(["48.28", "3"]), ",")
+    (',', '.')
+    >>> column_decimal(pd.Series(["1.234", "2,5"]), ","), column_decimal(pd.Series(["1,234"]), ".")
+    (',', '.')
+    """
+    other = "," if decimal == "." else "."
+    cleaned = values.str.strip()
+    if not cleaned.str.contains(other, regex=False).any() or not cleaned.str.fullmatch(ONLY_DECIMAL[other]).any():
+        return decimal
+    return decimal if cleaned.str.fullmatch(rf"-?\d+{re.escape(decimal)}\d+").any() else other
+
+
 def as_numbers(values, decimal: str = "."):
-    """A text column as floats: NaN where a cell is missing or not a number."""
+    """A text column as floats: NaN where a cell is missing or not a number; decimals read with the column's
+    own mark (`column_decimal`), the file's `decimal` unless the column shows it writes the other one."""
     import pandas as pd
 
     cleaned = values.str.strip()
-    if decimal == ",":
+    if column_decimal(cleaned, decimal) == ",":
         cleaned = cleaned.str.replace(".", "", regex=False).str.replace(",", ".", regex=False)
     return pd.to_numeric(cleaned, errors="coerce").to_numpy(dtype=np.float64)
 
