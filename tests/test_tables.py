@@ -185,3 +185,31 @@ def test_a_balanced_label_trains_unweighted(tmp_path):
     frame.to_csv(tmp_path / "even.csv", index=False)
     _, text = new_recipe("even", tmp_path / "even.csv", label="outcome")
     assert 'clean_categories=False, class_weight="none")' in text
+
+
+def test_int8_litert_keeps_the_category_one_hot_in_float_and_answers_as_keras(table_run, tmp_path):
+    """LiteRT's int8 quantizer gives ONE_HOT (a category column's encoding) the scale of what follows while its
+    on and off values keep their own, so an int8 file read 1 and 0 as 4.55 and 1.38 and answered no closer to
+    Keras than a constant: the edge target's tflite-int8 failed on every table with a category column. The op
+    stays float32 (XNNPACK runs it in neither precision); the file verifies and answers raw rows as Keras does."""
+    from ai_edge_litert.interpreter import Interpreter
+
+    import kerakit
+    from kerakit import runtime
+    from kerakit.export import export
+
+    tmp, _, _ = table_run
+    run = kerakit.train(tmp / "penguins.py", tmp_path / "run", epochs=8, verbose=0, log=lambda m: None)  # as written
+    report = export(run.path, targets=[], formats=["tflite-int8"], out=tmp_path, log=lambda m: None)
+    row = report.row("tflite-int8")
+    assert row["verdict"] == "verified", row["reasons"]
+    interpreter = Interpreter(model_path=str(tmp_path / "model_int8.tflite"))
+    tensors = {d["index"]: d for d in interpreter.get_tensor_details()}
+    one_hot = [op for op in interpreter._get_ops_details() if op["op_name"] == "ONE_HOT"]
+    assert one_hot and all(tensors[op["outputs"][0]]["dtype"] == np.float32 for op in one_hot)
+    assert any(tensors[i]["dtype"] == np.int8 for i in tensors)  # the rest is int8
+    x, _ = _raw_test_rows(run)
+    with runtime.load(run.path / "model.keras") as keras_model, runtime.load(tmp_path / "model_int8.tflite") as lite:
+        keras_answer, int8_answer = runtime.first_output(keras_model, x), runtime.first_output(lite, x)
+    assert np.abs(int8_answer - keras_answer).mean() < 0.03
+    assert (int8_answer.argmax(1) == keras_answer.argmax(1)).mean() >= 0.95
