@@ -137,6 +137,13 @@ def _new_series(data, run: runs.Run, profile: dict) -> tuple[dict, dict, str]:
         for i, feature in enumerate(features):
             if f"{name}[{i}]" in series:
                 series[f"{name}[{feature}]"] = series.pop(f"{name}[{i}]")
+    # Log records summarise every input by its per-row statistics; an input of one value per row is one series.
+    for name in profile["series"]:
+        stem = name[:-len(".length")] if name.endswith(".length") else name
+        if "." not in stem and "[" not in stem and f"{stem}.mean" in series and name not in series:
+            series[name] = series.pop(f"{stem}.mean")
+            for stat in ("std", "min", "max"):
+                series.pop(f"{stem}.{stat}", None)
     rows = len(next(iter(series.values()), []))
     if rows < MIN_ROWS:
         raise KerakitError(f"{str(data)!r} has {rows} rows; a drift check needs at least {MIN_ROWS}.")

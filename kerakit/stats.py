@@ -11,8 +11,9 @@ train. Nothing here knows a run, a model or a data pipeline: callers hand in
 arrays, batches and a prediction function.
 
 A series is one number per row: each input's per-row mean, std, min and max
-(`request_log.row_statistics`, what `kerakit serve` logs per request), plus
-each feature of a tabular (rank-1) input. Per series: the population
+(`request_log.row_statistics`, what `kerakit serve` logs per request), or the
+value itself for an input of one value per row (a table's column; a string's
+length), plus each feature of a tabular (rank-1) input. Per series: the population
 stability index over the reference's decile bins, with missing values (NaN:
 a table's empty cell) as one more bin, and the two-sample Kolmogorov-Smirnov
 statistic over the values present; predicted classes by PSI over classes. A series
@@ -41,7 +42,8 @@ from kerakit.errors import KerakitError
 from kerakit.request_log import category_key, row_statistics, strings_per_row
 
 PROFILE_VERSION = 4  # bump when the summary or its binning changes: an older profile is then not used (3: categories;
-# 4: missing values counted apart, where 3 put NaN through the quantiles and every comparison came out false)
+# 4: missing values counted apart, where 3 put NaN through the quantiles and every comparison came out false, and
+# an input of one value per row as one series)
 MAX_TABULAR_FEATURES = 64
 SAMPLE = 2000  # reference values kept per series, for KS
 PROFILE_ROWS = 100_000  # rows a profile is computed from at most: a seeded sample of a larger split
@@ -53,9 +55,15 @@ MISSING = ""
 
 def series_of_inputs(inputs: dict[str, np.ndarray], feature_names: dict[str, list[str]] | None = None
                      ) -> dict[str, np.ndarray]:
-    """Every series of a batch of named inputs: `image.mean`, ..., and `features[age]` per tabular feature."""
+    """Every series of a batch of named inputs: `image.mean`, ..., and `features[age]` per tabular feature; an
+    input of one value per row (a table's column) is one series, `bill_mm` (its value) or `island.length` (a
+    string's), where its mean, std, min and max would be the same series four times (std always 0)."""
     series = {}
     for name, x in inputs.items():
+        one = one_per_row(x)
+        if one is not None:
+            series[one.format(name=name)] = row_statistics(x)["mean"]
+            continue
         for stat, values in row_statistics(x).items():
             series[f"{name}.{stat}"] = values
         x = np.asarray(x)
@@ -64,6 +72,15 @@ def series_of_inputs(inputs: dict[str, np.ndarray], feature_names: dict[str, lis
             for i, feature in enumerate(names):
                 series[f"{name}[{feature}]"] = x[:, i].astype(np.float64)
     return series
+
+
+def one_per_row(x: np.ndarray) -> str | None:
+    """The series name pattern of an input with one value per row ("{name}" for a number, "{name}.length" for
+    a string), None for any other input."""
+    x = np.asarray(x)
+    if x.size != len(x) or not len(x):
+        return None
+    return "{name}.length" if x.dtype.kind in "OUS" else "{name}"
 
 
 def prediction_summary(outputs: np.ndarray) -> dict:
