@@ -97,7 +97,7 @@ def summarize(values: np.ndarray) -> dict:
     The same values in any order give the same summary."""
     values = np.asarray(values, dtype=np.float64)
     present = np.sort(values[~np.isnan(values)])
-    missing = round(1 - len(present) / len(values), 6) if len(values) else 0.0
+    missing = _missing_share(values, present)
     if not len(present):  # every row missing: one empty bin, nothing to sample
         return {"edges": [], "proportions": [1.0], "sample": [], "missing": missing}
     edges = np.unique(np.quantile(present, np.linspace(0, 1, 11)[1:-1]))
@@ -106,6 +106,11 @@ def summarize(values: np.ndarray) -> dict:
     sample = present if len(present) <= SAMPLE else rng.choice(present, SAMPLE, replace=False)
     return {"edges": edges.tolist(), "proportions": (counts / counts.sum()).tolist(), "sample": np.sort(sample).tolist(),
             "missing": missing}
+
+
+def _missing_share(values: np.ndarray, present: np.ndarray) -> float:
+    """The share of `values` missing, where `present` are the others."""
+    return round(1 - len(present) / len(values), 6) if len(values) else 0.0
 
 
 def psi(reference: dict, values: np.ndarray) -> float:
@@ -151,7 +156,7 @@ def compare_series(reference: dict, values: np.ndarray, psi_threshold: float = 0
             "reference_median": float(np.median(sample)) if len(sample) else None,
             "new_median": float(np.median(present)) if len(present) else None,
             "reference_missing": reference.get("missing", 0.0),
-            "new_missing": round(1 - len(present) / len(values), 6) if len(values) else 0.0,
+            "new_missing": _missing_share(values, present),
             "drift": value > psi_threshold or ks > ks_threshold}
 
 

@@ -138,22 +138,24 @@ def int8_for_delegate(savedmodel: Path, io: str, inputs: list[Spec], sample) -> 
     rows = {k: tuple(v.shape[1:]) for k, v in (sample or {}).items()}
     float_model = _convert(_converter(savedmodel))
     in_float = placement(float_model, rows).not_delegated
-    model, prefix = None, float_prefix(float_model) if calibration.needs_float_inputs(sample) else []
-    kept = {op: n for op, n in in_float.items() if op in WRONG_IN_INT8}  # op type -> how many stayed float
-    if kept:  # XNNPACK runs none of these in float either: keeping them float costs no partition
-        model = calibrated(savedmodel, sample)
-        data = selective_int8(model, "float32" if prefix else _io_type(io, inputs), float_ops=list(kept),
+    prefix = float_prefix(float_model) if calibration.needs_float_inputs(sample) else []
+    model = None
+
+    def int8_but(float_ops) -> bytes:  # the calibrated model (made once) quantized with `float_ops` left float
+        nonlocal model
+        model = model or calibrated(savedmodel, sample)
+        return selective_int8(model, "float32" if prefix else _io_type(io, inputs), float_ops=list(float_ops),
                               float_nodes=prefix)
-    else:
-        data = tflite_bytes(savedmodel, "int8", io, inputs, sample)
+
+    kept = {op: n for op, n in in_float.items() if op in WRONG_IN_INT8}  # op type -> how many stayed float
+    # XNNPACK runs none of WRONG_IN_INT8 in float either: keeping them float costs no partition.
+    data = int8_but(kept) if kept else tflite_bytes(savedmodel, "int8", io, inputs, sample)
     first = found = placement(data, rows)
     for _ in range(3):  # a float op may hand the refusal on to a neighbour; rarely more than once
         refused = _int8_refused(found, in_float)
         if not refused:
             break
-        model = model or calibrated(savedmodel, sample)
-        candidate = selective_int8(model, "float32" if prefix else _io_type(io, inputs),
-                                   float_ops=[*kept, *refused], float_nodes=prefix)
+        candidate = int8_but([*kept, *refused])
         tried = placement(candidate, rows)
         if sum(_int8_refused(tried, in_float).values()) >= sum(refused.values()):
             break  # float did not help: keep the file as it was, and say what stays outside
@@ -179,9 +181,9 @@ def _delegation_note(first, final, float_ops: dict[str, int], in_float: dict[str
         summary += ", as in the float32 model"
     if float_ops:
         wrong = [op for op in float_ops if op in WRONG_IN_INT8]
-        why = [f"XNNPACK has no int8 kernel for {', '.join(op for op in float_ops if op not in wrong)}"] if len(wrong) < len(
-            float_ops) else []
-        why += [f"LiteRT's int8 {', '.join(wrong)} copies values quantized at another scale"] if wrong else []
+        unkerneled = [op for op in float_ops if op not in WRONG_IN_INT8]
+        why = ([f"XNNPACK has no int8 kernel for {', '.join(unkerneled)}"] if unkerneled else []) + (
+            [f"LiteRT's int8 {', '.join(wrong)} copies values quantized at another scale"] if wrong else [])
         summary += f"; kept in float32: {listed(float_ops)} ({'; '.join(why)})"
     return {"runtime": "LiteRT CPU (XNNPACK delegate)", "float_ops": float_ops, "int8_only": first.to_dict(),
             **final.to_dict(), "not_delegated_in_float32": in_float, "summary": summary}

@@ -300,18 +300,15 @@ def minimum_arena(data: bytes) -> int:
     process ("All temp buffers must be freed before calling ResetTempAllocations()": breast_cancer_mlp's SUB
     failed to prepare at a few hundred bytes, and the abort took the whole export with it, silently, since its
     message went where TFLM's log is captured)."""
-    def runs_with(size: int) -> bool:
-        return _runs_in_child(data, size)
-
     low, high = 0, ARENA_START
-    while not runs_with(high):
+    while not _runs_in_child(data, high):
         low, high = high, high * 2
         if high > ARENA_PROBE:
             check_runs(data)  # not an arena problem: name the op
             raise ValueError(f"TFLite Micro could not run the model with a {ARENA_PROBE // 2**20} MB arena")
     while high - low > ARENA_STEP:
         middle = (low + high) // 2 // ARENA_STEP * ARENA_STEP
-        low, high = (low, middle) if runs_with(middle) else (middle, high)
+        low, high = (low, middle) if _runs_in_child(data, middle) else (middle, high)
     return high
 
 

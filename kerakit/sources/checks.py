@@ -343,14 +343,17 @@ def _outliers(frame, types: dict, decimal: str) -> list[dict]:
 def is_imbalanced(labels) -> bool:
     """Whether a label's smallest class has under IMBALANCE of its largest's rows (the data report's flag, and
     where `kerakit new` weighs classes)."""
-    counts = labels.str.strip().value_counts()
+    return _skewed(labels.str.strip().value_counts())
+
+
+def _skewed(counts) -> bool:
     return len(counts) > 1 and counts.iloc[-1] / counts.iloc[0] < IMBALANCE
 
 
 def _imbalance(labels, column: str | None = None) -> list[dict]:
-    if not is_imbalanced(labels):
-        return []
     counts = labels.str.strip().value_counts()
+    if not _skewed(counts):
+        return []
     which = f"label {column!r}: " if column else ""
     return [_flag("class_imbalance", counts.iloc[-1], f"{which}class {counts.index[-1]!r} has {counts.iloc[-1]} rows, "
                   f"{counts.iloc[-1] / counts.iloc[0]:.1%} of class {counts.index[0]!r}'s {counts.iloc[0]}: "
